@@ -1,0 +1,705 @@
+//! The Admin API: request and response types, and the handlers.
+//!
+//! Every request body rejects unknown fields. Every failure is a catalog [`ApiError`]; store
+//! failures are logged here and shown only as `internal` / `unavailable`. An admin only sees
+//! its own projects and their keys: another admin's project or key answers exactly like a
+//! missing one (404), so ids cannot be probed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use larachat_core::control::ControlEvent;
+use larachat_core::error::ErrorBody;
+use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
+use larachat_core::keys;
+use larachat_core::model::{
+    AdminUser, ApiKeyRecord, KeyKind, Plan, Project, ProjectPatch, ProjectStatus, Scope, now,
+};
+use larachat_core::subject::Subject;
+use larachat_core::{AdminUserId, ApiError, ApiKeyId, ProjectId, validate};
+use larachat_store::StoreError;
+
+use crate::auth::AdminAuth;
+use crate::{ControlPlane, password, telemetry};
+
+/// Largest serialized `settings` object of a project, in bytes.
+pub const MAX_SETTINGS_BYTES: usize = 32 * 1024;
+/// How long a control event may wait for the bus before the request goes on without it.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/admin/login`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "admin@example.com")]
+    pub email: String,
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+/// A successful login.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: AdminView,
+}
+
+/// An admin as shown to clients (never the password hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdminView {
+    pub id: AdminUserId,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /api/admin/projects`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProjectRequest {
+    pub name: String,
+    /// Defaults to `free`.
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    /// A JSON object (theme, widget config, …); defaults to `{}`.
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
+}
+
+/// `PATCH /api/admin/projects/{id}`: absent (or `null`) fields are left as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProjectRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    #[serde(default)]
+    pub status: Option<ProjectStatus>,
+    /// Replaces the whole settings object.
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
+}
+
+/// Query of `GET /api/admin/projects`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListProjectsQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// A page of projects, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectList {
+    pub data: Vec<Project>,
+    pub has_more: bool,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<ProjectId>,
+}
+
+/// `POST /api/admin/projects/{id}/api-keys`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    pub name: String,
+    /// Defaults to `secret`.
+    #[serde(default)]
+    pub kind: Option<KeyKind>,
+    /// Secret keys: non-empty, defaults to `["read","write"]`. Publishable keys: none.
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+    /// RFC 3339; must be in the future. Absent: the key never expires.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API key as shown to admins. Deliberately has no hash field: the secret never leaves the
+/// server after creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: ApiKeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub kind: KeyKind,
+    /// Visible start of the key, e.g. `sk_live_0A1b2C`.
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A newly created key: `key` is the full plaintext, shown this once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub key: String,
+    pub api_key: ApiKeyView,
+}
+
+/// Keys of a project, newest first, revoked ones included.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub data: Vec<ApiKeyView>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions
+// ---------------------------------------------------------------------------------------------
+
+impl From<&AdminUser> for AdminView {
+    fn from(u: &AdminUser) -> Self {
+        Self {
+            id: u.id,
+            email: u.email.clone(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+impl From<&ApiKeyRecord> for ApiKeyView {
+    fn from(k: &ApiKeyRecord) -> Self {
+        Self {
+            id: k.id,
+            project_id: k.project_id,
+            name: k.name.clone(),
+            kind: k.kind,
+            prefix: k.prefix.clone(),
+            scopes: k.scopes.iter().copied().collect(),
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+/// Log in with email and password; returns a bearer token.
+#[utoipa::path(
+    post,
+    path = "/api/admin/login",
+    tag = "admin",
+    request_body = LoginRequest,
+    security(()),
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Wrong email or password (one answer for both)", body = ErrorBody),
+    )
+)]
+pub async fn login(
+    State(cp): State<ControlPlane>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<ApiJson<LoginResponse>, ApiError> {
+    let Some(admin) = password::check_login(&cp, &body.email, body.password).await? else {
+        telemetry::login(false);
+        tracing::info!("admin login failed");
+        return Err(ApiError::unauthorized("invalid email or password"));
+    };
+    let issued = cp.issue_admin_token(&admin)?;
+    telemetry::login(true);
+    tracing::info!(admin_id = %admin.id, "admin logged in");
+    Ok(ApiJson(LoginResponse {
+        token: issued.token,
+        token_type: "Bearer".to_owned(),
+        expires_at: issued.expires_at,
+        user: AdminView::from(&admin),
+    }))
+}
+
+/// The admin the token belongs to.
+#[utoipa::path(
+    get,
+    path = "/api/admin/me",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The calling admin", body = AdminView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    )
+)]
+pub async fn me(AdminAuth(admin): AdminAuth) -> ApiJson<AdminView> {
+    ApiJson(AdminView::from(&admin))
+}
+
+/// Create a project owned by the calling admin.
+#[utoipa::path(
+    post,
+    path = "/api/admin/projects",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body = CreateProjectRequest,
+    responses(
+        (status = 201, description = "Created", body = Project),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+    )
+)]
+pub async fn create_project(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiJson(body): ApiJson<CreateProjectRequest>,
+) -> Result<(StatusCode, ApiJson<Project>), ApiError> {
+    validate::name(&body.name, "name")?;
+    let settings = body
+        .settings
+        .unwrap_or_else(larachat_core::model::empty_object);
+    check_settings(&settings)?;
+    let t = now();
+    let project = Project {
+        id: ProjectId::new_v7(),
+        name: body.name,
+        owner_id: admin.id,
+        plan: body.plan.unwrap_or_default(),
+        status: ProjectStatus::Active,
+        settings,
+        created_at: t,
+        updated_at: t,
+    };
+    cp.store()
+        .create_project(&project)
+        .await
+        .map_err(store_error)?;
+    tracing::info!(admin_id = %admin.id, project_id = %project.id, "project created");
+    Ok((StatusCode::CREATED, ApiJson(project)))
+}
+
+/// The calling admin's projects, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/admin/projects",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(ListProjectsQuery),
+    responses(
+        (status = 200, description = "A page of projects", body = ProjectList),
+        (status = 400, description = "Bad cursor or query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 422, description = "limit out of range", body = ErrorBody),
+    )
+)]
+pub async fn list_projects(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiQuery(query): ApiQuery<ListProjectsQuery>,
+) -> Result<ApiJson<ProjectList>, ApiError> {
+    let limit = validate::page_limit(query.limit)?;
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<ProjectId>()
+                .map_err(|_| ApiError::invalid("cursor is not a valid project id"))?,
+        ),
+    };
+    let page = cp
+        .store()
+        .list_projects(Some(admin.id), cursor, limit)
+        .await
+        .map_err(store_error)?;
+    let next_cursor = if page.has_more {
+        page.items.last().map(|p| p.id)
+    } else {
+        None
+    };
+    Ok(ApiJson(ProjectList {
+        has_more: page.has_more,
+        next_cursor,
+        data: page.items,
+    }))
+}
+
+/// One of the calling admin's projects.
+#[utoipa::path(
+    get,
+    path = "/api/admin/projects/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    responses(
+        (status = 200, description = "The project", body = Project),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+    )
+)]
+pub async fn get_project(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<ProjectId>,
+) -> Result<ApiJson<Project>, ApiError> {
+    owned_project(&cp, &admin, id).await.map(ApiJson)
+}
+
+/// Change a project's name, plan, status or settings.
+#[utoipa::path(
+    patch,
+    path = "/api/admin/projects/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    request_body = UpdateProjectRequest,
+    responses(
+        (status = 200, description = "The updated project", body = Project),
+        (status = 400, description = "Malformed body or id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+    )
+)]
+pub async fn update_project(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<ProjectId>,
+    ApiJson(body): ApiJson<UpdateProjectRequest>,
+) -> Result<ApiJson<Project>, ApiError> {
+    if let Some(name) = &body.name {
+        validate::name(name, "name")?;
+    }
+    if let Some(settings) = &body.settings {
+        check_settings(settings)?;
+    }
+    let current = owned_project(&cp, &admin, id).await?;
+    let patch = ProjectPatch {
+        name: body.name,
+        plan: body.plan,
+        status: body.status,
+        settings: body.settings,
+    };
+    if patch == ProjectPatch::default() {
+        return Ok(ApiJson(current));
+    }
+    let updated = cp
+        .store()
+        .update_project(id, &patch)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    tracing::info!(admin_id = %admin.id, project_id = %id, "project updated");
+    publish(&cp, ControlEvent::ProjectChanged { project_id: id }).await;
+    Ok(ApiJson(updated))
+}
+
+/// Delete a project and everything in it (users, conversations, messages, keys).
+#[utoipa::path(
+    delete,
+    path = "/api/admin/projects/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+    )
+)]
+pub async fn delete_project(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<ProjectId>,
+) -> Result<StatusCode, ApiError> {
+    owned_project(&cp, &admin, id).await?;
+    if !cp.store().delete_project(id).await.map_err(store_error)? {
+        return Err(ApiError::not_found("project"));
+    }
+    tracing::info!(admin_id = %admin.id, project_id = %id, "project deleted");
+    publish(&cp, ControlEvent::ProjectChanged { project_id: id }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue an API key for a project. The response holds the key's plaintext, shown only once.
+#[utoipa::path(
+    post,
+    path = "/api/admin/projects/{id}/api-keys",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    request_body = CreateApiKeyRequest,
+    responses(
+        (status = 201, description = "Created; `key` is shown only this once", body = CreatedApiKey),
+        (status = 400, description = "Malformed body or id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+    )
+)]
+pub async fn create_api_key(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(project_id): ApiPath<ProjectId>,
+    ApiJson(body): ApiJson<CreateApiKeyRequest>,
+) -> Result<(StatusCode, ApiJson<CreatedApiKey>), ApiError> {
+    validate::name(&body.name, "name")?;
+    let kind = body.kind.unwrap_or(KeyKind::Secret);
+    let scopes = key_scopes(kind, body.scopes)?;
+    let t = now();
+    let expires_at = match body.expires_at {
+        Some(at) if at <= t => {
+            return Err(ApiError::validation("expires_at must be in the future"));
+        }
+        // Milliseconds, like every stored time, so the answer matches what is stored.
+        Some(at) => Some(DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)),
+        None => None,
+    };
+    owned_project(&cp, &admin, project_id).await?;
+    let generated = keys::generate(kind, &cp.config().key_pepper);
+    let record = ApiKeyRecord {
+        id: generated.id,
+        project_id,
+        name: body.name,
+        kind,
+        prefix: generated.prefix,
+        scopes,
+        secret_hash: generated.secret_hash,
+        last_used_at: None,
+        expires_at,
+        revoked_at: None,
+        created_at: t,
+    };
+    cp.store()
+        .create_api_key(&record)
+        .await
+        .map_err(store_error)?;
+    telemetry::api_key_created(kind);
+    tracing::info!(admin_id = %admin.id, project_id = %project_id, key_id = %record.id, "api key created");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(CreatedApiKey {
+            key: generated.plaintext,
+            api_key: ApiKeyView::from(&record),
+        }),
+    ))
+}
+
+/// Keys of a project (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/api/admin/projects/{id}/api-keys",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    responses(
+        (status = 200, description = "The project's keys", body = ApiKeyList),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+    )
+)]
+pub async fn list_api_keys(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(project_id): ApiPath<ProjectId>,
+) -> Result<ApiJson<ApiKeyList>, ApiError> {
+    owned_project(&cp, &admin, project_id).await?;
+    let keys = cp
+        .store()
+        .list_api_keys(project_id)
+        .await
+        .map_err(store_error)?;
+    Ok(ApiJson(ApiKeyList {
+        data: keys.iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// Revoke a key. Idempotent: revoking again keeps the first revocation time. Gateways are told
+/// at once through a control event.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/api-keys/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "API key id")),
+    responses(
+        (status = 200, description = "The revoked key", body = ApiKeyView),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such key for this admin", body = ErrorBody),
+    )
+)]
+pub async fn revoke_api_key(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(key_id): ApiPath<ApiKeyId>,
+) -> Result<ApiJson<ApiKeyView>, ApiError> {
+    let not_found = || ApiError::not_found("api key");
+    let key = cp
+        .store()
+        .api_key(key_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)?;
+    owned_project(&cp, &admin, key.project_id)
+        .await
+        .map_err(|e| {
+            if e.code == larachat_core::ErrorCode::NotFound {
+                not_found()
+            } else {
+                e
+            }
+        })?;
+    let revoked = cp
+        .store()
+        .revoke_api_key(key_id, now())
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)?;
+    telemetry::api_key_revoked();
+    tracing::info!(admin_id = %admin.id, project_id = %revoked.project_id, key_id = %key_id, "api key revoked");
+    // Published on every call, not only the first: a repeated revoke re-sends a notice that
+    // may have been lost (the bus is at-most-once).
+    publish(
+        &cp,
+        ControlEvent::KeyRevoked {
+            key_id,
+            project_id: revoked.project_id,
+        },
+    )
+    .await;
+    Ok(ApiJson(ApiKeyView::from(&revoked)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The project if it exists and `admin` owns it; one 404 otherwise.
+async fn owned_project(
+    cp: &ControlPlane,
+    admin: &AdminUser,
+    id: ProjectId,
+) -> Result<Project, ApiError> {
+    match cp.store().project(id).await.map_err(store_error)? {
+        Some(p) if p.owner_id == admin.id => Ok(p),
+        _ => Err(ApiError::not_found("project")),
+    }
+}
+
+/// Scopes of a new key: defaults and rules per kind.
+fn key_scopes(kind: KeyKind, requested: Option<Vec<Scope>>) -> Result<BTreeSet<Scope>, ApiError> {
+    match (kind, requested) {
+        (KeyKind::Secret, None) => Ok([Scope::Read, Scope::Write].into()),
+        (KeyKind::Secret, Some(s)) if s.is_empty() => Err(ApiError::validation(
+            "scopes must not be empty for a secret key",
+        )),
+        (KeyKind::Secret, Some(s)) => Ok(s.into_iter().collect()),
+        (KeyKind::Publishable, None) => Ok(BTreeSet::new()),
+        (KeyKind::Publishable, Some(s)) if s.is_empty() => Ok(BTreeSet::new()),
+        (KeyKind::Publishable, Some(_)) => {
+            Err(ApiError::validation("publishable keys have no scopes"))
+        }
+    }
+}
+
+fn check_settings(settings: &serde_json::Value) -> Result<(), ApiError> {
+    if !settings.is_object() {
+        return Err(ApiError::validation("settings must be a JSON object"));
+    }
+    let len = serde_json::to_vec(settings).map_or(usize::MAX, |v| v.len());
+    if len > MAX_SETTINGS_BYTES {
+        return Err(ApiError::validation(format!(
+            "settings must be at most {MAX_SETTINGS_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Announces a change to the gateways. A failure does not fail the request: the change is
+/// already durable, and gateways re-read it when their cache entry expires.
+async fn publish(cp: &ControlPlane, event: ControlEvent) {
+    cp.notify_local(&event);
+    let payload = Bytes::from(event.to_json());
+    let result = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        cp.bus().publish(&Subject::control(), payload),
+    )
+    .await;
+    match result {
+        Ok(Ok(())) => telemetry::control_event(true),
+        Ok(Err(e)) => {
+            telemetry::control_event(false);
+            tracing::warn!(error = %e, ?event, "control event not published; gateways rely on cache expiry");
+        }
+        Err(_) => {
+            telemetry::control_event(false);
+            tracing::warn!(
+                ?event,
+                "control event timed out; gateways rely on cache expiry"
+            );
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store operation failed in the admin api");
+    e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_rules() {
+        assert_eq!(
+            key_scopes(KeyKind::Secret, None).unwrap(),
+            [Scope::Read, Scope::Write].into()
+        );
+        assert!(key_scopes(KeyKind::Secret, Some(vec![])).is_err());
+        assert_eq!(
+            key_scopes(KeyKind::Secret, Some(vec![Scope::Admin, Scope::Admin])).unwrap(),
+            [Scope::Admin].into()
+        );
+        assert!(key_scopes(KeyKind::Publishable, None).unwrap().is_empty());
+        assert!(key_scopes(KeyKind::Publishable, Some(vec![Scope::Read])).is_err());
+    }
+
+    #[test]
+    fn key_view_has_no_secret() {
+        let gen_key = keys::generate(KeyKind::Secret, b"pepper");
+        let record = ApiKeyRecord {
+            id: gen_key.id,
+            project_id: ProjectId::new_v7(),
+            name: "k".into(),
+            kind: KeyKind::Secret,
+            prefix: gen_key.prefix,
+            scopes: [Scope::Read].into(),
+            secret_hash: gen_key.secret_hash,
+            last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
+            created_at: now(),
+        };
+        let v = serde_json::to_value(ApiKeyView::from(&record)).unwrap();
+        let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(
+            !fields
+                .iter()
+                .any(|f| f.contains("hash") || f.contains("secret")),
+            "{fields:?}"
+        );
+        assert!(!v.to_string().contains(&gen_key.plaintext[8..]));
+    }
+}

@@ -1,0 +1,269 @@
+//! # larachat-control-plane
+//!
+//! The control plane of Lara Chat: the Admin REST API (`/api/admin/*`) through which platform
+//! admins log in, manage their projects and issue or revoke API keys. It writes to the store
+//! (the system of record) and announces changes that gateways must obey (a revoked key, a
+//! changed or deleted project) as [`ControlEvent`](larachat_core::control::ControlEvent)s on
+//! [`Subject::control`](larachat_core::subject::Subject::control).
+//!
+//! Depends on `core`, `store` and `broker` only. It must never depend on the gateway: the two
+//! meet through the store and through bus subjects, so either can be deployed alone.
+//!
+//! Modules:
+//! - [`api`]: request and response types of the Admin API and its handlers (tenancy: an admin
+//!   only ever sees the projects it owns; anything else answers 404 like a missing resource).
+//! - [`auth`]: admin tokens (HS256 JWT, `aud = "larachat:admin"`) and the [`AdminAuth`]
+//!   extractor that guards every route but login.
+//! - [`password`]: argon2id password hashing, login verification without user enumeration,
+//!   and [`bootstrap_admin`] for the first admin.
+//! - [`openapi`]: [`AdminApiDoc`], the OpenAPI description the binary merges into
+//!   `/openapi.json`.
+//! - `telemetry` (private): the metric names (`larachat_admin_*`), defined once.
+//!
+//! The entry points are [`ControlPlane::new`] (state) and [`router`] (the axum routes, with
+//! their 64 KiB body limit and catalog errors for 405s).
+
+pub mod api;
+pub mod auth;
+pub mod openapi;
+pub mod password;
+mod telemetry;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
+use axum::http::header::CACHE_CONTROL;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use larachat_broker::Bus;
+use larachat_core::ApiError;
+use larachat_store::Store;
+use tokio::sync::Semaphore;
+
+pub use api::{
+    AdminView, ApiKeyList, ApiKeyView, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey,
+    ListProjectsQuery, LoginRequest, LoginResponse, ProjectList, UpdateProjectRequest,
+};
+pub use auth::{ADMIN_AUDIENCE, AdminAuth, AuthRejection, ISSUER, IssuedToken};
+pub use openapi::AdminApiDoc;
+pub use password::{BootstrapOutcome, MIN_PASSWORD_CHARS, bootstrap_admin};
+
+/// Largest request body the Admin API accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default lifetime of an admin token.
+pub const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// Longest admin token lifetime accepted by [`ControlPlane::new`].
+pub const MAX_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Shortest HS256 key accepted for admin tokens (RFC 7518 §3.2: at least the hash size).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Configuration of the control plane. `Debug` never prints the secrets.
+#[derive(Clone)]
+pub struct ControlPlaneConfig {
+    /// HS256 key that signs and verifies admin tokens.
+    pub jwt_secret: Vec<u8>,
+    /// Server-wide pepper for API key hashes ([`larachat_core::keys::generate`]); the gateway
+    /// must use the same one to verify keys.
+    pub key_pepper: Vec<u8>,
+    /// Lifetime of an admin token issued at login.
+    pub admin_token_ttl: Duration,
+}
+
+/// Why a [`ControlPlaneConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The admin token key is shorter than [`MIN_JWT_SECRET_BYTES`].
+    #[error("the admin JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes")]
+    JwtSecretTooShort,
+    /// The token lifetime is zero or longer than [`MAX_ADMIN_TOKEN_TTL`].
+    #[error("the admin token lifetime must be between 1 second and 30 days")]
+    TokenTtlOutOfRange,
+}
+
+/// Shared state of the Admin API: store, bus, configuration and derived keys. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    config: ControlPlaneConfig,
+    tokens: auth::TokenKeys,
+    /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core for tens of milliseconds,
+    /// so an unbounded burst of logins would exhaust memory through the blocking pool.
+    password_slots: Arc<Semaphore>,
+    /// In-process observers of control events, told before the bus (see
+    /// [`ControlPlane::add_local_listener`]).
+    listeners: std::sync::RwLock<Vec<LocalListener>>,
+}
+
+/// A callback told of every control event synchronously, before the request that caused it
+/// answers. See [`ControlPlane::add_local_listener`].
+pub type LocalListener = Arc<dyn Fn(&larachat_core::control::ControlEvent) + Send + Sync>;
+
+impl ControlPlaneConfig {
+    /// A configuration with the default token lifetime.
+    pub fn new(jwt_secret: impl Into<Vec<u8>>, key_pepper: impl Into<Vec<u8>>) -> Self {
+        Self {
+            jwt_secret: jwt_secret.into(),
+            key_pepper: key_pepper.into(),
+            admin_token_ttl: DEFAULT_ADMIN_TOKEN_TTL,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::JwtSecretTooShort);
+        }
+        if self.admin_token_ttl < Duration::from_secs(1)
+            || self.admin_token_ttl > MAX_ADMIN_TOKEN_TTL
+        {
+            return Err(ConfigError::TokenTtlOutOfRange);
+        }
+        Ok(())
+    }
+}
+
+impl ControlPlane {
+    /// Builds the state, checking the configuration. Also prepares, once per process, the
+    /// dummy password hash that logins with an unknown email are verified against (one argon2
+    /// run, tens of milliseconds).
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        config: ControlPlaneConfig,
+    ) -> Result<Self, ConfigError> {
+        config.check()?;
+        password::prepare_dummy_hash();
+        let slots = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 16);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tokens: auth::TokenKeys::new(&config.jwt_secret),
+                store,
+                bus,
+                config,
+                password_slots: Arc::new(Semaphore::new(slots)),
+                listeners: std::sync::RwLock::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Registers an in-process observer of control events. A single-node process registers
+    /// its gateway here so that a revoked key or suspended project is refused by the very next
+    /// request; gateways in other processes learn through the bus, within the bus latency
+    /// (their cache TTL is the backstop).
+    pub fn add_local_listener(&self, listener: LocalListener) {
+        if let Ok(mut l) = self.inner.listeners.write() {
+            l.push(listener);
+        }
+    }
+
+    /// Tells the local listeners about `event`.
+    pub(crate) fn notify_local(&self, event: &larachat_core::control::ControlEvent) {
+        let listeners = match self.inner.listeners.read() {
+            Ok(l) => l.clone(),
+            Err(_) => return,
+        };
+        for l in listeners {
+            l(event);
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
+    }
+
+    pub fn config(&self) -> &ControlPlaneConfig {
+        &self.inner.config
+    }
+
+    /// Issues an admin token for `admin`, valid for the configured lifetime. Login uses it;
+    /// the binary may too (e.g. to print a token for scripts).
+    pub fn issue_admin_token(
+        &self,
+        admin: &larachat_core::model::AdminUser,
+    ) -> Result<IssuedToken, ApiError> {
+        self.inner.tokens.issue(
+            admin.id,
+            larachat_core::model::now(),
+            self.inner.config.admin_token_ttl,
+        )
+    }
+
+    pub(crate) fn tokens(&self) -> &auth::TokenKeys {
+        &self.inner.tokens
+    }
+
+    pub(crate) fn password_slots(&self) -> Arc<Semaphore> {
+        self.inner.password_slots.clone()
+    }
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("key_pepper", &"<redacted>")
+            .field("admin_token_ttl", &self.admin_token_ttl)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Admin API routes, with their state applied. No fallback is set, so the binary can merge
+/// this router with the gateway's and set one catalog 404 for both.
+pub fn router(cp: ControlPlane) -> Router {
+    Router::new()
+        .route("/api/admin/login", post(api::login))
+        .route("/api/admin/me", get(api::me))
+        .route(
+            "/api/admin/projects",
+            post(api::create_project).get(api::list_projects),
+        )
+        .route(
+            "/api/admin/projects/{id}",
+            get(api::get_project)
+                .patch(api::update_project)
+                .delete(api::delete_project),
+        )
+        .route(
+            "/api/admin/projects/{id}/api-keys",
+            post(api::create_api_key).get(api::list_api_keys),
+        )
+        .route("/api/admin/api-keys/{id}", delete(api::revoke_api_key))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(no_store))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(cp)
+}
+
+async fn method_not_allowed() -> ApiError {
+    larachat_core::http::method_not_allowed()
+}
+
+/// Admin responses carry tokens, key plaintexts and private data: no cache may keep them.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

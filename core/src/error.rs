@@ -1,0 +1,276 @@
+//! The client-facing error catalog.
+//!
+//! One table maps every failure a client can see to a stable string code, an HTTP status, a
+//! WebSocket close code and whether retrying can help. HTTP handlers, the realtime socket and
+//! (later) QUIC all convert through it, so the same failure looks the same on every transport.
+//!
+//! Close codes: `4000–4099` mean "do not reconnect without changing something" (credentials,
+//! the request), `4100–4199` mean "reconnect with back-off".
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error code. The string form (`as_str`) is part of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or frame is not valid JSON / MessagePack, or has the wrong shape.
+    InvalidPayload,
+    /// The payload parsed but a field breaks a rule (length, format, range).
+    ValidationFailed,
+    /// No valid credential was presented (missing, malformed, forged, revoked, expired).
+    Unauthorized,
+    /// The credential is valid but may not do this (scope, membership).
+    Forbidden,
+    /// The resource does not exist in the caller's project (also for other projects' ids).
+    NotFound,
+    /// The resource already exists (unique email, identifier).
+    Conflict,
+    /// The body or frame is larger than allowed.
+    PayloadTooLarge,
+    /// Too many requests for the caller's budget.
+    RateLimited,
+    /// The realtime socket did not authenticate within the deadline.
+    AuthTimeout,
+    /// A realtime frame arrived that the protocol does not allow at this point.
+    ProtocolViolation,
+    /// The connection could not drain its outbound queue fast enough.
+    SlowConsumer,
+    /// The server is shutting down; connect again (elsewhere).
+    ShuttingDown,
+    /// The project is suspended or cancelled.
+    ProjectSuspended,
+    /// A dependency (store, bus) is unavailable; try again.
+    Unavailable,
+    /// An unexpected server error. Details are logged, never shown.
+    Internal,
+    /// The HTTP method is not allowed on this path.
+    MethodNotAllowed,
+    /// The request's content type is not supported.
+    UnsupportedMediaType,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 17] = [
+        Self::InvalidPayload,
+        Self::ValidationFailed,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::Conflict,
+        Self::PayloadTooLarge,
+        Self::RateLimited,
+        Self::AuthTimeout,
+        Self::ProtocolViolation,
+        Self::SlowConsumer,
+        Self::ShuttingDown,
+        Self::ProjectSuspended,
+        Self::Unavailable,
+        Self::Internal,
+        Self::MethodNotAllowed,
+        Self::UnsupportedMediaType,
+    ];
+
+    /// The stable string code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidPayload => "invalid_payload",
+            Self::ValidationFailed => "validation_failed",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::AuthTimeout => "auth_timeout",
+            Self::ProtocolViolation => "protocol_violation",
+            Self::SlowConsumer => "slow_consumer",
+            Self::ShuttingDown => "shutting_down",
+            Self::ProjectSuspended => "project_suspended",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidPayload => 400,
+            Self::ValidationFailed => 422,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
+            Self::AuthTimeout => 408,
+            Self::ProtocolViolation => 400,
+            Self::SlowConsumer => 503,
+            Self::ShuttingDown => 503,
+            Self::ProjectSuspended => 403,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+            Self::MethodNotAllowed => 405,
+            Self::UnsupportedMediaType => 415,
+        }
+    }
+
+    /// The WebSocket close code used when this error ends a realtime connection.
+    pub const fn close_code(self) -> u16 {
+        match self {
+            Self::InvalidPayload => 4000,
+            Self::ValidationFailed => 4000,
+            Self::ProtocolViolation => 4002,
+            Self::Unauthorized => 4001,
+            Self::Forbidden => 4003,
+            Self::NotFound => 4004,
+            Self::AuthTimeout => 4008,
+            Self::PayloadTooLarge => 4009,
+            Self::Conflict => 4000,
+            Self::MethodNotAllowed => 4000,
+            Self::UnsupportedMediaType => 4000,
+            Self::ProjectSuspended => 4030,
+            Self::SlowConsumer => 4100,
+            Self::ShuttingDown => 4101,
+            Self::Unavailable => 4102,
+            Self::Internal => 4103,
+            Self::RateLimited => 4129,
+        }
+    }
+
+    /// Whether the same request may succeed if retried later, unchanged.
+    pub const fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited
+                | Self::SlowConsumer
+                | Self::ShuttingDown
+                | Self::Unavailable
+                | Self::Internal
+        )
+    }
+
+    /// Whether a client should reconnect after a close with this code.
+    pub const fn close_means_reconnect(close_code: u16) -> bool {
+        close_code >= 4100 && close_code <= 4199 || close_code == 1001 || close_code == 1006
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as a client sees it: a catalog code and a human-readable message that never
+/// contains internals (no SQL, no stack, no other tenant's data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidPayload, message)
+    }
+    pub fn validation(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::ValidationFailed, message)
+    }
+    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    /// The one "not found" answer, identical for missing and foreign resources.
+    pub fn not_found(what: &'static str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+    pub fn unavailable() -> Self {
+        Self::new(ErrorCode::Unavailable, "service temporarily unavailable")
+    }
+
+    /// The JSON body used on HTTP: `{"error":{"code","message","retryable"}}`.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.to_string(),
+                retryable: self.code.retryable(),
+            },
+        }
+    }
+}
+
+/// The HTTP error envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inner part of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+    }
+
+    #[test]
+    fn close_codes_follow_the_reconnect_ranges() {
+        for code in ErrorCode::ALL {
+            let close = code.close_code();
+            assert!((4000..4200).contains(&close), "{code} -> {close}");
+            assert_eq!(
+                ErrorCode::close_means_reconnect(close),
+                code.retryable(),
+                "{code}: reconnect range must agree with retryable"
+            );
+        }
+    }
+
+    #[test]
+    fn http_statuses_are_errors() {
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.http_status()));
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! # larachat-core
+//!
+//! The vocabulary every other Lara Chat crate speaks. No I/O lives here: no sockets, no files,
+//! no clocks other than "now" passed in or read once.
+//!
+//! Modules:
+//! - [`id`]: typed UUID identifiers, and the monotonic UUIDv7 generator for message ids.
+//! - [`model`]: domain types (projects, API keys, end users, conversations, messages, reads).
+//! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
+//! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
+//!   code → retry or not.
+//! - [`protocol`]: realtime protocol v1 frames and their JSON and MessagePack codecs.
+//! - [`control`]: control-plane notices (key revoked, project changed) gateways obey.
+//! - [`subject`]: bus subject names, built only from validated ids.
+//! - [`http`] (feature `axum`): catalog errors as HTTP responses, JSON/path/query extractors
+//!   whose rejections use the catalog.
+//! - [`keys`]: API key format (`sk_live_…`, `pk_live_…`), checksum, hashing, constant-time check.
+//!
+//! Depends on nothing of ours; `store`, `broker`, `gateway` and `control-plane` depend on it.
+
+pub mod control;
+pub mod error;
+pub mod id;
+pub mod keys;
+pub mod model;
+pub mod protocol;
+pub mod subject;
+pub mod validate;
+
+pub use error::{ApiError, ErrorCode};
+pub use id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+
+#[cfg(feature = "axum")]
+pub mod http;

@@ -1,0 +1,396 @@
+//! Domain types shared by the store, the broker, the gateway and the control plane.
+//!
+//! These are the shapes that are stored and that appear on the wire (HTTP JSON and realtime
+//! frames). Timestamps are UTC and serialize as RFC 3339.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+
+/// Current time, truncated to milliseconds so that stored and returned values compare equal
+/// on every backend.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin users and projects
+// ---------------------------------------------------------------------------------------------
+
+/// A platform admin. `password_hash` is an argon2id PHC string and never leaves the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUser {
+    pub id: AdminUserId,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A project's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    #[default]
+    Free,
+    Starter,
+    Pro,
+    Enterprise,
+}
+
+/// A project's lifecycle status. Only `Active` projects are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    #[default]
+    Active,
+    Suspended,
+    Cancelled,
+}
+
+/// A tenant's isolated workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    pub owner_id: AdminUserId,
+    pub plan: Plan,
+    pub status: ProjectStatus,
+    /// Free-form JSON object (theme, widget config, …).
+    pub settings: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of a project that can be changed; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectPatch {
+    pub name: Option<String>,
+    pub plan: Option<Plan>,
+    pub status: Option<ProjectStatus>,
+    pub settings: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+// ---------------------------------------------------------------------------------------------
+
+/// Secret keys authenticate tenant backends; publishable keys only initialise the widget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    Secret,
+    Publishable,
+}
+
+/// What a secret key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// GET endpoints only.
+    Read,
+    /// Create and change users, conversations, messages, reads, typing.
+    Write,
+    /// Project-level administration through the Client API (webhooks).
+    Admin,
+}
+
+impl Scope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "write" => Ok(Scope::Write),
+            "admin" => Ok(Scope::Admin),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A key as stored. `secret_hash` is the keyed hash of the secret part (see `keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub kind: KeyKind,
+    /// Visible start of the key, e.g. `sk_live_AbC1`, so people can tell keys apart.
+    pub prefix: String,
+    pub scopes: BTreeSet<Scope>,
+    pub secret_hash: [u8; 32],
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ApiKeyRecord {
+    /// Whether the key may be used at `at`: not revoked, not expired.
+    pub fn is_usable_at(&self, at: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > at)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// End users
+// ---------------------------------------------------------------------------------------------
+
+/// A participant from the tenant's side: a visitor or an app user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndUser {
+    pub id: EndUserId,
+    pub project_id: ProjectId,
+    /// The tenant's own id for this user; unique per project when present.
+    pub user_identifier: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub avatar: Option<String>,
+    pub metadata: serde_json::Value,
+    pub is_anonymous: bool,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of an end user that can be changed; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndUserPatch {
+    pub name: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+    pub avatar: Option<Option<String>>,
+    pub metadata: Option<serde_json::Value>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversations
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl ConversationStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A conversation (the seed's "chat group").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub project_id: ProjectId,
+    pub subject: Option<String>,
+    pub status: ConversationStatus,
+    /// End users taking part. Agents (secret keys) can reach every conversation of the project.
+    pub members: Vec<EndUserId>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Id of the newest message, if any.
+    pub last_message_id: Option<MessageId>,
+}
+
+/// Fields of a conversation that can be changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversationPatch {
+    pub subject: Option<Option<String>>,
+    pub status: Option<ConversationStatus>,
+    pub metadata: Option<serde_json::Value>,
+    /// Members to add (ignored if already present).
+    pub add_members: Vec<EndUserId>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages and reads
+// ---------------------------------------------------------------------------------------------
+
+/// Who sent a message or read a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// An end user (`id` is an [`EndUserId`]).
+    EndUser,
+    /// A human agent of the tenant (`id` is the tenant's agent identifier).
+    Agent,
+    /// An automated sender of the tenant.
+    Bot,
+    /// Lara Chat itself.
+    System,
+}
+
+impl ActorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::EndUser => "end_user",
+            Self::Agent => "agent",
+            Self::Bot => "bot",
+            Self::System => "system",
+        }
+    }
+}
+
+impl FromStr for ActorKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "end_user" => Ok(Self::EndUser),
+            "agent" => Ok(Self::Agent),
+            "bot" => Ok(Self::Bot),
+            "system" => Ok(Self::System),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A sender or reader: its kind, its id within the project, and a display name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Actor {
+    #[serde(rename = "type")]
+    pub kind: ActorKind,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Actor {
+    pub fn end_user(id: EndUserId, name: Option<String>) -> Self {
+        Self {
+            kind: ActorKind::EndUser,
+            id: id.to_string(),
+            name,
+        }
+    }
+
+    /// The key under which this actor's read state is stored: `<kind>:<id>`.
+    pub fn member_key(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Message {
+    pub id: MessageId,
+    pub project_id: ProjectId,
+    pub conversation_id: ConversationId,
+    pub sender: Actor,
+    pub text: String,
+    #[serde(default = "empty_object")]
+    pub metadata: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message to append. The store assigns `id` and `created_at` at commit, so that id order is
+/// commit order within a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub project_id: ProjectId,
+    pub conversation_id: ConversationId,
+    pub sender: Actor,
+    pub text: String,
+    pub metadata: serde_json::Value,
+    pub client_msg_id: Option<String>,
+}
+
+/// Where a member has read up to in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadState {
+    pub conversation_id: ConversationId,
+    pub reader: Actor,
+    pub last_read_message_id: MessageId,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `{}` — the default for metadata fields.
+pub fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_usability() {
+        let t = now();
+        let mut k = ApiKeyRecord {
+            id: ApiKeyId::new_v7(),
+            project_id: ProjectId::new_v7(),
+            name: "k".into(),
+            kind: KeyKind::Secret,
+            prefix: "sk_live_x".into(),
+            scopes: [Scope::Read].into(),
+            secret_hash: [0; 32],
+            last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
+            created_at: t,
+        };
+        assert!(k.is_usable_at(t));
+        k.expires_at = Some(t);
+        assert!(!k.is_usable_at(t), "expiry is exclusive");
+        k.expires_at = Some(t + chrono::Duration::seconds(1));
+        assert!(k.is_usable_at(t));
+        k.revoked_at = Some(t);
+        assert!(!k.is_usable_at(t));
+    }
+
+    #[test]
+    fn actor_wire_shape() {
+        let a = Actor {
+            kind: ActorKind::Agent,
+            id: "agent-7".into(),
+            name: Some("Ana".into()),
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"agent","id":"agent-7","name":"Ana"})
+        );
+        assert_eq!(a.member_key(), "agent:agent-7");
+    }
+}

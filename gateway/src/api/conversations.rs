@@ -1,0 +1,224 @@
+//! `/api/v1/conversations`: start, list, get, change and close conversations.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
+use larachat_core::id::{ConversationId, EndUserId};
+use larachat_core::model::{self, Conversation, ConversationPatch, ConversationStatus};
+use larachat_core::protocol::ServerFrame;
+use larachat_core::subject::Subject;
+use larachat_core::{ApiError, validate};
+use larachat_store::ConversationQuery;
+
+use super::ConversationList;
+use super::users::double_option;
+use crate::Gateway;
+use crate::auth::{Caller, Principal};
+
+/// Start a conversation. With an end-user token, the caller is its only member.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    pub subject: Option<String>,
+    /// End users taking part (secret keys only).
+    #[serde(default)]
+    pub members: Vec<EndUserId>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Change a conversation (secret keys only). `null` clears the subject.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConversation {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub subject: Option<Option<String>>,
+    pub status: Option<ConversationStatus>,
+    pub metadata: Option<serde_json::Value>,
+    /// End users to add as members.
+    #[serde(default)]
+    pub add_members: Vec<EndUserId>,
+}
+
+/// Filters and paging for listing conversations.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// `open` or `closed`.
+    pub status: Option<ConversationStatus>,
+    /// Only conversations with this end user (secret keys only; end users see their own).
+    pub user_id: Option<EndUserId>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<ConversationId>,
+    /// 1–200, default 50.
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations", tag = "client", request_body = CreateConversation,
+    responses((status = 201, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_conversation(
+    State(gw): State<Gateway>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<CreateConversation>,
+) -> Result<(StatusCode, ApiJson<Conversation>), ApiError> {
+    who.require_write()?;
+    if let Some(s) = &body.subject {
+        validate::name(s, "subject")?;
+    }
+    if let Some(m) = &body.metadata {
+        validate::metadata(m)?;
+    }
+    let mut members = body.members;
+    if let Some(me) = who.end_user() {
+        if members.iter().any(|m| *m != me) {
+            return Err(ApiError::forbidden(
+                "end users can only start conversations for themselves",
+            ));
+        }
+        members = vec![me];
+    }
+    members.sort();
+    members.dedup();
+    if members.len() > validate::MAX_CONVERSATION_MEMBERS {
+        return Err(ApiError::validation(format!(
+            "at most {} members",
+            validate::MAX_CONVERSATION_MEMBERS
+        )));
+    }
+    let now = model::now();
+    let conv = Conversation {
+        id: ConversationId::new_v7(),
+        project_id: who.project,
+        subject: body.subject,
+        status: ConversationStatus::Open,
+        members,
+        metadata: body.metadata.unwrap_or_else(model::empty_object),
+        created_at: now,
+        updated_at: now,
+        last_message_id: None,
+    };
+    gw.store().create_conversation(&conv).await?;
+    Ok((StatusCode::CREATED, ApiJson(conv)))
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "client", params(ListParams),
+    responses((status = 200, body = ConversationList)),
+    security(("bearer" = [])))]
+pub async fn list_conversations(
+    State(gw): State<Gateway>,
+    Caller(who): Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<ApiJson<ConversationList>, ApiError> {
+    who.require_read()?;
+    let member = match (who.end_user(), params.user_id) {
+        (Some(me), None) => Some(me),
+        (Some(me), Some(asked)) if asked == me => Some(me),
+        (Some(_), Some(_)) => return Err(ApiError::forbidden("end users only list their own")),
+        (None, asked) => asked,
+    };
+    let limit = validate::page_limit(params.limit)?;
+    let page = gw
+        .store()
+        .list_conversations(
+            who.project,
+            &ConversationQuery {
+                status: params.status,
+                member,
+                cursor: params.cursor,
+                limit,
+            },
+        )
+        .await?;
+    let next_cursor = if page.has_more {
+        page.items.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    Ok(ApiJson(ConversationList {
+        data: page.items,
+        has_more: page.has_more,
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "client",
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 200, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_conversation(
+    State(gw): State<Gateway>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<ApiJson<Conversation>, ApiError> {
+    who.require_read()?;
+    gw.conversation_for(&who, id).await.map(ApiJson)
+}
+
+#[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "client", request_body = UpdateConversation,
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 200, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_conversation(
+    State(gw): State<Gateway>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(body): ApiJson<UpdateConversation>,
+) -> Result<ApiJson<Conversation>, ApiError> {
+    who.require_key_write()?;
+    if let Some(Some(s)) = &body.subject {
+        validate::name(s, "subject")?;
+    }
+    if let Some(m) = &body.metadata {
+        validate::metadata(m)?;
+    }
+    let patch = ConversationPatch {
+        subject: body.subject,
+        status: body.status,
+        metadata: body.metadata,
+        add_members: body.add_members,
+    };
+    update(&gw, &who, id, &patch).await.map(ApiJson)
+}
+
+#[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "client",
+    params(("id" = String, Path, description = "conversation id")),
+    responses((status = 200, body = Conversation, description = "the closed conversation"),
+              (status = 404, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn close_conversation(
+    State(gw): State<Gateway>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<ApiJson<Conversation>, ApiError> {
+    who.require_key_write()?;
+    let patch = ConversationPatch {
+        status: Some(ConversationStatus::Closed),
+        ..Default::default()
+    };
+    update(&gw, &who, id, &patch).await.map(ApiJson)
+}
+
+async fn update(
+    gw: &Gateway,
+    who: &Principal,
+    id: ConversationId,
+    patch: &ConversationPatch,
+) -> Result<Conversation, ApiError> {
+    let conv = gw
+        .store()
+        .update_conversation(who.project, id, patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    gw.publish(
+        &Subject::conversation(who.project, id),
+        &ServerFrame::Conversation {
+            conversation: conv.clone(),
+        },
+    )
+    .await;
+    Ok(conv)
+}

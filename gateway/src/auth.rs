@@ -1,0 +1,395 @@
+//! Authentication and authorisation of tenant credentials.
+//!
+//! Two credentials reach the gateway:
+//! - **secret keys** (`sk_live_…`): parsed and checksummed without I/O, then looked up by the
+//!   key id embedded in them (cached), verified in constant time, checked for revocation and
+//!   expiry on every use, and scoped by `read` / `write` / `admin`;
+//! - **end-user JWTs** (HS256, `sub` = end user, `aud` = `larachat:project:<id>`, `exp`),
+//!   issued by `POST /api/v1/users`.
+//!
+//! Both resolve to a [`Principal`]: the project (from the credential only, never from the
+//! request) and the actor. The project must be active.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+
+use larachat_core::id::{ApiKeyId, EndUserId, ProjectId};
+use larachat_core::keys::{self, KeyFormatError};
+use larachat_core::model::{
+    self, Actor, ActorKind, ApiKeyRecord, KeyKind, Project, ProjectStatus, Scope,
+};
+use larachat_core::{ApiError, ErrorCode};
+use larachat_store::Store;
+
+use crate::{Gateway, GatewayConfig};
+
+const ISSUER: &str = "larachat";
+const AUD_PREFIX: &str = "larachat:project:";
+
+/// Who is calling, after authentication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub project: ProjectId,
+    pub kind: PrincipalKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrincipalKind {
+    /// A tenant backend or agent using a secret key.
+    Key {
+        key_id: ApiKeyId,
+        scopes: std::collections::BTreeSet<Scope>,
+    },
+    /// An end user with a token.
+    EndUser { user_id: EndUserId },
+}
+
+impl Principal {
+    /// Requires `read` (implied by `write` and `admin`). End users may read their own data.
+    pub fn require_read(&self) -> Result<(), ApiError> {
+        match &self.kind {
+            PrincipalKind::EndUser { .. } => Ok(()),
+            PrincipalKind::Key { scopes, .. } => {
+                if scopes
+                    .iter()
+                    .any(|s| matches!(s, Scope::Read | Scope::Write | Scope::Admin))
+                {
+                    Ok(())
+                } else {
+                    Err(ApiError::forbidden("this key lacks the read scope"))
+                }
+            }
+        }
+    }
+
+    /// Requires `write` (implied by `admin`) for keys. End users may write where the handler
+    /// allows them to (their own conversations).
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        match &self.kind {
+            PrincipalKind::EndUser { .. } => Ok(()),
+            PrincipalKind::Key { scopes, .. } => {
+                if scopes.contains(&Scope::Write) || scopes.contains(&Scope::Admin) {
+                    Ok(())
+                } else {
+                    Err(ApiError::forbidden("this key lacks the write scope"))
+                }
+            }
+        }
+    }
+
+    /// Requires a secret key (tenant backend), with `write`.
+    pub fn require_key_write(&self) -> Result<(), ApiError> {
+        match &self.kind {
+            PrincipalKind::EndUser { .. } => Err(ApiError::forbidden(
+                "this operation needs a secret key, not an end-user token",
+            )),
+            PrincipalKind::Key { .. } => self.require_write(),
+        }
+    }
+
+    pub fn end_user(&self) -> Option<EndUserId> {
+        match self.kind {
+            PrincipalKind::EndUser { user_id } => Some(user_id),
+            PrincipalKind::Key { .. } => None,
+        }
+    }
+
+    pub fn key_id(&self) -> Option<ApiKeyId> {
+        match self.kind {
+            PrincipalKind::Key { key_id, .. } => Some(key_id),
+            PrincipalKind::EndUser { .. } => None,
+        }
+    }
+
+    /// The default actor of a key: an agent named after the key.
+    pub fn default_actor(&self) -> Actor {
+        match self.kind {
+            PrincipalKind::EndUser { user_id } => Actor::end_user(user_id, None),
+            PrincipalKind::Key { key_id, .. } => Actor {
+                kind: ActorKind::Agent,
+                id: format!("key_{key_id}"),
+                name: None,
+            },
+        }
+    }
+}
+
+/// End-user token claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserClaims {
+    sub: String,
+    aud: String,
+    iss: String,
+    exp: i64,
+    iat: i64,
+}
+
+/// Verifies credentials, with caches for keys and projects.
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    pepper: Vec<u8>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    token_ttl: Duration,
+    keys: Cache<ApiKeyId, Arc<ApiKeyRecord>>,
+    projects: Cache<ProjectId, Arc<Project>>,
+    /// Keys whose `last_used_at` was recorded recently: at most one store write per key per
+    /// minute, off the request path.
+    touched: Cache<ApiKeyId, ()>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, config: &GatewayConfig) -> Self {
+        Self {
+            store,
+            pepper: config.key_pepper.clone(),
+            encoding: EncodingKey::from_secret(&config.jwt_secret),
+            decoding: DecodingKey::from_secret(&config.jwt_secret),
+            token_ttl: config.user_token_ttl,
+            keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache_ttl)
+                .build(),
+            projects: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache_ttl)
+                .build(),
+            touched: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Authenticates a bearer token: a secret key or an end-user JWT.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        if keys::looks_like_key(token) {
+            self.authenticate_key(token).await
+        } else {
+            self.authenticate_user_token(token).await
+        }
+    }
+
+    async fn authenticate_key(&self, token: &str) -> Result<Principal, ApiError> {
+        let parsed = keys::parse(token).map_err(|e| match e {
+            KeyFormatError::Prefix | KeyFormatError::Shape | KeyFormatError::Checksum => {
+                ApiError::unauthorized("invalid API key")
+            }
+        })?;
+        if parsed.kind != KeyKind::Secret {
+            return Err(ApiError::unauthorized(
+                "publishable keys only initialise the widget; use a secret key",
+            ));
+        }
+        let record = self
+            .key(parsed.id)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        if !parsed.verify(&self.pepper, &record.secret_hash) {
+            return Err(ApiError::unauthorized("invalid API key"));
+        }
+        if record.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("API key has been revoked"));
+        }
+        if !record.is_usable_at(model::now()) {
+            return Err(ApiError::unauthorized("API key has expired"));
+        }
+        self.require_active_project(record.project_id).await?;
+        self.record_use(record.id);
+        Ok(Principal {
+            project: record.project_id,
+            kind: PrincipalKind::Key {
+                key_id: record.id,
+                scopes: record.scopes.clone(),
+            },
+        })
+    }
+
+    async fn authenticate_user_token(&self, token: &str) -> Result<Principal, ApiError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        validation.leeway = 5;
+        // The audience names the project, which we only learn from the token: check its form
+        // ourselves below instead of against a fixed list.
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<UserClaims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("token has expired")
+                }
+                _ => ApiError::unauthorized("invalid token"),
+            },
+        )?;
+        let project: ProjectId = data
+            .claims
+            .aud
+            .strip_prefix(AUD_PREFIX)
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+        let user_id: EndUserId = data
+            .claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::unauthorized("invalid token"))?;
+        self.require_active_project(project).await?;
+        // A deleted user's tokens stop working at once.
+        if self.store.end_user(project, user_id).await?.is_none() {
+            return Err(ApiError::unauthorized("invalid token"));
+        }
+        Ok(Principal {
+            project,
+            kind: PrincipalKind::EndUser { user_id },
+        })
+    }
+
+    /// Issues an end-user token. Returns the token and its expiry.
+    pub fn issue_user_token(
+        &self,
+        project: ProjectId,
+        user: EndUserId,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
+        let now = model::now();
+        let exp =
+            now + chrono::Duration::from_std(self.token_ttl).unwrap_or(chrono::Duration::hours(24));
+        let claims = UserClaims {
+            sub: user.to_string(),
+            aud: format!("{AUD_PREFIX}{project}"),
+            iss: ISSUER.to_owned(),
+            exp: exp.timestamp(),
+            iat: now.timestamp(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| {
+            tracing::error!(error = %e, "could not sign an end-user token");
+            ApiError::internal()
+        })?;
+        Ok((token, exp))
+    }
+
+    /// Records the key's `last_used_at`, coalesced to once a minute, without delaying the
+    /// request.
+    fn record_use(&self, id: ApiKeyId) {
+        if self.touched.contains_key(&id) {
+            return;
+        }
+        self.touched.insert(id, ());
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(id, model::now()).await {
+                tracing::debug!(error = %e, "could not record key use");
+            }
+        });
+    }
+
+    /// Re-checks that a key is still usable (revocation, expiry). Used by long-lived
+    /// connections.
+    pub async fn key_still_valid(&self, key_id: ApiKeyId) -> bool {
+        matches!(self.key(key_id).await, Ok(Some(k)) if k.is_usable_at(model::now()))
+    }
+
+    async fn key(&self, id: ApiKeyId) -> Result<Option<Arc<ApiKeyRecord>>, ApiError> {
+        if let Some(k) = self.keys.get(&id) {
+            return Ok(Some(k));
+        }
+        match self.store.api_key(id).await? {
+            Some(k) => {
+                let k = Arc::new(k);
+                self.keys.insert(id, k.clone());
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The project, if it exists and is active; otherwise `project_suspended` / 401.
+    pub async fn require_active_project(&self, id: ProjectId) -> Result<Arc<Project>, ApiError> {
+        let project = match self.projects.get(&id) {
+            Some(p) => p,
+            None => {
+                let p = self
+                    .store
+                    .project(id)
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("invalid credentials"))?;
+                let p = Arc::new(p);
+                self.projects.insert(id, p.clone());
+                p
+            }
+        };
+        match project.status {
+            ProjectStatus::Active => Ok(project),
+            ProjectStatus::Suspended | ProjectStatus::Cancelled => Err(ApiError::new(
+                ErrorCode::ProjectSuspended,
+                "this project is not active",
+            )),
+        }
+    }
+
+    /// Forgets a cached key (control notice).
+    pub fn invalidate_key(&self, id: ApiKeyId) {
+        self.keys.invalidate(&id);
+    }
+
+    /// Forgets a cached project (control notice).
+    pub fn invalidate_project(&self, id: ProjectId) {
+        self.projects.invalidate(&id);
+    }
+}
+
+/// Extractor: the authenticated caller of a Client API request (`Authorization: Bearer …`).
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Gateway> for Caller {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| AuthRejection(ApiError::unauthorized("missing Authorization header")))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, rest) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                AuthRejection(ApiError::unauthorized(
+                    "Authorization must be 'Bearer <key or token>'",
+                ))
+            })?;
+        gw.auth()
+            .authenticate(token)
+            .await
+            .map(Caller)
+            .map_err(AuthRejection)
+    }
+}
+
+/// A 401 carries `WWW-Authenticate: Bearer`.
+pub struct AuthRejection(pub ApiError);
+
+impl axum::response::IntoResponse for AuthRejection {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = self.0.clone().into_response();
+        if self.0.code == ErrorCode::Unauthorized {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}

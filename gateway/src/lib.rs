@@ -1,0 +1,191 @@
+//! # larachat-gateway
+//!
+//! The edge. Every tenant request and every realtime connection enters here:
+//! - [`auth`]: who is calling — secret keys (cached lookup, constant-time check), end-user
+//!   JWTs — and what they may touch ([`auth::Principal`]). A request's project comes only from
+//!   its credential.
+//! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse, authorise, call [`service`]).
+//! - [`service`]: the operations shared by HTTP and realtime (send, read, typing, access
+//!   checks), so both transports behave the same: store first, then publish.
+//! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
+//!   outbound queue, resume from the store, heartbeats, close codes from the catalog.
+//! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
+//!
+//! Depends on `core`, `store` (through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
+//! and a [`Hub`](larachat_broker::Hub) for fan-out). Never on the control plane: the two meet
+//! through the store and bus subjects. Keeps no state another gateway would need.
+
+pub mod api;
+pub mod auth;
+pub mod control;
+pub mod realtime;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use larachat_broker::{Bus, Hub};
+use larachat_core::protocol::SharedFrame;
+use larachat_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use api::ApiDoc;
+
+/// Settings of a gateway. The binary fills it from the configuration file, environment and
+/// flags; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// HS256 key for end-user tokens.
+    pub jwt_secret: Vec<u8>,
+    /// Server-wide secret mixed into API key hashes (must match the control plane's).
+    pub key_pepper: Vec<u8>,
+    /// Lifetime of end-user tokens.
+    pub user_token_ttl: Duration,
+    /// How long cached keys and projects are trusted without a control notice.
+    pub cache_ttl: Duration,
+    /// Largest HTTP request body.
+    pub max_body_bytes: usize,
+    /// Realtime limits.
+    pub realtime: RealtimeConfig,
+}
+
+/// Limits of the realtime endpoint.
+#[derive(Debug, Clone)]
+pub struct RealtimeConfig {
+    /// The first frame must authenticate within this time.
+    pub auth_timeout: Duration,
+    /// Interval of server pings; a peer silent for two intervals is dropped.
+    pub heartbeat: Duration,
+    /// Largest inbound frame (and message) in bytes.
+    pub max_frame_bytes: usize,
+    /// Bounded outbound queue per connection (frames).
+    pub outbound_queue: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Inbound frames per second per connection (token bucket, burst = 2 s worth).
+    pub max_frames_per_sec: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Vec::new(),
+            key_pepper: Vec::new(),
+            user_token_ttl: Duration::from_secs(24 * 3600),
+            cache_ttl: Duration::from_secs(30),
+            max_body_bytes: 64 * 1024,
+            realtime: RealtimeConfig::default(),
+        }
+    }
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(25),
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            max_subscriptions: 100,
+            max_frames_per_sec: 200,
+        }
+    }
+}
+
+/// A running gateway's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    hub: Hub<SharedFrame>,
+    config: GatewayConfig,
+    auth: auth::Authenticator,
+    connections: realtime::Registry,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// Builds a gateway and starts its background task (control notices). Call
+    /// [`Gateway::shutdown`] to stop it.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        config: GatewayConfig,
+    ) -> Result<Self, larachat_broker::BusError> {
+        let hub = Hub::new(bus.clone(), |m: &larachat_broker::BusMessage| {
+            SharedFrame::from_json(m.payload.clone()).ok()
+        });
+        let auth = auth::Authenticator::new(store.clone(), &config);
+        let gw = Self {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                hub,
+                auth,
+                connections: realtime::Registry::default(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                config,
+            }),
+        };
+        control::spawn(gw.clone()).await?;
+        Ok(gw)
+    }
+
+    /// The axum router for `/api/v1/*` and `/realtime/v1`.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone()).merge(realtime::router(self.clone()))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
+    }
+    pub fn hub(&self) -> &Hub<SharedFrame> {
+        &self.inner.hub
+    }
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+    pub fn auth(&self) -> &auth::Authenticator {
+        &self.inner.auth
+    }
+    pub(crate) fn connections(&self) -> &realtime::Registry {
+        &self.inner.connections
+    }
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Number of open realtime connections.
+    pub fn connection_count(&self) -> usize {
+        self.inner.connections.len()
+    }
+
+    /// Tells every realtime connection to reconnect elsewhere (close 4101) and waits up to
+    /// `grace` for them and the background tasks to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.inner.tasks.len(),
+                "gateway tasks still running after the grace period"
+            );
+        }
+    }
+}

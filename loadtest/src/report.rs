@@ -1,0 +1,132 @@
+//! `report`: JSON result lines → one markdown table.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+pub fn run(files: &[PathBuf]) -> Result<()> {
+    let mut text = String::new();
+    if files.is_empty() || files.iter().any(|f| f.as_os_str() == "-") {
+        std::io::stdin().read_to_string(&mut text)?;
+    }
+    for f in files.iter().filter(|f| f.as_os_str() != "-") {
+        text.push_str(
+            &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        );
+        text.push('\n');
+    }
+    print!("{}", table(&text));
+    Ok(())
+}
+
+/// Renders every line of `text` that is a JSON result object as a table row.
+pub fn table(text: &str) -> String {
+    let mut out = String::from(
+        "| sqlite_synchronous | scenario | parameters | rate | latency measured | p50 ms | p90 ms | p99 ms | max ms | errors / missing |\n\
+         |---|---|---|---:|---|---:|---:|---:|---:|---|\n",
+    );
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(row) = row(&v) {
+            out.push_str(&row);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn row(v: &Value) -> Option<String> {
+    let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let label = v.get("label").and_then(Value::as_str).unwrap_or("-");
+    let (scenario, params, rate, what, lat, problems) = match v.get("scenario")?.as_str()? {
+        "throughput" => (
+            "throughput",
+            format!(
+                "C={} W={}{}",
+                n("connections"),
+                n("window"),
+                if n("conversations") == 1.0 && n("connections") > 1.0 {
+                    " shared conv"
+                } else {
+                    ""
+                }
+            ),
+            format!("{} msg/s", n("msgs_per_sec")),
+            "send→ack",
+            v.get("ack_latency")?,
+            format!("{} errors", n("errors")),
+        ),
+        "latency" => (
+            "latency",
+            format!(
+                "P={} R={}/s {} s",
+                n("pairs"),
+                n("rate_per_pair"),
+                n("duration_s")
+            ),
+            format!("{} msg/s", n("msgs_per_sec")),
+            "send→receive",
+            v.get("receive_latency")?,
+            format!(
+                "{} errors, {} of {} missing",
+                n("errors"),
+                n("missing"),
+                n("acked")
+            ),
+        ),
+        "fanout" => (
+            "fanout",
+            format!("K={} N={}", n("subscribers"), n("messages")),
+            format!(
+                "{} deliveries/s ({} msg/s)",
+                n("deliveries_per_sec"),
+                n("msgs_per_sec")
+            ),
+            "send→delivery",
+            v.get("delivery_latency")?,
+            format!(
+                "{} errors, {} of {} missing",
+                n("errors"),
+                n("missing"),
+                n("expected_deliveries")
+            ),
+        ),
+        _ => return None,
+    };
+    let l = |k: &str| lat.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    Some(format!(
+        "| {label} | {scenario} | {params} | {rate} | {what} | {:.2} | {:.2} | {:.2} | {:.2} | {problems} |",
+        l("p50_ms"),
+        l("p90_ms"),
+        l("p99_ms"),
+        l("max_ms")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_for_each_scenario_and_junk_is_skipped() {
+        let text = r#"some log line
+{"scenario":"throughput","label":"full","connections":1,"window":32,"conversations":1,"msgs_per_sec":1234.5,"errors":0,"ack_latency":{"p50_ms":1.5,"p90_ms":2,"p99_ms":3,"max_ms":4}}
+{"scenario":"fanout","subscribers":500,"messages":200,"deliveries_per_sec":9000,"msgs_per_sec":18,"errors":0,"missing":0,"expected_deliveries":100000,"delivery_latency":{"p50_ms":1,"p90_ms":2,"p99_ms":3,"max_ms":4}}
+{"scenario":"setup"}
+"#;
+        let t = table(text);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[2]
+                .starts_with("| full | throughput | C=1 W=32 | 1234.5 msg/s | send→ack | 1.50 |"),
+            "{t}"
+        );
+        assert!(lines[3].contains("K=500 N=200"), "{t}");
+        assert!(lines[3].contains("0 of 100000 missing"), "{t}");
+    }
+}

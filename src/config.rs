@@ -1,0 +1,431 @@
+//! Configuration: defaults → TOML file → `LARACHAT_*` environment → command-line flags, each
+//! layer overriding the one before, checked as a whole before any port is bound.
+//!
+//! Environment variables map onto the file's keys: `LARACHAT_<SECTION>__<KEY>` (double
+//! underscore between levels), e.g. `LARACHAT_SERVER__LISTEN=0.0.0.0:8080`. A few common ones
+//! have short aliases: `LARACHAT_LISTEN`, `LARACHAT_DATA_DIR`, `LARACHAT_ADMIN_EMAIL`,
+//! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`. Unknown keys are errors, not silently ignored.
+//!
+//! [`Config::load`] takes the file text and the environment as plain values so tests can pass
+//! a map instead of touching the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The whole configuration. Every field has a default; no file is needed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub security: SecurityConfig,
+    pub realtime: RealtimeSection,
+    pub admin: AdminBootstrap,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP port (API, realtime, operations). Port 0 picks a free port.
+    pub listen: String,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for connections and in-flight work.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the embedded database and generated secrets.
+    pub data_dir: PathBuf,
+    /// `full` (default: every commit survives power loss) or `normal` (survives process
+    /// crashes; faster).
+    pub sqlite_synchronous: String,
+    /// Read-only SQLite connections used in parallel.
+    pub sqlite_readers: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// HS256 key for admin and end-user tokens (≥ 32 bytes). Generated and kept in
+    /// `<data_dir>/secrets.toml` when empty.
+    pub jwt_secret: String,
+    /// Secret mixed into API key hashes (≥ 32 bytes). Generated like `jwt_secret` when empty.
+    /// Changing it invalidates every existing key.
+    pub key_pepper: String,
+    /// Lifetime of end-user tokens, in seconds.
+    pub user_token_ttl_secs: u64,
+    /// Lifetime of admin tokens, in seconds.
+    pub admin_token_ttl_secs: u64,
+    /// How long gateways trust a cached key or project without a control notice.
+    pub cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSection {
+    pub auth_timeout_secs: u64,
+    pub heartbeat_secs: u64,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub max_subscriptions: usize,
+    pub max_frames_per_sec: u32,
+}
+
+/// The first platform admin, created on start if no admin with this email exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminBootstrap {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `larachat_gateway=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            sqlite_synchronous: "full".into(),
+            sqlite_readers: 4,
+        }
+    }
+}
+
+impl Default for RealtimeSection {
+    fn default() -> Self {
+        let d = larachat_gateway::RealtimeConfig::default();
+        Self {
+            auth_timeout_secs: d.auth_timeout.as_secs(),
+            heartbeat_secs: d.heartbeat.as_secs(),
+            max_frame_bytes: d.max_frame_bytes,
+            outbound_queue: d.outbound_queue,
+            max_subscriptions: d.max_subscriptions,
+            max_frames_per_sec: d.max_frames_per_sec,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file or a value could not be parsed, or a key is unknown.
+    Parse(String),
+    /// A value parsed but breaks a rule.
+    Invalid(String),
+}
+
+impl std::error::Error for ConfigError {}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Parse(m) => write!(f, "configuration could not be read: {m}"),
+            Self::Invalid(m) => write!(f, "configuration is invalid: {m}"),
+        }
+    }
+}
+
+/// Short environment aliases → dotted keys.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("LARACHAT_LISTEN", "server.listen"),
+    ("LARACHAT_DATA_DIR", "storage.data_dir"),
+    ("LARACHAT_ADMIN_EMAIL", "admin.email"),
+    ("LARACHAT_ADMIN_PASSWORD", "admin.password"),
+    ("LARACHAT_LOG", "log.level"),
+];
+
+/// Environment variables that are not configuration keys (used by the CLI itself).
+const ENV_IGNORED: &[&str] = &["LARACHAT_CONFIG"];
+
+impl Config {
+    /// Builds the configuration from its layers. `file` is the TOML text, `env` the process
+    /// environment (only `LARACHAT_*` entries are read), `flags` dotted keys from the command
+    /// line.
+    pub fn load<'a>(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: impl IntoIterator<Item = (&'a str, Value)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = Table::new();
+        if let Some(text) = file {
+            let file_table: Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+            merge(&mut table, file_table);
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LARACHAT_") && !ENV_IGNORED.contains(&k.as_str()))
+            .collect();
+        env.sort(); // deterministic when an alias and a full key both appear
+        let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
+        for (key, raw) in env {
+            let dotted = match ENV_ALIASES.iter().find(|(alias, _)| *alias == key) {
+                Some((_, dotted)) => (*dotted).to_owned(),
+                None => key["LARACHAT_".len()..]
+                    .to_ascii_lowercase()
+                    .replace("__", "."),
+            };
+            let value = env_value(&raw, get_dotted(&defaults, &dotted));
+            set_dotted(&mut table, &dotted, value);
+        }
+        for (dotted, value) in flags {
+            set_dotted(&mut table, dotted, value);
+        }
+        let config: Config = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "server.listen must be an address like 127.0.0.1:8080, got {:?}",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes must be at least 1024".into());
+        }
+        if !matches!(self.storage.sqlite_synchronous.as_str(), "full" | "normal") {
+            return bad("storage.sqlite_synchronous must be full or normal".into());
+        }
+        if self.storage.sqlite_readers == 0 {
+            return bad("storage.sqlite_readers must be at least 1".into());
+        }
+        for (name, v) in [
+            ("security.jwt_secret", &self.security.jwt_secret),
+            ("security.key_pepper", &self.security.key_pepper),
+        ] {
+            if !v.is_empty() && v.len() < 32 {
+                return bad(format!(
+                    "{name} must be at least 32 bytes (or empty to generate one)"
+                ));
+            }
+        }
+        let r = &self.realtime;
+        if r.auth_timeout_secs == 0 || r.heartbeat_secs == 0 {
+            return bad("realtime timeouts must be at least 1 second".into());
+        }
+        if r.max_frame_bytes < 1024 || r.outbound_queue == 0 || r.max_subscriptions == 0 {
+            return bad("realtime limits must be positive (max_frame_bytes ≥ 1024)".into());
+        }
+        if r.max_frames_per_sec == 0 {
+            return bad("realtime.max_frames_per_sec must be at least 1".into());
+        }
+        if self.admin.email.is_empty() != self.admin.password.is_empty() {
+            return bad("admin.email and admin.password must be set together".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format must be text or json".into());
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn security_durations(&self) -> (Duration, Duration, Duration) {
+        let s = &self.security;
+        let or = |v: u64, d: u64| Duration::from_secs(if v == 0 { d } else { v });
+        (
+            or(s.user_token_ttl_secs, 24 * 3600),
+            or(s.admin_token_ttl_secs, 12 * 3600),
+            or(s.cache_ttl_secs, 30),
+        )
+    }
+
+    /// Realtime limits for the gateway.
+    pub fn realtime_config(&self) -> larachat_gateway::RealtimeConfig {
+        let r = &self.realtime;
+        larachat_gateway::RealtimeConfig {
+            auth_timeout: Duration::from_secs(r.auth_timeout_secs),
+            heartbeat: Duration::from_secs(r.heartbeat_secs),
+            max_frame_bytes: r.max_frame_bytes,
+            outbound_queue: r.outbound_queue,
+            max_subscriptions: r.max_subscriptions,
+            max_frames_per_sec: r.max_frames_per_sec,
+        }
+    }
+}
+
+/// Environment values take the type of the key they set (a number for `heartbeat_secs`, a
+/// string for `password` even when it is all digits). A value that does not parse as that
+/// type stays a string, so the error names the key and the expected type.
+fn env_value(raw: &str, like: Option<&Value>) -> Value {
+    match like {
+        Some(Value::Integer(_)) => raw
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(raw.to_owned()), Value::Integer),
+        Some(Value::Boolean(_)) => raw
+            .parse::<bool>()
+            .map_or_else(|_| Value::String(raw.to_owned()), Value::Boolean),
+        Some(Value::Float(_)) => raw
+            .parse::<f64>()
+            .map_or_else(|_| Value::String(raw.to_owned()), Value::Float),
+        _ => Value::String(raw.to_owned()),
+    }
+}
+
+fn get_dotted<'a>(value: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted
+        .split('.')
+        .try_fold(value, |v, part| v.as_table()?.get(part))
+}
+
+fn set_dotted(table: &mut Table, dotted: &str, value: Value) {
+    let mut parts = dotted.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        match entry {
+            Value::Table(t) => current = t,
+            _ => return,
+        }
+    }
+}
+
+fn merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::load(None, env(&[]), []).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen_addr().port(), 8080);
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let file = "[server]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 2048\n[realtime]\nheartbeat_secs = 5\n";
+        let c = Config::load(
+            Some(file),
+            env(&[
+                ("LARACHAT_SERVER__LISTEN", "127.0.0.1:9001"),
+                ("LARACHAT_REALTIME__OUTBOUND_QUEUE", "7"),
+                ("PATH", "/bin"),
+            ]),
+            [("server.listen", Value::String("127.0.0.1:9002".into()))],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9002", "flags win");
+        assert_eq!(c.server.max_body_bytes, 2048, "file beats defaults");
+        assert_eq!(c.realtime.heartbeat_secs, 5);
+        assert_eq!(c.realtime.outbound_queue, 7, "env typed as integer");
+        let c = Config::load(
+            Some(file),
+            env(&[("LARACHAT_LISTEN", "127.0.0.1:9003")]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9003", "env beats file");
+    }
+
+    #[test]
+    fn aliases_fill_admin_bootstrap() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LARACHAT_ADMIN_EMAIL", "a@b.co"),
+                ("LARACHAT_ADMIN_PASSWORD", "123456789012"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.admin.email, "a@b.co");
+        assert_eq!(c.admin.password, "123456789012", "digits stay a string");
+    }
+
+    #[test]
+    fn mistakes_are_reported_before_binding() {
+        let unknown = Config::load(Some("[server]\nlisten_addr = \"x\"\n"), env(&[]), []);
+        assert!(matches!(unknown, Err(ConfigError::Parse(m)) if m.contains("listen_addr")));
+        let typo_env = Config::load(None, env(&[("LARACHAT_SERVR__LISTEN", "x")]), []);
+        assert!(matches!(typo_env, Err(ConfigError::Parse(m)) if m.contains("servr")));
+        let bad_addr = Config::load(None, env(&[("LARACHAT_LISTEN", "localhost")]), []);
+        assert!(matches!(bad_addr, Err(ConfigError::Invalid(m)) if m.contains("server.listen")));
+        let short = Config::load(Some("[security]\njwt_secret = \"short\"\n"), env(&[]), []);
+        assert!(matches!(short, Err(ConfigError::Invalid(m)) if m.contains("jwt_secret")));
+        let half_admin = Config::load(None, env(&[("LARACHAT_ADMIN_EMAIL", "a@b.co")]), []);
+        assert!(matches!(half_admin, Err(ConfigError::Invalid(_))));
+        let wrong_type = Config::load(Some("[server]\nmax_body_bytes = \"big\"\n"), env(&[]), []);
+        assert!(matches!(wrong_type, Err(ConfigError::Parse(_))));
+        let wrong_env = Config::load(
+            None,
+            env(&[("LARACHAT_REALTIME__HEARTBEAT_SECS", "soon")]),
+            [],
+        );
+        assert!(matches!(wrong_env, Err(ConfigError::Parse(m)) if m.contains("heartbeat_secs")));
+    }
+}

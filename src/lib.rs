@@ -1,0 +1,17 @@
+//! # larachat (the binary's library)
+//!
+//! Wiring only: configuration ([`config`]), the operations endpoints ([`ops`]) and assembling
+//! one process from the library crates ([`app`]). Where a request goes from here:
+//! - `/api/v1/*` and `/realtime/v1` → `larachat-gateway` (auth in `gateway/src/auth.rs`,
+//!   handlers in `gateway/src/api/`, the socket in `gateway/src/realtime.rs`, the shared send
+//!   path in `gateway/src/service.rs`);
+//! - `/api/admin/*` → `larachat-control-plane`;
+//! - storage → `larachat-store` (`Arc<dyn Store>`), routing → `larachat-broker`
+//!   (`Arc<dyn Bus>`).
+
+pub mod app;
+pub mod config;
+pub mod ops;
+
+pub use app::{App, run_server};
+pub use config::Config;

@@ -1,0 +1,179 @@
+//! `larachat`: the command line. Parses flags, loads the configuration, and hands over to the
+//! library (`larachat::app`). See `larachat --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use toml::Value;
+
+use larachat::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "larachat",
+    version,
+    about = "Lara Chat: self-hostable chat-as-a-service"
+)]
+struct Cli {
+    /// TOML configuration file (optional; defaults need none).
+    #[arg(long, short, global = true, env = "LARACHAT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway and control plane in one process on the embedded store (single node).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Administration tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the effective configuration (secrets redacted) after checking it.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a platform admin in the embedded store (no-op if the email exists).
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// Password (at least 10 characters). Prefer the environment variable.
+        #[arg(long, env = "LARACHAT_NEW_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let mut flags: Vec<(&str, Value)> = Vec::new();
+    match &cli.command {
+        Command::Serve { listen, data_dir } => {
+            if let Some(l) = listen {
+                flags.push(("server.listen", Value::String(l.clone())));
+            }
+            if let Some(d) = data_dir {
+                flags.push(("storage.data_dir", Value::String(d.display().to_string())));
+            }
+        }
+        Command::Admin {
+            command: AdminCommand::CreateUser {
+                data_dir: Some(d), ..
+            },
+        } => flags.push(("storage.data_dir", Value::String(d.display().to_string()))),
+        _ => {}
+    }
+    let env = std::env::vars().filter(|(k, _)| k != "LARACHAT_NEW_ADMIN_PASSWORD");
+    let config = match Config::load(file.as_deref(), env, flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => {
+                larachat::run_server(config, shutdown_signal(), |addr| {
+                    // Printed on stdout so scripts (and tests) can find a port picked with :0.
+                    println!("larachat listening on http://{addr}");
+                })
+                .await
+            }
+            Command::Admin {
+                command:
+                    AdminCommand::CreateUser {
+                        email, password, ..
+                    },
+            } => larachat::app::create_admin(config, &email, &password).await,
+            Command::CheckConfig => {
+                let mut shown = config.clone();
+                for s in [
+                    &mut shown.security.jwt_secret,
+                    &mut shown.security.key_pepper,
+                    &mut shown.admin.password,
+                ] {
+                    if !s.is_empty() {
+                        *s = "<redacted>".into();
+                    }
+                }
+                println!("{}", toml::to_string_pretty(&shown)?);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

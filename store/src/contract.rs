@@ -1,0 +1,1735 @@
+//! The contract suite every [`Store`] backend must pass.
+//!
+//! Each check is a public async function taking the store under test; [`run_all`] runs them
+//! all. A backend's integration tests instantiate them, one test per check for readable
+//! reports:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn messages_paging() {
+//!     larachat_store::contract::messages_paging(&my_store().await).await;
+//! }
+//! ```
+//!
+//! Checks use fresh projects, users and identifiers each time, so they can share one store (one
+//! SQLite file, one Cassandra keyspace) and run concurrently. They panic (`assert!`) with a
+//! message naming the broken rule. The concurrent checks spawn tasks, so they need a tokio
+//! runtime (multi-threaded to be meaningful).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use chrono::Duration;
+use serde_json::json;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::model::{
+    self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
+    ConversationStatus, EndUser, EndUserPatch, KeyKind, NewMessage, Plan, Project, ProjectPatch,
+    ProjectStatus, Scope,
+};
+
+use crate::{ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
+
+/// The store under test.
+pub type TestStore = Arc<dyn Store>;
+
+/// Runs every check, one after the other, on one store.
+pub async fn run_all(store: &TestStore) {
+    admin_users(store).await;
+    projects(store).await;
+    project_delete_cascades(store).await;
+    api_keys(store).await;
+    end_users(store).await;
+    end_users_concurrent_identify(store).await;
+    end_user_delete_keeps_messages(store).await;
+    conversations(store).await;
+    conversations_listing(store).await;
+    messages_append(store).await;
+    messages_idempotency(store).await;
+    messages_concurrent_idempotency(store).await;
+    messages_paging(store).await;
+    messages_concurrent_appends(store).await;
+    read_state(store).await;
+    tenant_isolation(store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+fn admin_user_value(email: &str) -> AdminUser {
+    AdminUser {
+        id: AdminUserId::new_v7(),
+        email: email.to_owned(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: model::now(),
+    }
+}
+
+fn project_value(owner: AdminUserId, name: &str) -> Project {
+    let t = model::now();
+    Project {
+        id: ProjectId::new_v7(),
+        name: name.to_owned(),
+        owner_id: owner,
+        plan: Plan::Starter,
+        status: ProjectStatus::Active,
+        settings: json!({"theme": {"color": "#123456"}, "allowed_origins": ["https://a.example"]}),
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+/// A fresh admin user and a project it owns.
+async fn new_project(store: &TestStore) -> Project {
+    let admin = admin_user_value(&format!("{}@example.com", unique("owner")));
+    store
+        .create_admin_user(&admin)
+        .await
+        .expect("create admin user");
+    let project = project_value(admin.id, &unique("project"));
+    store
+        .create_project(&project)
+        .await
+        .expect("create project");
+    project
+}
+
+fn identified(identifier: &str) -> NewEndUser {
+    NewEndUser {
+        user_identifier: Some(identifier.to_owned()),
+        name: Some("Ada".into()),
+        email: Some("ada@example.com".into()),
+        avatar: None,
+        metadata: json!({"plan": "gold"}),
+    }
+}
+
+fn anonymous() -> NewEndUser {
+    NewEndUser {
+        user_identifier: None,
+        name: None,
+        email: None,
+        avatar: None,
+        metadata: model::empty_object(),
+    }
+}
+
+async fn new_end_user(store: &TestStore, project: ProjectId) -> EndUser {
+    let (user, created) = store
+        .upsert_end_user(project, &identified(&unique("user")))
+        .await
+        .expect("create end user");
+    assert!(created);
+    user
+}
+
+fn conversation_value(project: ProjectId, members: &[EndUserId]) -> Conversation {
+    let t = model::now();
+    let mut members = members.to_vec();
+    members.sort();
+    members.dedup();
+    Conversation {
+        id: ConversationId::new_v7(),
+        project_id: project,
+        subject: Some("Help with billing".into()),
+        status: ConversationStatus::Open,
+        members,
+        metadata: json!({"source": "widget"}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+    }
+}
+
+async fn new_conversation(
+    store: &TestStore,
+    project: ProjectId,
+    members: &[EndUserId],
+) -> Conversation {
+    let c = conversation_value(project, members);
+    store
+        .create_conversation(&c)
+        .await
+        .expect("create conversation");
+    c
+}
+
+fn agent(id: &str) -> Actor {
+    Actor {
+        kind: ActorKind::Agent,
+        id: id.to_owned(),
+        name: Some("Agent Smith".into()),
+    }
+}
+
+fn new_message(c: &Conversation, text: &str, client_msg_id: Option<&str>) -> NewMessage {
+    NewMessage {
+        project_id: c.project_id,
+        conversation_id: c.id,
+        sender: agent("agent-1"),
+        text: text.to_owned(),
+        metadata: json!({"n": text}),
+        client_msg_id: client_msg_id.map(str::to_owned),
+    }
+}
+
+fn api_key_value(
+    project: ProjectId,
+    name: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+) -> ApiKeyRecord {
+    let mut secret_hash = [0u8; 32];
+    secret_hash.copy_from_slice(&Uuid::new_v4().as_bytes().repeat(2));
+    ApiKeyRecord {
+        id: ApiKeyId::new_v7(),
+        project_id: project,
+        name: name.to_owned(),
+        kind: KeyKind::Secret,
+        prefix: "sk_live_AbC1".into(),
+        scopes: [Scope::Read, Scope::Write].into(),
+        secret_hash,
+        last_used_at: None,
+        expires_at: Some(created_at + Duration::days(30)),
+        revoked_at: None,
+        created_at,
+    }
+}
+
+fn ids<T, I: Copy>(items: &[T], id: impl Fn(&T) -> I) -> Vec<I> {
+    items.iter().map(id).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin users
+// ---------------------------------------------------------------------------------------------
+
+/// Create, look up (email case-insensitively), count, and reject duplicate emails.
+pub async fn admin_users(store: &TestStore) {
+    let before = store.count_admin_users().await.expect("count");
+    let local = unique("Admin");
+    let email = format!("{local}@Example.COM");
+    let admin = admin_user_value(&email);
+    store.create_admin_user(&admin).await.expect("create admin");
+
+    let by_id = store.admin_user(admin.id).await.expect("by id");
+    assert_eq!(
+        by_id.as_ref(),
+        Some(&admin),
+        "admin user reads back as created"
+    );
+    let by_email = store
+        .admin_user_by_email(&email.to_lowercase())
+        .await
+        .expect("by email");
+    assert_eq!(
+        by_email.map(|a| a.id),
+        Some(admin.id),
+        "email lookup ignores case"
+    );
+    let by_upper = store
+        .admin_user_by_email(&email.to_uppercase())
+        .await
+        .expect("by email");
+    assert_eq!(
+        by_upper.map(|a| a.id),
+        Some(admin.id),
+        "email lookup ignores case"
+    );
+
+    let dup = admin_user_value(&email.to_lowercase());
+    let err = store.create_admin_user(&dup).await;
+    assert!(
+        matches!(err, Err(StoreError::Conflict(_))),
+        "same email in another case must conflict, got {err:?}"
+    );
+    assert_eq!(
+        store.admin_user(dup.id).await.expect("by id"),
+        None,
+        "rejected admin not stored"
+    );
+
+    let other = admin_user_value(&format!("{}@example.com", unique("admin")));
+    store.create_admin_user(&other).await.expect("second admin");
+    let after = store.count_admin_users().await.expect("count");
+    assert!(
+        after >= before + 2,
+        "count grows with each admin: {before} -> {after}"
+    );
+
+    assert_eq!(
+        store
+            .admin_user(AdminUserId::new_v7())
+            .await
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store
+            .admin_user_by_email(&format!("{}@example.com", unique("nobody")))
+            .await
+            .expect("lookup"),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Projects
+// ---------------------------------------------------------------------------------------------
+
+/// Create, get, list by owner with paging, update, and duplicate ids.
+pub async fn projects(store: &TestStore) {
+    let owner = admin_user_value(&format!("{}@example.com", unique("owner")));
+    store.create_admin_user(&owner).await.expect("admin");
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let p = project_value(owner.id, &format!("project {i}"));
+        store.create_project(&p).await.expect("create project");
+        created.push(p);
+    }
+    let got = store.project(created[0].id).await.expect("get");
+    assert_eq!(
+        got.as_ref(),
+        Some(&created[0]),
+        "project reads back as created"
+    );
+    assert!(
+        matches!(
+            store.create_project(&created[0]).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate project id conflicts"
+    );
+
+    // Newest first, two per page: 2, 2, 1.
+    let mut expected: Vec<ProjectId> = ids(&created, |p| p.id);
+    expected.sort_by(|a, b| b.cmp(a));
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_projects(Some(owner.id), cursor, 2)
+            .await
+            .expect("list");
+        pages += 1;
+        assert!(page.items.len() <= 2, "page larger than limit");
+        assert!(
+            page.items.iter().all(|p| p.owner_id == owner.id),
+            "only the owner's projects"
+        );
+        seen.extend(ids(&page.items, |p| p.id));
+        cursor = page.items.last().map(|p| p.id);
+        if !page.has_more {
+            break;
+        }
+        assert!(pages < 10, "paging does not terminate");
+    }
+    assert_eq!(pages, 3, "5 projects at 2 per page is 3 pages");
+    assert_eq!(seen, expected, "projects listed newest first, each once");
+
+    // Listing every project includes this owner's.
+    let mut all = HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_projects(None, cursor, 1000)
+            .await
+            .expect("list all");
+        all.extend(ids(&page.items, |p| p.id));
+        cursor = page.items.last().map(|p| p.id);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert!(
+        expected.iter().all(|id| all.contains(id)),
+        "unfiltered listing has every project"
+    );
+
+    let before = created[1].clone();
+    let patch = ProjectPatch {
+        name: Some("Renamed".into()),
+        plan: Some(Plan::Pro),
+        status: None,
+        settings: Some(json!({"theme": "dark"})),
+    };
+    let updated = store
+        .update_project(before.id, &patch)
+        .await
+        .expect("update")
+        .expect("project exists");
+    assert_eq!(updated.name, "Renamed");
+    assert_eq!(updated.plan, Plan::Pro);
+    assert_eq!(updated.status, before.status, "unpatched field unchanged");
+    assert_eq!(updated.settings, json!({"theme": "dark"}));
+    assert_eq!(updated.created_at, before.created_at);
+    assert!(
+        updated.updated_at >= before.updated_at,
+        "updated_at moves forward"
+    );
+    assert_eq!(
+        store.project(before.id).await.expect("get"),
+        Some(updated),
+        "update is persisted"
+    );
+    assert_eq!(
+        store
+            .update_project(ProjectId::new_v7(), &patch)
+            .await
+            .expect("update unknown"),
+        None
+    );
+}
+
+/// Deleting a project removes everything in it, and nothing of other projects.
+pub async fn project_delete_cascades(store: &TestStore) {
+    let doomed = new_project(store).await;
+    let survivor = new_project(store).await;
+    let mut rows = Vec::new();
+    for p in [&doomed, &survivor] {
+        let user = new_end_user(store, p.id).await;
+        let conv = new_conversation(store, p.id, &[user.id]).await;
+        let msg = store
+            .append_message(&new_message(&conv, "hello", Some(&unique("c"))))
+            .await
+            .expect("append")
+            .message;
+        store
+            .mark_read(
+                p.id,
+                conv.id,
+                &Actor::end_user(user.id, None),
+                msg.id,
+                model::now(),
+            )
+            .await
+            .expect("mark read");
+        let key = api_key_value(p.id, "k", model::now());
+        store.create_api_key(&key).await.expect("key");
+        rows.push((p.id, user, conv, msg, key));
+    }
+
+    assert!(
+        store.delete_project(doomed.id).await.expect("delete"),
+        "existing project deleted"
+    );
+    assert!(
+        !store.delete_project(doomed.id).await.expect("delete again"),
+        "second delete is false"
+    );
+
+    let (pid, user, conv, msg, key) = &rows[0];
+    assert_eq!(
+        store.project(*pid).await.expect("get"),
+        None,
+        "project gone"
+    );
+    assert_eq!(
+        store.end_user(*pid, user.id).await.expect("user"),
+        None,
+        "end users gone"
+    );
+    assert_eq!(
+        store.conversation(*pid, conv.id).await.expect("conv"),
+        None,
+        "conversations gone"
+    );
+    assert_eq!(
+        store.message(*pid, conv.id, msg.id).await.expect("msg"),
+        None,
+        "messages gone"
+    );
+    let page = store
+        .list_messages(*pid, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert!(page.items.is_empty() && !page.has_more, "messages gone");
+    assert_eq!(store.api_key(key.id).await.expect("key"), None, "keys gone");
+    assert!(
+        store.list_api_keys(*pid).await.expect("keys").is_empty(),
+        "keys gone"
+    );
+    assert!(
+        store
+            .read_states(*pid, conv.id)
+            .await
+            .expect("reads")
+            .is_empty(),
+        "read states gone"
+    );
+    let convs = store
+        .list_conversations(
+            *pid,
+            &ConversationQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert!(convs.items.is_empty(), "conversation listing empty");
+    // The other project kept everything.
+    let (pid, user, conv, msg, key) = &rows[1];
+    assert!(
+        store.project(*pid).await.expect("get").is_some(),
+        "other project kept"
+    );
+    assert!(
+        store.end_user(*pid, user.id).await.expect("user").is_some(),
+        "other users kept"
+    );
+    assert!(
+        store
+            .conversation(*pid, conv.id)
+            .await
+            .expect("conv")
+            .is_some()
+    );
+    assert!(
+        store
+            .message(*pid, conv.id, msg.id)
+            .await
+            .expect("msg")
+            .is_some()
+    );
+    assert!(store.api_key(key.id).await.expect("key").is_some());
+    assert_eq!(
+        store.read_states(*pid, conv.id).await.expect("reads").len(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+// ---------------------------------------------------------------------------------------------
+
+/// Create, get, list newest first, revoke (idempotent), touch.
+pub async fn api_keys(store: &TestStore) {
+    let project = new_project(store).await;
+    let t0 = model::now();
+    let older = api_key_value(project.id, "older", t0 - Duration::seconds(10));
+    let newer = api_key_value(project.id, "newer", t0);
+    store.create_api_key(&older).await.expect("create");
+    store.create_api_key(&newer).await.expect("create");
+    assert!(
+        matches!(
+            store.create_api_key(&older).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate key id conflicts"
+    );
+
+    assert_eq!(
+        store.api_key(older.id).await.expect("get"),
+        Some(older.clone()),
+        "key reads back"
+    );
+    let listed = store.list_api_keys(project.id).await.expect("list");
+    assert_eq!(
+        ids(&listed, |k| k.id),
+        vec![newer.id, older.id],
+        "keys newest first"
+    );
+
+    let revoked_at = t0 + Duration::seconds(1);
+    let revoked = store
+        .revoke_api_key(older.id, revoked_at)
+        .await
+        .expect("revoke")
+        .expect("key exists");
+    assert_eq!(revoked.revoked_at, Some(revoked_at));
+    assert!(!revoked.is_usable_at(revoked_at));
+    let again = store
+        .revoke_api_key(older.id, revoked_at + Duration::seconds(60))
+        .await
+        .expect("revoke again")
+        .expect("key exists");
+    assert_eq!(
+        again.revoked_at,
+        Some(revoked_at),
+        "revocation keeps the first time"
+    );
+    let listed = store.list_api_keys(project.id).await.expect("list");
+    assert_eq!(listed.len(), 2, "revoked keys are still listed");
+    assert_eq!(
+        store
+            .revoke_api_key(ApiKeyId::new_v7(), revoked_at)
+            .await
+            .expect("revoke unknown"),
+        None
+    );
+
+    let used_at = t0 + Duration::seconds(5);
+    store.touch_api_key(newer.id, used_at).await.expect("touch");
+    let touched = store.api_key(newer.id).await.expect("get").expect("exists");
+    assert_eq!(
+        touched.last_used_at,
+        Some(used_at),
+        "touch records last use"
+    );
+    assert_eq!(touched.revoked_at, None, "touch changes nothing else");
+    store
+        .touch_api_key(ApiKeyId::new_v7(), used_at)
+        .await
+        .expect("touching an unknown key is not an error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// End users
+// ---------------------------------------------------------------------------------------------
+
+/// Identify-or-create, profile update on identify, anonymous users, update.
+pub async fn end_users(store: &TestStore) {
+    let project = new_project(store).await;
+    let identifier = unique("ext");
+    let (first, created) = store
+        .upsert_end_user(project.id, &identified(&identifier))
+        .await
+        .expect("identify");
+    assert!(created, "first identify creates");
+    assert_eq!(first.user_identifier.as_deref(), Some(identifier.as_str()));
+    assert!(!first.is_anonymous);
+    assert_eq!(first.name.as_deref(), Some("Ada"));
+    assert_eq!(first.metadata, json!({"plan": "gold"}));
+    assert_eq!(
+        store.end_user(project.id, first.id).await.expect("get"),
+        Some(first.clone())
+    );
+
+    let (same, created) = store
+        .upsert_end_user(project.id, &identified(&identifier))
+        .await
+        .expect("identify again");
+    assert!(!created, "second identify finds");
+    assert_eq!(same.id, first.id, "same identifier, same user");
+
+    // Identify with a changed profile: given fields change, missing ones stay.
+    let change = NewEndUser {
+        user_identifier: Some(identifier.clone()),
+        name: Some("Ada Lovelace".into()),
+        email: None,
+        avatar: Some("https://cdn.example/ada.png".into()),
+        metadata: model::empty_object(),
+    };
+    let (changed, created) = store
+        .upsert_end_user(project.id, &change)
+        .await
+        .expect("identify");
+    assert!(!created);
+    assert_eq!(changed.id, first.id);
+    assert_eq!(
+        changed.name.as_deref(),
+        Some("Ada Lovelace"),
+        "name updated on identify"
+    );
+    assert_eq!(
+        changed.avatar.as_deref(),
+        Some("https://cdn.example/ada.png")
+    );
+    assert_eq!(
+        changed.email.as_deref(),
+        Some("ada@example.com"),
+        "absent email kept"
+    );
+    assert_eq!(
+        changed.metadata,
+        json!({"plan": "gold"}),
+        "empty metadata keeps the old one"
+    );
+    assert_eq!(
+        store.end_user(project.id, first.id).await.expect("get"),
+        Some(changed.clone()),
+        "identify update persisted"
+    );
+    let with_meta = NewEndUser {
+        metadata: json!({"plan": "platinum"}),
+        ..change.clone()
+    };
+    let (meta, _) = store
+        .upsert_end_user(project.id, &with_meta)
+        .await
+        .expect("identify");
+    assert_eq!(
+        meta.metadata,
+        json!({"plan": "platinum"}),
+        "metadata replaced on identify"
+    );
+
+    // Anonymous users are always new.
+    let (a1, c1) = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect("anon");
+    let (a2, c2) = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect("anon");
+    assert!(c1 && c2, "anonymous users are always created");
+    assert_ne!(a1.id, a2.id, "two anonymous users are two users");
+    assert!(a1.is_anonymous && a1.user_identifier.is_none());
+    assert_eq!(a1.metadata, json!({}));
+
+    // Update.
+    let seen = model::now();
+    let patch = EndUserPatch {
+        name: Some(Some("Visitor 42".into())),
+        email: Some(None),
+        avatar: None,
+        metadata: Some(json!({"vip": true})),
+        last_seen_at: Some(seen),
+    };
+    let updated = store
+        .update_end_user(project.id, meta.id, &patch)
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(updated.name.as_deref(), Some("Visitor 42"));
+    assert_eq!(updated.email, None, "Some(None) clears a field");
+    assert_eq!(updated.avatar, meta.avatar, "None leaves a field");
+    assert_eq!(updated.metadata, json!({"vip": true}));
+    assert_eq!(updated.last_seen_at, Some(seen));
+    assert_eq!(updated.user_identifier, meta.user_identifier);
+    assert!(updated.updated_at >= meta.updated_at);
+    assert_eq!(
+        store.end_user(project.id, meta.id).await.expect("get"),
+        Some(updated)
+    );
+    assert_eq!(
+        store
+            .update_end_user(project.id, EndUserId::new_v7(), &patch)
+            .await
+            .expect("update"),
+        None
+    );
+    assert!(
+        !store
+            .delete_end_user(project.id, EndUserId::new_v7())
+            .await
+            .expect("delete unknown")
+    );
+}
+
+/// Twenty concurrent identifications with one identifier yield exactly one user.
+pub async fn end_users_concurrent_identify(store: &TestStore) {
+    let project = new_project(store).await;
+    let identifier = unique("race");
+    let mut tasks = JoinSet::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let user = identified(&identifier);
+        let pid = project.id;
+        tasks.spawn(async move { store.upsert_end_user(pid, &user).await });
+    }
+    let mut users = HashSet::new();
+    let mut creations = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (user, created) = joined.expect("task").expect("identify");
+        users.insert(user.id);
+        creations += usize::from(created);
+    }
+    assert_eq!(users.len(), 1, "one identifier, one user: {users:?}");
+    assert_eq!(creations, 1, "exactly one call created the user");
+}
+
+/// Deleting an end user removes it, its memberships and read markers; its messages stay.
+pub async fn end_user_delete_keeps_messages(store: &TestStore) {
+    let project = new_project(store).await;
+    let leaving = new_end_user(store, project.id).await;
+    let staying = new_end_user(store, project.id).await;
+    let conv = new_conversation(store, project.id, &[leaving.id, staying.id]).await;
+    let mut m = new_message(&conv, "bye", None);
+    m.sender = Actor::end_user(leaving.id, leaving.name.clone());
+    let sent = store.append_message(&m).await.expect("append").message;
+    let leaving_actor = Actor::end_user(leaving.id, None);
+    store
+        .mark_read(project.id, conv.id, &leaving_actor, sent.id, model::now())
+        .await
+        .expect("read");
+    store
+        .mark_read(
+            project.id,
+            conv.id,
+            &agent("agent-1"),
+            sent.id,
+            model::now(),
+        )
+        .await
+        .expect("read");
+
+    assert!(
+        store
+            .delete_end_user(project.id, leaving.id)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_end_user(project.id, leaving.id)
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store.end_user(project.id, leaving.id).await.expect("get"),
+        None,
+        "user gone"
+    );
+    let c = store
+        .conversation(project.id, conv.id)
+        .await
+        .expect("get")
+        .expect("conversation stays");
+    assert_eq!(
+        c.members,
+        vec![staying.id],
+        "membership removed, other members kept"
+    );
+    let listed = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                member: Some(leaving.id),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert!(
+        listed.items.is_empty(),
+        "deleted user is a member of nothing"
+    );
+    let reads = store.read_states(project.id, conv.id).await.expect("reads");
+    assert_eq!(
+        reads
+            .iter()
+            .map(|r| r.reader.member_key())
+            .collect::<Vec<_>>(),
+        vec![agent("agent-1").member_key()],
+        "the user's read marker is removed, others kept"
+    );
+    assert_eq!(
+        store
+            .message(project.id, conv.id, sent.id)
+            .await
+            .expect("get"),
+        Some(sent),
+        "messages of a deleted user stay"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversations
+// ---------------------------------------------------------------------------------------------
+
+/// Create with members, reject foreign members, get, update.
+pub async fn conversations(store: &TestStore) {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
+    let u1 = new_end_user(store, project.id).await;
+    let u2 = new_end_user(store, project.id).await;
+    let outsider = new_end_user(store, other.id).await;
+
+    let conv = new_conversation(store, project.id, &[u2.id, u1.id]).await;
+    assert_eq!(
+        store.conversation(project.id, conv.id).await.expect("get"),
+        Some(conv.clone()),
+        "conversation reads back with its members in id order"
+    );
+    assert!(
+        matches!(
+            store.create_conversation(&conv).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate conversation id conflicts"
+    );
+
+    let foreign = conversation_value(project.id, &[u1.id, outsider.id]);
+    let err = store.create_conversation(&foreign).await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound("end user"))),
+        "a member from another project is not found, got {err:?}"
+    );
+    assert_eq!(
+        store
+            .conversation(project.id, foreign.id)
+            .await
+            .expect("get"),
+        None,
+        "a rejected conversation is not half-created"
+    );
+    let ghost = conversation_value(project.id, &[EndUserId::new_v7()]);
+    assert!(matches!(
+        store.create_conversation(&ghost).await,
+        Err(StoreError::NotFound("end user"))
+    ));
+
+    let u3 = new_end_user(store, project.id).await;
+    let patch = ConversationPatch {
+        subject: Some(Some("Refund".into())),
+        status: Some(ConversationStatus::Closed),
+        metadata: None,
+        add_members: vec![u3.id, u1.id],
+    };
+    let updated = store
+        .update_conversation(project.id, conv.id, &patch)
+        .await
+        .expect("update")
+        .expect("exists");
+    let mut members = vec![u1.id, u2.id, u3.id];
+    members.sort();
+    assert_eq!(updated.subject.as_deref(), Some("Refund"));
+    assert_eq!(updated.status, ConversationStatus::Closed);
+    assert_eq!(updated.metadata, conv.metadata, "unpatched field unchanged");
+    assert_eq!(
+        updated.members, members,
+        "new member added, existing one not duplicated"
+    );
+    assert!(updated.updated_at >= conv.updated_at);
+    assert_eq!(
+        store.conversation(project.id, conv.id).await.expect("get"),
+        Some(updated.clone())
+    );
+
+    let clear = ConversationPatch {
+        subject: Some(None),
+        ..Default::default()
+    };
+    let cleared = store
+        .update_conversation(project.id, conv.id, &clear)
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(cleared.subject, None, "subject cleared");
+    assert_eq!(cleared.status, ConversationStatus::Closed, "status kept");
+
+    let bad = ConversationPatch {
+        add_members: vec![outsider.id],
+        ..Default::default()
+    };
+    assert!(
+        matches!(
+            store.update_conversation(project.id, conv.id, &bad).await,
+            Err(StoreError::NotFound("end user"))
+        ),
+        "adding a member of another project is rejected"
+    );
+    let after = store
+        .conversation(project.id, conv.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(after.members, members, "a rejected update changes nothing");
+    assert_eq!(
+        store
+            .update_conversation(project.id, ConversationId::new_v7(), &patch)
+            .await
+            .expect("update unknown"),
+        None
+    );
+}
+
+/// Newest-first listing with cursor paging, status and member filters.
+pub async fn conversations_listing(store: &TestStore) {
+    let project = new_project(store).await;
+    let alice = new_end_user(store, project.id).await;
+    let bob = new_end_user(store, project.id).await;
+    let mut convs = Vec::new();
+    for i in 0..7 {
+        // Alice is in every other conversation; Bob in all.
+        let members = if i % 2 == 0 {
+            vec![alice.id, bob.id]
+        } else {
+            vec![bob.id]
+        };
+        let mut c = conversation_value(project.id, &members);
+        if i % 3 == 0 {
+            c.status = ConversationStatus::Closed;
+        }
+        store.create_conversation(&c).await.expect("create");
+        convs.push(c);
+    }
+    let newest_first = |filter: &dyn Fn(&Conversation) -> bool| {
+        let mut v: Vec<ConversationId> = convs.iter().filter(|c| filter(c)).map(|c| c.id).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v
+    };
+
+    // Three pages: 3, 3, 1.
+    let mut seen = Vec::new();
+    let mut query = ConversationQuery {
+        limit: 3,
+        ..Default::default()
+    };
+    let mut has_more = Vec::new();
+    loop {
+        let page = store
+            .list_conversations(project.id, &query)
+            .await
+            .expect("list");
+        has_more.push(page.has_more);
+        seen.extend(page.items.iter().map(|c| c.id));
+        if let Some(first) = page.items.first() {
+            let expected = convs
+                .iter()
+                .find(|c| c.id == first.id)
+                .expect("listed one of ours");
+            assert_eq!(
+                first, expected,
+                "listed conversations are complete, members included"
+            );
+        }
+        query.cursor = page.items.last().map(|c| c.id);
+        if !page.has_more || has_more.len() > 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        has_more,
+        vec![true, true, false],
+        "7 conversations at 3 per page"
+    );
+    assert_eq!(seen, newest_first(&|_| true), "newest first, each once");
+
+    let exact = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                limit: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(exact.items.len(), 7);
+    assert!(
+        !exact.has_more,
+        "has_more is exact when the page holds the rest"
+    );
+
+    let closed = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                status: Some(ConversationStatus::Closed),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&closed.items, |c| c.id),
+        newest_first(&|c| c.status == ConversationStatus::Closed),
+        "status filter"
+    );
+
+    let alices = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                member: Some(alice.id),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    let expected_alice = newest_first(&|c| c.members.contains(&alice.id));
+    assert_eq!(
+        ids(&alices.items, |c| c.id),
+        expected_alice[..2].to_vec(),
+        "member filter"
+    );
+    assert!(alices.has_more);
+    let rest = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                member: Some(alice.id),
+                cursor: alices.items.last().map(|c| c.id),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&rest.items, |c| c.id),
+        expected_alice[2..].to_vec(),
+        "member filter paging"
+    );
+    assert!(!rest.has_more);
+
+    let both = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                member: Some(alice.id),
+                status: Some(ConversationStatus::Open),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&both.items, |c| c.id),
+        newest_first(&|c| c.members.contains(&alice.id) && c.status == ConversationStatus::Open),
+        "member and status filters combine"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------
+
+/// Appends get increasing ids and update the conversation; unknown conversations fail.
+pub async fn messages_append(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let before = model::now();
+    let mut prev: Option<MessageId> = None;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let a = store
+            .append_message(&new_message(&conv, &format!("m{i}"), None))
+            .await
+            .expect("append");
+        assert!(a.created);
+        let m = a.message;
+        assert_eq!(m.project_id, project.id);
+        assert_eq!(m.conversation_id, conv.id);
+        assert_eq!(m.text, format!("m{i}"));
+        assert_eq!(m.sender, agent("agent-1"));
+        assert_eq!(m.metadata, json!({"n": format!("m{i}")}));
+        assert_eq!(
+            m.id.as_uuid().get_version_num(),
+            7,
+            "message ids are UUIDv7"
+        );
+        assert!(m.created_at >= before, "created_at assigned by the store");
+        if let Some(p) = prev {
+            assert!(m.id > p, "ids increase with each append");
+        }
+        prev = Some(m.id);
+        assert_eq!(
+            store.message(project.id, conv.id, m.id).await.expect("get"),
+            Some(m.clone()),
+            "message reads back as returned"
+        );
+        let c = store
+            .conversation(project.id, conv.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            c.last_message_id,
+            Some(m.id),
+            "conversation points at the newest message"
+        );
+        sent.push(m);
+    }
+    let page = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.items, sent, "all messages, ascending");
+
+    let mut lost = new_message(&conv, "nowhere", None);
+    lost.conversation_id = ConversationId::new_v7();
+    let err = store.append_message(&lost).await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound("conversation"))),
+        "append to an unknown conversation: {err:?}"
+    );
+    assert_eq!(
+        store
+            .message(project.id, conv.id, MessageId::MIN)
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+/// `client_msg_id` makes appends idempotent per conversation.
+pub async fn messages_idempotency(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let other = new_conversation(store, project.id, &[]).await;
+    let cid = unique("client");
+
+    let first = store
+        .append_message(&new_message(&conv, "once", Some(&cid)))
+        .await
+        .expect("append");
+    assert!(first.created);
+    let retry = store
+        .append_message(&new_message(
+            &conv,
+            "once (retry, different text)",
+            Some(&cid),
+        ))
+        .await
+        .expect("retry");
+    assert!(!retry.created, "a retry is not a new message");
+    assert_eq!(
+        retry.message, first.message,
+        "a retry returns the original message"
+    );
+    let page = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 1, "one row for one client_msg_id");
+
+    let elsewhere = store
+        .append_message(&new_message(&other, "once", Some(&cid)))
+        .await
+        .expect("append");
+    assert!(
+        elsewhere.created,
+        "the same client_msg_id in another conversation is another message"
+    );
+    assert_ne!(elsewhere.message.id, first.message.id);
+
+    let later = store
+        .append_message(&new_message(&conv, "later", None))
+        .await
+        .expect("append");
+    let retry_after = store
+        .append_message(&new_message(&conv, "once", Some(&cid)))
+        .await
+        .expect("retry");
+    assert_eq!(
+        retry_after.message.id, first.message.id,
+        "idempotent even after newer messages"
+    );
+    let c = store
+        .conversation(project.id, conv.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        c.last_message_id,
+        Some(later.message.id),
+        "a retry does not move last_message_id"
+    );
+}
+
+/// Twenty concurrent appends with one `client_msg_id` store one message.
+pub async fn messages_concurrent_idempotency(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let cid = unique("client");
+    let mut tasks = JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let m = new_message(&conv, &format!("attempt {i}"), Some(&cid));
+        tasks.spawn(async move { store.append_message(&m).await });
+    }
+    let mut ids = HashSet::new();
+    let mut creations = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let a = joined.expect("task").expect("append");
+        ids.insert(a.message.id);
+        creations += usize::from(a.created);
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "every concurrent retry returns the same message"
+    );
+    assert_eq!(creations, 1, "exactly one append created it");
+    let page = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 1, "one stored row");
+}
+
+/// Latest / Before / After windows over 25 messages, with exact `has_more` and clamping.
+pub async fn messages_paging(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let mut m = Vec::new();
+    for i in 0..25 {
+        m.push(
+            store
+                .append_message(&new_message(&conv, &format!("{i}"), None))
+                .await
+                .expect("append")
+                .message
+                .id,
+        );
+    }
+    let list = |range: MessageRange, limit: u32| {
+        let store = store.clone();
+        async move {
+            let page = store
+                .list_messages(project.id, conv.id, range, limit)
+                .await
+                .expect("list messages");
+            (ids(&page.items, |x| x.id), page.has_more)
+        }
+    };
+
+    assert_eq!(
+        list(MessageRange::Latest, 10).await,
+        (m[15..25].to_vec(), true),
+        "latest 10"
+    );
+    assert_eq!(
+        list(MessageRange::Before(m[15]), 10).await,
+        (m[5..15].to_vec(), true),
+        "older 10"
+    );
+    assert_eq!(
+        list(MessageRange::Before(m[5]), 10).await,
+        (m[0..5].to_vec(), false),
+        "oldest 5"
+    );
+    assert_eq!(
+        list(MessageRange::Before(m[0]), 10).await,
+        (vec![], false),
+        "nothing before the first"
+    );
+    assert_eq!(
+        list(MessageRange::After(MessageId::MIN), 10).await,
+        (m[0..10].to_vec(), true),
+        "from start"
+    );
+    assert_eq!(
+        list(MessageRange::After(m[4]), 10).await,
+        (m[5..15].to_vec(), true),
+        "resume"
+    );
+    assert_eq!(
+        list(MessageRange::After(m[14]), 10).await,
+        (m[15..25].to_vec(), false),
+        "resume to end"
+    );
+    assert_eq!(
+        list(MessageRange::After(m[24]), 10).await,
+        (vec![], false),
+        "nothing after the last"
+    );
+    assert_eq!(
+        list(MessageRange::Latest, 25).await,
+        (m.clone(), false),
+        "exact fit has no more"
+    );
+    assert_eq!(
+        list(MessageRange::Latest, 24).await,
+        (m[1..].to_vec(), true)
+    );
+    assert_eq!(
+        list(MessageRange::After(m[13]), 11).await,
+        (m[14..25].to_vec(), false)
+    );
+    assert_eq!(
+        list(MessageRange::Latest, 0).await,
+        (m[24..].to_vec(), true),
+        "limit 0 means 1"
+    );
+    assert_eq!(
+        list(MessageRange::Latest, 5000).await,
+        (m.clone(), false),
+        "large limits are clamped"
+    );
+
+    let empty = new_conversation(store, project.id, &[]).await;
+    let page = store
+        .list_messages(project.id, empty.id, MessageRange::Latest, 10)
+        .await
+        .expect("list");
+    assert!(
+        page.items.is_empty() && !page.has_more,
+        "an empty conversation lists nothing"
+    );
+}
+
+/// Two hundred concurrent appends are all stored, with unique ids in one order.
+pub async fn messages_concurrent_appends(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let mut tasks = JoinSet::new();
+    for t in 0..20 {
+        let store = store.clone();
+        let conv = conv.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..10 {
+                let m = new_message(&conv, &format!("{t}/{i}"), Some(&format!("{t}-{i}")));
+                let a = store.append_message(&m).await.expect("append");
+                assert!(a.created);
+                mine.push(a.message.id);
+            }
+            mine
+        });
+    }
+    let mut all = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let mine = joined.expect("task");
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "a sender's messages are in its order"
+        );
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), 200, "200 appends, 200 distinct ids");
+    let page = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 1000)
+        .await
+        .expect("list");
+    let stored: Vec<MessageId> = ids(&page.items, |x| x.id);
+    assert_eq!(
+        stored,
+        all.iter().copied().collect::<Vec<_>>(),
+        "all stored, ascending"
+    );
+    let c = store
+        .conversation(project.id, conv.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        c.last_message_id,
+        all.last().copied(),
+        "last_message_id is the newest"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read state
+// ---------------------------------------------------------------------------------------------
+
+/// Read markers move forward only, per reader.
+pub async fn read_state(store: &TestStore) {
+    let project = new_project(store).await;
+    let user = new_end_user(store, project.id).await;
+    let conv = new_conversation(store, project.id, &[user.id]).await;
+    let mut m = Vec::new();
+    for i in 0..10 {
+        m.push(
+            store
+                .append_message(&new_message(&conv, &format!("{i}"), None))
+                .await
+                .expect("append")
+                .message
+                .id,
+        );
+    }
+    let reader = Actor::end_user(user.id, Some("Ada".into()));
+    let t0 = model::now();
+    let s = store
+        .mark_read(project.id, conv.id, &reader, m[5], t0)
+        .await
+        .expect("read");
+    assert_eq!(s.last_read_message_id, m[5]);
+    assert_eq!(s.reader, reader);
+    assert_eq!(s.conversation_id, conv.id);
+    assert_eq!(s.updated_at, t0);
+
+    let back = store
+        .mark_read(
+            project.id,
+            conv.id,
+            &reader,
+            m[3],
+            t0 + Duration::seconds(1),
+        )
+        .await
+        .expect("read older");
+    assert_eq!(
+        back.last_read_message_id, m[5],
+        "a marker never moves backwards"
+    );
+    assert_eq!(
+        back.updated_at, t0,
+        "an ignored older marker keeps the stored state"
+    );
+
+    let t2 = t0 + Duration::seconds(2);
+    let fwd = store
+        .mark_read(project.id, conv.id, &reader, m[8], t2)
+        .await
+        .expect("read newer");
+    assert_eq!(fwd.last_read_message_id, m[8]);
+    assert_eq!(fwd.updated_at, t2);
+
+    let agent = agent("agent-9");
+    let agent_state = store
+        .mark_read(project.id, conv.id, &agent, m[2], t2)
+        .await
+        .expect("agent read");
+    assert_eq!(
+        agent_state.last_read_message_id, m[2],
+        "each reader has its own marker"
+    );
+    let mut states = store
+        .read_states(project.id, conv.id)
+        .await
+        .expect("states");
+    states.sort_by_key(|s| s.reader.member_key());
+    let mut expected = vec![fwd, agent_state];
+    expected.sort_by_key(|s| s.reader.member_key());
+    assert_eq!(
+        states, expected,
+        "one marker per reader, each at its own position"
+    );
+
+    let err = store
+        .mark_read(project.id, ConversationId::new_v7(), &reader, m[1], t2)
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound("conversation"))),
+        "marking an unknown conversation read: {err:?}"
+    );
+    assert!(
+        store
+            .read_states(project.id, ConversationId::new_v7())
+            .await
+            .expect("states")
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenant isolation
+// ---------------------------------------------------------------------------------------------
+
+/// Every project-scoped method, called with project B on project A's rows, sees nothing and
+/// changes nothing.
+pub async fn tenant_isolation(store: &TestStore) {
+    let a = new_project(store).await;
+    let b = new_project(store).await;
+    let identifier = unique("shared-ident");
+    let (user_a, _) = store
+        .upsert_end_user(a.id, &identified(&identifier))
+        .await
+        .expect("user");
+    let conv_a = new_conversation(store, a.id, &[user_a.id]).await;
+    let msg_a = store
+        .append_message(&new_message(&conv_a, "secret of A", Some("cid-1")))
+        .await
+        .expect("append")
+        .message;
+    let reader = Actor::end_user(user_a.id, None);
+    store
+        .mark_read(a.id, conv_a.id, &reader, msg_a.id, model::now())
+        .await
+        .expect("read");
+    let key_a = api_key_value(a.id, "a", model::now());
+    store.create_api_key(&key_a).await.expect("key");
+
+    // Reads.
+    assert_eq!(
+        store.end_user(b.id, user_a.id).await.expect("end_user"),
+        None,
+        "end_user"
+    );
+    assert_eq!(
+        store
+            .conversation(b.id, conv_a.id)
+            .await
+            .expect("conversation"),
+        None,
+        "conversation"
+    );
+    let q = ConversationQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_conversations(b.id, &q)
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "list_conversations"
+    );
+    let q = ConversationQuery {
+        member: Some(user_a.id),
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_conversations(b.id, &q)
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "member filter"
+    );
+    for range in [
+        MessageRange::Latest,
+        MessageRange::After(MessageId::MIN),
+        MessageRange::Before(msg_a.id),
+    ] {
+        let page = store
+            .list_messages(b.id, conv_a.id, range, 100)
+            .await
+            .expect("list");
+        assert!(
+            page.items.is_empty() && !page.has_more,
+            "list_messages {range:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .message(b.id, conv_a.id, msg_a.id)
+            .await
+            .expect("message"),
+        None,
+        "message"
+    );
+    assert!(
+        store
+            .read_states(b.id, conv_a.id)
+            .await
+            .expect("reads")
+            .is_empty(),
+        "read_states"
+    );
+    assert!(
+        store.list_api_keys(b.id).await.expect("keys").is_empty(),
+        "list_api_keys"
+    );
+    let owned_by_b = store
+        .list_projects(Some(b.owner_id), None, 100)
+        .await
+        .expect("projects");
+    assert_eq!(
+        ids(&owned_by_b.items, |p| p.id),
+        vec![b.id],
+        "list_projects by owner"
+    );
+
+    // Writes.
+    let patch = EndUserPatch {
+        name: Some(Some("hijacked".into())),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .update_end_user(b.id, user_a.id, &patch)
+            .await
+            .expect("update"),
+        None,
+        "update_end_user"
+    );
+    assert!(
+        !store
+            .delete_end_user(b.id, user_a.id)
+            .await
+            .expect("delete"),
+        "delete_end_user"
+    );
+    let (user_b, created) = store
+        .upsert_end_user(b.id, &identified(&identifier))
+        .await
+        .expect("identify");
+    assert!(
+        created,
+        "the same identifier in another project is another user"
+    );
+    assert_ne!(user_b.id, user_a.id);
+    assert_eq!(user_b.project_id, b.id);
+
+    let cpatch = ConversationPatch {
+        subject: Some(Some("hijacked".into())),
+        add_members: vec![user_b.id],
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .update_conversation(b.id, conv_a.id, &cpatch)
+            .await
+            .expect("update"),
+        None,
+        "update_conversation"
+    );
+    let cross = conversation_value(b.id, &[user_a.id]);
+    assert!(
+        matches!(
+            store.create_conversation(&cross).await,
+            Err(StoreError::NotFound("end user"))
+        ),
+        "create_conversation with a member of A"
+    );
+    let mut inject = new_message(&conv_a, "injected", Some("cid-1"));
+    inject.project_id = b.id;
+    assert!(
+        matches!(
+            store.append_message(&inject).await,
+            Err(StoreError::NotFound("conversation"))
+        ),
+        "append_message into A's conversation"
+    );
+    assert!(
+        matches!(
+            store
+                .mark_read(b.id, conv_a.id, &reader, msg_a.id, model::now())
+                .await,
+            Err(StoreError::NotFound("conversation"))
+        ),
+        "mark_read"
+    );
+    assert!(
+        !store
+            .delete_project(ProjectId::new_v7())
+            .await
+            .expect("delete unknown")
+    );
+
+    // A is untouched.
+    assert_eq!(
+        store.end_user(a.id, user_a.id).await.expect("get"),
+        Some(user_a.clone()),
+        "A's user unchanged"
+    );
+    let c = store
+        .conversation(a.id, conv_a.id)
+        .await
+        .expect("get")
+        .expect("A's conversation exists");
+    assert_eq!(
+        c.subject, conv_a.subject,
+        "A's conversation subject unchanged"
+    );
+    assert_eq!(
+        c.members,
+        vec![user_a.id],
+        "A's conversation members unchanged"
+    );
+    assert_eq!(
+        c.last_message_id,
+        Some(msg_a.id),
+        "A's last message unchanged"
+    );
+    let page = store
+        .list_messages(a.id, conv_a.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.items, vec![msg_a.clone()], "A's messages unchanged");
+    assert_eq!(
+        store
+            .read_states(a.id, conv_a.id)
+            .await
+            .expect("reads")
+            .len(),
+        1
+    );
+    assert_eq!(store.list_api_keys(a.id).await.expect("keys"), vec![key_a]);
+    assert!(store.project(a.id).await.expect("get").is_some());
+}

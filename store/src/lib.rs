@@ -1,0 +1,281 @@
+//! # larachat-store
+//!
+//! The system of record. This crate owns the storage traits every backend implements and the
+//! backends themselves:
+//! - [`Store`]: the one object-safe trait (held as `Arc<dyn Store>`), covering admin users,
+//!   projects, API keys, end users, conversations, messages and read state;
+//! - [`sqlite`]: [`SqliteStore`], the embedded default (rusqlite, WAL, one writer thread with
+//!   group commit, a pool of parallel read-only connections, embedded migrations tracked by
+//!   `PRAGMA user_version`); its submodules are private: `writer` (the batch loop), `queries`
+//!   (the SQL), `codec` (rows and errors), `migrations` (+ `migrations/*.sql`);
+//! - [`contract`]: the generic contract suite that every backend must pass (the ScyllaDB
+//!   backend will run the same suite); `tests/sqlite_contract.rs` runs it on SQLite.
+//!
+//! Conventions every backend follows: timestamps are kept to the millisecond (build them with
+//! `model::now()`); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
+//! order is creation order).
+//!
+//! Tenancy: every method that touches tenant data takes the `ProjectId` first and only ever
+//! returns rows of that project; a row of another project is indistinguishable from a missing
+//! one (`None` / `false`).
+//!
+//! Must not depend on the broker, gateway or control plane.
+
+pub mod contract;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::model::{
+    Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, ConversationStatus, EndUser,
+    EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
+};
+
+pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore};
+
+/// Failures of a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (admin email, end-user identifier, key id).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The operation refers to a row that must exist but does not (e.g. a message for a
+    /// missing conversation). Handlers check existence first; this is a safety net.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The backend is unreachable or overloaded; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corruption, bug). Logged; clients see `internal`.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for larachat_core::ApiError {
+    fn from(e: StoreError) -> Self {
+        use larachat_core::ApiError;
+        match e {
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Unavailable(_) => ApiError::unavailable(),
+            StoreError::Internal(_) => ApiError::internal(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of results ordered by id, with the cursor to continue from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Whether more items exist beyond this page in the listing direction.
+    pub has_more: bool,
+}
+
+/// Which slice of a conversation's messages to read. Results are always in ascending id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRange {
+    /// The newest `limit` messages.
+    Latest,
+    /// The `limit` messages immediately before this id (exclusive) — "load older".
+    Before(MessageId),
+    /// The `limit` messages immediately after this id (exclusive) — resume, "load newer".
+    After(MessageId),
+}
+
+/// Filters for listing conversations. Listing order is newest conversation first (id desc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationQuery {
+    pub status: Option<ConversationStatus>,
+    /// Only conversations this end user is a member of.
+    pub member: Option<EndUserId>,
+    /// Continue after this conversation id (exclusive) in listing order.
+    pub cursor: Option<ConversationId>,
+    pub limit: u32,
+}
+
+/// A new end user, or the identification of an existing one by `user_identifier`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEndUser {
+    pub user_identifier: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub avatar: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// Result of an idempotent append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub message: Message,
+    /// `false` when `client_msg_id` had been used before in this conversation and `message` is
+    /// the original.
+    pub created: bool,
+}
+
+/// The storage contract. All methods are cancel-safe from the caller's point of view: a write
+/// whose future is dropped either happened completely or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- admin users -------------------------------------------------------------------------
+
+    /// Creates an admin user. `Conflict` if the email (case-insensitive) exists. The email is
+    /// returned as given; only comparisons ignore case.
+    async fn create_admin_user(&self, user: &AdminUser) -> StoreResult<()>;
+    /// Looks an admin up by email, ignoring case.
+    async fn admin_user_by_email(&self, email: &str) -> StoreResult<Option<AdminUser>>;
+    async fn admin_user(&self, id: AdminUserId) -> StoreResult<Option<AdminUser>>;
+    async fn count_admin_users(&self) -> StoreResult<u64>;
+
+    // --- projects ----------------------------------------------------------------------------
+
+    /// Creates a project. `Conflict` if the id exists.
+    async fn create_project(&self, project: &Project) -> StoreResult<()>;
+    async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>>;
+    /// Projects owned by `owner` (all projects when `None`), newest first (id descending;
+    /// project ids are UUIDv7), after `cursor` (exclusive). `has_more` is exact.
+    async fn list_projects(
+        &self,
+        owner: Option<AdminUserId>,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<Project>>;
+    /// Applies the patch and bumps `updated_at`. `None` if the project does not exist.
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        patch: &ProjectPatch,
+    ) -> StoreResult<Option<Project>>;
+    /// Deletes the project and everything in it (keys, end users, conversations, members,
+    /// messages, read states), atomically. `false` if it did not exist.
+    async fn delete_project(&self, id: ProjectId) -> StoreResult<bool>;
+
+    // --- API keys ----------------------------------------------------------------------------
+
+    /// Stores a key. `Conflict` if the id exists.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// A key by id, whatever its project (the id comes from inside the presented key).
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Keys of a project, revoked ones included, newest first.
+    async fn list_api_keys(&self, project: ProjectId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Marks a key revoked at `at` (idempotent: keeps the first revocation time). Returns the
+    /// updated key, `None` if unknown.
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Records use of a key (best effort, may be coalesced). `last_used_at` never moves
+    /// backwards; an unknown key is not an error.
+    async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> StoreResult<()>;
+
+    // --- end users ---------------------------------------------------------------------------
+
+    /// Creates an end user, or — when `user_identifier` is set and already known in the project
+    /// — updates the given profile fields of that user. Returns the user and whether it was
+    /// created. Identification is atomic: two concurrent calls with the same identifier yield
+    /// one user.
+    ///
+    /// On identification, `name`, `email` and `avatar` are overwritten when `Some`, and
+    /// `metadata` is replaced when it is not an empty object (or null). Without an identifier a
+    /// new anonymous user (`is_anonymous: true`) is always created.
+    async fn upsert_end_user(
+        &self,
+        project: ProjectId,
+        user: &NewEndUser,
+    ) -> StoreResult<(EndUser, bool)>;
+    async fn end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<Option<EndUser>>;
+    /// Applies the patch. `updated_at` moves for profile fields only, not for `last_seen_at`.
+    /// `None` if unknown in the project.
+    async fn update_end_user(
+        &self,
+        project: ProjectId,
+        id: EndUserId,
+        patch: &EndUserPatch,
+    ) -> StoreResult<Option<EndUser>>;
+    /// Deletes the end user (memberships and read markers go too; their messages stay).
+    /// `false` if unknown.
+    async fn delete_end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<bool>;
+
+    // --- conversations -----------------------------------------------------------------------
+
+    /// Creates a conversation with its members. Members must be end users of the project
+    /// (`NotFound("end user")` otherwise, and nothing is created). `Conflict` if the id
+    /// exists. Duplicate members are stored once; `members` read back in id order.
+    async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()>;
+    async fn conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>>;
+    /// Conversations of the project, newest first (id descending), filtered by status and
+    /// member, after `query.cursor` (exclusive). `has_more` is exact.
+    async fn list_conversations(
+        &self,
+        project: ProjectId,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>>;
+    /// Applies the patch and bumps `updated_at`. `None` if unknown in the project;
+    /// `NotFound("end user")` (and no change at all) if an added member is not an end user of
+    /// the project.
+    async fn update_conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>>;
+
+    // --- messages ----------------------------------------------------------------------------
+
+    /// Appends a message, durably, before returning. Idempotent on
+    /// `(conversation, client_msg_id)`: a repeat returns the original with `created: false`.
+    /// The store assigns `id` (UUIDv7, greater than every id already in the conversation) and
+    /// `created_at`, and updates the conversation's `last_message_id`.
+    /// `NotFound("conversation")` if the conversation is not in the project.
+    async fn append_message(&self, message: &NewMessage) -> StoreResult<Appended>;
+    /// Messages of a conversation, always in ascending id order; `limit` is clamped to
+    /// `1..=1000`. `has_more` is exact in the direction of travel: older messages exist for
+    /// `Latest` and `Before`, newer ones for `After`. An unknown conversation is an empty page.
+    async fn list_messages(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        range: MessageRange,
+        limit: u32,
+    ) -> StoreResult<Page<Message>>;
+    async fn message(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Message>>;
+
+    // --- read state --------------------------------------------------------------------------
+
+    /// Moves `reader`'s read marker forward to `message_id` (never backwards: an older id
+    /// leaves the newer marker in place). Returns the resulting state: the stored one,
+    /// unchanged, when it was already at or past `message_id`. Only the conversation must
+    /// exist (`NotFound("conversation")`); the caller validates the message id.
+    async fn mark_read(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        reader: &Actor,
+        message_id: MessageId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReadState>;
+    /// Every reader's marker in the conversation (empty for an unknown conversation).
+    async fn read_states(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+    ) -> StoreResult<Vec<ReadState>>;
+
+    // --- health ------------------------------------------------------------------------------
+
+    /// Cheap round-trip used by `/ready`.
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,495 @@
+//! The embedded SQLite backend: the single-node default.
+//!
+//! Layout:
+//! - one **writer thread** owns the only read-write connection and commits writes in groups
+//!   (see `writer`): every acknowledged write has been committed, and a batch of concurrent
+//!   writes shares one fsync;
+//! - a small pool of **read-only connections** serves reads in parallel on the blocking thread
+//!   pool, never waiting for the writer (WAL mode);
+//! - embedded, numbered **migrations** tracked with `PRAGMA user_version` (see `migrations`);
+//! - `codec` maps rows to domain types and SQLite errors to [`StoreError`]; `queries` holds
+//!   the SQL of every operation.
+//!
+//! [`SqliteStore`] is a cheap handle (`Clone`, an `Arc` inside). When the last handle is
+//! dropped, the writer finishes the writes already queued, closes its connection and the drop
+//! waits for it, so the file is fully closed afterwards.
+
+mod codec;
+mod migrations;
+mod queries;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc};
+
+use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::model::{
+    Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
+    Message, NewMessage, Project, ProjectPatch, ReadState,
+};
+
+use crate::{
+    Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
+};
+use codec::sql_error;
+use writer::{Call, Job, WriterCounters};
+
+/// The schema version (number of migrations) this binary creates and understands.
+pub const SCHEMA_VERSION: u32 = migrations::SCHEMA_VERSION;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// The database file; its parent directory is created if missing.
+    pub path: PathBuf,
+    /// Read-only connections serving reads in parallel (at least 1).
+    pub readers: usize,
+    /// `synchronous=FULL` (durable against power loss) when `true`; `NORMAL` otherwise (in WAL
+    /// mode a power cut can lose the last commits, never corrupt the file).
+    pub synchronous_full: bool,
+    /// How long a connection waits for a lock before failing with `Unavailable`.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/larachat.db"),
+            readers: 4,
+            synchronous_full: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteStats {
+    /// Committed transactions (each is one batch of writes, one fsync).
+    pub batches: u64,
+    /// Writes received by the writer.
+    pub writes: u64,
+    /// The most writes committed in one batch.
+    pub largest_batch: u64,
+    /// Batches (or parts of batches) that failed to begin or commit.
+    pub failed_batches: u64,
+}
+
+/// The embedded store. Cheap to clone; see the module docs.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<JoinHandle<()>>,
+    counters: Arc<WriterCounters>,
+    readers: Arc<ReadPool>,
+    read_permits: Arc<Semaphore>,
+}
+
+/// Idle read-only connections. Connections are opened lazily again if one was lost.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    config: SqliteConfig,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies pending migrations and starts the
+    /// writer thread. Blocking; fine to call from `async fn main` before serving.
+    pub fn open(config: SqliteConfig) -> StoreResult<SqliteStore> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open_with_flags(
+            &config.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_error)?;
+        configure(&conn, &config)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "could not enable WAL mode (got {mode}) on {}",
+                config.path.display()
+            )));
+        }
+        let sync = if config.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(sql_error)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql_error)?;
+        let applied = migrations::migrate(&mut conn)?;
+        tracing::info!(
+            path = %config.path.display(),
+            schema_version = migrations::SCHEMA_VERSION,
+            applied,
+            "sqlite store open"
+        );
+
+        let readers = config.readers.max(1);
+        let pool = Arc::new(ReadPool {
+            idle: Mutex::new(Vec::with_capacity(readers)),
+            config: config.clone(),
+        });
+        for _ in 0..readers {
+            let c = pool.open()?;
+            pool.idle.lock().push(c);
+        }
+
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let counters = Arc::new(WriterCounters::default());
+        let thread_counters = counters.clone();
+        let handle = std::thread::Builder::new()
+            .name("larachat-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_counters))
+            .map_err(|e| StoreError::Internal(format!("starting the writer thread: {e}")))?;
+
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                jobs: Some(tx),
+                writer: Some(handle),
+                counters,
+                readers: pool,
+                read_permits: Arc::new(Semaphore::new(readers)),
+            }),
+        })
+    }
+
+    /// The writer's counters: how many writes, in how many committed batches.
+    pub fn stats(&self) -> SqliteStats {
+        let c = &self.inner.counters;
+        SqliteStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            writes: c.jobs.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
+            failed_batches: c.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` on the writer thread inside the current batch; resolves after the commit.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let closed = || StoreError::Unavailable("store writer stopped".into());
+        let (job, reply) = Call::job(f);
+        let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
+        jobs.send(job).await.map_err(|_| closed())?;
+        reply.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on a pooled read-only connection, in a read transaction (one snapshot).
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = self
+            .inner
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let pool = self.inner.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = match pool.idle.lock().pop() {
+                Some(c) => c,
+                None => pool.open()?,
+            };
+            let result = (|| {
+                let tx = conn.unchecked_transaction().map_err(sql_error)?;
+                let value = f(&tx)?;
+                tx.finish().map_err(sql_error)?;
+                Ok(value)
+            })();
+            pool.idle.lock().push(conn);
+            result
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store read task failed");
+            StoreError::Internal("read task failed".into())
+        })?
+    }
+}
+
+impl ReadPool {
+    fn open(&self) -> StoreResult<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.config.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_error)?;
+        configure(&conn, &self.config)?;
+        Ok(conn)
+    }
+}
+
+/// Settings shared by the write and the read connections.
+fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
+    conn.busy_timeout(config.busy_timeout).map_err(sql_error)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; waiting for it
+        // means the database is closed when the last handle is gone (a reopen sees everything).
+        drop(self.jobs.take());
+        if let Some(handle) = self.writer.take() {
+            if handle.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.readers.config.path)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |c| queries::create_admin_user(c, &user))
+            .await
+    }
+
+    async fn admin_user_by_email(&self, email: &str) -> StoreResult<Option<AdminUser>> {
+        let email = email.to_owned();
+        self.read(move |c| queries::admin_user_by_email(c, &email))
+            .await
+    }
+
+    async fn admin_user(&self, id: AdminUserId) -> StoreResult<Option<AdminUser>> {
+        self.read(move |c| queries::admin_user(c, id)).await
+    }
+
+    async fn count_admin_users(&self) -> StoreResult<u64> {
+        self.read(queries::count_admin_users).await
+    }
+
+    async fn create_project(&self, project: &Project) -> StoreResult<()> {
+        let project = project.clone();
+        self.write(move |c| queries::create_project(c, &project))
+            .await
+    }
+
+    async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>> {
+        self.read(move |c| queries::project(c, id)).await
+    }
+
+    async fn list_projects(
+        &self,
+        owner: Option<AdminUserId>,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<Project>> {
+        self.read(move |c| queries::list_projects(c, owner, cursor, limit))
+            .await
+    }
+
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        patch: &ProjectPatch,
+    ) -> StoreResult<Option<Project>> {
+        let patch = patch.clone();
+        self.write(move |c| queries::update_project(c, id, &patch))
+            .await
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> StoreResult<bool> {
+        self.write(move |c| queries::delete_project(c, id)).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let key = key.clone();
+        self.write(move |c| queries::create_api_key(c, &key)).await
+    }
+
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKeyRecord>> {
+        self.read(move |c| queries::api_key(c, id)).await
+    }
+
+    async fn list_api_keys(&self, project: ProjectId) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.read(move |c| queries::list_api_keys(c, project)).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        self.write(move |c| queries::revoke_api_key(c, id, at))
+            .await
+    }
+
+    async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> StoreResult<()> {
+        self.write(move |c| queries::touch_api_key(c, id, at)).await
+    }
+
+    async fn upsert_end_user(
+        &self,
+        project: ProjectId,
+        user: &NewEndUser,
+    ) -> StoreResult<(EndUser, bool)> {
+        let user = user.clone();
+        self.write(move |c| queries::upsert_end_user(c, project, &user))
+            .await
+    }
+
+    async fn end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<Option<EndUser>> {
+        self.read(move |c| queries::end_user(c, project, id)).await
+    }
+
+    async fn update_end_user(
+        &self,
+        project: ProjectId,
+        id: EndUserId,
+        patch: &EndUserPatch,
+    ) -> StoreResult<Option<EndUser>> {
+        let patch = patch.clone();
+        self.write(move |c| queries::update_end_user(c, project, id, &patch))
+            .await
+    }
+
+    async fn delete_end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<bool> {
+        self.write(move |c| queries::delete_end_user(c, project, id))
+            .await
+    }
+
+    async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()> {
+        let conversation = conversation.clone();
+        self.write(move |c| queries::create_conversation(c, &conversation))
+            .await
+    }
+
+    async fn conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        self.read(move |c| queries::conversation(c, project, id))
+            .await
+    }
+
+    async fn list_conversations(
+        &self,
+        project: ProjectId,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>> {
+        let query = query.clone();
+        self.read(move |c| queries::list_conversations(c, project, &query))
+            .await
+    }
+
+    async fn update_conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>> {
+        let patch = patch.clone();
+        self.write(move |c| queries::update_conversation(c, project, id, &patch))
+            .await
+    }
+
+    async fn append_message(&self, message: &NewMessage) -> StoreResult<Appended> {
+        let message = message.clone();
+        self.write(move |c| queries::append_message(c, &message))
+            .await
+    }
+
+    async fn list_messages(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        range: MessageRange,
+        limit: u32,
+    ) -> StoreResult<Page<Message>> {
+        self.read(move |c| queries::list_messages(c, project, conversation, range, limit))
+            .await
+    }
+
+    async fn message(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Message>> {
+        self.read(move |c| queries::message(c, project, conversation, id))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        reader: &Actor,
+        message_id: MessageId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReadState> {
+        let reader = reader.clone();
+        self.write(move |c| queries::mark_read(c, project, conversation, &reader, message_id, at))
+            .await
+    }
+
+    async fn read_states(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+    ) -> StoreResult<Vec<ReadState>> {
+        self.read(move |c| queries::read_states(c, project, conversation))
+            .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if self.inner.jobs.as_ref().is_none_or(|j| j.is_closed()) {
+            return Err(StoreError::Unavailable("store writer stopped".into()));
+        }
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_error))
+            .await
+    }
+}

@@ -1,0 +1,407 @@
+//! The contract suite on `SqliteStore`, plus what only SQLite promises: data survives a
+//! reopen, migrations are idempotent, newer schemas are refused, writes are group-committed.
+
+use std::sync::Arc;
+
+use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
+use larachat_core::model::{
+    self, Actor, ActorKind, AdminUser, Conversation, ConversationStatus, NewMessage, Plan, Project,
+    ProjectStatus,
+};
+use larachat_store::contract::{self, TestStore};
+use larachat_store::sqlite::SCHEMA_VERSION;
+use larachat_store::{MessageRange, NewEndUser, SqliteConfig, SqliteStore, Store, StoreError};
+use serde_json::json;
+use tempfile::TempDir;
+
+/// A store in a fresh temporary directory (WAL files included); keep the dir alive.
+fn open_store() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(config(&dir)).expect("open store");
+    (dir, store)
+}
+
+fn config(dir: &TempDir) -> SqliteConfig {
+    // A nested path checks that the parent directory is created.
+    SqliteConfig::new(dir.path().join("data").join("larachat.db"))
+}
+
+macro_rules! contract_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let (_dir, store) = open_store();
+                let store: TestStore = Arc::new(store);
+                contract::$check(&store).await;
+            }
+        )*
+    };
+}
+
+contract_tests!(
+    admin_users,
+    projects,
+    project_delete_cascades,
+    api_keys,
+    end_users,
+    end_users_concurrent_identify,
+    end_user_delete_keeps_messages,
+    conversations,
+    conversations_listing,
+    messages_append,
+    messages_idempotency,
+    messages_concurrent_idempotency,
+    messages_paging,
+    messages_concurrent_appends,
+    read_state,
+    tenant_isolation,
+);
+
+/// All checks on one shared store, as a shared Cassandra keyspace would run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_all_on_one_store() {
+    let (_dir, store) = open_store();
+    let store: TestStore = Arc::new(store);
+    contract::run_all(&store).await;
+}
+
+struct Seeded {
+    admin: AdminUser,
+    project: Project,
+    conversation: Conversation,
+    messages: Vec<larachat_core::model::Message>,
+}
+
+async fn seed(store: &SqliteStore) -> Seeded {
+    let admin = AdminUser {
+        id: AdminUserId::new_v7(),
+        email: "Owner@Example.com".into(),
+        password_hash: "hash".into(),
+        created_at: model::now(),
+    };
+    store.create_admin_user(&admin).await.expect("admin");
+    let t = model::now();
+    let project = Project {
+        id: ProjectId::new_v7(),
+        name: "Acme".into(),
+        owner_id: admin.id,
+        plan: Plan::Pro,
+        status: ProjectStatus::Active,
+        settings: json!({"color": "blue"}),
+        created_at: t,
+        updated_at: t,
+    };
+    store.create_project(&project).await.expect("project");
+    let (user, _) = store
+        .upsert_end_user(
+            project.id,
+            &NewEndUser {
+                user_identifier: Some("u-1".into()),
+                name: Some("Ada".into()),
+                email: None,
+                avatar: None,
+                metadata: json!({}),
+            },
+        )
+        .await
+        .expect("user");
+    let conversation = Conversation {
+        id: ConversationId::new_v7(),
+        project_id: project.id,
+        subject: None,
+        status: ConversationStatus::Open,
+        members: vec![user.id],
+        metadata: json!({}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+    };
+    store
+        .create_conversation(&conversation)
+        .await
+        .expect("conversation");
+    let mut messages = Vec::new();
+    for i in 0..3 {
+        let m = NewMessage {
+            project_id: project.id,
+            conversation_id: conversation.id,
+            sender: Actor::end_user(user.id, Some("Ada".into())),
+            text: format!("hello {i}"),
+            metadata: json!({}),
+            client_msg_id: Some(format!("c{i}")),
+        };
+        messages.push(store.append_message(&m).await.expect("append").message);
+    }
+    Seeded {
+        admin,
+        project,
+        conversation,
+        messages,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(config(&dir)).expect("open");
+    let seeded = seed(&store).await;
+    drop(store);
+
+    let store = SqliteStore::open(config(&dir)).expect("reopen");
+    assert_eq!(
+        store
+            .admin_user_by_email("owner@example.com")
+            .await
+            .expect("admin"),
+        Some(seeded.admin.clone()),
+        "admin user survives, original email spelling kept"
+    );
+    assert_eq!(
+        store.project(seeded.project.id).await.expect("project"),
+        Some(seeded.project.clone())
+    );
+    let conversation = store
+        .conversation(seeded.project.id, seeded.conversation.id)
+        .await
+        .expect("conversation")
+        .expect("conversation survives");
+    assert_eq!(conversation.members, seeded.conversation.members);
+    assert_eq!(
+        conversation.last_message_id,
+        seeded.messages.last().map(|m| m.id)
+    );
+    let page = store
+        .list_messages(
+            seeded.project.id,
+            seeded.conversation.id,
+            MessageRange::Latest,
+            10,
+        )
+        .await
+        .expect("messages");
+    assert_eq!(
+        page.items, seeded.messages,
+        "every acknowledged message survives"
+    );
+
+    // Idempotency survives too: a retry after a restart returns the original.
+    let retry = NewMessage {
+        project_id: seeded.project.id,
+        conversation_id: seeded.conversation.id,
+        sender: Actor {
+            kind: ActorKind::EndUser,
+            id: "x".into(),
+            name: None,
+        },
+        text: "retry".into(),
+        metadata: json!({}),
+        client_msg_id: Some("c0".into()),
+    };
+    let again = store.append_message(&retry).await.expect("retry");
+    assert!(!again.created);
+    assert_eq!(again.message, seeded.messages[0]);
+
+    // New ids stay above the ones written before the restart.
+    let fresh = store
+        .append_message(&NewMessage {
+            client_msg_id: None,
+            ..retry
+        })
+        .await
+        .expect("append");
+    assert!(seeded.messages.iter().all(|m| m.id < fresh.message.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_on_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config(&dir).path;
+    let store = SqliteStore::open(config(&dir)).expect("open");
+    let seeded = seed(&store).await;
+    drop(store);
+    for _ in 0..3 {
+        let store = SqliteStore::open(config(&dir)).expect("reopen runs no migration twice");
+        assert!(
+            store
+                .project(seeded.project.id)
+                .await
+                .expect("project")
+                .is_some()
+        );
+        store.ping().await.expect("ping");
+    }
+    let conn = rusqlite::Connection::open(&path).expect("open raw");
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(SqliteStore::open(config(&dir)).expect("open"));
+    let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump");
+    drop(conn);
+    let err = SqliteStore::open(config(&dir)).expect_err("a newer schema must be refused");
+    assert!(
+        matches!(&err, StoreError::Internal(m) if m.contains("newer")),
+        "error explains the version: {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_are_group_committed() {
+    let (_dir, store) = open_store();
+    let seeded = seed(&store).await;
+    let before = store.stats();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let store = store.clone();
+        let m = NewMessage {
+            project_id: seeded.project.id,
+            conversation_id: seeded.conversation.id,
+            sender: Actor {
+                kind: ActorKind::Agent,
+                id: "a".into(),
+                name: None,
+            },
+            text: format!("burst {i}"),
+            metadata: json!({}),
+            client_msg_id: Some(format!("burst-{i}")),
+        };
+        tasks.spawn(async move { store.append_message(&m).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert!(r.expect("task").expect("append").created);
+    }
+    let after = store.stats();
+    let batches = after.batches - before.batches;
+    let writes = after.writes - before.writes;
+    println!(
+        "500 concurrent appends: {batches} commits, largest batch {}",
+        after.largest_batch
+    );
+    assert_eq!(writes, 500, "every append went through the writer");
+    assert!(
+        batches < 500,
+        "concurrent writes share commits ({batches} commits for 500 writes)"
+    );
+    assert!(after.largest_batch > 1);
+    assert_eq!(after.failed_batches, 0);
+    let page = store
+        .list_messages(
+            seeded.project.id,
+            seeded.conversation.id,
+            MessageRange::Latest,
+            1000,
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 503, "all 500 stored (plus the 3 seeded)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_write_does_not_sink_its_batch() {
+    let (_dir, store) = open_store();
+    let seeded = seed(&store).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Interleave valid appends with appends to an unknown conversation and duplicate admins.
+    for i in 0..100 {
+        let store = store.clone();
+        let seeded_project = seeded.project.id;
+        let conversation = if i % 2 == 0 {
+            seeded.conversation.id
+        } else {
+            ConversationId::new_v7()
+        };
+        let dup_admin = AdminUser {
+            id: AdminUserId::new_v7(),
+            ..seeded.admin.clone()
+        };
+        tasks.spawn(async move {
+            if i % 10 == 1 {
+                return (i, store.create_admin_user(&dup_admin).await.map(|_| ()));
+            }
+            let m = NewMessage {
+                project_id: seeded_project,
+                conversation_id: conversation,
+                sender: Actor {
+                    kind: ActorKind::Bot,
+                    id: "b".into(),
+                    name: None,
+                },
+                text: format!("{i}"),
+                metadata: json!({}),
+                client_msg_id: None,
+            };
+            (i, store.append_message(&m).await.map(|_| ()))
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (i, result) = r.expect("task");
+        match (i % 2, i % 10, result) {
+            (_, 1, Err(StoreError::Conflict(m))) => assert!(m.contains("email"), "{m}"),
+            (0, _, Ok(())) => ok += 1,
+            (1, _, Err(StoreError::NotFound("conversation"))) => {}
+            (_, _, other) => panic!("write {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ok, 50);
+    let page = store
+        .list_messages(
+            seeded.project.id,
+            seeded.conversation.id,
+            MessageRange::Latest,
+            1000,
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        page.items.len(),
+        53,
+        "every valid write of mixed batches is stored"
+    );
+    assert_eq!(
+        store.count_admin_users().await.expect("count"),
+        1,
+        "no duplicate admin slipped in"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_errors_not_panics() {
+    let (dir, store) = open_store();
+    let seeded = seed(&store).await;
+    drop(store);
+    let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+    conn.execute(
+        "UPDATE projects SET settings = 'not json', plan = 'platinum'",
+        [],
+    )
+    .expect("corrupt");
+    conn.execute("UPDATE admin_users SET id = x'0102'", [])
+        .expect("corrupt");
+    drop(conn);
+    let store = SqliteStore::open(config(&dir)).expect("reopen");
+    assert!(matches!(
+        store.project(seeded.project.id).await,
+        Err(StoreError::Internal(_))
+    ));
+    assert!(matches!(
+        store.admin_user_by_email("owner@example.com").await,
+        Err(StoreError::Internal(_))
+    ));
+    store
+        .ping()
+        .await
+        .expect("the store keeps serving after a corrupt row");
+}
