@@ -19,6 +19,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
   cargo build --release -p larachat -p larachat-loadtest >&2
 fi
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/larachat-bench.XXXXXX")
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
@@ -96,7 +97,8 @@ for SYNC in full normal; do
 done
 
 echo
-echo "Lara Chat single node, $(nproc) cores, $(uname -sr); load generator on the same machine."
+echo "Lara Chat single node, $(nproc) cores, $(uname -sr); load generator on the same machine;"
+echo "load average before the runs: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 "$LOADTEST" report "$RESULTS"
 echo
