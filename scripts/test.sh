@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and what
-# .ci/run calls. It installs what it needs (nothing beyond cargo, curl and python3 so far).
+# .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
+# and a real nats-server (deploy/nats.sh, built once with `go install`). Quick when
+# those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +11,18 @@ if ! need curl || ! need python3; then
   apt-get update -qq && apt-get install -y -qq curl python3 >/dev/null
 fi
 
+echo "== services: nats-server"
+deploy/nats.sh install
+eval "$(deploy/nats.sh start)"
+trap 'deploy/nats.sh stop >/dev/null 2>&1 || true' EXIT
+export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN
+
+FEATURES="larachat-broker/nats"
 echo "== format"
 cargo fmt --all --check
 echo "== clippy"
-cargo clippy --all-targets --locked -- -D warnings
-echo "== unit, contract and integration tests"
-cargo test --workspace --locked
+cargo clippy --workspace --all-targets --locked --features "$FEATURES" -- -D warnings
+echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS)"
+cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh

@@ -4,7 +4,9 @@
 //! Environment variables map onto the file's keys: `LARACHAT_<SECTION>__<KEY>` (double
 //! underscore between levels), e.g. `LARACHAT_SERVER__LISTEN=0.0.0.0:8080`. A few common ones
 //! have short aliases: `LARACHAT_LISTEN`, `LARACHAT_DATA_DIR`, `LARACHAT_ADMIN_EMAIL`,
-//! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`. Unknown keys are errors, not silently ignored.
+//! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`. Unknown keys in the file and unknown
+//! `SECTION__KEY` variables are errors, not silently ignored; other `LARACHAT_*` variables
+//! (no `__`, not an alias) belong to tools and are ignored.
 //!
 //! [`Config::load`] takes the file text and the environment as plain values so tests can pass
 //! a map instead of touching the process environment.
@@ -26,6 +28,21 @@ pub struct Config {
     pub realtime: RealtimeSection,
     pub admin: AdminBootstrap,
     pub log: LogConfig,
+    pub demo: DemoConfig,
+}
+
+/// The demo pages (`/demo`, `/demo/agent`) and their "Demo" project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Create the demo project on start and serve the demo pages. Turn off in production.
+    pub enabled: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,9 +185,6 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("LARACHAT_LOG", "log.level"),
 ];
 
-/// Environment variables that are not configuration keys (used by the CLI itself).
-const ENV_IGNORED: &[&str] = &["LARACHAT_CONFIG"];
-
 impl Config {
     /// Builds the configuration from its layers. `file` is the TOML text, `env` the process
     /// environment (only `LARACHAT_*` entries are read), `flags` dotted keys from the command
@@ -189,16 +203,20 @@ impl Config {
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("LARACHAT_") && !ENV_IGNORED.contains(&k.as_str()))
+            .filter(|(k, _)| k.starts_with("LARACHAT_"))
             .collect();
         env.sort(); // deterministic when an alias and a full key both appear
         let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
         for (key, raw) in env {
+            // Only aliases and `SECTION__KEY` names are configuration (and an unknown
+            // section or key there is an error); other `LARACHAT_*` variables belong to tools
+            // and scripts (`LARACHAT_CONFIG`, `LARACHAT_BIN`, test settings) and are ignored.
             let dotted = match ENV_ALIASES.iter().find(|(alias, _)| *alias == key) {
                 Some((_, dotted)) => (*dotted).to_owned(),
-                None => key["LARACHAT_".len()..]
+                None if key.contains("__") => key["LARACHAT_".len()..]
                     .to_ascii_lowercase()
                     .replace("__", "."),
+                None => continue,
             };
             let value = env_value(&raw, get_dotted(&defaults, &dotted));
             set_dotted(&mut table, &dotted, value);
@@ -411,6 +429,15 @@ mod tests {
     fn mistakes_are_reported_before_binding() {
         let unknown = Config::load(Some("[server]\nlisten_addr = \"x\"\n"), env(&[]), []);
         assert!(matches!(unknown, Err(ConfigError::Parse(m)) if m.contains("listen_addr")));
+        let tools = Config::load(
+            None,
+            env(&[
+                ("LARACHAT_BIN", "/x"),
+                ("LARACHAT_TEST_NATS_URL", "nats://x"),
+            ]),
+            [],
+        );
+        assert!(tools.is_ok(), "tool variables are not configuration");
         let typo_env = Config::load(None, env(&[("LARACHAT_SERVR__LISTEN", "x")]), []);
         assert!(matches!(typo_env, Err(ConfigError::Parse(m)) if m.contains("servr")));
         let bad_addr = Config::load(None, env(&[("LARACHAT_LISTEN", "localhost")]), []);

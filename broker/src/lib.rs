@@ -12,22 +12,35 @@
 //!   task per subject with at least one local subscriber, each received payload decoded once
 //!   and the same `Arc` offered to the bounded queue ([`LocalSink`]) of every local subscriber;
 //!   a full queue cancels that subscriber's `overflow` token instead of waiting.
+//! - `nats::NatsBus` (cargo feature `nats`): the distributed backend — core NATS for live
+//!   events (same guarantee; subscriptions resume by themselves after a reconnect, messages
+//!   published meanwhile are lost) and the JetStream stream `LARACHAT_EVENTS` for durable
+//!   events (`publish_durable`, acknowledged).
+//! - [`events`]: names of durable events ([`DurableSubject`] `lc.v1.events.<project>.<kind>`,
+//!   [`EventKind`]), consumed by webhooks and usage metering; backend-neutral.
 //! - [`contract`]: the contract suite every bus backend must pass (bus and hub checks, each a
-//!   public async fn over `Arc<dyn Bus>`); `tests/local_contract.rs` runs it on `LocalBus`.
+//!   public async fn over `Arc<dyn Bus>`); `tests/local_contract.rs` runs it on `LocalBus`,
+//!   `tests/nats_contract.rs` on `NatsBus` against a real server (`deploy/nats.sh start`).
 //!
 //! Must not depend on the store, gateway or control plane.
 
 pub mod contract;
+pub mod events;
 pub mod hub;
 pub mod local;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use events::{DurableSubject, EventKind};
 pub use hub::{Hub, Interest, LocalSink};
 pub use larachat_core::subject::Subject;
 pub use local::LocalBus;
+#[cfg(feature = "nats")]
+pub use nats::{NatsBus, NatsOptions};
 
 /// Failures of the bus.
 #[derive(Debug, thiserror::Error)]
