@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and what
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
-# and a real nats-server (deploy/nats.sh, built once with `go install`). Quick when
-# those are already installed.
+# a real nats-server (deploy/nats.sh, built once with `go install`), Chromium and the widget's
+# npm packages (scripts/browser-test.sh). Quick when those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +26,5 @@ echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS
 cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh
+echo "== widget: typecheck, size budget, real-browser tests"
+scripts/browser-test.sh

@@ -42,7 +42,8 @@ struct Secrets {
 impl App {
     /// Opens the store, starts the gateway and control plane, bootstraps the first admin if
     /// configured, and assembles the router.
-    pub async fn build(mut config: Config) -> anyhow::Result<App> {
+    /// `addr` is the bound address (the demo allows the origins a browser uses for it).
+    pub async fn build(mut config: Config, addr: std::net::SocketAddr) -> anyhow::Result<App> {
         let data_dir = config.storage.data_dir.clone();
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -105,7 +106,19 @@ impl App {
             metrics: ops::metrics_handle(),
             openapi: Arc::new(ops::openapi_json()),
         };
-        let router = Router::new()
+        let mut router = Router::new();
+        if config.demo.enabled {
+            let demo = crate::demo::ensure(
+                &store,
+                config.security.key_pepper.as_bytes(),
+                &data_dir,
+                addr,
+            )
+            .await
+            .context("preparing the demo project")?;
+            router = router.merge(crate::demo::router(demo));
+        }
+        let router = router
             .merge(gateway.router())
             .merge(larachat_control_plane::router(control_plane))
             .merge(ops::router(ops))
@@ -136,11 +149,11 @@ pub async fn run_server(
 ) -> anyhow::Result<()> {
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let app = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
+    let app = App::build(config, local).await?;
     tracing::info!(%local, "listening");
     on_ready(local);
 
@@ -153,12 +166,16 @@ pub async fn run_server(
         let _ = drained_tx.send(());
     };
     tokio::spawn(drain);
-    axum::serve(listener, app.router)
-        .with_graceful_shutdown(async move {
-            let _ = drained_rx.await;
-        })
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = drained_rx.await;
+    })
+    .await
+    .context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
 }

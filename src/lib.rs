@@ -1,7 +1,7 @@
 //! # larachat (the binary's library)
 //!
-//! Wiring only: configuration ([`config`]), the operations endpoints ([`ops`]) and assembling
-//! one process from the library crates ([`app`]). Where a request goes from here:
+//! Wiring only: configuration ([`config`]), the operations endpoints ([`ops`]), the demo
+//! pages ([`demo`]) and assembling one process from the library crates ([`app`]). Where a request goes from here:
 //! - `/api/v1/*` and `/realtime/v1` → `larachat-gateway` (auth in `gateway/src/auth.rs`,
 //!   handlers in `gateway/src/api/`, the socket in `gateway/src/realtime.rs`, the shared send
 //!   path in `gateway/src/service.rs`);
@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod ops;
 
 pub use app::{App, run_server};

@@ -586,7 +586,7 @@ pub async fn revoke_api_key(
 // ---------------------------------------------------------------------------------------------
 
 /// The project if it exists and `admin` owns it; one 404 otherwise.
-async fn owned_project(
+pub(crate) async fn owned_project(
     cp: &ControlPlane,
     admin: &AdminUser,
     id: ProjectId,
@@ -628,7 +628,7 @@ fn check_settings(settings: &serde_json::Value) -> Result<(), ApiError> {
 
 /// Announces a change to the gateways. A failure does not fail the request: the change is
 /// already durable, and gateways re-read it when their cache entry expires.
-async fn publish(cp: &ControlPlane, event: ControlEvent) {
+pub(crate) async fn publish(cp: &ControlPlane, event: ControlEvent) {
     cp.notify_local(&event);
     let payload = Bytes::from(event.to_json());
     let result = tokio::time::timeout(
@@ -652,7 +652,7 @@ async fn publish(cp: &ControlPlane, event: ControlEvent) {
     }
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "store operation failed in the admin api");
     e.into()
 }

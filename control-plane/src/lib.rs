@@ -16,6 +16,8 @@
 //!   extractor that guards every route but login.
 //! - [`password`]: argon2id password hashing, login verification without user enumeration,
 //!   and [`bootstrap_admin`] for the first admin.
+//! - [`widget`]: widget settings of a project (allowed origins, identity verification, look)
+//!   and its identity secret.
 //! - [`openapi`]: [`AdminApiDoc`], the OpenAPI description the binary merges into
 //!   `/openapi.json`.
 //! - `telemetry` (private): the metric names (`larachat_admin_*`), defined once.
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod openapi;
 pub mod password;
 mod telemetry;
+pub mod widget;
 
 use std::fmt;
 use std::sync::Arc;
@@ -250,6 +253,14 @@ pub fn router(cp: ControlPlane) -> Router {
             post(api::create_api_key).get(api::list_api_keys),
         )
         .route("/api/admin/api-keys/{id}", delete(api::revoke_api_key))
+        .route(
+            "/api/admin/projects/{id}/widget",
+            get(widget::get_widget).put(widget::put_widget),
+        )
+        .route(
+            "/api/admin/projects/{id}/widget/identity-secret",
+            post(widget::rotate_identity_secret),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(no_store))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -20,8 +20,13 @@ use crate::api;
         api::create_api_key,
         api::list_api_keys,
         api::revoke_api_key,
+        crate::widget::get_widget,
+        crate::widget::put_widget,
+        crate::widget::rotate_identity_secret,
     ),
     components(schemas(
+        crate::widget::WidgetSettingsRequest,
+        crate::widget::WidgetSettingsView,
         api::LoginRequest,
         api::LoginResponse,
         api::AdminView,

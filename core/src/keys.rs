@@ -18,7 +18,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::id::ApiKeyId;
+use crate::id::{ApiKeyId, ProjectId};
 use crate::model::KeyKind;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -130,6 +130,40 @@ pub fn looks_like_key(s: &str) -> bool {
     s.starts_with(prefix_for(KeyKind::Secret)) || s.starts_with(prefix_for(KeyKind::Publishable))
 }
 
+/// A project's identity-verification secret: the key tenants use to sign `user_hash`
+/// (`hex(HMAC-SHA256(secret, identifier))`) or user JWTs for the widget.
+///
+/// Derived rather than stored: HMAC of the server pepper over the project id and a generation
+/// counter kept in the project's widget settings, so rotating is bumping the counter and no
+/// secret sits in the database.
+pub fn identity_secret(pepper: &[u8], project: ProjectId, generation: u32) -> String {
+    let mac = hmac_sha256(
+        pepper,
+        format!("larachat-identity:{project}:{generation}").as_bytes(),
+    );
+    hex(&mac)
+}
+
+/// `hex(HMAC-SHA256(key, message))`, lowercase.
+pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
+    hex(&hmac_sha256(key, message))
+}
+
+/// Constant-time equality of two strings (for comparing proofs).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hash_secret(pepper: &[u8], secret: &str) -> [u8; 32] {
     // HMAC accepts keys of any length, including empty.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper).expect("HMAC takes any key length");
@@ -184,6 +218,25 @@ mod tests {
         assert_eq!(parse("sk_live_abc").unwrap_err(), KeyFormatError::Shape);
         let with_dot = format!("{}.", &k.plaintext[..k.plaintext.len() - 1]);
         assert_eq!(parse(&with_dot).unwrap_err(), KeyFormatError::Shape);
+    }
+
+    #[test]
+    fn identity_secrets_differ_by_project_generation_and_pepper() {
+        let p = ProjectId::new_v7();
+        let a = identity_secret(b"pepper", p, 0);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, identity_secret(b"pepper", p, 0));
+        assert_ne!(a, identity_secret(b"pepper", p, 1));
+        assert_ne!(a, identity_secret(b"other", p, 0));
+        assert_ne!(a, identity_secret(b"pepper", ProjectId::new_v7(), 0));
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hmac_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
     }
 
     #[test]

@@ -79,6 +79,61 @@ pub struct ProjectPatch {
     pub settings: Option<serde_json::Value>,
 }
 
+/// How strictly the widget checks that an identified user is who the page claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityVerification {
+    /// Trust the page (anyone can claim any identifier from the browser console).
+    #[default]
+    Off,
+    /// Accept, but log and count a missing or wrong proof.
+    Report,
+    /// Refuse a missing or wrong proof.
+    Enforce,
+}
+
+/// Widget configuration of a project, kept under `settings.widget`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct WidgetSettings {
+    /// Exact origins (`scheme://host[:port]`) the widget may run on.
+    pub allowed_origins: Vec<String>,
+    pub identity_verification: IdentityVerification,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<String>,
+    /// `light` or `dark`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub theme: Option<String>,
+    /// `bottom-right` or `bottom-left`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// `#rrggbb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accent_color: Option<String>,
+    /// Bumped to rotate the identity secret (see `keys::identity_secret`).
+    pub identity_secret_generation: u32,
+}
+
+impl WidgetSettings {
+    /// The widget settings of a project (defaults when absent or unreadable).
+    pub fn of(project: &Project) -> Self {
+        project
+            .settings
+            .get("widget")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether `origin` is allowed: exact, byte-for-byte match; `null` never is.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        origin != "null" && self.allowed_origins.iter().any(|o| o == origin)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // API keys
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ const AUD_PREFIX: &str = "larachat:project:";
 pub struct Principal {
     pub project: ProjectId,
     pub kind: PrincipalKind,
+    /// For widget sessions: the page origin the token was issued to. Requests and sockets
+    /// using the token must come from that origin, and it must still be allowed.
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +132,15 @@ struct UserClaims {
     iss: String,
     exp: i64,
     iat: i64,
+    /// Widget sessions only: the origin the session belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
+
+/// Audience of visitor tokens: they only bring an anonymous visitor back at widget init.
+const VISITOR_AUD_PREFIX: &str = "larachat:visitor:";
+/// Lifetime of a visitor token.
+const VISITOR_TOKEN_TTL: chrono::Duration = chrono::Duration::days(180);
 
 /// Verifies credentials, with caches for keys and projects.
 pub struct Authenticator {
@@ -209,6 +220,7 @@ impl Authenticator {
                 key_id: record.id,
                 scopes: record.scopes.clone(),
             },
+            origin: None,
         })
     }
 
@@ -247,6 +259,7 @@ impl Authenticator {
         Ok(Principal {
             project,
             kind: PrincipalKind::EndUser { user_id },
+            origin: data.claims.origin,
         })
     }
 
@@ -256,15 +269,62 @@ impl Authenticator {
         project: ProjectId,
         user: EndUserId,
     ) -> Result<(String, DateTime<Utc>), ApiError> {
+        self.issue_session_token(project, user, None)
+    }
+
+    /// Issues an end-user token, bound to a page origin for widget sessions.
+    pub fn issue_session_token(
+        &self,
+        project: ProjectId,
+        user: EndUserId,
+        origin: Option<&str>,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
+        let ttl = chrono::Duration::from_std(self.token_ttl).unwrap_or(chrono::Duration::hours(24));
+        self.sign(user, format!("{AUD_PREFIX}{project}"), ttl, origin)
+    }
+
+    /// Issues a long-lived visitor token: it only lets an anonymous visitor come back as the
+    /// same end user at widget init.
+    pub fn issue_visitor_token(
+        &self,
+        project: ProjectId,
+        user: EndUserId,
+    ) -> Result<String, ApiError> {
+        self.sign(
+            user,
+            format!("{VISITOR_AUD_PREFIX}{project}"),
+            VISITOR_TOKEN_TTL,
+            None,
+        )
+        .map(|(t, _)| t)
+    }
+
+    /// The end user a visitor token names, if it is valid for `project`.
+    pub fn verify_visitor_token(&self, project: ProjectId, token: &str) -> Option<EndUserId> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[format!("{VISITOR_AUD_PREFIX}{project}")]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        let data = jsonwebtoken::decode::<UserClaims>(token, &self.decoding, &validation).ok()?;
+        data.claims.sub.parse().ok()
+    }
+
+    fn sign(
+        &self,
+        user: EndUserId,
+        aud: String,
+        ttl: chrono::Duration,
+        origin: Option<&str>,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
         let now = model::now();
-        let exp =
-            now + chrono::Duration::from_std(self.token_ttl).unwrap_or(chrono::Duration::hours(24));
+        let exp = now + ttl;
         let claims = UserClaims {
             sub: user.to_string(),
-            aud: format!("{AUD_PREFIX}{project}"),
+            aud,
             iss: ISSUER.to_owned(),
             exp: exp.timestamp(),
             iat: now.timestamp(),
+            origin: origin.map(str::to_owned),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| {
@@ -272,6 +332,27 @@ impl Authenticator {
             ApiError::internal()
         })?;
         Ok((token, exp))
+    }
+
+    /// The active project of a publishable key (`pk_live_…`), for widget requests.
+    pub async fn publishable_project(&self, key: &str) -> Result<Arc<Project>, ApiError> {
+        let invalid = || ApiError::unauthorized("invalid publishable key");
+        let parsed = keys::parse(key).map_err(|_| invalid())?;
+        if parsed.kind != KeyKind::Publishable {
+            return Err(ApiError::unauthorized(
+                "the widget takes a publishable key (pk_live_…), never a secret key",
+            ));
+        }
+        let record = self.key(parsed.id).await?.ok_or_else(invalid)?;
+        if !parsed.verify(&self.pepper, &record.secret_hash) || !record.is_usable_at(model::now()) {
+            return Err(invalid());
+        }
+        self.require_active_project(record.project_id).await
+    }
+
+    /// The server pepper (identity secrets are derived from it).
+    pub fn pepper(&self) -> &[u8] {
+        &self.pepper
     }
 
     /// Records the key's `last_used_at`, coalesced to once a minute, without delaying the

@@ -9,6 +9,8 @@
 //!   checks), so both transports behave the same: store first, then publish.
 //! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
 //!   outbound queue, resume from the store, heartbeats, close codes from the catalog.
+//! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
+//!   identity verification, visitor sessions) and the widget's static files.
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
 //!
 //! Depends on `core`, `store` (through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod control;
 pub mod realtime;
 pub mod service;
+pub mod widget;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,7 +143,9 @@ impl Gateway {
 
     /// The axum router for `/api/v1/*` and `/realtime/v1`.
     pub fn router(&self) -> axum::Router {
-        api::router(self.clone()).merge(realtime::router(self.clone()))
+        api::router(self.clone())
+            .merge(realtime::router(self.clone()))
+            .merge(widget::router(self.clone()))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

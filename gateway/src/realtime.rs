@@ -68,8 +68,13 @@ pub struct UpgradeParams {
 pub async fn upgrade(
     State(gw): State<Gateway>,
     ApiQuery(params): ApiQuery<UpgradeParams>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
     if gw.shutdown_token().is_cancelled() {
         return ApiError::new(ErrorCode::ShuttingDown, "server is shutting down").into_response();
     }
@@ -97,7 +102,8 @@ pub async fn upgrade(
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
             let tracker = gw2.tasks().clone();
-            tracker.track_future(async move { Connection::run(gw2, socket, encoding).await })
+            tracker
+                .track_future(async move { Connection::run(gw2, socket, encoding, origin).await })
         })
         .into_response()
 }
@@ -227,6 +233,8 @@ struct Connection {
     /// Cancelled by the hub when the outbound queue overflows; also interrupts a write that
     /// is stuck on a peer that stopped reading.
     overflow: CancellationToken,
+    /// The handshake's `Origin` header (browsers always send it).
+    origin: Option<String>,
 }
 
 /// An authenticated connection's state.
@@ -241,7 +249,7 @@ struct Session {
 }
 
 impl Connection {
-    async fn run(gw: Gateway, socket: WebSocket, encoding: Encoding) {
+    async fn run(gw: Gateway, socket: WebSocket, encoding: Encoding, origin: Option<String>) {
         metrics::gauge!("larachat_gateway_ws_connections").increment(1.0);
         let mut conn = Connection {
             gw,
@@ -249,6 +257,7 @@ impl Connection {
             encoding,
             last_seen: Instant::now(),
             overflow: CancellationToken::new(),
+            origin,
         };
         let end = conn.serve().await;
         let code = match &end {
@@ -296,6 +305,13 @@ impl Connection {
                 return End::close(e);
             }
         };
+        // Widget sessions only work from the page origin they were issued to.
+        if let Err(e) =
+            crate::widget::socket_origin_ok(&self.gw, &who, self.origin.as_deref()).await
+        {
+            let _ = self.send_frame(&ServerFrame::error(id, &e)).await;
+            return End::close(e);
+        }
         let actor = match self.gw.resolve_actor(&who, actor.as_ref()).await {
             Ok(a) => a,
             Err(e) => {

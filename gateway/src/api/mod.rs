@@ -29,16 +29,22 @@ pub(crate) use crate::auth::Caller;
         messages::send_message, messages::list_messages, messages::mark_read,
         messages::list_reads, messages::typing,
         crate::realtime::upgrade,
+        crate::widget::init, crate::widget::list_messages, crate::widget::send_message,
+        crate::widget::event,
     ),
     components(schemas(
         users::CreateUser, users::UpdateUser, users::UserWithToken,
         conversations::CreateConversation, conversations::UpdateConversation, ConversationList,
         messages::SendMessage, messages::Sent, messages::MarkRead, messages::Typing, MessageList,
         ReadList, EndUser, Conversation, Message, ReadState,
+        crate::widget::InitRequest, crate::widget::InitUser, crate::widget::InitResponse,
+        crate::widget::Session, crate::widget::PublicSettings, crate::widget::WidgetMessages,
+        crate::widget::WidgetSend, crate::widget::WidgetSent, crate::widget::WidgetEvent,
         larachat_core::error::ErrorBody,
     )),
     tags((name = "client", description = "Client API for tenant backends and end users"),
-         (name = "realtime", description = "Realtime v1 WebSocket (see docs/protocol.md)")),
+         (name = "realtime", description = "Realtime v1 WebSocket (see docs/protocol.md)"),
+         (name = "widget", description = "Widget API for the embeddable widget (see docs/widget.md)")),
 )]
 pub struct ApiDoc;
 

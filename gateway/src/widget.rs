@@ -1,0 +1,631 @@
+//! The Widget API `/widget/v1/*` and the widget's static files (`/widget/loader.js`,
+//! `/widget/widget.js`). `docs/widget.md` is the specification.
+//!
+//! Every Widget API request names its project with the publishable key in the query
+//! (`?key=pk_live_…`), so that even a CORS preflight can be answered per project, and must
+//! come from an `Origin` in the project's allow-list (exact match). [`widget_cors`] enforces
+//! that before any handler runs and adds the CORS headers (with `Vary: Origin`) to every
+//! answer. Sessions are end-user tokens bound to that origin.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, extract::DefaultBodyLimit};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use larachat_core::http::{ApiJson, ApiQuery};
+use larachat_core::id::MessageId;
+use larachat_core::keys;
+use larachat_core::model::{
+    Conversation, ConversationStatus, EndUser, IdentityVerification, Message, Project,
+    WidgetSettings,
+};
+use larachat_core::protocol::TypingState;
+use larachat_core::{ApiError, ErrorCode, validate};
+use larachat_store::{ConversationQuery, MessageRange, NewEndUser};
+
+use crate::Gateway;
+use crate::auth::Principal;
+use crate::service::SendInput;
+
+/// `loader.js`: tiny, async, defines the `LaraChat` stub and loads `widget.js`.
+const LOADER_JS: &str = include_str!("../../widget/src/loader.js");
+/// The widget itself (Shadow DOM UI, Widget API and realtime client).
+const WIDGET_JS: &str = include_str!("../../widget/src/widget.js");
+
+/// The project and origin of a Widget API request, checked by [`widget_cors`].
+#[derive(Clone)]
+pub struct WidgetRequest {
+    pub project: Arc<Project>,
+    pub settings: Arc<WidgetSettings>,
+    pub origin: String,
+}
+
+/// Routes of the Widget API and the widget's files.
+pub fn router(gw: Gateway) -> Router {
+    let limit = gw.config().max_body_bytes;
+    let api = Router::new()
+        .route("/widget/v1/init", post(init))
+        .route("/widget/v1/messages", get(list_messages).post(send_message))
+        .route("/widget/v1/events", post(event))
+        .method_not_allowed_fallback(|| async { larachat_core::http::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            widget_cors,
+        ))
+        .with_state(gw);
+    Router::new()
+        .route("/widget/loader.js", get(|| async { script(LOADER_JS) }))
+        .route("/widget/widget.js", get(|| async { script(WIDGET_JS) }))
+        .merge(api)
+}
+
+fn script(body: &'static str) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct KeyParam {
+    key: Option<String>,
+}
+
+/// Resolves the project from `?key=`, checks `Origin` against its allow-list, answers
+/// preflights, and adds CORS headers to every answer. Refusals carry no CORS headers, so the
+/// browser hides them from a foreign page.
+pub async fn widget_cors(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
+    let origin = request_origin(req.headers());
+    let key = axum::extract::Query::<KeyParam>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.key);
+    let Some(key) = key else {
+        return ApiError::unauthorized("the publishable key is missing (?key=pk_live_…)")
+            .into_response();
+    };
+    let project = match gw.auth().publishable_project(&key).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let settings = WidgetSettings::of(&project);
+    let origin = match origin {
+        Some(o) if settings.allows_origin(&o) => o,
+        _ => {
+            metrics::counter!("larachat_widget_origin_refused_total").increment(1);
+            return ApiError::forbidden("this origin is not allowed for the project's widget")
+                .into_response();
+        }
+    };
+    let allow_origin = HeaderValue::from_str(&origin).ok();
+    if req.method() == Method::OPTIONS {
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        add_cors(h, allow_origin);
+        return resp;
+    }
+    req.extensions_mut().insert(WidgetRequest {
+        project,
+        settings: Arc::new(settings),
+        origin,
+    });
+    let mut resp = next.run(req).await;
+    add_cors(resp.headers_mut(), allow_origin);
+    resp
+}
+
+/// The page origin of a request: its `Origin` header, or — for the same-origin GETs on which
+/// browsers omit `Origin` — the origin the browser says it is on (`Sec-Fetch-Site:
+/// same-origin`, which pages cannot set), rebuilt from `Host` (and `X-Forwarded-Proto` behind
+/// a TLS-terminating proxy).
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(o) = text("origin") {
+        return Some(o.to_owned());
+    }
+    if text("sec-fetch-site") != Some("same-origin") {
+        return None;
+    }
+    let host = text("host")?;
+    let scheme = match text("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    Some(format!("{scheme}://{host}"))
+}
+
+fn add_cors(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+    if let Some(o) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// init
+// ---------------------------------------------------------------------------------------------
+
+/// Start or resume a widget session.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// From a previous init: come back as the same anonymous visitor.
+    pub visitor_token: Option<String>,
+    /// An identified user (identity verification as configured for the project).
+    pub user: Option<InitUser>,
+}
+
+/// The user a page identifies.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitUser {
+    pub identifier: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub avatar: Option<String>,
+    /// `hex(HMAC-SHA256(identity_secret, identifier))`.
+    pub user_hash: Option<String>,
+    /// Or a JWT signed (HS256) with the identity secret, `sub` = identifier, with `exp`.
+    pub user_jwt: Option<String>,
+}
+
+/// A widget session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InitResponse {
+    pub session: Session,
+    /// Anonymous visitors only: keep it (localStorage) to come back as the same visitor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visitor_token: Option<String>,
+    pub user: EndUser,
+    /// The visitor's latest open conversation.
+    pub conversation: Option<Conversation>,
+    pub settings: PublicSettings,
+    pub realtime_url: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Look of the widget as configured by the project.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicSettings {
+    pub title: Option<String>,
+    pub greeting: Option<String>,
+    pub theme: Option<String>,
+    pub position: Option<String>,
+    pub accent_color: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TenantUserClaims {
+    sub: String,
+}
+
+#[utoipa::path(post, path = "/widget/v1/init", tag = "widget", request_body = InitRequest,
+    params(("key" = String, Query, description = "publishable key pk_live_…")),
+    responses((status = 200, body = InitResponse),
+              (status = 401, body = larachat_core::error::ErrorBody, description = "invalid key"),
+              (status = 403, body = larachat_core::error::ErrorBody, description = "origin not allowed, or identity verification failed")))]
+pub async fn init(
+    State(gw): State<Gateway>,
+    Extension(ctx): Extension<WidgetRequest>,
+    ApiJson(body): ApiJson<InitRequest>,
+) -> Result<ApiJson<InitResponse>, ApiError> {
+    let project = ctx.project.id;
+    let (user, anonymous) = match body.user {
+        Some(u) => (identify(&gw, &ctx, u).await?, false),
+        None => {
+            let returning = match body.visitor_token.as_deref() {
+                Some(t) => match gw.auth().verify_visitor_token(project, t) {
+                    Some(id) => gw.store().end_user(project, id).await?,
+                    None => None,
+                },
+                None => None,
+            };
+            let user = match returning {
+                Some(u) => u,
+                None => {
+                    let (u, _) = gw
+                        .store()
+                        .upsert_end_user(
+                            project,
+                            &NewEndUser {
+                                user_identifier: None,
+                                name: None,
+                                email: None,
+                                avatar: None,
+                                metadata: larachat_core::model::empty_object(),
+                            },
+                        )
+                        .await?;
+                    metrics::counter!("larachat_widget_visitors_created_total").increment(1);
+                    u
+                }
+            };
+            (user, true)
+        }
+    };
+    let (token, expires_at) =
+        gw.auth()
+            .issue_session_token(project, user.id, Some(ctx.origin.as_str()))?;
+    let visitor_token = if anonymous {
+        Some(gw.auth().issue_visitor_token(project, user.id)?)
+    } else {
+        None
+    };
+    let conversation = current_conversation(&gw, &principal_for(&ctx, &user)).await?;
+    let s = &ctx.settings;
+    Ok(ApiJson(InitResponse {
+        session: Session { token, expires_at },
+        visitor_token,
+        user,
+        conversation,
+        settings: PublicSettings {
+            title: s.title.clone(),
+            greeting: s.greeting.clone(),
+            theme: s.theme.clone(),
+            position: s.position.clone(),
+            accent_color: s.accent_color.clone(),
+        },
+        realtime_url: "/realtime/v1",
+    }))
+}
+
+/// Creates or updates the identified user, after identity verification.
+async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndUser, ApiError> {
+    validate::identifier(&u.identifier, "user.identifier")?;
+    if let Some(n) = &u.name {
+        validate::name(n, "user.name")?;
+    }
+    if let Some(e) = &u.email {
+        validate::email(e)?;
+    }
+    if let Some(a) = &u.avatar {
+        validate::url(a, "user.avatar")?;
+    }
+    let mode = ctx.settings.identity_verification;
+    if mode != IdentityVerification::Off {
+        let secret = keys::identity_secret(
+            gw.auth().pepper(),
+            ctx.project.id,
+            ctx.settings.identity_secret_generation,
+        );
+        let verified = match (&u.user_hash, &u.user_jwt) {
+            (Some(hash), _) => keys::constant_time_eq(
+                &hash.to_ascii_lowercase(),
+                &keys::hmac_hex(secret.as_bytes(), u.identifier.as_bytes()),
+            ),
+            (None, Some(jwt)) => {
+                let mut v = Validation::new(Algorithm::HS256);
+                v.set_required_spec_claims(&["exp", "sub"]);
+                v.validate_aud = false;
+                v.leeway = 5;
+                jsonwebtoken::decode::<TenantUserClaims>(
+                    jwt,
+                    &DecodingKey::from_secret(secret.as_bytes()),
+                    &v,
+                )
+                .is_ok_and(|d| d.claims.sub == u.identifier)
+            }
+            (None, None) => false,
+        };
+        if !verified {
+            metrics::counter!("larachat_widget_identity_failures_total").increment(1);
+            if mode == IdentityVerification::Enforce {
+                return Err(ApiError::forbidden("identity verification failed"));
+            }
+            tracing::warn!(project_id = %ctx.project.id, "widget identity verification failed (report-only)");
+        }
+    }
+    let (user, _) = gw
+        .store()
+        .upsert_end_user(
+            ctx.project.id,
+            &NewEndUser {
+                user_identifier: Some(u.identifier),
+                name: u.name,
+                email: u.email,
+                avatar: u.avatar,
+                metadata: larachat_core::model::empty_object(),
+            },
+        )
+        .await?;
+    Ok(user)
+}
+
+fn principal_for(ctx: &WidgetRequest, user: &EndUser) -> Principal {
+    Principal {
+        project: ctx.project.id,
+        kind: crate::auth::PrincipalKind::EndUser { user_id: user.id },
+        origin: Some(ctx.origin.clone()),
+    }
+}
+
+/// The visitor's latest open conversation.
+async fn current_conversation(
+    gw: &Gateway,
+    who: &Principal,
+) -> Result<Option<Conversation>, ApiError> {
+    let page = gw
+        .store()
+        .list_conversations(
+            who.project,
+            &ConversationQuery {
+                status: Some(ConversationStatus::Open),
+                member: who.end_user(),
+                cursor: None,
+                limit: 1,
+            },
+        )
+        .await?;
+    Ok(page.items.into_iter().next())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session-authenticated endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// The widget session of a request: an end-user token of the key's project, issued to the
+/// request's origin.
+async fn session(
+    gw: &Gateway,
+    ctx: &WidgetRequest,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| ApiError::unauthorized("missing widget session token"))?;
+    let who = gw.auth().authenticate(token).await?;
+    if who.project != ctx.project.id
+        || who.end_user().is_none()
+        || who.origin.as_deref() != Some(ctx.origin.as_str())
+    {
+        return Err(ApiError::unauthorized("invalid widget session"));
+    }
+    Ok(who)
+}
+
+/// History paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// The publishable key.
+    pub key: String,
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+    /// 1–200, default 50.
+    pub limit: Option<u32>,
+}
+
+/// Messages of the visitor's current conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WidgetMessages {
+    pub conversation: Option<Conversation>,
+    pub data: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", params(HistoryParams),
+    responses((status = 200, body = WidgetMessages), (status = 401, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_messages(
+    State(gw): State<Gateway>,
+    Extension(ctx): Extension<WidgetRequest>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<ApiJson<WidgetMessages>, ApiError> {
+    let who = session(&gw, &ctx, &headers).await?;
+    let limit = validate::page_limit(params.limit)?;
+    let range = match (params.before, params.after) {
+        (None, None) => MessageRange::Latest,
+        (Some(b), None) => MessageRange::Before(b),
+        (None, Some(a)) => MessageRange::After(a),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation("use either before or after, not both"));
+        }
+    };
+    let Some(conversation) = current_conversation(&gw, &who).await? else {
+        return Ok(ApiJson(WidgetMessages {
+            conversation: None,
+            data: Vec::new(),
+            has_more: false,
+        }));
+    };
+    let page = gw
+        .store()
+        .list_messages(who.project, conversation.id, range, limit)
+        .await?;
+    Ok(ApiJson(WidgetMessages {
+        conversation: Some(conversation),
+        data: page.items,
+        has_more: page.has_more,
+    }))
+}
+
+/// Send a message from the widget.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WidgetSend {
+    pub text: String,
+    pub client_msg_id: String,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The stored message and the conversation it is in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WidgetSent {
+    pub message: Message,
+    pub duplicate: bool,
+    pub conversation: Conversation,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyOnly {
+    /// The publishable key.
+    pub key: String,
+}
+
+#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", request_body = WidgetSend, params(KeyOnly),
+    responses((status = 201, body = WidgetSent), (status = 200, body = WidgetSent, description = "duplicate client_msg_id"),
+              (status = 401, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn send_message(
+    State(gw): State<Gateway>,
+    Extension(ctx): Extension<WidgetRequest>,
+    headers: HeaderMap,
+    ApiQuery(_key): ApiQuery<KeyOnly>,
+    ApiJson(body): ApiJson<WidgetSend>,
+) -> Result<(StatusCode, ApiJson<WidgetSent>), ApiError> {
+    let who = session(&gw, &ctx, &headers).await?;
+    // Validate before creating a conversation for nothing.
+    validate::message_text(&body.text)?;
+    validate::client_msg_id(&body.client_msg_id)?;
+    let conversation = match current_conversation(&gw, &who).await? {
+        Some(c) => c,
+        None => {
+            let now = larachat_core::model::now();
+            let c = Conversation {
+                id: larachat_core::id::ConversationId::new_v7(),
+                project_id: who.project,
+                subject: None,
+                status: ConversationStatus::Open,
+                members: who.end_user().into_iter().collect(),
+                metadata: serde_json::json!({"source": "widget", "origin": ctx.origin}),
+                created_at: now,
+                updated_at: now,
+                last_message_id: None,
+            };
+            gw.store().create_conversation(&c).await?;
+            c
+        }
+    };
+    let sender = gw.resolve_actor(&who, None).await?;
+    let appended = gw
+        .send_message(
+            &who,
+            conversation.id,
+            sender,
+            SendInput {
+                text: body.text,
+                client_msg_id: Some(body.client_msg_id),
+                metadata: body.metadata,
+            },
+        )
+        .await?;
+    metrics::counter!("larachat_gateway_messages_received_total", "transport" => "widget")
+        .increment(1);
+    let status = if appended.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        ApiJson(WidgetSent {
+            message: appended.message,
+            duplicate: !appended.created,
+            conversation,
+        }),
+    ))
+}
+
+/// A typing or read event from the widget.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WidgetEvent {
+    Typing {
+        #[schema(value_type = String)]
+        state: TypingState,
+    },
+    Read {
+        message_id: MessageId,
+    },
+}
+
+#[utoipa::path(post, path = "/widget/v1/events", tag = "widget", request_body = WidgetEvent, params(KeyOnly),
+    responses((status = 202, description = "typing published"), (status = 200, description = "read state"),
+              (status = 404, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn event(
+    State(gw): State<Gateway>,
+    Extension(ctx): Extension<WidgetRequest>,
+    headers: HeaderMap,
+    ApiQuery(_key): ApiQuery<KeyOnly>,
+    ApiJson(body): ApiJson<WidgetEvent>,
+) -> Result<Response, ApiError> {
+    let who = session(&gw, &ctx, &headers).await?;
+    let conversation = current_conversation(&gw, &who)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    let actor = gw.resolve_actor(&who, None).await?;
+    match body {
+        WidgetEvent::Typing { state } => {
+            gw.typing(&who, conversation.id, actor, state).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        WidgetEvent::Read { message_id } => {
+            let state = gw
+                .mark_read(&who, conversation.id, actor, message_id)
+                .await?;
+            Ok(ApiJson(state).into_response())
+        }
+    }
+}
+
+/// Whether a realtime connection from `origin` may use a session bound to `bound`: the same
+/// origin, still allowed by the project.
+pub(crate) async fn socket_origin_ok(
+    gw: &Gateway,
+    who: &Principal,
+    origin: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(bound) = who.origin.as_deref() else {
+        return Ok(());
+    };
+    let project = gw.auth().require_active_project(who.project).await?;
+    if origin == Some(bound) && WidgetSettings::of(&project).allows_origin(bound) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this origin may not use the widget session",
+        ))
+    }
+}
