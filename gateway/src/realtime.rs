@@ -484,9 +484,8 @@ impl Connection {
                     text,
                     client_msg_id: Some(client_msg_id),
                     metadata,
+                    transport: "ws",
                 };
-                metrics::counter!("larachat_gateway_messages_received_total", "transport" => "ws")
-                    .increment(1);
                 self.gw
                     .send_message(&s.who, conversation_id, s.actor.clone(), input)
                     .await

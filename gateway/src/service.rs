@@ -9,17 +9,41 @@ use larachat_core::model::{self, Actor, ActorKind, Conversation, NewMessage, Rea
 use larachat_core::protocol::{ActorInput, Encoding, ServerFrame, TypingState, encode};
 use larachat_core::subject::Subject;
 use larachat_core::{ApiError, validate};
-use larachat_store::Appended;
+use larachat_store::{Appended, MessageRange};
 
 use crate::Gateway;
 use crate::auth::{Principal, PrincipalKind};
 
-/// A message to send, as parsed from either transport.
+/// A message to send, as parsed from any transport.
 #[derive(Debug, Clone)]
 pub struct SendInput {
     pub text: String,
     pub client_msg_id: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// `http`, `ws` or `widget`: a bounded metrics label.
+    pub transport: &'static str,
+}
+
+/// The store range of a history request: at most one of `before` / `after`.
+pub fn history_range(
+    before: Option<MessageId>,
+    after: Option<MessageId>,
+) -> Result<MessageRange, ApiError> {
+    match (before, after) {
+        (None, None) => Ok(MessageRange::Latest),
+        (Some(b), None) => Ok(MessageRange::Before(b)),
+        (None, Some(a)) => Ok(MessageRange::After(a)),
+        (Some(_), Some(_)) => Err(ApiError::validation("use either before or after, not both")),
+    }
+}
+
+/// `201 Created` for a new message, `200 OK` for an idempotent repeat.
+pub fn sent_status(appended: &Appended) -> axum::http::StatusCode {
+    if appended.created {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    }
 }
 
 impl Gateway {
@@ -102,6 +126,8 @@ impl Gateway {
         sender: Actor,
         input: SendInput,
     ) -> Result<Appended, ApiError> {
+        metrics::counter!("larachat_gateway_messages_received_total", "transport" => input.transport)
+            .increment(1);
         who.require_write()?;
         validate::message_text(&input.text)?;
         if let Some(id) = &input.client_msg_id {

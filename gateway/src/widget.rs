@@ -30,11 +30,11 @@ use larachat_core::model::{
 };
 use larachat_core::protocol::TypingState;
 use larachat_core::{ApiError, ErrorCode, validate};
-use larachat_store::{ConversationQuery, MessageRange, NewEndUser};
+use larachat_store::{ConversationQuery, NewEndUser};
 
 use crate::Gateway;
 use crate::auth::Principal;
-use crate::service::SendInput;
+use crate::service::{SendInput, history_range, sent_status};
 
 /// `loader.js`: tiny, async, defines the `LaraChat` stub and loads `widget.js`.
 const LOADER_JS: &str = include_str!("../../widget/src/loader.js");
@@ -452,14 +452,7 @@ pub async fn list_messages(
 ) -> Result<ApiJson<WidgetMessages>, ApiError> {
     let who = session(&gw, &ctx, &headers).await?;
     let limit = validate::page_limit(params.limit)?;
-    let range = match (params.before, params.after) {
-        (None, None) => MessageRange::Latest,
-        (Some(b), None) => MessageRange::Before(b),
-        (None, Some(a)) => MessageRange::After(a),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation("use either before or after, not both"));
-        }
-    };
+    let range = history_range(params.before, params.after)?;
     let Some(conversation) = current_conversation(&gw, &who).await? else {
         return Ok(ApiJson(WidgetMessages {
             conversation: None,
@@ -546,18 +539,12 @@ pub async fn send_message(
                 text: body.text,
                 client_msg_id: Some(body.client_msg_id),
                 metadata: body.metadata,
+                transport: "widget",
             },
         )
         .await?;
-    metrics::counter!("larachat_gateway_messages_received_total", "transport" => "widget")
-        .increment(1);
-    let status = if appended.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     Ok((
-        status,
+        sent_status(&appended),
         ApiJson(WidgetSent {
             message: appended.message,
             duplicate: !appended.created,

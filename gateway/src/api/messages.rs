@@ -11,12 +11,11 @@ use larachat_core::id::{ConversationId, MessageId};
 use larachat_core::model::{Message, ReadState};
 use larachat_core::protocol::{ActorInput, TypingState};
 use larachat_core::validate;
-use larachat_store::MessageRange;
 
 use super::{MessageList, ReadList};
 use crate::Gateway;
 use crate::auth::Caller;
-use crate::service::SendInput;
+use crate::service::{SendInput, history_range, sent_status};
 
 /// Send a message.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -95,18 +94,12 @@ pub async fn send_message(
                 text: body.text,
                 client_msg_id: body.client_msg_id,
                 metadata: body.metadata,
+                transport: "http",
             },
         )
         .await?;
-    metrics::counter!("larachat_gateway_messages_received_total", "transport" => "http")
-        .increment(1);
-    let status = if appended.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     Ok((
-        status,
+        sent_status(&appended),
         ApiJson(Sent {
             message: appended.message,
             duplicate: !appended.created,
@@ -125,14 +118,7 @@ pub async fn list_messages(
 ) -> Result<ApiJson<MessageList>, ApiError> {
     who.require_read()?;
     let limit = validate::page_limit(params.limit)?;
-    let range = match (params.before, params.after) {
-        (None, None) => MessageRange::Latest,
-        (Some(b), None) => MessageRange::Before(b),
-        (None, Some(a)) => MessageRange::After(a),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation("use either before or after, not both"));
-        }
-    };
+    let range = history_range(params.before, params.after)?;
     gw.conversation_for(&who, id).await?;
     let page = gw
         .store()
