@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and what
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
-# a real nats-server (deploy/nats.sh, built once with `go install`), Chromium and the widget's
+# a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
+# node (deploy/cassandra.sh, jars from Maven Central, JDK 17), Chromium and the widget's
 # npm packages (scripts/browser-test.sh). Quick when those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,18 +12,20 @@ if ! need curl || ! need python3; then
   apt-get update -qq && apt-get install -y -qq curl python3 >/dev/null
 fi
 
-echo "== services: nats-server"
+echo "== services: nats-server, Cassandra 5.0"
 deploy/nats.sh install
+deploy/cassandra.sh install
+trap 'deploy/nats.sh stop >/dev/null 2>&1 || true; deploy/cassandra.sh stop >/dev/null 2>&1 || true' EXIT
 eval "$(deploy/nats.sh start)"
-trap 'deploy/nats.sh stop >/dev/null 2>&1 || true' EXIT
-export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN
+eval "$(deploy/cassandra.sh start)"
+export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN LARACHAT_TEST_CASSANDRA
 
-FEATURES="larachat-broker/nats"
+FEATURES="larachat-broker/nats larachat-store/scylla"
 echo "== format"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked --features "$FEATURES" -- -D warnings
-echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS)"
+echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS, real Cassandra)"
 cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh

@@ -8,8 +8,13 @@
 //!   group commit, a pool of parallel read-only connections, embedded migrations tracked by
 //!   `PRAGMA user_version`); its submodules are private: `writer` (the batch loop), `queries`
 //!   (the SQL), `codec` (rows and errors), `migrations` (+ `migrations/*.sql`);
-//! - [`contract`]: the generic contract suite that every backend must pass (the ScyllaDB
-//!   backend will run the same suite); `tests/sqlite_contract.rs` runs it on SQLite.
+//! - `scylla` (cargo feature `scylla`, off by default): `ScyllaStore`, the distributed backend
+//!   on ScyllaDB / Apache Cassandra (bucketed partitions keyed by project, numbered CQL
+//!   migrations); its submodules are private: `schema` (the migrations), `codec` (rows, values
+//!   and driver errors);
+//! - [`contract`]: the generic contract suite that every backend must pass;
+//!   `tests/sqlite_contract.rs` runs it on SQLite, `tests/scylla_contract.rs` on Cassandra
+//!   (`deploy/cassandra.sh start`).
 //!
 //! Conventions every backend follows: timestamps are kept to the millisecond (build them with
 //! `model::now()`); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
@@ -22,6 +27,8 @@
 //! Must not depend on the broker, gateway or control plane.
 
 pub mod contract;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -33,6 +40,8 @@ use larachat_core::model::{
     EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 
+#[cfg(feature = "scylla")]
+pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore};
 
 /// Failures of a store operation.

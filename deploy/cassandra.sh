@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# A local single-node Apache Cassandra 5.0 (the CQL peer of ScyllaDB) for development and for
+# the ScyllaStore tests. Cassandra runs from its Maven Central jars (no tarball download).
+#
+#   deploy/cassandra.sh install   resolve cassandra-all $CASSANDRA_VERSION and its runtime
+#                                 dependencies into $CACHE_DIR/cassandra-<ver>/lib (once)
+#   deploy/cassandra.sh start     start it on free loopback ports unless running; waits until
+#                                 it accepts CQL clients and prints
+#                                 CASSANDRA_CONTACT_POINT=127.0.0.1:PORT and
+#                                 LARACHAT_TEST_CASSANDRA=127.0.0.1:PORT,
+#                                 so `eval "$(deploy/cassandra.sh start)"` sets both
+#   deploy/cassandra.sh stop      stop it (SIGTERM, then SIGKILL) and delete its data
+#   deploy/cassandra.sh url       print the contact point if running (exit 1 otherwise)
+#
+# Every command is idempotent. Diagnostics go to stderr; stdout carries only what the command
+# documents, so it can be eval'ed or captured. A cold start takes one to three minutes on two
+# cores.
+#
+# Environment:
+#   LARACHAT_RUN_DIR        pid, log, contact point and data (default: <repo>/.cache/run)
+#   LARACHAT_CACHE_DIR      where the jars are cached (default: ~/.cache/larachat)
+#   LARACHAT_CASSANDRA_JAVA a Java 17 `java` binary (default: the first /usr/lib/jvm/*17*)
+set -euo pipefail
+
+CASSANDRA_VERSION="5.0.9"
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TEMPLATE_DIR="$REPO/deploy/cassandra"
+CACHE_DIR="${LARACHAT_CACHE_DIR:-$HOME/.cache/larachat}"
+HOME_DIR="$CACHE_DIR/cassandra-$CASSANDRA_VERSION"
+LIB_DIR="$HOME_DIR/lib"
+RUN_DIR="${LARACHAT_RUN_DIR:-$REPO/.cache/run}"
+BASE_DIR="$RUN_DIR/cassandra"
+DATA_DIR="$BASE_DIR/data"
+CONF_DIR="$BASE_DIR/conf"
+PID_FILE="$BASE_DIR/cassandra.pid"
+LOG_FILE="$BASE_DIR/cassandra.log"
+URL_FILE="$BASE_DIR/contact-point"
+# Generous: a cold JVM start on a busy 2-core machine.
+START_TIMEOUT_S="${LARACHAT_CASSANDRA_START_TIMEOUT:-300}"
+
+log() { echo "cassandra.sh: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+java_bin() {
+    if [[ -n "${LARACHAT_CASSANDRA_JAVA:-}" ]]; then
+        echo "$LARACHAT_CASSANDRA_JAVA"
+        return 0
+    fi
+    local j
+    # Cassandra 5.0 supports Java 11 and 17 only; a newer default JDK would fail at start.
+    for j in /usr/lib/jvm/*17*/bin/java; do
+        if [[ -x "$j" ]]; then
+            echo "$j"
+            return 0
+        fi
+    done
+    die "a Java 17 JDK is required (apt-get install openjdk-17-jdk-headless)"
+}
+
+installed() {
+    [[ -f "$LIB_DIR/.complete" ]] && compgen -G "$LIB_DIR/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null
+}
+
+cmd_install() {
+    installed && return 0
+    command -v mvn >/dev/null || die "maven (mvn) is required to fetch Cassandra's jars (apt-get install maven)"
+    log "resolving cassandra-all $CASSANDRA_VERSION and its dependencies into $LIB_DIR (once; a few minutes)"
+    local work
+    work="$(mktemp -d)"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" RETURN
+    cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>larachat.dev</groupId>
+  <artifactId>cassandra-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.cassandra</groupId>
+      <artifactId>cassandra-all</artifactId>
+      <version>$CASSANDRA_VERSION</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+    rm -rf "$LIB_DIR"
+    mkdir -p "$LIB_DIR"
+    (cd "$work" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$LIB_DIR") >&2 || die "maven could not resolve cassandra-all $CASSANDRA_VERSION"
+    compgen -G "$LIB_DIR/jamm-*.jar" >/dev/null || die "jamm (the -javaagent Cassandra needs) is missing from $LIB_DIR"
+    touch "$LIB_DIR/.complete"
+    log "installed $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
+}
+
+# The pid of our running Cassandra, or nothing. A stale pid file (process gone, or the pid
+# reused by something else) counts as not running.
+running_pid() {
+    [[ -f "$PID_FILE" ]] || return 0
+    local pid
+    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    grep -qa CassandraDaemon "/proc/$pid/cmdline" 2>/dev/null || return 0
+    echo "$pid"
+}
+
+# A port the kernel considers free on 127.0.0.1 right now.
+free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+print_env() {
+    echo "CASSANDRA_CONTACT_POINT=$(cat "$URL_FILE")"
+    echo "LARACHAT_TEST_CASSANDRA=$(cat "$URL_FILE")"
+}
+
+# The JVM flags of Cassandra's own conf/jvm17-server.options (module access its internals
+# need), plus a small heap.
+jvm_flags() {
+    local jamm
+    jamm="$(compgen -G "$LIB_DIR/jamm-*.jar" | head -n 1)"
+    local flags=(
+        -Xms512m -Xmx1g -Xss512k
+        -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxGCPauseMillis=300
+        -XX:+HeapDumpOnOutOfMemoryError -XX:+PerfDisableSharedMem
+        -Djava.net.preferIPv4Stack=true
+        -Djdk.attach.allowAttachSelf=true
+        "-javaagent:$jamm"
+        --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+        --add-exports java.base/jdk.internal.ref=ALL-UNNAMED
+        --add-exports java.base/sun.nio.ch=ALL-UNNAMED
+        --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+        --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+        --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+        --add-exports java.sql/java.sql=ALL-UNNAMED
+        --add-exports java.base/java.lang.ref=ALL-UNNAMED
+        --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+        --add-opens java.base/java.lang.module=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+        --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+        --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+        --add-opens java.base/java.io=ALL-UNNAMED
+        --add-opens java.base/java.nio=ALL-UNNAMED
+        --add-opens java.base/java.util.concurrent=ALL-UNNAMED
+        --add-opens java.base/java.util=ALL-UNNAMED
+        --add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED
+        --add-opens java.base/java.lang=ALL-UNNAMED
+        --add-opens java.base/java.math=ALL-UNNAMED
+        --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+        --add-opens java.base/java.net=ALL-UNNAMED
+        "-Dcassandra.config=file://$CONF_DIR/cassandra.yaml"
+        "-Dlogback.configurationFile=$CONF_DIR/logback.xml"
+        "-Dcassandra.storagedir=$DATA_DIR"
+        "-Dcassandra.logdir=$BASE_DIR"
+        -Dcassandra.skip_wait_for_gossip_to_settle=0
+        -Dcassandra.ring_delay_ms=1000
+        -Dcassandra.initial_token_allocation_delay_ms=0
+        -Dcassandra.superuser_setup_delay_ms=0
+        -Dcassandra-foreground=yes
+    )
+    printf '%s\n' "${flags[@]}"
+}
+
+# Writes cassandra.yaml for the given native and storage ports.
+write_config() {
+    local native="$1" storage="$2"
+    mkdir -p "$CONF_DIR" "$DATA_DIR"
+    sed -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@NATIVE_PORT@|$native|g" \
+        -e "s|@STORAGE_PORT@|$storage|g" "$TEMPLATE_DIR/cassandra.yaml.template" \
+        >"$CONF_DIR/cassandra.yaml"
+    cp "$TEMPLATE_DIR/logback.xml" "$CONF_DIR/logback.xml"
+}
+
+# Waits until the Cassandra with pid $1 says it listens for CQL clients and port $2 accepts a
+# TCP connection.
+wait_ready() {
+    local pid="$1" port="$2" deadline=$((SECONDS + START_TIMEOUT_S))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if grep -q "Starting listening for CQL clients" "$LOG_FILE" 2>/dev/null &&
+            python3 -c 'import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$port" 2>/dev/null; then
+            return 0
+        fi
+        sleep 1
+    done
+    log "not ready after ${START_TIMEOUT_S}s"
+    return 1
+}
+
+cmd_start() {
+    if [[ -n "$(running_pid)" ]]; then
+        if [[ -f "$URL_FILE" ]]; then
+            print_env
+            return 0
+        fi
+        # Running but its address is lost: restart rather than leave it behind.
+        cmd_stop
+    fi
+    cmd_install
+    local java
+    java="$(java_bin)"
+    "$java" -version 2>&1 | grep -q '"17\.' || die "$java is not Java 17"
+    mkdir -p "$BASE_DIR"
+    rm -f "$PID_FILE" "$URL_FILE"
+    local attempt native storage pid started=$SECONDS
+    local -a flags
+    mapfile -t flags < <(jvm_flags)
+    # The ports are free when chosen but could be taken before Cassandra binds them: retry.
+    for attempt in 1 2; do
+        native="$(free_port)"
+        storage="$(free_port)"
+        [[ "$native" != "$storage" ]] || continue
+        rm -rf "$DATA_DIR"
+        write_config "$native" "$storage"
+        log "starting Cassandra $CASSANDRA_VERSION (native port $native, log $LOG_FILE)"
+        # Own session and no inherited stdout: Cassandra outlives this script and does not hold
+        # open the pipe of a `$(deploy/cassandra.sh start)` capture.
+        setsid "$java" "${flags[@]}" -cp "$CONF_DIR:$LIB_DIR/*" \
+            org.apache.cassandra.service.CassandraDaemon </dev/null >"$LOG_FILE" 2>&1 &
+        pid=$!
+        echo "$pid" >"$PID_FILE"
+        if wait_ready "$pid" "$native"; then
+            echo "127.0.0.1:$native" >"$URL_FILE"
+            log "Cassandra running (pid $pid) after $((SECONDS - started)) s"
+            print_env
+            return 0
+        fi
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        rm -f "$PID_FILE"
+        log "start attempt $attempt failed; log:"
+        grep -E "ERROR|Exception" "$LOG_FILE" | head -n 20 >&2 || true
+        tail -n 20 "$LOG_FILE" >&2 || true
+    done
+    die "Cassandra did not become ready"
+}
+
+cmd_stop() {
+    local pid i
+    pid="$(running_pid)"
+    if [[ -n "$pid" ]]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "Cassandra (pid $pid) ignored SIGTERM for 30 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        log "Cassandra (pid $pid) stopped"
+    fi
+    rm -f "$PID_FILE" "$URL_FILE"
+    rm -rf "$DATA_DIR" "$CONF_DIR"
+}
+
+cmd_url() {
+    if [[ -n "$(running_pid)" && -f "$URL_FILE" ]]; then
+        cat "$URL_FILE"
+    else
+        log "not running (start it with: deploy/cassandra.sh start)"
+        return 1
+    fi
+}
+
+case "${1:-}" in
+install) cmd_install ;;
+start) cmd_start ;;
+stop) cmd_stop ;;
+url) cmd_url ;;
+*)
+    echo "usage: $0 install|start|stop|url" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,2180 @@
+//! `ScyllaStore`: the distributed system of record on ScyllaDB or Apache Cassandra (CQL, the
+//! `scylla` driver). Compiled with the `scylla` feature; passes the same [`contract`] suite as
+//! the SQLite store (`tests/scylla_contract.rs`, against `deploy/cassandra.sh start`).
+//!
+//! Submodules (private): `schema` (numbered migrations, recorded in `schema_migrations`),
+//! `codec` (rows, values and driver errors).
+//!
+//! # Layout
+//!
+//! Every partition key starts with `project_id`, except the admin-plane tables keyed by their
+//! own id (`admin_users`, `admin_users_by_email`, `projects`, `projects_by_owner`,
+//! `projects_by_bucket`, `project_buckets`, `api_keys`). No partition grows without bound:
+//!
+//! | table | key | why |
+//! |---|---|---|
+//! | `messages` | `((project_id, conversation_id, bucket), id)` | bucket = id time / `message_bucket` |
+//! | `message_buckets` | `((project_id, conversation_id), bucket DESC)` | the non-empty buckets; paging walks them |
+//! | `message_client_ids` | `((project_id, conversation_id), client_msg_id)` | idempotency index, 30-day TTL |
+//! | `conversations` | `((project_id, id))` | the row, members as a `set<uuid>`, `last_message_id` |
+//! | `conversations_by_project` | `((project_id, bucket), id DESC)` | newest-first listing |
+//! | `conversations_by_status` | `((project_id, status, bucket), id DESC)` | status filter; a status change moves the row |
+//! | `conversations_by_member` | `((project_id, member_id), conversation_id DESC)` + `status` | member filter (status filtered in the partition) |
+//! | `conversation_buckets` | `((project_id), bucket DESC)` | the buckets listings walk |
+//! | `end_users` / `end_users_by_identifier` | `((project_id, id))` / `((project_id, user_identifier))` | identify is an LWT on the latter |
+//! | `end_users_by_project` + `end_user_buckets` | `((project_id, bucket), id)` | enumeration for `delete_project` |
+//! | `read_states` | `((project_id, conversation_id), member_key)` | one marker per reader |
+//! | `api_keys_by_project` | `((project_id), created_at DESC, id DESC)` | key listing |
+//!
+//! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
+//! are part of the data layout and must not change for an existing keyspace.
+//!
+//! # Consistency and concurrency
+//!
+//! Every statement runs at the configured consistency (`LOCAL_QUORUM` by default), so a write
+//! acknowledged to a caller is read back by the next reader. Lightweight transactions are used
+//! only where uniqueness demands them: admin emails and end-user identifiers. The message path
+//! has none, and no counters are used.
+//!
+//! `append_message` is one logged batch (message row, bucket index, idempotency index,
+//! conversation head), so it happens completely or not at all. Its idempotency on
+//! `(conversation, client_msg_id)` is a read of the index before the write; appends to one
+//! conversation are serialised in this process by a striped async mutex, which makes
+//! concurrent duplicates from one process collapse into one message and keeps ids increasing
+//! per conversation. **Residual window:** two *processes* appending the same `client_msg_id`
+//! to the same conversation within one round trip of each other can both miss the index and
+//! store two messages (the index then names the later). Clients retry through one connection,
+//! so this needs a retry racing the original across gateways. The conversation's
+//! `last_message_id` is written with a write timestamp taken from the message id, so across
+//! processes it still ends at the greatest id.
+//!
+//! Multi-row operations that SQLite does in one transaction (`delete_project`,
+//! `delete_end_user`, conversation updates that move index rows) are sequences of idempotent
+//! writes here: a failure part-way is repaired by repeating the call.
+
+mod codec;
+mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+use uuid::Uuid;
+
+pub use schema::SCHEMA_VERSION;
+pub use scylla::statement::{Consistency, SerialConsistency};
+
+use larachat_core::id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, MESSAGE_IDS, MessageId, ProjectId,
+};
+use larachat_core::model::{
+    self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
+    ConversationStatus, EndUser, EndUserPatch, Message, NewMessage, Project, ProjectPatch,
+    ReadState,
+};
+
+use crate::{
+    Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
+};
+use codec::{
+    Values, corrupt, enum_str, exec_error, from_opt_ts, from_ts, internal, json_text, parse_enum,
+    parse_json, ts, vbool, vi, vot, vots, vt, vts, vu, vuuid_set,
+};
+
+/// How to reach the cluster and how to store data in it.
+#[derive(Debug, Clone)]
+pub struct ScyllaConfig {
+    /// `host:port` of one or more nodes; the driver discovers the rest.
+    pub contact_points: Vec<String>,
+    /// Keyspace name: `[a-z_][a-z0-9_]*`, at most 48 characters.
+    pub keyspace: String,
+    /// The CQL replication map used when `migrate` creates the keyspace, e.g.
+    /// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`.
+    pub replication: String,
+    /// Consistency of every statement (`LOCAL_QUORUM` by default).
+    pub consistency: Consistency,
+    /// Client-side timeout of one request.
+    pub request_timeout: Duration,
+    /// Width of a message partition (time of the message id). Part of the data layout.
+    pub message_bucket: Duration,
+    /// Width of a conversation / project / end-user listing partition. Part of the data layout.
+    pub listing_bucket: Duration,
+}
+
+impl ScyllaConfig {
+    /// A configuration with the defaults: `SimpleStrategy` with one replica (development),
+    /// `LOCAL_QUORUM`, 10 s requests, weekly message buckets, 30-day listing buckets.
+    pub fn new(contact_points: Vec<String>, keyspace: impl Into<String>) -> Self {
+        Self {
+            contact_points,
+            keyspace: keyspace.into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: Consistency::LocalQuorum,
+            request_timeout: Duration::from_secs(10),
+            message_bucket: Duration::from_secs(7 * 24 * 3600),
+            listing_bucket: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Stripes of async mutexes: serialises work on one key (a conversation, an identifier) within
+/// this process without a map that grows with the keys.
+struct Stripes {
+    locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+}
+
+impl Stripes {
+    fn new(n: usize) -> Self {
+        Self {
+            locks: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn of(&self, key: impl Hash) -> &tokio::sync::Mutex<()> {
+        let i = (self.hasher.hash_one(key) % self.locks.len() as u64) as usize;
+        &self.locks[i]
+    }
+}
+
+/// The ScyllaDB / Cassandra store. Cheap to share (`Arc<dyn Store>`).
+pub struct ScyllaStore {
+    session: Session,
+    config: ScyllaConfig,
+    prepared: parking_lot::Mutex<HashMap<&'static str, PreparedStatement>>,
+    /// Appends per conversation.
+    conversation_locks: Stripes,
+    /// Identify per (project, identifier) and read markers per (conversation, reader).
+    key_locks: Stripes,
+}
+
+/// A row of the `messages` table (after the key columns given by the query).
+type MessageRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+);
+
+macro_rules! message_cols {
+    () => {
+        "id, sender_kind, sender_id, sender_name, text, metadata, client_msg_id, created_at"
+    };
+}
+
+type ConversationRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<Vec<Uuid>>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<Uuid>,
+);
+
+macro_rules! conversation_cols {
+    () => {
+        "id, subject, status, members, metadata, created_at, updated_at, last_message_id"
+    };
+}
+
+type EndUserRow = (
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
+macro_rules! end_user_cols {
+    () => {
+        "id, user_identifier, name, email, avatar, metadata, is_anonymous, last_seen_at, \
+         created_at, updated_at"
+    };
+}
+
+type ProjectRow = (
+    Uuid,
+    Option<String>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
+macro_rules! project_cols {
+    () => {
+        "id, name, owner_id, plan, status, settings, created_at, updated_at"
+    };
+}
+
+type ApiKeyRow = (
+    Uuid,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<String>>,
+    Option<Vec<u8>>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+);
+
+macro_rules! api_key_cols {
+    () => {
+        "id, project_id, name, kind, prefix, scopes, secret_hash, last_used_at, expires_at, \
+         revoked_at, created_at"
+    };
+}
+
+type ReadStateRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Uuid>,
+    Option<CqlTimestamp>,
+);
+
+const PROJECT_SCOPE: i32 = 0;
+const CONVERSATION_STATUSES: [ConversationStatus; 2] =
+    [ConversationStatus::Open, ConversationStatus::Closed];
+
+impl ScyllaStore {
+    /// Connects to the cluster. The keyspace is selected when it exists; call
+    /// [`ScyllaStore::migrate`] before first use of a new keyspace.
+    pub async fn connect(config: ScyllaConfig) -> StoreResult<Self> {
+        if !valid_keyspace(&config.keyspace) {
+            return Err(StoreError::Internal(format!(
+                "invalid keyspace name {:?}",
+                config.keyspace
+            )));
+        }
+        if config.message_bucket.as_millis() == 0 || config.listing_bucket.as_millis() == 0 {
+            return Err(StoreError::Internal("bucket widths must be >= 1 ms".into()));
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(config.request_timeout))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.contact_points)
+            .default_execution_profile_handle(profile.into_handle())
+            // Client-side, monotonic write timestamps: a delete followed by a re-insert from
+            // this process is ordered even when they reach different coordinators.
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+            .connection_timeout(config.request_timeout)
+            .build()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Absent before the first migration; `migrate` selects it then.
+        let _ = session.use_keyspace(config.keyspace.clone(), false).await;
+        Ok(Self {
+            session,
+            config,
+            prepared: parking_lot::Mutex::new(HashMap::new()),
+            conversation_locks: Stripes::new(1024),
+            key_locks: Stripes::new(1024),
+        })
+    }
+
+    /// Creates the keyspace and applies the migrations not yet recorded in
+    /// `schema_migrations`. Idempotent; run it from one process at a time (concurrent schema
+    /// changes from several nodes can disagree).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let ks = &self.config.keyspace;
+        let create = format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+            self.config.replication
+        );
+        self.session
+            .query_unpaged(create, ())
+            .await
+            .map_err(exec_error)?;
+        self.session
+            .use_keyspace(ks.clone(), false)
+            .await
+            .map_err(internal)?;
+        self.session
+            .query_unpaged(schema::CREATE_MIGRATIONS_TABLE, ())
+            .await
+            .map_err(exec_error)?;
+        let applied: HashSet<i32> = self
+            .session
+            .query_unpaged("SELECT version FROM schema_migrations", ())
+            .await
+            .map_err(exec_error)?
+            .into_rows_result()
+            .map_err(internal)?
+            .rows::<(i32,)>()
+            .map_err(internal)?
+            .map(|r| r.map(|(v,)| v).map_err(internal))
+            .collect::<StoreResult<_>>()?;
+        if let Some(newer) = applied.iter().find(|v| **v > SCHEMA_VERSION) {
+            return Err(StoreError::Internal(format!(
+                "keyspace {ks} has schema version {newer}, newer than this build's \
+                 {SCHEMA_VERSION}"
+            )));
+        }
+        for m in schema::MIGRATIONS {
+            if applied.contains(&m.version) {
+                continue;
+            }
+            tracing::info!(keyspace = %ks, version = m.version, name = m.name, "applying migration");
+            for s in m.statements {
+                self.session
+                    .query_unpaged(*s, ())
+                    .await
+                    .map_err(exec_error)?;
+            }
+            self.session
+                .query_unpaged(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, ts(model::now())),
+                )
+                .await
+                .map_err(exec_error)?;
+        }
+        Ok(())
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.config
+    }
+
+    // --- statement helpers ---------------------------------------------------------------
+
+    async fn stmt(&self, cql: &'static str) -> StoreResult<PreparedStatement> {
+        if let Some(p) = self.prepared.lock().get(cql) {
+            return Ok(p.clone());
+        }
+        let mut p = self
+            .session
+            .prepare(cql)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("prepare: {e}")))?;
+        // Lightweight transactions are not retried blindly; everything else is.
+        p.set_is_idempotent(!cql.contains(" IF "));
+        self.prepared.lock().insert(cql, p.clone());
+        Ok(p)
+    }
+
+    async fn exec(&self, cql: &'static str, values: impl SerializeRow) -> StoreResult<QueryResult> {
+        let p = self.stmt(cql).await?;
+        self.session
+            .execute_unpaged(&p, values)
+            .await
+            .map_err(exec_error)
+    }
+
+    async fn rows<R>(&self, cql: &'static str, values: impl SerializeRow) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let result = self
+            .exec(cql, values)
+            .await?
+            .into_rows_result()
+            .map_err(internal)?;
+        let rows = result.rows::<R>().map_err(internal)?;
+        rows.map(|r| r.map_err(internal)).collect()
+    }
+
+    async fn row<R>(&self, cql: &'static str, values: impl SerializeRow) -> StoreResult<Option<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        Ok(self.rows::<R>(cql, values).await?.into_iter().next())
+    }
+
+    /// Every row of a query, page by page (for partitions that may be large).
+    async fn all_rows<R>(&self, cql: &'static str, values: impl SerializeRow) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let p = self.stmt(cql).await?;
+        let mut out = Vec::new();
+        let mut state = PagingState::start();
+        loop {
+            let (result, next) = self
+                .session
+                .execute_single_page(&p, &values, state)
+                .await
+                .map_err(exec_error)?;
+            let result = result.into_rows_result().map_err(internal)?;
+            for r in result.rows::<R>().map_err(internal)? {
+                out.push(r.map_err(internal)?);
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state: s } => state = s,
+                PagingStateResponse::NoMorePages => return Ok(out),
+            }
+        }
+    }
+
+    /// Runs statements as one logged batch: all of them are applied, eventually, or none.
+    async fn batch(&self, items: Vec<(&'static str, Values)>) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values = Vec::with_capacity(items.len());
+        for (cql, v) in items {
+            batch.append_statement(self.stmt(cql).await?);
+            values.push(v);
+        }
+        batch.set_is_idempotent(true);
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(exec_error)?;
+        Ok(())
+    }
+
+    /// Runs a lightweight transaction; `true` when it was applied.
+    async fn lwt(&self, cql: &'static str, values: impl SerializeRow) -> StoreResult<bool> {
+        let result = self
+            .exec(cql, values)
+            .await?
+            .into_rows_result()
+            .map_err(internal)?;
+        let row: Row = result.first_row().map_err(internal)?;
+        match row.columns.first() {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            _ => Err(corrupt("[applied]")),
+        }
+    }
+
+    /// Reads up to `want` rows from bucketed partitions: `buckets` in walk order, starting at
+    /// the bucket of `bound` (exclusive id bound inside it). `open` and `bounded` take the
+    /// `prefix` values, the bucket, (the bound id,) and a limit.
+    #[allow(clippy::too_many_arguments)]
+    async fn walk<R>(
+        &self,
+        open: &'static str,
+        bounded: &'static str,
+        prefix: &Values,
+        buckets: &[i64],
+        bound: Option<(i64, Uuid)>,
+        descending: bool,
+        want: usize,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let mut out = Vec::new();
+        for &b in buckets {
+            if let Some((bb, _)) = bound {
+                if (descending && b > bb) || (!descending && b < bb) {
+                    continue;
+                }
+            }
+            let remaining = want - out.len();
+            let mut v = prefix.clone();
+            v.push(vi(b));
+            let cql = match bound {
+                Some((bb, id)) if bb == b => {
+                    v.push(vu(id));
+                    bounded
+                }
+                _ => open,
+            };
+            v.push(Some(CqlValue::Int(
+                i32::try_from(remaining).unwrap_or(i32::MAX),
+            )));
+            out.extend(self.rows::<R>(cql, v).await?);
+            if out.len() >= want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn message_bucket(&self, id: &Uuid) -> i64 {
+        bucket_of(id, self.config.message_bucket)
+    }
+
+    fn listing_bucket(&self, id: &Uuid) -> i64 {
+        bucket_of(id, self.config.listing_bucket)
+    }
+
+    // --- reads shared by several operations -----------------------------------------------
+
+    async fn load_conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let row: Option<ConversationRow> = self
+            .row(
+                concat!(
+                    "SELECT ",
+                    conversation_cols!(),
+                    " FROM conversations WHERE project_id = ? AND id = ?"
+                ),
+                (project.as_uuid(), id.as_uuid()),
+            )
+            .await?;
+        row.map(|r| decode_conversation(project, r))
+            .transpose()
+            .map(Option::flatten)
+    }
+
+    async fn load_conversations(
+        &self,
+        project: ProjectId,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<Conversation>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<ConversationRow> = self
+            .rows(
+                concat!(
+                    "SELECT ",
+                    conversation_cols!(),
+                    " FROM conversations WHERE project_id = ? AND id IN ?"
+                ),
+                (project.as_uuid(), ids.to_vec()),
+            )
+            .await?;
+        let mut by_id = HashMap::new();
+        for r in rows {
+            if let Some(c) = decode_conversation(project, r)? {
+                by_id.insert(*c.id.as_uuid(), c);
+            }
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    /// `NotFound("end user")` unless every id is an end user of the project.
+    async fn check_end_users(&self, project: ProjectId, ids: &[EndUserId]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<Uuid> = ids.iter().map(|i| *i.as_uuid()).collect();
+        let found: Vec<(Uuid, Option<CqlTimestamp>)> = self
+            .rows(
+                "SELECT id, created_at FROM end_users WHERE project_id = ? AND id IN ?",
+                (project.as_uuid(), wanted.clone()),
+            )
+            .await?;
+        let found: HashSet<Uuid> = found
+            .into_iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        if wanted.iter().all(|w| found.contains(w)) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("end user"))
+        }
+    }
+
+    async fn load_project(&self, id: ProjectId) -> StoreResult<Option<Project>> {
+        let row: Option<ProjectRow> = self
+            .row(
+                concat!("SELECT ", project_cols!(), " FROM projects WHERE id = ?"),
+                (id.as_uuid(),),
+            )
+            .await?;
+        row.map(decode_project).transpose().map(Option::flatten)
+    }
+
+    async fn load_projects(&self, ids: &[Uuid]) -> StoreResult<Vec<Project>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<ProjectRow> = self
+            .rows(
+                concat!("SELECT ", project_cols!(), " FROM projects WHERE id IN ?"),
+                (ids.to_vec(),),
+            )
+            .await?;
+        let mut by_id = HashMap::new();
+        for r in rows {
+            if let Some(p) = decode_project(r)? {
+                by_id.insert(*p.id.as_uuid(), p);
+            }
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    async fn load_api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKeyRecord>> {
+        let row: Option<ApiKeyRow> = self
+            .row(
+                concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE id = ?"),
+                (id.as_uuid(),),
+            )
+            .await?;
+        row.map(decode_api_key).transpose().map(Option::flatten)
+    }
+
+    async fn load_end_user(&self, project: ProjectId, id: Uuid) -> StoreResult<Option<EndUser>> {
+        let row: Option<EndUserRow> = self
+            .row(
+                concat!(
+                    "SELECT ",
+                    end_user_cols!(),
+                    " FROM end_users WHERE project_id = ? AND id = ?"
+                ),
+                (project.as_uuid(), id),
+            )
+            .await?;
+        row.map(|r| decode_end_user(project, r))
+            .transpose()
+            .map(Option::flatten)
+    }
+
+    async fn write_end_user_profile(&self, u: &EndUser) -> StoreResult<()> {
+        self.exec(
+            "UPDATE end_users SET name = ?, email = ?, avatar = ?, metadata = ?, \
+             last_seen_at = ?, updated_at = ? WHERE project_id = ? AND id = ?",
+            (
+                u.name.as_deref(),
+                u.email.as_deref(),
+                u.avatar.as_deref(),
+                json_text(&u.metadata),
+                u.last_seen_at.map(ts),
+                ts(u.updated_at),
+                u.project_id.as_uuid(),
+                u.id.as_uuid(),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts a new end user's row and its enumeration rows.
+    async fn insert_end_user(&self, u: &EndUser) -> StoreResult<()> {
+        let p = *u.project_id.as_uuid();
+        let id = *u.id.as_uuid();
+        let bucket = self.listing_bucket(&id);
+        self.batch(vec![
+            (
+                "INSERT INTO end_users (project_id, id, user_identifier, name, email, avatar, \
+                 metadata, is_anonymous, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vu(id),
+                    vot(u.user_identifier.as_deref()),
+                    vot(u.name.as_deref()),
+                    vot(u.email.as_deref()),
+                    vot(u.avatar.as_deref()),
+                    vt(&json_text(&u.metadata)),
+                    vbool(u.is_anonymous),
+                    vts(u.created_at),
+                    vts(u.updated_at),
+                ],
+            ),
+            (
+                "INSERT INTO end_user_buckets (project_id, bucket) VALUES (?, ?)",
+                vec![vu(p), vi(bucket)],
+            ),
+            (
+                "INSERT INTO end_users_by_project (project_id, bucket, id, user_identifier) \
+                 VALUES (?, ?, ?, ?)",
+                vec![vu(p), vi(bucket), vu(id), vot(u.user_identifier.as_deref())],
+            ),
+        ])
+        .await
+    }
+
+    async fn remove_end_user_rows(&self, project: ProjectId, id: Uuid) -> StoreResult<()> {
+        let p = *project.as_uuid();
+        self.batch(vec![
+            (
+                "DELETE FROM end_users WHERE project_id = ? AND id = ?",
+                vec![vu(p), vu(id)],
+            ),
+            (
+                "DELETE FROM end_users_by_project WHERE project_id = ? AND bucket = ? AND id = ?",
+                vec![vu(p), vi(self.listing_bucket(&id)), vu(id)],
+            ),
+        ])
+        .await
+    }
+
+    async fn message_buckets(&self, project: Uuid, conversation: Uuid) -> StoreResult<Vec<i64>> {
+        let rows: Vec<(i64,)> = self
+            .all_rows(
+                "SELECT bucket FROM message_buckets WHERE project_id = ? AND conversation_id = ?",
+                (project, conversation),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(b,)| b).collect())
+    }
+
+    async fn load_message(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        id: Uuid,
+    ) -> StoreResult<Option<Message>> {
+        let row: Option<MessageRow> = self
+            .row(
+                concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE project_id = ? AND conversation_id = ? AND bucket = ? \
+                     AND id = ?"
+                ),
+                (
+                    project.as_uuid(),
+                    conversation.as_uuid(),
+                    self.message_bucket(&id),
+                    id,
+                ),
+            )
+            .await?;
+        row.map(|r| decode_message(project, conversation, r))
+            .transpose()
+    }
+
+    /// Deletes one conversation and everything below it (messages, indexes, read states).
+    async fn purge_conversation(&self, project: Uuid, conversation: Uuid) -> StoreResult<()> {
+        for b in self.message_buckets(project, conversation).await? {
+            self.exec(
+                "DELETE FROM messages WHERE project_id = ? AND conversation_id = ? AND bucket = ?",
+                (project, conversation, b),
+            )
+            .await?;
+        }
+        for cql in [
+            "DELETE FROM message_buckets WHERE project_id = ? AND conversation_id = ?",
+            "DELETE FROM message_client_ids WHERE project_id = ? AND conversation_id = ?",
+            "DELETE FROM read_states WHERE project_id = ? AND conversation_id = ?",
+            "DELETE FROM conversations WHERE project_id = ? AND id = ?",
+        ] {
+            self.exec(cql, (project, conversation)).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    // --- admin users -----------------------------------------------------------------------
+
+    async fn create_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
+        let key = user.email.to_lowercase();
+        let id = *user.id.as_uuid();
+        // The row first, then the claim of the email: a claim never points at nothing.
+        self.exec(
+            "INSERT INTO admin_users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            (id, &user.email, &user.password_hash, ts(user.created_at)),
+        )
+        .await?;
+        let claimed = self
+            .lwt(
+                "INSERT INTO admin_users_by_email (email_key, id) VALUES (?, ?) IF NOT EXISTS",
+                (&key, id),
+            )
+            .await?;
+        if !claimed {
+            self.exec("DELETE FROM admin_users WHERE id = ?", (id,))
+                .await?;
+            return Err(StoreError::Conflict("email already registered".into()));
+        }
+        Ok(())
+    }
+
+    async fn admin_user_by_email(&self, email: &str) -> StoreResult<Option<AdminUser>> {
+        let id: Option<(Option<Uuid>,)> = self
+            .row(
+                "SELECT id FROM admin_users_by_email WHERE email_key = ?",
+                (email.to_lowercase(),),
+            )
+            .await?;
+        match id {
+            Some((Some(id),)) => self.admin_user(AdminUserId::from_uuid(id)).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn admin_user(&self, id: AdminUserId) -> StoreResult<Option<AdminUser>> {
+        let row: Option<(Uuid, Option<String>, Option<String>, Option<CqlTimestamp>)> = self
+            .row(
+                "SELECT id, email, password_hash, created_at FROM admin_users WHERE id = ?",
+                (id.as_uuid(),),
+            )
+            .await?;
+        match row {
+            Some((id, Some(email), Some(password_hash), Some(created_at))) => Ok(Some(AdminUser {
+                id: AdminUserId::from_uuid(id),
+                email,
+                password_hash,
+                created_at: from_ts(created_at)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn count_admin_users(&self) -> StoreResult<u64> {
+        // A full scan of a small admin-plane table.
+        let row: Option<(i64,)> = self.row("SELECT COUNT(*) FROM admin_users", ()).await?;
+        Ok(row.map_or(0, |(n,)| u64::try_from(n).unwrap_or(0)))
+    }
+
+    // --- projects --------------------------------------------------------------------------
+
+    async fn create_project(&self, p: &Project) -> StoreResult<()> {
+        if self.load_project(p.id).await?.is_some() {
+            return Err(StoreError::Conflict("project id exists".into()));
+        }
+        let id = *p.id.as_uuid();
+        let bucket = self.listing_bucket(&id);
+        self.batch(vec![
+            (
+                "INSERT INTO projects (id, name, owner_id, plan, status, settings, created_at, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(id),
+                    vt(&p.name),
+                    vu(*p.owner_id.as_uuid()),
+                    vt(&enum_str(&p.plan)),
+                    vt(&enum_str(&p.status)),
+                    vt(&json_text(&p.settings)),
+                    vts(p.created_at),
+                    vts(p.updated_at),
+                ],
+            ),
+            (
+                "INSERT INTO projects_by_owner (owner_id, id) VALUES (?, ?)",
+                vec![vu(*p.owner_id.as_uuid()), vu(id)],
+            ),
+            (
+                "INSERT INTO project_buckets (scope, bucket) VALUES (?, ?)",
+                vec![Some(CqlValue::Int(PROJECT_SCOPE)), vi(bucket)],
+            ),
+            (
+                "INSERT INTO projects_by_bucket (bucket, id) VALUES (?, ?)",
+                vec![vi(bucket), vu(id)],
+            ),
+        ])
+        .await
+    }
+
+    async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>> {
+        self.load_project(id).await
+    }
+
+    async fn list_projects(
+        &self,
+        owner: Option<AdminUserId>,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<Project>> {
+        let limit = clamp(limit);
+        let want = limit + 1;
+        let ids: Vec<(Uuid,)> = match owner {
+            Some(owner) => {
+                let lim = want as i32;
+                match cursor {
+                    Some(c) => {
+                        self.rows(
+                            "SELECT id FROM projects_by_owner WHERE owner_id = ? AND id < ? \
+                             LIMIT ?",
+                            (owner.as_uuid(), c.as_uuid(), lim),
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.rows(
+                            "SELECT id FROM projects_by_owner WHERE owner_id = ? LIMIT ?",
+                            (owner.as_uuid(), lim),
+                        )
+                        .await?
+                    }
+                }
+            }
+            None => {
+                let buckets: Vec<(i64,)> = self
+                    .all_rows(
+                        "SELECT bucket FROM project_buckets WHERE scope = ?",
+                        (PROJECT_SCOPE,),
+                    )
+                    .await?;
+                let buckets: Vec<i64> = buckets.into_iter().map(|(b,)| b).collect();
+                let bound = cursor.map(|c| (self.listing_bucket(c.as_uuid()), *c.as_uuid()));
+                self.walk(
+                    "SELECT id FROM projects_by_bucket WHERE bucket = ? LIMIT ?",
+                    "SELECT id FROM projects_by_bucket WHERE bucket = ? AND id < ? LIMIT ?",
+                    &Vec::new(),
+                    &buckets,
+                    bound,
+                    true,
+                    want,
+                )
+                .await?
+            }
+        };
+        let has_more = ids.len() > limit;
+        let ids: Vec<Uuid> = ids.into_iter().take(limit).map(|(id,)| id).collect();
+        let items = self.load_projects(&ids).await?;
+        Ok(Page { items, has_more })
+    }
+
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        patch: &ProjectPatch,
+    ) -> StoreResult<Option<Project>> {
+        let Some(mut p) = self.load_project(id).await? else {
+            return Ok(None);
+        };
+        if let Some(n) = &patch.name {
+            p.name = n.clone();
+        }
+        if let Some(plan) = patch.plan {
+            p.plan = plan;
+        }
+        if let Some(s) = patch.status {
+            p.status = s;
+        }
+        if let Some(s) = &patch.settings {
+            p.settings = s.clone();
+        }
+        p.updated_at = model::now().max(p.updated_at);
+        self.exec(
+            "UPDATE projects SET name = ?, plan = ?, status = ?, settings = ?, updated_at = ? \
+             WHERE id = ?",
+            (
+                &p.name,
+                enum_str(&p.plan),
+                enum_str(&p.status),
+                json_text(&p.settings),
+                ts(p.updated_at),
+                id.as_uuid(),
+            ),
+        )
+        .await?;
+        Ok(Some(p))
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> StoreResult<bool> {
+        let Some(project) = self.load_project(id).await? else {
+            return Ok(false);
+        };
+        let p = *id.as_uuid();
+        // Children first, the project row last: a failure part-way leaves the project in
+        // place, and deleting it again finishes the job.
+        let keys: Vec<(Uuid,)> = self
+            .all_rows(
+                "SELECT id FROM api_keys_by_project WHERE project_id = ?",
+                (p,),
+            )
+            .await?;
+        for (k,) in keys {
+            self.exec("DELETE FROM api_keys WHERE id = ?", (k,)).await?;
+        }
+        self.exec("DELETE FROM api_keys_by_project WHERE project_id = ?", (p,))
+            .await?;
+
+        let buckets: Vec<(i64,)> = self
+            .all_rows(
+                "SELECT bucket FROM conversation_buckets WHERE project_id = ?",
+                (p,),
+            )
+            .await?;
+        for (b,) in buckets {
+            let convs: Vec<(Uuid,)> = self
+                .all_rows(
+                    "SELECT id FROM conversations_by_project WHERE project_id = ? AND bucket = ?",
+                    (p, b),
+                )
+                .await?;
+            for (c,) in convs {
+                self.purge_conversation(p, c).await?;
+            }
+            self.exec(
+                "DELETE FROM conversations_by_project WHERE project_id = ? AND bucket = ?",
+                (p, b),
+            )
+            .await?;
+            for s in CONVERSATION_STATUSES {
+                self.exec(
+                    "DELETE FROM conversations_by_status WHERE project_id = ? AND status = ? \
+                     AND bucket = ?",
+                    (p, s.as_str(), b),
+                )
+                .await?;
+            }
+        }
+        self.exec(
+            "DELETE FROM conversation_buckets WHERE project_id = ?",
+            (p,),
+        )
+        .await?;
+
+        let buckets: Vec<(i64,)> = self
+            .all_rows(
+                "SELECT bucket FROM end_user_buckets WHERE project_id = ?",
+                (p,),
+            )
+            .await?;
+        for (b,) in buckets {
+            let users: Vec<(Uuid, Option<String>)> = self
+                .all_rows(
+                    "SELECT id, user_identifier FROM end_users_by_project WHERE project_id = ? \
+                     AND bucket = ?",
+                    (p, b),
+                )
+                .await?;
+            for (u, ident) in users {
+                self.exec(
+                    "DELETE FROM conversations_by_member WHERE project_id = ? AND member_id = ?",
+                    (p, u),
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM end_users WHERE project_id = ? AND id = ?",
+                    (p, u),
+                )
+                .await?;
+                if let Some(ident) = ident {
+                    self.exec(
+                        "DELETE FROM end_users_by_identifier WHERE project_id = ? \
+                         AND user_identifier = ?",
+                        (p, ident),
+                    )
+                    .await?;
+                }
+            }
+            self.exec(
+                "DELETE FROM end_users_by_project WHERE project_id = ? AND bucket = ?",
+                (p, b),
+            )
+            .await?;
+        }
+        self.exec("DELETE FROM end_user_buckets WHERE project_id = ?", (p,))
+            .await?;
+
+        self.batch(vec![
+            ("DELETE FROM projects WHERE id = ?", vec![vu(p)]),
+            (
+                "DELETE FROM projects_by_owner WHERE owner_id = ? AND id = ?",
+                vec![vu(*project.owner_id.as_uuid()), vu(p)],
+            ),
+            (
+                "DELETE FROM projects_by_bucket WHERE bucket = ? AND id = ?",
+                vec![vi(self.listing_bucket(&p)), vu(p)],
+            ),
+        ])
+        .await?;
+        Ok(true)
+    }
+
+    // --- API keys --------------------------------------------------------------------------
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        if self.load_api_key(key.id).await?.is_some() {
+            return Err(StoreError::Conflict("key id exists".into()));
+        }
+        let id = *key.id.as_uuid();
+        let scopes: Vec<CqlValue> = key
+            .scopes
+            .iter()
+            .map(|s| CqlValue::Text(s.as_str().to_owned()))
+            .collect();
+        let mut items: Vec<(&'static str, Values)> = vec![
+            (
+                "INSERT INTO api_keys (id, project_id, name, kind, prefix, scopes, secret_hash, \
+                 expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(id),
+                    vu(*key.project_id.as_uuid()),
+                    vt(&key.name),
+                    vt(&enum_str(&key.kind)),
+                    vt(&key.prefix),
+                    Some(CqlValue::Set(scopes)),
+                    Some(CqlValue::Blob(key.secret_hash.to_vec())),
+                    vots(key.expires_at),
+                    vts(key.created_at),
+                ],
+            ),
+            (
+                "INSERT INTO api_keys_by_project (project_id, created_at, id) VALUES (?, ?, ?)",
+                vec![vu(*key.project_id.as_uuid()), vts(key.created_at), vu(id)],
+            ),
+        ];
+        // Written only when set: a null would be a tombstone newer than a later touch.
+        if let Some(t) = key.last_used_at {
+            items.push((
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                vec![vts(t), vu(id)],
+            ));
+        }
+        if let Some(t) = key.revoked_at {
+            items.push((
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ?",
+                vec![vts(t), vu(id)],
+            ));
+        }
+        self.batch(items).await
+    }
+
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKeyRecord>> {
+        self.load_api_key(id).await
+    }
+
+    async fn list_api_keys(&self, project: ProjectId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let ids: Vec<(Uuid,)> = self
+            .all_rows(
+                "SELECT id FROM api_keys_by_project WHERE project_id = ?",
+                (project.as_uuid(),),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.into_iter().map(|(id,)| id).collect();
+        let rows: Vec<ApiKeyRow> = self
+            .rows(
+                concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE id IN ?"),
+                (ids.clone(),),
+            )
+            .await?;
+        let mut by_id = HashMap::new();
+        for r in rows {
+            if let Some(k) = decode_api_key(r)? {
+                if k.project_id == project {
+                    by_id.insert(*k.id.as_uuid(), k);
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        let Some(mut key) = self.load_api_key(id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Ok(Some(key));
+        }
+        self.exec(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ?",
+            (ts(at), id.as_uuid()),
+        )
+        .await?;
+        key.revoked_at = Some(at);
+        Ok(Some(key))
+    }
+
+    async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> StoreResult<()> {
+        let exists: Option<(Option<Uuid>,)> = self
+            .row(
+                "SELECT project_id FROM api_keys WHERE id = ?",
+                (id.as_uuid(),),
+            )
+            .await?;
+        if !matches!(exists, Some((Some(_),))) {
+            return Ok(());
+        }
+        // The write timestamp is the use time: last-write-wins keeps the latest use, so
+        // `last_used_at` never moves backwards, whatever order touches arrive in.
+        self.exec(
+            "UPDATE api_keys USING TIMESTAMP ? SET last_used_at = ? WHERE id = ?",
+            (at.timestamp_micros(), ts(at), id.as_uuid()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    // --- end users -------------------------------------------------------------------------
+
+    async fn upsert_end_user(
+        &self,
+        project: ProjectId,
+        u: &NewEndUser,
+    ) -> StoreResult<(EndUser, bool)> {
+        let now = model::now();
+        let fresh = |identifier: Option<String>| EndUser {
+            id: EndUserId::new_v7(),
+            project_id: project,
+            is_anonymous: identifier.is_none(),
+            user_identifier: identifier,
+            name: u.name.clone(),
+            email: u.email.clone(),
+            avatar: u.avatar.clone(),
+            metadata: if u.metadata.is_null() {
+                model::empty_object()
+            } else {
+                u.metadata.clone()
+            },
+            last_seen_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let Some(identifier) = u.user_identifier.clone() else {
+            let user = fresh(None);
+            self.insert_end_user(&user).await?;
+            return Ok((user, true));
+        };
+        // Concurrent identifications in this process queue here; across processes the
+        // lightweight transaction below decides.
+        let _guard = self
+            .key_locks
+            .of(("ident", project, &identifier))
+            .lock()
+            .await;
+        for _ in 0..5 {
+            let claimed: Option<(Option<Uuid>,)> = self
+                .row(
+                    "SELECT id FROM end_users_by_identifier WHERE project_id = ? \
+                     AND user_identifier = ?",
+                    (project.as_uuid(), &identifier),
+                )
+                .await?;
+            if let Some((Some(id),)) = claimed {
+                if let Some(mut user) = self.load_end_user(project, id).await? {
+                    if apply_identify(&mut user, u) {
+                        user.updated_at = model::now().max(user.updated_at);
+                        self.write_end_user_profile(&user).await?;
+                    }
+                    return Ok((user, false));
+                }
+                // A claim whose user is gone (deleted between the two deletes): release it.
+                self.lwt(
+                    "DELETE FROM end_users_by_identifier WHERE project_id = ? \
+                     AND user_identifier = ? IF id = ?",
+                    (project.as_uuid(), &identifier, id),
+                )
+                .await?;
+                continue;
+            }
+            let user = fresh(Some(identifier.clone()));
+            // The row first, then the claim: a claim never points at nothing.
+            self.insert_end_user(&user).await?;
+            let won = self
+                .lwt(
+                    "INSERT INTO end_users_by_identifier (project_id, user_identifier, id) \
+                     VALUES (?, ?, ?) IF NOT EXISTS",
+                    (project.as_uuid(), &identifier, user.id.as_uuid()),
+                )
+                .await?;
+            if won {
+                return Ok((user, true));
+            }
+            self.remove_end_user_rows(project, *user.id.as_uuid())
+                .await?;
+        }
+        Err(StoreError::Unavailable(
+            "end-user identification kept racing".into(),
+        ))
+    }
+
+    async fn end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<Option<EndUser>> {
+        self.load_end_user(project, *id.as_uuid()).await
+    }
+
+    async fn update_end_user(
+        &self,
+        project: ProjectId,
+        id: EndUserId,
+        patch: &EndUserPatch,
+    ) -> StoreResult<Option<EndUser>> {
+        let Some(mut user) = self.load_end_user(project, *id.as_uuid()).await? else {
+            return Ok(None);
+        };
+        let mut profile = false;
+        if let Some(v) = &patch.name {
+            user.name = v.clone();
+            profile = true;
+        }
+        if let Some(v) = &patch.email {
+            user.email = v.clone();
+            profile = true;
+        }
+        if let Some(v) = &patch.avatar {
+            user.avatar = v.clone();
+            profile = true;
+        }
+        if let Some(v) = &patch.metadata {
+            user.metadata = v.clone();
+            profile = true;
+        }
+        if let Some(t) = patch.last_seen_at {
+            user.last_seen_at = Some(t);
+        }
+        if profile {
+            user.updated_at = model::now().max(user.updated_at);
+        }
+        self.write_end_user_profile(&user).await?;
+        Ok(Some(user))
+    }
+
+    async fn delete_end_user(&self, project: ProjectId, id: EndUserId) -> StoreResult<bool> {
+        let Some(user) = self.load_end_user(project, *id.as_uuid()).await? else {
+            return Ok(false);
+        };
+        let p = *project.as_uuid();
+        let u = *id.as_uuid();
+        let member_key = Actor::end_user(id, None).member_key();
+        let convs: Vec<(Uuid,)> = self
+            .all_rows(
+                "SELECT conversation_id FROM conversations_by_member WHERE project_id = ? \
+                 AND member_id = ?",
+                (p, u),
+            )
+            .await?;
+        for (c,) in convs {
+            self.batch(vec![
+                (
+                    "UPDATE conversations SET members = members - ? WHERE project_id = ? \
+                     AND id = ?",
+                    vec![vuuid_set([u]), vu(p), vu(c)],
+                ),
+                (
+                    "DELETE FROM read_states WHERE project_id = ? AND conversation_id = ? \
+                     AND member_key = ?",
+                    vec![vu(p), vu(c), vt(&member_key)],
+                ),
+            ])
+            .await?;
+        }
+        self.exec(
+            "DELETE FROM conversations_by_member WHERE project_id = ? AND member_id = ?",
+            (p, u),
+        )
+        .await?;
+        self.remove_end_user_rows(project, u).await?;
+        if let Some(ident) = &user.user_identifier {
+            self.lwt(
+                "DELETE FROM end_users_by_identifier WHERE project_id = ? \
+                 AND user_identifier = ? IF id = ?",
+                (p, ident, u),
+            )
+            .await?;
+        }
+        Ok(true)
+    }
+
+    // --- conversations ---------------------------------------------------------------------
+
+    async fn create_conversation(&self, c: &Conversation) -> StoreResult<()> {
+        let mut members = c.members.clone();
+        members.sort();
+        members.dedup();
+        self.check_end_users(c.project_id, &members).await?;
+        if self.load_conversation(c.project_id, c.id).await?.is_some() {
+            return Err(StoreError::Conflict("conversation id exists".into()));
+        }
+        let p = *c.project_id.as_uuid();
+        let id = *c.id.as_uuid();
+        let bucket = self.listing_bucket(&id);
+        let status = c.status.as_str();
+        let mut items: Vec<(&'static str, Values)> = vec![
+            (
+                "INSERT INTO conversations (project_id, id, subject, status, members, metadata, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vu(id),
+                    vot(c.subject.as_deref()),
+                    vt(status),
+                    vuuid_set(members.iter().map(|m| *m.as_uuid())),
+                    vt(&json_text(&c.metadata)),
+                    vts(c.created_at),
+                    vts(c.updated_at),
+                ],
+            ),
+            (
+                "INSERT INTO conversation_buckets (project_id, bucket) VALUES (?, ?)",
+                vec![vu(p), vi(bucket)],
+            ),
+            (
+                "INSERT INTO conversations_by_project (project_id, bucket, id) VALUES (?, ?, ?)",
+                vec![vu(p), vi(bucket), vu(id)],
+            ),
+            (
+                "INSERT INTO conversations_by_status (project_id, status, bucket, id) \
+                 VALUES (?, ?, ?, ?)",
+                vec![vu(p), vt(status), vi(bucket), vu(id)],
+            ),
+        ];
+        for m in &members {
+            items.push((
+                "INSERT INTO conversations_by_member (project_id, member_id, conversation_id, \
+                 status) VALUES (?, ?, ?, ?)",
+                vec![vu(p), vu(*m.as_uuid()), vu(id), vt(status)],
+            ));
+        }
+        if let Some(last) = c.last_message_id {
+            items.push((
+                "UPDATE conversations USING TIMESTAMP ? SET last_message_id = ? \
+                 WHERE project_id = ? AND id = ?",
+                vec![
+                    vi(head_timestamp(last.as_uuid())),
+                    vu(*last.as_uuid()),
+                    vu(p),
+                    vu(id),
+                ],
+            ));
+        }
+        self.batch(items).await
+    }
+
+    async fn conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        self.load_conversation(project, id).await
+    }
+
+    async fn list_conversations(
+        &self,
+        project: ProjectId,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>> {
+        let limit = clamp(query.limit);
+        let want = limit + 1;
+        let p = *project.as_uuid();
+        let mut ids: Vec<Uuid> = Vec::new();
+        if let Some(member) = query.member {
+            // The member's partition, newest first, status filtered here; chunks until the
+            // page is full or the partition ends.
+            let mut cursor = query.cursor.map(|c| *c.as_uuid());
+            let chunk = want.max(100);
+            loop {
+                let rows: Vec<(Uuid, Option<String>)> = match cursor {
+                    Some(c) => {
+                        self.rows(
+                            "SELECT conversation_id, status FROM conversations_by_member \
+                             WHERE project_id = ? AND member_id = ? AND conversation_id < ? \
+                             LIMIT ?",
+                            (p, member.as_uuid(), c, chunk as i32),
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.rows(
+                            "SELECT conversation_id, status FROM conversations_by_member \
+                             WHERE project_id = ? AND member_id = ? LIMIT ?",
+                            (p, member.as_uuid(), chunk as i32),
+                        )
+                        .await?
+                    }
+                };
+                let n = rows.len();
+                for (id, status) in rows {
+                    cursor = Some(id);
+                    let keep = match query.status {
+                        Some(s) => status.as_deref() == Some(s.as_str()),
+                        None => true,
+                    };
+                    if keep && ids.len() < want {
+                        ids.push(id);
+                    }
+                }
+                if ids.len() >= want || n < chunk {
+                    break;
+                }
+            }
+        } else {
+            let buckets: Vec<(i64,)> = self
+                .all_rows(
+                    "SELECT bucket FROM conversation_buckets WHERE project_id = ?",
+                    (p,),
+                )
+                .await?;
+            let buckets: Vec<i64> = buckets.into_iter().map(|(b,)| b).collect();
+            let bound = query
+                .cursor
+                .map(|c| (self.listing_bucket(c.as_uuid()), *c.as_uuid()));
+            let rows: Vec<(Uuid,)> = match query.status {
+                Some(s) => {
+                    self.walk(
+                        "SELECT id FROM conversations_by_status WHERE project_id = ? \
+                         AND status = ? AND bucket = ? LIMIT ?",
+                        "SELECT id FROM conversations_by_status WHERE project_id = ? \
+                         AND status = ? AND bucket = ? AND id < ? LIMIT ?",
+                        &vec![vu(p), vt(s.as_str())],
+                        &buckets,
+                        bound,
+                        true,
+                        want,
+                    )
+                    .await?
+                }
+                None => {
+                    self.walk(
+                        "SELECT id FROM conversations_by_project WHERE project_id = ? \
+                         AND bucket = ? LIMIT ?",
+                        "SELECT id FROM conversations_by_project WHERE project_id = ? \
+                         AND bucket = ? AND id < ? LIMIT ?",
+                        &vec![vu(p)],
+                        &buckets,
+                        bound,
+                        true,
+                        want,
+                    )
+                    .await?
+                }
+            };
+            ids = rows.into_iter().map(|(id,)| id).collect();
+        }
+        let has_more = ids.len() > limit;
+        ids.truncate(limit);
+        let items = self.load_conversations(project, &ids).await?;
+        Ok(Page { items, has_more })
+    }
+
+    async fn update_conversation(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>> {
+        let Some(mut c) = self.load_conversation(project, id).await? else {
+            return Ok(None);
+        };
+        let mut added: Vec<EndUserId> = patch
+            .add_members
+            .iter()
+            .filter(|m| !c.members.contains(m))
+            .copied()
+            .collect();
+        added.sort();
+        added.dedup();
+        self.check_end_users(project, &added).await?;
+        let old_status = c.status;
+        if let Some(s) = &patch.subject {
+            c.subject = s.clone();
+        }
+        if let Some(s) = patch.status {
+            c.status = s;
+        }
+        if let Some(m) = &patch.metadata {
+            c.metadata = m.clone();
+        }
+        c.members.extend(added.iter().copied());
+        c.members.sort();
+        c.updated_at = model::now().max(c.updated_at);
+
+        let p = *project.as_uuid();
+        let cid = *id.as_uuid();
+        let bucket = self.listing_bucket(&cid);
+        let status = c.status.as_str();
+        let mut items: Vec<(&'static str, Values)> = vec![(
+            "UPDATE conversations SET subject = ?, status = ?, metadata = ?, updated_at = ?, \
+             members = members + ? WHERE project_id = ? AND id = ?",
+            vec![
+                vot(c.subject.as_deref()),
+                vt(status),
+                vt(&json_text(&c.metadata)),
+                vts(c.updated_at),
+                vuuid_set(added.iter().map(|m| *m.as_uuid())),
+                vu(p),
+                vu(cid),
+            ],
+        )];
+        if old_status != c.status {
+            items.push((
+                "DELETE FROM conversations_by_status WHERE project_id = ? AND status = ? \
+                 AND bucket = ? AND id = ?",
+                vec![vu(p), vt(old_status.as_str()), vi(bucket), vu(cid)],
+            ));
+            items.push((
+                "INSERT INTO conversations_by_status (project_id, status, bucket, id) \
+                 VALUES (?, ?, ?, ?)",
+                vec![vu(p), vt(status), vi(bucket), vu(cid)],
+            ));
+        }
+        if old_status != c.status || !added.is_empty() {
+            for m in &c.members {
+                items.push((
+                    "INSERT INTO conversations_by_member (project_id, member_id, \
+                     conversation_id, status) VALUES (?, ?, ?, ?)",
+                    vec![vu(p), vu(*m.as_uuid()), vu(cid), vt(status)],
+                ));
+            }
+        }
+        self.batch(items).await?;
+        Ok(Some(c))
+    }
+
+    // --- messages --------------------------------------------------------------------------
+
+    async fn append_message(&self, m: &NewMessage) -> StoreResult<Appended> {
+        let p = *m.project_id.as_uuid();
+        let c = *m.conversation_id.as_uuid();
+        let _guard = self.conversation_locks.of((p, c)).lock().await;
+        let head: Option<(Uuid, Option<String>, Option<Uuid>)> = self
+            .row(
+                "SELECT id, status, last_message_id FROM conversations WHERE project_id = ? \
+                 AND id = ?",
+                (p, c),
+            )
+            .await?;
+        let last = match head {
+            Some((_, Some(_), last)) => last,
+            _ => return Err(StoreError::NotFound("conversation")),
+        };
+        if let Some(cid) = &m.client_msg_id {
+            let known: Option<(Option<Uuid>,)> = self
+                .row(
+                    "SELECT message_id FROM message_client_ids WHERE project_id = ? \
+                     AND conversation_id = ? AND client_msg_id = ?",
+                    (p, c, cid),
+                )
+                .await?;
+            if let Some((Some(id),)) = known {
+                if let Some(original) = self
+                    .load_message(m.project_id, m.conversation_id, id)
+                    .await?
+                {
+                    return Ok(Appended {
+                        message: original,
+                        created: false,
+                    });
+                }
+            }
+        }
+        let id = next_message_id(last);
+        let message = Message {
+            id,
+            project_id: m.project_id,
+            conversation_id: m.conversation_id,
+            sender: m.sender.clone(),
+            text: m.text.clone(),
+            metadata: m.metadata.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            created_at: model::now(),
+        };
+        let uid = *id.as_uuid();
+        let bucket = self.message_bucket(&uid);
+        let mut items: Vec<(&'static str, Values)> = vec![
+            (
+                "INSERT INTO messages (project_id, conversation_id, bucket, id, sender_kind, \
+                 sender_id, sender_name, text, metadata, client_msg_id, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vu(c),
+                    vi(bucket),
+                    vu(uid),
+                    vt(message.sender.kind.as_str()),
+                    vt(&message.sender.id),
+                    vot(message.sender.name.as_deref()),
+                    vt(&message.text),
+                    vt(&json_text(&message.metadata)),
+                    vot(message.client_msg_id.as_deref()),
+                    vts(message.created_at),
+                ],
+            ),
+            (
+                "INSERT INTO message_buckets (project_id, conversation_id, bucket) \
+                 VALUES (?, ?, ?)",
+                vec![vu(p), vu(c), vi(bucket)],
+            ),
+            // Write time from the id: across processes the greatest id wins the head.
+            (
+                "UPDATE conversations USING TIMESTAMP ? SET last_message_id = ?, updated_at = ? \
+                 WHERE project_id = ? AND id = ?",
+                vec![
+                    vi(head_timestamp(&uid)),
+                    vu(uid),
+                    vts(message.created_at),
+                    vu(p),
+                    vu(c),
+                ],
+            ),
+        ];
+        if let Some(cid) = &m.client_msg_id {
+            items.push((
+                "INSERT INTO message_client_ids (project_id, conversation_id, client_msg_id, \
+                 message_id) VALUES (?, ?, ?, ?)",
+                vec![vu(p), vu(c), vt(cid), vu(uid)],
+            ));
+        }
+        self.batch(items).await?;
+        Ok(Appended {
+            message,
+            created: true,
+        })
+    }
+
+    async fn list_messages(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        range: MessageRange,
+        limit: u32,
+    ) -> StoreResult<Page<Message>> {
+        let limit = clamp(limit);
+        let want = limit + 1;
+        let p = *project.as_uuid();
+        let c = *conversation.as_uuid();
+        let mut buckets = self.message_buckets(p, c).await?; // newest first
+        let prefix = vec![vu(p), vu(c)];
+        let (rows, ascending): (Vec<MessageRow>, bool) = match range {
+            MessageRange::Latest | MessageRange::Before(_) => {
+                let bound = match range {
+                    MessageRange::Before(id) => {
+                        Some((self.message_bucket(id.as_uuid()), *id.as_uuid()))
+                    }
+                    _ => None,
+                };
+                let rows = self
+                    .walk(
+                        concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE project_id = ? AND conversation_id = ? \
+                             AND bucket = ? ORDER BY id DESC LIMIT ?"
+                        ),
+                        concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE project_id = ? AND conversation_id = ? \
+                             AND bucket = ? AND id < ? ORDER BY id DESC LIMIT ?"
+                        ),
+                        &prefix,
+                        &buckets,
+                        bound,
+                        true,
+                        want,
+                    )
+                    .await?;
+                (rows, false)
+            }
+            MessageRange::After(id) => {
+                buckets.reverse();
+                let rows = self
+                    .walk(
+                        concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE project_id = ? AND conversation_id = ? \
+                             AND bucket = ? ORDER BY id ASC LIMIT ?"
+                        ),
+                        concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE project_id = ? AND conversation_id = ? \
+                             AND bucket = ? AND id > ? ORDER BY id ASC LIMIT ?"
+                        ),
+                        &prefix,
+                        &buckets,
+                        Some((self.message_bucket(id.as_uuid()), *id.as_uuid())),
+                        false,
+                        want,
+                    )
+                    .await?;
+                (rows, true)
+            }
+        };
+        let has_more = rows.len() > limit;
+        let mut items = rows
+            .into_iter()
+            .take(limit)
+            .map(|r| decode_message(project, conversation, r))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if !ascending {
+            items.reverse();
+        }
+        Ok(Page { items, has_more })
+    }
+
+    async fn message(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<Message>> {
+        self.load_message(project, conversation, *id.as_uuid())
+            .await
+    }
+
+    // --- read state ------------------------------------------------------------------------
+
+    async fn mark_read(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+        reader: &Actor,
+        message_id: MessageId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReadState> {
+        if self
+            .load_conversation(project, conversation)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound("conversation"));
+        }
+        let p = *project.as_uuid();
+        let c = *conversation.as_uuid();
+        let member_key = reader.member_key();
+        // Read-compare-write per (conversation, reader), serialised in this process. Across
+        // processes markers are last-write-wins, as the architecture allows.
+        let _guard = self.key_locks.of(("read", p, c, &member_key)).lock().await;
+        let current: Option<ReadStateRow> = self
+            .row(
+                "SELECT reader_kind, reader_id, reader_name, last_read_message_id, updated_at \
+                 FROM read_states WHERE project_id = ? AND conversation_id = ? \
+                 AND member_key = ?",
+                (p, c, &member_key),
+            )
+            .await?;
+        if let Some(row) = current {
+            if let Some(state) = decode_read_state(conversation, row)? {
+                if state.last_read_message_id >= message_id {
+                    return Ok(state);
+                }
+            }
+        }
+        self.exec(
+            "INSERT INTO read_states (project_id, conversation_id, member_key, reader_kind, \
+             reader_id, reader_name, last_read_message_id, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                p,
+                c,
+                &member_key,
+                reader.kind.as_str(),
+                &reader.id,
+                reader.name.as_deref(),
+                message_id.as_uuid(),
+                ts(at),
+            ),
+        )
+        .await?;
+        Ok(ReadState {
+            conversation_id: conversation,
+            reader: reader.clone(),
+            last_read_message_id: message_id,
+            updated_at: at,
+        })
+    }
+
+    async fn read_states(
+        &self,
+        project: ProjectId,
+        conversation: ConversationId,
+    ) -> StoreResult<Vec<ReadState>> {
+        let rows: Vec<ReadStateRow> = self
+            .all_rows(
+                "SELECT reader_kind, reader_id, reader_name, last_read_message_id, updated_at \
+                 FROM read_states WHERE project_id = ? AND conversation_id = ?",
+                (project.as_uuid(), conversation.as_uuid()),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(s) = decode_read_state(conversation, r)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    // --- health ----------------------------------------------------------------------------
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.exec("SELECT release_version FROM system.local", ())
+            .await?;
+        Ok(())
+    }
+}
+
+// --- free functions ------------------------------------------------------------------------
+
+fn valid_keyspace(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 48
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn clamp(limit: u32) -> usize {
+    limit.clamp(1, 1000) as usize
+}
+
+/// The bucket of an id: the 48-bit millisecond prefix of a v7 UUID divided by the width. For
+/// any UUID it is monotonic in id order, so walking buckets in order walks ids in order.
+fn bucket_of(id: &Uuid, width: Duration) -> i64 {
+    let b = id.as_bytes();
+    let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    let width = u64::try_from(width.as_millis()).unwrap_or(u64::MAX).max(1);
+    i64::try_from(ms / width).unwrap_or(i64::MAX)
+}
+
+/// Write timestamp (µs) for a conversation head pointing at message `id`: the id's time, so
+/// a later id never loses to an earlier one (equal timestamps keep the greater value).
+fn head_timestamp(id: &Uuid) -> i64 {
+    let b = id.as_bytes();
+    let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    i64::try_from(ms).unwrap_or(i64::MAX / 1000) * 1000 + 999
+}
+
+/// The next message id, greater than the conversation's newest (see the SQLite writer: the
+/// newest may come from a process whose clock was ahead).
+fn next_message_id(head: Option<Uuid>) -> MessageId {
+    let id = MESSAGE_IDS.next();
+    match head {
+        Some(head) if head >= *id.as_uuid() => {
+            MessageId::from_uuid(Uuid::from_u128(bump_v7(head.as_u128())))
+        }
+        _ => id,
+    }
+}
+
+/// Adds one to the 74 counter bits of a v7 UUID, keeping version and variant.
+fn bump_v7(v: u128) -> u128 {
+    let rand_mask = (1u128 << 62) - 1;
+    let mut ts = v >> 80;
+    let mut counter = (((v >> 64) & 0xfff) << 62) | (v & rand_mask);
+    counter += 1;
+    if counter >> 74 != 0 {
+        counter = 0;
+        ts += 1;
+    }
+    (ts << 80)
+        | (0x7u128 << 76)
+        | ((counter >> 62) << 64)
+        | (0b10u128 << 62)
+        | (counter & rand_mask)
+}
+
+fn is_empty_object(v: &serde_json::Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
+}
+
+/// Applies an identification's profile to a known user; `true` when something changed.
+fn apply_identify(user: &mut EndUser, u: &NewEndUser) -> bool {
+    let mut changed = false;
+    for (field, value) in [
+        (&mut user.name, &u.name),
+        (&mut user.email, &u.email),
+        (&mut user.avatar, &u.avatar),
+    ] {
+        if let Some(v) = value {
+            if field.as_ref() != Some(v) {
+                *field = Some(v.clone());
+                changed = true;
+            }
+        }
+    }
+    if !is_empty_object(&u.metadata) && user.metadata != u.metadata {
+        user.metadata = u.metadata.clone();
+        changed = true;
+    }
+    changed
+}
+
+/// A conversation row; `None` for a partial row (only cells written by a racing append or
+/// member removal after the conversation was deleted).
+fn decode_conversation(
+    project: ProjectId,
+    r: ConversationRow,
+) -> StoreResult<Option<Conversation>> {
+    let (id, subject, status, members, metadata, created_at, updated_at, last) = r;
+    let (Some(status), Some(created_at)) = (status, created_at) else {
+        return Ok(None);
+    };
+    let mut members: Vec<EndUserId> = members
+        .unwrap_or_default()
+        .into_iter()
+        .map(EndUserId::from_uuid)
+        .collect();
+    members.sort();
+    let created_at = from_ts(created_at)?;
+    Ok(Some(Conversation {
+        id: ConversationId::from_uuid(id),
+        project_id: project,
+        subject,
+        status: parse_enum(&status, "conversation status")?,
+        members,
+        metadata: parse_json(metadata.as_deref())?,
+        created_at,
+        updated_at: from_opt_ts(updated_at)?.unwrap_or(created_at),
+        last_message_id: last.map(MessageId::from_uuid),
+    }))
+}
+
+fn decode_message(
+    project: ProjectId,
+    conversation: ConversationId,
+    r: MessageRow,
+) -> StoreResult<Message> {
+    let (id, kind, sender_id, sender_name, text, metadata, client_msg_id, created_at) = r;
+    let kind: ActorKind = kind
+        .as_deref()
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| corrupt("message sender kind"))?;
+    Ok(Message {
+        id: MessageId::from_uuid(id),
+        project_id: project,
+        conversation_id: conversation,
+        sender: Actor {
+            kind,
+            id: sender_id.ok_or_else(|| corrupt("message sender id"))?,
+            name: sender_name,
+        },
+        text: text.unwrap_or_default(),
+        metadata: parse_json(metadata.as_deref())?,
+        client_msg_id,
+        created_at: from_ts(created_at.ok_or_else(|| corrupt("message created_at"))?)?,
+    })
+}
+
+fn decode_end_user(project: ProjectId, r: EndUserRow) -> StoreResult<Option<EndUser>> {
+    let (id, ident, name, email, avatar, metadata, anon, last_seen, created_at, updated_at) = r;
+    let Some(created_at) = created_at else {
+        return Ok(None);
+    };
+    let created_at = from_ts(created_at)?;
+    Ok(Some(EndUser {
+        id: EndUserId::from_uuid(id),
+        project_id: project,
+        is_anonymous: anon.unwrap_or(ident.is_none()),
+        user_identifier: ident,
+        name,
+        email,
+        avatar,
+        metadata: parse_json(metadata.as_deref())?,
+        last_seen_at: from_opt_ts(last_seen)?,
+        created_at,
+        updated_at: from_opt_ts(updated_at)?.unwrap_or(created_at),
+    }))
+}
+
+fn decode_project(r: ProjectRow) -> StoreResult<Option<Project>> {
+    let (id, name, owner, plan, status, settings, created_at, updated_at) = r;
+    let (Some(name), Some(owner), Some(plan), Some(status), Some(created_at)) =
+        (name, owner, plan, status, created_at)
+    else {
+        return Ok(None);
+    };
+    let created_at = from_ts(created_at)?;
+    Ok(Some(Project {
+        id: ProjectId::from_uuid(id),
+        name,
+        owner_id: AdminUserId::from_uuid(owner),
+        plan: parse_enum(&plan, "plan")?,
+        status: parse_enum(&status, "project status")?,
+        settings: parse_json(settings.as_deref())?,
+        created_at,
+        updated_at: from_opt_ts(updated_at)?.unwrap_or(created_at),
+    }))
+}
+
+fn decode_api_key(r: ApiKeyRow) -> StoreResult<Option<ApiKeyRecord>> {
+    let (id, project, name, kind, prefix, scopes, hash, last_used, expires, revoked, created) = r;
+    let (Some(project), Some(kind), Some(created)) = (project, kind, created) else {
+        return Ok(None);
+    };
+    let secret_hash: [u8; 32] = hash
+        .unwrap_or_default()
+        .try_into()
+        .map_err(|_| corrupt("api key hash"))?;
+    let scopes = scopes
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.parse().map_err(|_| corrupt("api key scope")))
+        .collect::<StoreResult<_>>()?;
+    Ok(Some(ApiKeyRecord {
+        id: ApiKeyId::from_uuid(id),
+        project_id: ProjectId::from_uuid(project),
+        name: name.unwrap_or_default(),
+        kind: parse_enum(&kind, "api key kind")?,
+        prefix: prefix.unwrap_or_default(),
+        scopes,
+        secret_hash,
+        last_used_at: from_opt_ts(last_used)?,
+        expires_at: from_opt_ts(expires)?,
+        revoked_at: from_opt_ts(revoked)?,
+        created_at: from_ts(created)?,
+    }))
+}
+
+fn decode_read_state(
+    conversation: ConversationId,
+    r: ReadStateRow,
+) -> StoreResult<Option<ReadState>> {
+    let (kind, reader_id, name, last, updated_at) = r;
+    let (Some(kind), Some(reader_id), Some(last), Some(updated_at)) =
+        (kind, reader_id, last, updated_at)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ReadState {
+        conversation_id: conversation,
+        reader: Actor {
+            kind: kind.parse().map_err(|_| corrupt("reader kind"))?,
+            id: reader_id,
+            name,
+        },
+        last_read_message_id: MessageId::from_uuid(last),
+        updated_at: from_ts(updated_at)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_id_order() {
+        let width = Duration::from_millis(10);
+        let a = MESSAGE_IDS.next();
+        let b = MessageId::from_uuid(Uuid::from_u128(a.as_uuid().as_u128() + (1_000u128 << 80)));
+        assert!(bucket_of(a.as_uuid(), width) < bucket_of(b.as_uuid(), width));
+        assert_eq!(bucket_of(&Uuid::nil(), width), 0);
+    }
+
+    #[test]
+    fn keyspace_names_are_checked() {
+        assert!(valid_keyspace("lc_test_1"));
+        assert!(!valid_keyspace("1abc"));
+        assert!(!valid_keyspace("a-b"));
+        assert!(!valid_keyspace("a; DROP"));
+    }
+
+    #[test]
+    fn head_timestamps_increase_with_ids() {
+        let a = MESSAGE_IDS.next();
+        let b = MessageId::from_uuid(Uuid::from_u128(bump_v7(a.as_uuid().as_u128())));
+        assert!(head_timestamp(a.as_uuid()) <= head_timestamp(b.as_uuid()));
+        assert_eq!(b.as_uuid().get_version_num(), 7);
+    }
+}
