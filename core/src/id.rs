@@ -154,12 +154,21 @@ impl MessageIdGenerator {
 
     /// The next id, strictly greater than every id this generator returned before.
     pub fn next(&self) -> MessageId {
+        self.next_after(None)
+    }
+
+    /// The next id, strictly greater than every id this generator returned before and than
+    /// `floor` — the newest id already stored where this one goes, which may come from a
+    /// process whose clock ran ahead (or stepped back across a restart). Stores use it so that
+    /// a conversation's ids keep increasing whatever the clocks do.
+    pub fn next_after(&self, floor: Option<MessageId>) -> MessageId {
         let candidate = Uuid::now_v7().as_u128();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let value = if candidate > *last {
+        let at_least = floor.map_or(*last, |f| f.0.as_u128().max(*last));
+        let value = if candidate > at_least {
             candidate
         } else {
-            bump_v7(*last)
+            bump_v7(at_least)
         };
         *last = value;
         MessageId(Uuid::from_u128(value))
@@ -231,6 +240,24 @@ mod tests {
         assert_eq!(bumped.get_variant(), uuid::Variant::RFC4122);
         assert_eq!(bumped.as_u128() >> 80, 0x0123_4567_89ac);
         assert!(bumped.as_u128() > max_counter);
+    }
+
+    #[test]
+    fn ids_stay_ahead_of_a_floor_from_a_faster_clock() {
+        let g = MessageIdGenerator::new();
+        // A floor written by a process whose clock was a day ahead.
+        let future = MessageId(Uuid::from_u128(
+            g.next().0.as_u128() + (86_400_000u128 << 80),
+        ));
+        let a = g.next_after(Some(future));
+        assert!(a > future);
+        assert_eq!(a.as_uuid().get_version_num(), 7);
+        assert!(
+            g.next() > a,
+            "the generator keeps its own order after a bump"
+        );
+        let past = g.next();
+        assert!(g.next_after(Some(past)) > past);
     }
 
     #[test]

@@ -1668,7 +1668,7 @@ impl Store for ScyllaStore {
                 }
             }
         }
-        let id = next_message_id(last);
+        let id = MESSAGE_IDS.next_after(last.map(MessageId::from_uuid));
         let message = Message {
             id,
             project_id: m.project_id,
@@ -1946,35 +1946,6 @@ fn head_timestamp(id: &Uuid) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX / 1000) * 1000 + 999
 }
 
-/// The next message id, greater than the conversation's newest (see the SQLite writer: the
-/// newest may come from a process whose clock was ahead).
-fn next_message_id(head: Option<Uuid>) -> MessageId {
-    let id = MESSAGE_IDS.next();
-    match head {
-        Some(head) if head >= *id.as_uuid() => {
-            MessageId::from_uuid(Uuid::from_u128(bump_v7(head.as_u128())))
-        }
-        _ => id,
-    }
-}
-
-/// Adds one to the 74 counter bits of a v7 UUID, keeping version and variant.
-fn bump_v7(v: u128) -> u128 {
-    let rand_mask = (1u128 << 62) - 1;
-    let mut ts = v >> 80;
-    let mut counter = (((v >> 64) & 0xfff) << 62) | (v & rand_mask);
-    counter += 1;
-    if counter >> 74 != 0 {
-        counter = 0;
-        ts += 1;
-    }
-    (ts << 80)
-        | (0x7u128 << 76)
-        | ((counter >> 62) << 64)
-        | (0b10u128 << 62)
-        | (counter & rand_mask)
-}
-
 fn is_empty_object(v: &serde_json::Value) -> bool {
     v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
 }
@@ -2173,7 +2144,7 @@ mod tests {
     #[test]
     fn head_timestamps_increase_with_ids() {
         let a = MESSAGE_IDS.next();
-        let b = MessageId::from_uuid(Uuid::from_u128(bump_v7(a.as_uuid().as_u128())));
+        let b = MESSAGE_IDS.next_after(Some(a));
         assert!(head_timestamp(a.as_uuid()) <= head_timestamp(b.as_uuid()));
         assert_eq!(b.as_uuid().get_version_num(), 7);
     }

@@ -712,7 +712,8 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
             });
         }
     }
-    let id = next_message_id(head);
+    // Greater than the conversation's newest id even if that came from a faster clock.
+    let id = MESSAGE_IDS.next_after(head);
     let message = Message {
         id,
         project_id: project,
@@ -764,39 +765,6 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
         message,
         created: true,
     })
-}
-
-/// A fresh message id greater than the conversation's newest one.
-///
-/// `MESSAGE_IDS` is monotonic within this process; the newest id may come from an earlier
-/// process whose clock was ahead (clock stepped back across a restart). Then the new id is
-/// the newest plus one in its counter bits, so the conversation's order still holds.
-fn next_message_id(head: Option<MessageId>) -> MessageId {
-    let id = MESSAGE_IDS.next();
-    match head {
-        Some(head) if head >= id => {
-            MessageId::from_uuid(Uuid::from_u128(bump_v7(head.as_uuid().as_u128())))
-        }
-        _ => id,
-    }
-}
-
-/// Adds one to the 74 counter bits of a v7 UUID (carrying into the timestamp), keeping the
-/// version and variant bits. Same layout rule as the core generator.
-fn bump_v7(v: u128) -> u128 {
-    let rand_mask = (1u128 << 62) - 1;
-    let mut ts = v >> 80;
-    let mut counter = (((v >> 64) & 0xfff) << 62) | (v & rand_mask);
-    counter += 1;
-    if counter >> 74 != 0 {
-        counter = 0;
-        ts += 1;
-    }
-    (ts << 80)
-        | (0x7u128 << 76)
-        | ((counter >> 62) << 64)
-        | (0b10u128 << 62)
-        | (counter & rand_mask)
 }
 
 pub(crate) fn list_messages(
@@ -947,30 +915,4 @@ pub(crate) fn read_states(
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql_error)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bump_keeps_v7_shape_and_increases() {
-        let head = MESSAGE_IDS.next();
-        let bumped = Uuid::from_u128(bump_v7(head.as_uuid().as_u128()));
-        assert!(bumped > *head.as_uuid());
-        assert_eq!(bumped.get_version_num(), 7);
-        assert_eq!(bumped.get_variant(), uuid::Variant::RFC4122);
-    }
-
-    #[test]
-    fn ids_stay_ahead_of_a_future_head() {
-        // A head written by a process whose clock was a day ahead.
-        let future = MessageId::from_uuid(Uuid::from_u128(
-            MESSAGE_IDS.next().as_uuid().as_u128() + (86_400_000u128 << 80),
-        ));
-        let id = next_message_id(Some(future));
-        assert!(id > future);
-        let past = MESSAGE_IDS.next();
-        assert!(next_message_id(Some(past)) > past);
-    }
 }
