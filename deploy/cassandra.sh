@@ -39,11 +39,9 @@ URL_FILE="$BASE_DIR/contact-point"
 # Generous: a cold JVM start on a busy 2-core machine.
 START_TIMEOUT_S="${LARACHAT_CASSANDRA_START_TIMEOUT:-300}"
 
-log() { echo "cassandra.sh: $*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
+SCRIPT_NAME="cassandra.sh"
+# shellcheck source=deploy/lib.sh
+source "$REPO/deploy/lib.sh"
 
 java_bin() {
     if [[ -n "${LARACHAT_CASSANDRA_JAVA:-}" ]]; then
@@ -98,25 +96,8 @@ POM
     log "installed $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
 }
 
-# The pid of our running Cassandra, or nothing. A stale pid file (process gone, or the pid
-# reused by something else) counts as not running.
-running_pid() {
-    [[ -f "$PID_FILE" ]] || return 0
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    grep -qa CassandraDaemon "/proc/$pid/cmdline" 2>/dev/null || return 0
-    echo "$pid"
-}
+running_pid() { pid_running CassandraDaemon; }
 
-# A port the kernel considers free on 127.0.0.1 right now.
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
 
 print_env() {
     echo "CASSANDRA_CONTACT_POINT=$(cat "$URL_FILE")"
@@ -251,19 +232,10 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local pid i
+    local pid
     pid="$(running_pid)"
     if [[ -n "$pid" ]]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 300; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "Cassandra (pid $pid) ignored SIGTERM for 30 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        log "Cassandra (pid $pid) stopped"
+        stop_pid "$pid" Cassandra 30
     fi
     rm -f "$PID_FILE" "$URL_FILE"
     rm -rf "$DATA_DIR" "$CONF_DIR"

@@ -29,11 +29,9 @@ LOG_FILE="$RUN_DIR/nats.log"
 URL_FILE="$RUN_DIR/nats.url"
 STATE_DIR="$RUN_DIR/nats-state"
 
-log() { echo "nats.sh: $*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
+SCRIPT_NAME="nats.sh"
+# shellcheck source=deploy/lib.sh
+source "$REPO/deploy/lib.sh"
 
 installed_version() {
     [[ -x "$BIN" ]] || return 0
@@ -55,25 +53,8 @@ cmd_install() {
     [[ "$got" == "$NATS_VERSION" ]] || die "built nats-server reports '$got', expected $NATS_VERSION"
 }
 
-# The pid of our running server, or nothing. A stale pid file (process gone, or the pid reused
-# by something else) counts as not running.
-running_pid() {
-    [[ -f "$PID_FILE" ]] || return 0
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    grep -qa nats-server "/proc/$pid/cmdline" 2>/dev/null || return 0
-    echo "$pid"
-}
+running_pid() { pid_running nats-server; }
 
-# A port the kernel considers free on 127.0.0.1 right now.
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
 
 print_env() {
     echo "NATS_URL=$(cat "$URL_FILE")"
@@ -134,19 +115,10 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local pid i
+    local pid
     pid="$(running_pid)"
     if [[ -n "$pid" ]]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "nats-server (pid $pid) ignored SIGTERM for 5 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        log "nats-server (pid $pid) stopped"
+        stop_pid "$pid" nats-server 5
     fi
     rm -f "$PID_FILE" "$URL_FILE"
     rm -rf "$STATE_DIR"
