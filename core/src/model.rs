@@ -79,6 +79,26 @@ pub struct ProjectPatch {
     pub settings: Option<serde_json::Value>,
 }
 
+impl ProjectPatch {
+    /// Applies the patch and bumps `updated_at` (never backwards). Every store uses this, so
+    /// they agree on what a patch means.
+    pub fn apply(&self, p: &mut Project) {
+        if let Some(name) = &self.name {
+            p.name = name.clone();
+        }
+        if let Some(plan) = self.plan {
+            p.plan = plan;
+        }
+        if let Some(status) = self.status {
+            p.status = status;
+        }
+        if let Some(settings) = &self.settings {
+            p.settings = settings.clone();
+        }
+        p.updated_at = now().max(p.updated_at);
+    }
+}
+
 /// How strictly the widget checks that an identified user is who the page claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -238,6 +258,34 @@ pub struct EndUserPatch {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
+impl EndUserPatch {
+    /// Applies the patch. `updated_at` tracks profile changes, not presence: a patch with only
+    /// `last_seen_at` (a heartbeat) leaves it alone.
+    pub fn apply(&self, u: &mut EndUser) {
+        let mut profile_changed = false;
+        for (field, value) in [
+            (&mut u.name, &self.name),
+            (&mut u.email, &self.email),
+            (&mut u.avatar, &self.avatar),
+        ] {
+            if let Some(v) = value {
+                *field = v.clone();
+                profile_changed = true;
+            }
+        }
+        if let Some(metadata) = &self.metadata {
+            u.metadata = metadata.clone();
+            profile_changed = true;
+        }
+        if let Some(seen) = self.last_seen_at {
+            u.last_seen_at = Some(seen);
+        }
+        if profile_changed {
+            u.updated_at = now().max(u.updated_at);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conversations
 // ---------------------------------------------------------------------------------------------
@@ -285,6 +333,23 @@ pub struct ConversationPatch {
     pub metadata: Option<serde_json::Value>,
     /// Members to add (ignored if already present).
     pub add_members: Vec<EndUserId>,
+}
+
+impl ConversationPatch {
+    /// Applies subject, status and metadata and bumps `updated_at` (never backwards).
+    /// `add_members` is left to the store, which must check the members exist.
+    pub fn apply_fields(&self, c: &mut Conversation) {
+        if let Some(subject) = &self.subject {
+            c.subject = subject.clone();
+        }
+        if let Some(status) = self.status {
+            c.status = status;
+        }
+        if let Some(metadata) = &self.metadata {
+            c.metadata = metadata.clone();
+        }
+        c.updated_at = now().max(c.updated_at);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +497,38 @@ mod tests {
         assert!(k.is_usable_at(t));
         k.revoked_at = Some(t);
         assert!(!k.is_usable_at(t));
+    }
+
+    #[test]
+    fn end_user_heartbeats_do_not_touch_updated_at() {
+        let t0 = DateTime::from_timestamp_millis(0).unwrap();
+        let mut u = EndUser {
+            id: EndUserId::new_v7(),
+            project_id: ProjectId::new_v7(),
+            user_identifier: None,
+            name: Some("a".into()),
+            email: None,
+            avatar: None,
+            metadata: empty_object(),
+            is_anonymous: true,
+            last_seen_at: None,
+            created_at: t0,
+            updated_at: t0,
+        };
+        EndUserPatch {
+            last_seen_at: Some(now()),
+            ..Default::default()
+        }
+        .apply(&mut u);
+        assert!(u.last_seen_at.is_some());
+        assert_eq!(u.updated_at, t0);
+        EndUserPatch {
+            name: Some(None),
+            ..Default::default()
+        }
+        .apply(&mut u);
+        assert_eq!(u.name, None, "Some(None) clears");
+        assert!(u.updated_at > t0);
     }
 
     #[test]

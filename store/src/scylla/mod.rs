@@ -954,19 +954,7 @@ impl Store for ScyllaStore {
         let Some(mut p) = self.load_project(id).await? else {
             return Ok(None);
         };
-        if let Some(n) = &patch.name {
-            p.name = n.clone();
-        }
-        if let Some(plan) = patch.plan {
-            p.plan = plan;
-        }
-        if let Some(s) = patch.status {
-            p.status = s;
-        }
-        if let Some(s) = &patch.settings {
-            p.settings = s.clone();
-        }
-        p.updated_at = model::now().max(p.updated_at);
+        patch.apply(&mut p);
         self.exec(
             "UPDATE projects SET name = ?, plan = ?, status = ?, settings = ?, updated_at = ? \
              WHERE id = ?",
@@ -1313,29 +1301,7 @@ impl Store for ScyllaStore {
         let Some(mut user) = self.load_end_user(project, *id.as_uuid()).await? else {
             return Ok(None);
         };
-        let mut profile = false;
-        if let Some(v) = &patch.name {
-            user.name = v.clone();
-            profile = true;
-        }
-        if let Some(v) = &patch.email {
-            user.email = v.clone();
-            profile = true;
-        }
-        if let Some(v) = &patch.avatar {
-            user.avatar = v.clone();
-            profile = true;
-        }
-        if let Some(v) = &patch.metadata {
-            user.metadata = v.clone();
-            profile = true;
-        }
-        if let Some(t) = patch.last_seen_at {
-            user.last_seen_at = Some(t);
-        }
-        if profile {
-            user.updated_at = model::now().max(user.updated_at);
-        }
+        patch.apply(&mut user);
         self.write_end_user_profile(&user).await?;
         Ok(Some(user))
     }
@@ -1576,18 +1542,9 @@ impl Store for ScyllaStore {
         added.dedup();
         self.check_end_users(project, &added).await?;
         let old_status = c.status;
-        if let Some(s) = &patch.subject {
-            c.subject = s.clone();
-        }
-        if let Some(s) = patch.status {
-            c.status = s;
-        }
-        if let Some(m) = &patch.metadata {
-            c.metadata = m.clone();
-        }
+        patch.apply_fields(&mut c);
         c.members.extend(added.iter().copied());
         c.members.sort();
-        c.updated_at = model::now().max(c.updated_at);
 
         let p = *project.as_uuid();
         let cid = *id.as_uuid();

@@ -160,19 +160,7 @@ pub(crate) fn update_project(
     let Some(mut p) = project(conn, id)? else {
         return Ok(None);
     };
-    if let Some(name) = &patch.name {
-        p.name = name.clone();
-    }
-    if let Some(plan) = patch.plan {
-        p.plan = plan;
-    }
-    if let Some(status) = patch.status {
-        p.status = status;
-    }
-    if let Some(settings) = &patch.settings {
-        p.settings = settings.clone();
-    }
-    p.updated_at = model::now().max(p.updated_at);
+    patch.apply(&mut p);
     conn.prepare_cached(
         "UPDATE projects SET name = ?2, plan = ?3, status = ?4, settings = ?5, updated_at = ?6 \
          WHERE id = ?1",
@@ -428,28 +416,7 @@ pub(crate) fn update_end_user(
     let Some(mut u) = end_user(conn, project, id)? else {
         return Ok(None);
     };
-    let mut profile_changed = false;
-    for (field, value) in [
-        (&mut u.name, &patch.name),
-        (&mut u.email, &patch.email),
-        (&mut u.avatar, &patch.avatar),
-    ] {
-        if let Some(v) = value {
-            *field = v.clone();
-            profile_changed = true;
-        }
-    }
-    if let Some(metadata) = &patch.metadata {
-        u.metadata = metadata.clone();
-        profile_changed = true;
-    }
-    if let Some(seen) = patch.last_seen_at {
-        u.last_seen_at = Some(seen);
-    }
-    // `updated_at` tracks profile changes, not presence: a heartbeat does not touch it.
-    if profile_changed {
-        u.updated_at = model::now().max(u.updated_at);
-    }
+    patch.apply(&mut u);
     write_end_user(conn, &u)?;
     Ok(Some(u))
 }
@@ -627,16 +594,7 @@ pub(crate) fn update_conversation(
     let Some(mut c) = conversation(conn, project, id)? else {
         return Ok(None);
     };
-    if let Some(subject) = &patch.subject {
-        c.subject = subject.clone();
-    }
-    if let Some(status) = patch.status {
-        c.status = status;
-    }
-    if let Some(metadata) = &patch.metadata {
-        c.metadata = metadata.clone();
-    }
-    c.updated_at = model::now().max(c.updated_at);
+    patch.apply_fields(&mut c);
     conn.prepare_cached(
         "UPDATE conversations SET subject = ?3, status = ?4, metadata = ?5, updated_at = ?6 \
          WHERE project_id = ?1 AND id = ?2",
