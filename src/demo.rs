@@ -20,7 +20,7 @@ use serde_json::json;
 use larachat_core::id::{AdminUserId, ProjectId};
 use larachat_core::keys;
 use larachat_core::model::{
-    self, ApiKeyRecord, KeyKind, Plan, Project, ProjectPatch, ProjectStatus, Scope, WidgetSettings,
+    self, ApiKeyRecord, KeyKind, Plan, Project, ProjectStatus, Scope, WidgetSettings,
 };
 use larachat_store::Store;
 
@@ -64,16 +64,8 @@ pub async fn ensure(
         let mut widget = WidgetSettings::of(&project);
         if widget.allowed_origins != origins {
             widget.allowed_origins = origins;
-            let mut settings = project.settings.as_object().cloned().unwrap_or_default();
-            settings.insert("widget".into(), serde_json::to_value(&widget)?);
             store
-                .update_project(
-                    demo.project_id,
-                    &ProjectPatch {
-                        settings: Some(serde_json::Value::Object(settings)),
-                        ..ProjectPatch::default()
-                    },
-                )
+                .update_project(demo.project_id, &widget.patch_for(&project))
                 .await?;
         }
     }

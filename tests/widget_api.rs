@@ -538,6 +538,17 @@ async fn widget_settings_are_validated() {
             "{bad}: {s} {b}"
         );
     }
+    // Repeated origins are stored once, in the order given.
+    let (s, w) = server
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/admin/projects/{}/widget", t.project_id),
+            &server.admin_token,
+            Some(json!({"allowed_origins": [SITE, OTHER_SITE, SITE]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    assert_eq!(w["allowed_origins"], json!([SITE, OTHER_SITE]));
     server.stop().await;
 }
 

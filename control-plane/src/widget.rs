@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use larachat_core::control::ControlEvent;
 use larachat_core::http::{ApiJson, ApiPath};
 use larachat_core::keys;
-use larachat_core::model::{IdentityVerification, Project, ProjectPatch, WidgetSettings};
+use larachat_core::model::{IdentityVerification, Project, WidgetSettings};
 use larachat_core::{ApiError, ProjectId, validate};
 
 use crate::ControlPlane;
@@ -121,18 +121,7 @@ async fn save(
     project: &Project,
     widget: &WidgetSettings,
 ) -> Result<Project, ApiError> {
-    let mut settings = match &project.settings {
-        serde_json::Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
-    };
-    settings.insert(
-        "widget".into(),
-        serde_json::to_value(widget).map_err(|_| ApiError::internal())?,
-    );
-    let patch = ProjectPatch {
-        settings: Some(serde_json::Value::Object(settings)),
-        ..ProjectPatch::default()
-    };
+    let patch = widget.patch_for(project);
     let updated = cp
         .store()
         .update_project(project.id, &patch)
@@ -181,8 +170,13 @@ pub async fn put_widget(
     check(&body)?;
     let project = owned_project(&cp, &admin, id).await?;
     let current = WidgetSettings::of(&project);
-    let mut origins = body.allowed_origins;
-    origins.dedup();
+    // Drop repeated origins, keeping the order given.
+    let mut origins: Vec<String> = Vec::with_capacity(body.allowed_origins.len());
+    for o in body.allowed_origins {
+        if !origins.contains(&o) {
+            origins.push(o);
+        }
+    }
     let widget = WidgetSettings {
         allowed_origins: origins,
         identity_verification: body.identity_verification,

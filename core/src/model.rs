@@ -148,6 +148,20 @@ impl WidgetSettings {
             .unwrap_or_default()
     }
 
+    /// A patch that stores these settings under `settings.widget` of `project`, keeping its
+    /// other settings. The one place that knows where widget settings live, with [`Self::of`].
+    pub fn patch_for(&self, project: &Project) -> ProjectPatch {
+        let mut settings = project.settings.as_object().cloned().unwrap_or_default();
+        settings.insert(
+            "widget".into(),
+            serde_json::to_value(self).unwrap_or_else(|_| empty_object()),
+        );
+        ProjectPatch {
+            settings: Some(serde_json::Value::Object(settings)),
+            ..ProjectPatch::default()
+        }
+    }
+
     /// Whether `origin` is allowed: exact, byte-for-byte match; `null` never is.
     pub fn allows_origin(&self, origin: &str) -> bool {
         origin != "null" && self.allowed_origins.iter().any(|o| o == origin)

@@ -4,7 +4,7 @@
 //! all. A backend's integration tests instantiate them, one test per check for readable
 //! reports:
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 //! async fn messages_paging() {
 //!     larachat_store::contract::messages_paging(&my_store().await).await;
