@@ -37,22 +37,36 @@ pub const FLOOD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs every check against `bus`, one after the other.
 pub async fn run_all(bus: Arc<dyn Bus>) {
-    ping_answers(bus.clone()).await;
-    delivers_in_publish_order(bus.clone()).await;
-    every_subscriber_receives(bus.clone()).await;
-    subjects_are_isolated(bus.clone()).await;
-    dropping_a_subscription_affects_no_one_else(bus.clone()).await;
-    publishing_without_subscribers_succeeds_and_is_not_retained(bus.clone()).await;
-    slow_subscriber_does_not_block_publish(bus.clone()).await;
-    payloads_arrive_unchanged(bus.clone()).await;
-    hub_opens_one_bus_subscription_per_subject(bus.clone()).await;
-    hub_decodes_once_and_shares_one_arc(bus.clone()).await;
-    hub_cancels_overflow_of_the_full_sink_only(bus.clone()).await;
-    hub_last_drop_unsubscribes(bus.clone()).await;
-    hub_prunes_closed_sinks(bus.clone()).await;
-    hub_concurrent_first_subscribers_share_one_subscription(bus.clone()).await;
-    hub_unsubscribe_racing_subscribe_keeps_delivery(bus.clone()).await;
-    hub_churn_leaves_nothing(bus).await;
+    macro_rules! run {
+        ($($check:ident),* $(,)?) => { $( $check(bus.clone()).await; )* };
+    }
+    crate::for_each_bus_check!(run);
+}
+
+/// Calls the macro `$m` with the name of every bus check: the one list of checks, used by
+/// [`run_all`] and by each backend's test file, so a new check runs on every backend.
+#[macro_export]
+macro_rules! for_each_bus_check {
+    ($m:ident) => {
+        $m!(
+            ping_answers,
+            delivers_in_publish_order,
+            every_subscriber_receives,
+            subjects_are_isolated,
+            dropping_a_subscription_affects_no_one_else,
+            publishing_without_subscribers_succeeds_and_is_not_retained,
+            slow_subscriber_does_not_block_publish,
+            payloads_arrive_unchanged,
+            hub_opens_one_bus_subscription_per_subject,
+            hub_decodes_once_and_shares_one_arc,
+            hub_cancels_overflow_of_the_full_sink_only,
+            hub_last_drop_unsubscribes,
+            hub_prunes_closed_sinks,
+            hub_concurrent_first_subscribers_share_one_subscription,
+            hub_unsubscribe_racing_subscribe_keeps_delivery,
+            hub_churn_leaves_nothing,
+        );
+    };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,22 +38,37 @@ pub type TestStore = Arc<dyn Store>;
 
 /// Runs every check, one after the other, on one store.
 pub async fn run_all(store: &TestStore) {
-    admin_users(store).await;
-    projects(store).await;
-    project_delete_cascades(store).await;
-    api_keys(store).await;
-    end_users(store).await;
-    end_users_concurrent_identify(store).await;
-    end_user_delete_keeps_messages(store).await;
-    conversations(store).await;
-    conversations_listing(store).await;
-    messages_append(store).await;
-    messages_idempotency(store).await;
-    messages_concurrent_idempotency(store).await;
-    messages_paging(store).await;
-    messages_concurrent_appends(store).await;
-    read_state(store).await;
-    tenant_isolation(store).await;
+    macro_rules! run {
+        ($($check:ident),* $(,)?) => { $( $check(store).await; )* };
+    }
+    crate::for_each_store_check!(run);
+}
+
+/// Calls the macro `$m` with the name of every store check: the one list of checks, used by
+/// [`run_all`] and by each backend's test file (which turns every name into a `#[tokio::test]`),
+/// so a new check runs on every backend.
+#[macro_export]
+macro_rules! for_each_store_check {
+    ($m:ident) => {
+        $m!(
+            admin_users,
+            projects,
+            project_delete_cascades,
+            api_keys,
+            end_users,
+            end_users_concurrent_identify,
+            end_user_delete_keeps_messages,
+            conversations,
+            conversations_listing,
+            messages_append,
+            messages_idempotency,
+            messages_concurrent_idempotency,
+            messages_paging,
+            messages_concurrent_appends,
+            read_state,
+            tenant_isolation,
+        );
+    };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,24 +79,7 @@ macro_rules! contract_tests {
     };
 }
 
-contract_tests!(
-    admin_users,
-    projects,
-    project_delete_cascades,
-    api_keys,
-    end_users,
-    end_users_concurrent_identify,
-    end_user_delete_keeps_messages,
-    conversations,
-    conversations_listing,
-    messages_append,
-    messages_idempotency,
-    messages_concurrent_idempotency,
-    messages_paging,
-    messages_concurrent_appends,
-    read_state,
-    tenant_isolation,
-);
+larachat_store::for_each_store_check!(contract_tests);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_twice_is_idempotent() {
