@@ -41,6 +41,8 @@ pub struct Principal {
     /// For widget sessions: the page origin the token was issued to. Requests and sockets
     /// using the token must come from that origin, and it must still be allowed.
     pub origin: Option<String>,
+    /// End users: their display name, read once while authenticating (messages carry it).
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +223,7 @@ impl Authenticator {
                 scopes: record.scopes.clone(),
             },
             origin: None,
+            name: None,
         })
     }
 
@@ -253,13 +256,16 @@ impl Authenticator {
             .map_err(|_| ApiError::unauthorized("invalid token"))?;
         self.require_active_project(project).await?;
         // A deleted user's tokens stop working at once.
-        if self.store.end_user(project, user_id).await?.is_none() {
-            return Err(ApiError::unauthorized("invalid token"));
-        }
+        let user = self
+            .store
+            .end_user(project, user_id)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
         Ok(Principal {
             project,
             kind: PrincipalKind::EndUser { user_id },
             origin: data.claims.origin,
+            name: user.name,
         })
     }
 

@@ -76,12 +76,7 @@ impl Gateway {
     ) -> Result<Actor, ApiError> {
         match (&who.kind, requested) {
             (PrincipalKind::EndUser { user_id }, None) => {
-                let name = self
-                    .store()
-                    .end_user(who.project, *user_id)
-                    .await?
-                    .and_then(|u| u.name);
-                Ok(Actor::end_user(*user_id, name))
+                Ok(Actor::end_user(*user_id, who.name.clone()))
             }
             (PrincipalKind::EndUser { .. }, Some(_)) => Err(ApiError::forbidden(
                 "end users cannot choose who they speak as",

@@ -370,6 +370,7 @@ fn principal_for(ctx: &WidgetRequest, user: &EndUser) -> Principal {
         project: ctx.project.id,
         kind: crate::auth::PrincipalKind::EndUser { user_id: user.id },
         origin: Some(ctx.origin.clone()),
+        name: user.name.clone(),
     }
 }
 
