@@ -1,5 +1,9 @@
-//! Assembling a single-node process (`larachat serve`): embedded SQLite store, in-process
-//! bus, gateway and control plane behind one HTTP port.
+//! Assembling one process from the library crates.
+//!
+//! A process plays a [`Role`]: `larachat serve` is both roles in one process (embedded SQLite
+//! and the in-process bus by default); `larachat gateway` and `larachat control-plane` are the
+//! two halves of the distributed mode, meeting only through the store (ScyllaDB) and the bus
+//! (NATS). The backends come from the configuration (`[storage] backend`, `[bus] backend`).
 
 use std::fs;
 use std::future::Future;
@@ -8,25 +12,53 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use axum::Router;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use larachat_broker::{Bus, LocalBus};
+use larachat_broker::{Bus, LocalBus, NatsBus, NatsOptions};
 use larachat_control_plane::{ControlPlane, ControlPlaneConfig};
 use larachat_gateway::{Gateway, GatewayConfig};
-use larachat_store::{SqliteConfig, SqliteStore, Store};
+use larachat_store::{ScyllaConfig, ScyllaStore, SqliteConfig, SqliteStore, Store};
 
 use crate::config::Config;
 use crate::ops::{self, Ops};
 
+/// What a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway and control plane in one process (`larachat serve`): any backends.
+    All,
+    /// Client API, Widget API and realtime (`larachat gateway`): NATS and ScyllaDB.
+    Gateway,
+    /// Admin API and background work (`larachat control-plane`): NATS and ScyllaDB.
+    ControlPlane,
+}
+
+impl Role {
+    fn serves_gateway(self) -> bool {
+        matches!(self, Role::All | Role::Gateway)
+    }
+    fn serves_control_plane(self) -> bool {
+        matches!(self, Role::All | Role::ControlPlane)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Role::All => "larachat",
+            Role::Gateway => "larachat-gateway",
+            Role::ControlPlane => "larachat-control-plane",
+        }
+    }
+}
+
 /// A built process, ready to serve.
 pub struct App {
     pub router: Router,
-    pub gateway: Gateway,
+    /// The gateway, unless this is a control-plane process.
+    pub gateway: Option<Gateway>,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub config: Config,
@@ -40,27 +72,32 @@ struct Secrets {
 }
 
 impl App {
-    /// Opens the store, starts the gateway and control plane, bootstraps the first admin if
-    /// configured, and assembles the router.
-    /// `addr` is the bound address (the demo allows the origins a browser uses for it).
-    pub async fn build(mut config: Config, addr: std::net::SocketAddr) -> anyhow::Result<App> {
-        let data_dir = config.storage.data_dir.clone();
-        fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        fill_secrets(&mut config, &data_dir)?;
+    /// Builds a single-node process (`larachat serve`). `addr` is the bound address (the
+    /// demo allows the origins a browser uses for it).
+    pub async fn build(config: Config, addr: std::net::SocketAddr) -> anyhow::Result<App> {
+        Self::build_role(config, Role::All, addr).await
+    }
 
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(SqliteConfig {
-                path: data_dir.join("larachat.db"),
-                readers: config.storage.sqlite_readers,
-                synchronous_full: config.storage.sqlite_synchronous == "full",
-                ..SqliteConfig::default()
-            })
-            .context("opening the embedded database")?,
-        );
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    /// Opens the store and the bus named by the configuration, starts the parts `role`
+    /// serves, bootstraps the first admin if configured, and assembles the router.
+    pub async fn build_role(
+        mut config: Config,
+        role: Role,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<App> {
+        check_role(&config, role)?;
+        if role == Role::All {
+            let data_dir = config.storage.data_dir.clone();
+            fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            fill_secrets(&mut config, &data_dir)?;
+        }
+        // `serve` migrates its own store; split processes expect `larachat migrate` to have
+        // run once, so that several of them never race on schema changes.
+        let store = open_store(&config, role == Role::All).await?;
+        let bus = open_bus(&config, role).await?;
 
-        if !config.admin.email.is_empty() {
+        if role.serves_control_plane() && !config.admin.email.is_empty() {
             let outcome = larachat_control_plane::bootstrap_admin(
                 store.as_ref(),
                 &config.admin.email,
@@ -72,34 +109,47 @@ impl App {
         }
 
         let (user_ttl, admin_ttl, cache_ttl) = config.security_durations();
-        let gateway = Gateway::start(
-            store.clone(),
-            bus.clone(),
-            GatewayConfig {
-                jwt_secret: config.security.jwt_secret.clone().into_bytes(),
-                key_pepper: config.security.key_pepper.clone().into_bytes(),
-                user_token_ttl: user_ttl,
-                cache_ttl,
-                max_body_bytes: config.server.max_body_bytes,
-                realtime: config.realtime_config(),
-            },
-        )
-        .await
-        .context("starting the gateway")?;
-        let control_plane = ControlPlane::new(
-            store.clone(),
-            bus.clone(),
-            ControlPlaneConfig {
-                jwt_secret: config.security.jwt_secret.clone().into_bytes(),
-                key_pepper: config.security.key_pepper.clone().into_bytes(),
-                admin_token_ttl: admin_ttl,
-            },
-        )
-        .context("configuring the control plane")?;
-        // Same process: revocations and project changes reach the gateway before the admin
-        // request answers, not only through the bus.
-        let local_gateway = gateway.clone();
-        control_plane.add_local_listener(Arc::new(move |event| local_gateway.apply_control(event)));
+        let gateway = if role.serves_gateway() {
+            Some(
+                Gateway::start(
+                    store.clone(),
+                    bus.clone(),
+                    GatewayConfig {
+                        jwt_secret: config.security.jwt_secret.clone().into_bytes(),
+                        key_pepper: config.security.key_pepper.clone().into_bytes(),
+                        user_token_ttl: user_ttl,
+                        cache_ttl,
+                        max_body_bytes: config.server.max_body_bytes,
+                        realtime: config.realtime_config(),
+                    },
+                )
+                .await
+                .context("starting the gateway")?,
+            )
+        } else {
+            None
+        };
+        let control_plane = if role.serves_control_plane() {
+            let cp = ControlPlane::new(
+                store.clone(),
+                bus.clone(),
+                ControlPlaneConfig {
+                    jwt_secret: config.security.jwt_secret.clone().into_bytes(),
+                    key_pepper: config.security.key_pepper.clone().into_bytes(),
+                    admin_token_ttl: admin_ttl,
+                },
+            )
+            .context("configuring the control plane")?;
+            if let Some(gw) = &gateway {
+                // Same process: revocations and project changes reach the gateway before the
+                // admin request answers, not only through the bus.
+                let local_gateway = gw.clone();
+                cp.add_local_listener(Arc::new(move |event| local_gateway.apply_control(event)));
+            }
+            Some(cp)
+        } else {
+            None
+        };
         let ops = Ops {
             store: store.clone(),
             bus: bus.clone(),
@@ -107,20 +157,24 @@ impl App {
             openapi: Arc::new(ops::openapi_json()),
         };
         let mut router = Router::new();
-        if config.demo.enabled {
+        if role == Role::All && config.demo.enabled {
             let demo = crate::demo::ensure(
                 &store,
                 config.security.key_pepper.as_bytes(),
-                &data_dir,
+                &config.storage.data_dir,
                 addr,
             )
             .await
             .context("preparing the demo project")?;
             router = router.merge(crate::demo::router(demo));
         }
+        if let Some(gw) = &gateway {
+            router = router.merge(gw.router());
+        }
+        if let Some(cp) = control_plane {
+            router = router.merge(larachat_control_plane::router(cp));
+        }
         let router = router
-            .merge(gateway.router())
-            .merge(larachat_control_plane::router(control_plane))
             .merge(ops::router(ops))
             .fallback(larachat_core::http::not_found_fallback)
             .layer(axum::middleware::from_fn(ops::http_metrics))
@@ -139,11 +193,145 @@ impl App {
     }
 }
 
+/// Refuses combinations that cannot work, before anything is opened.
+fn check_role(config: &Config, role: Role) -> anyhow::Result<()> {
+    if role == Role::All {
+        return Ok(());
+    }
+    let what = role.name();
+    if config.bus.backend != "nats" {
+        bail!(
+            "{what} needs bus.backend = \"nats\": the in-process bus cannot reach the other \
+             processes (set LARACHAT_BUS__BACKEND=nats and LARACHAT_BUS__NATS__URL)"
+        );
+    }
+    if config.storage.backend != "scylla" {
+        bail!(
+            "{what} needs storage.backend = \"scylla\": the embedded database belongs to one \
+             process (set LARACHAT_STORAGE__BACKEND=scylla and \
+             LARACHAT_STORAGE__SCYLLA__CONTACT_POINTS)"
+        );
+    }
+    if config.security.jwt_secret.is_empty() || config.security.key_pepper.is_empty() {
+        bail!(
+            "{what} needs security.jwt_secret and security.key_pepper, the same in every \
+             process (they are generated only for `larachat serve`)"
+        );
+    }
+    Ok(())
+}
+
+/// The ScyllaDB / Cassandra settings of the configuration.
+pub fn scylla_config(config: &Config) -> ScyllaConfig {
+    let s = &config.storage.scylla;
+    let mut c = ScyllaConfig::new(s.contact_points.clone(), s.keyspace.clone());
+    c.replication = s.replication.clone();
+    if let Some(level) = crate::config::consistency(&s.consistency) {
+        c.consistency = level;
+    }
+    c.request_timeout = Duration::from_secs(s.request_timeout_secs);
+    c
+}
+
+/// Opens the configured store. `migrate`: apply schema migrations (single process) instead of
+/// requiring them to be applied already.
+async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+    match config.storage.backend.as_str() {
+        "scylla" => {
+            let cfg = scylla_config(config);
+            let store = ScyllaStore::connect(cfg.clone()).await.with_context(|| {
+                format!(
+                    "connecting to ScyllaDB/Cassandra at {:?}",
+                    cfg.contact_points
+                )
+            })?;
+            if migrate {
+                store.migrate().await.context("migrating the keyspace")?;
+            } else {
+                store.check_schema().await?;
+            }
+            Ok(Arc::new(store))
+        }
+        _ => {
+            let data_dir = &config.storage.data_dir;
+            let store = SqliteStore::open(SqliteConfig {
+                path: data_dir.join("larachat.db"),
+                readers: config.storage.sqlite_readers,
+                synchronous_full: config.storage.sqlite_synchronous == "full",
+                ..SqliteConfig::default()
+            })
+            .context("opening the embedded database")?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
+    match config.bus.backend.as_str() {
+        "nats" => {
+            let n = &config.bus.nats;
+            let options = NatsOptions {
+                name: role.name().to_owned(),
+                subscription_capacity: n.subscription_capacity,
+                events_replicas: n.events_replicas,
+                ..NatsOptions::default()
+            };
+            let bus = NatsBus::connect(&n.url, options)
+                .await
+                .context("connecting to NATS")?;
+            Ok(Arc::new(bus))
+        }
+        _ => Ok(Arc::new(LocalBus::new())),
+    }
+}
+
+/// `larachat migrate`: creates the keyspace and applies pending schema migrations (ScyllaDB),
+/// or opens (and so migrates) the embedded database. Idempotent; run it from one process.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    match config.storage.backend.as_str() {
+        "scylla" => {
+            let cfg = scylla_config(&config);
+            let store = ScyllaStore::connect(cfg.clone()).await.with_context(|| {
+                format!(
+                    "connecting to ScyllaDB/Cassandra at {:?}",
+                    cfg.contact_points
+                )
+            })?;
+            store.migrate().await.context("migrating the keyspace")?;
+            store.check_schema().await?;
+            println!(
+                "keyspace {} is at schema version {}",
+                cfg.keyspace,
+                larachat_store::scylla::SCHEMA_VERSION
+            );
+        }
+        _ => {
+            fs::create_dir_all(&config.storage.data_dir)?;
+            open_store(&config, true).await?;
+            println!(
+                "embedded database {} is up to date",
+                config.storage.data_dir.join("larachat.db").display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Builds and serves until `shutdown` resolves, then drains: realtime clients are told to
 /// reconnect (close 4101), in-flight requests finish within the grace period.
 /// `on_ready` receives the bound address (useful with port 0).
 pub async fn run_server(
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    run_role(config, Role::All, shutdown, on_ready).await
+}
+
+/// [`run_server`] for any [`Role`].
+pub async fn run_role(
+    config: Config,
+    role: Role,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
@@ -153,8 +341,8 @@ pub async fn run_server(
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    let app = App::build(config, local).await?;
-    tracing::info!(%local, "listening");
+    let app = App::build_role(config, role, local).await?;
+    tracing::info!(%local, role = role.name(), "listening");
     on_ready(local);
 
     let gateway = app.gateway.clone();
@@ -162,7 +350,9 @@ pub async fn run_server(
     let drain = async move {
         shutdown.await;
         tracing::info!("shutting down: closing realtime connections");
-        gateway.shutdown(grace).await;
+        if let Some(gateway) = gateway {
+            gateway.shutdown(grace).await;
+        }
         let _ = drained_tx.send(());
     };
     tokio::spawn(drain);
@@ -228,16 +418,13 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `larachat admin create-user`: creates a platform admin in the embedded store.
+/// `larachat admin create-user`: creates a platform admin in the configured store.
 pub async fn create_admin(config: Config, email: &str, password: &str) -> anyhow::Result<()> {
-    let data_dir = config.storage.data_dir.clone();
-    fs::create_dir_all(&data_dir)?;
-    let store = SqliteStore::open(SqliteConfig {
-        path: data_dir.join("larachat.db"),
-        ..SqliteConfig::default()
-    })
-    .context("opening the embedded database")?;
-    let outcome = larachat_control_plane::bootstrap_admin(&store, email, password)
+    if config.storage.backend == "sqlite" {
+        fs::create_dir_all(&config.storage.data_dir)?;
+    }
+    let store = open_store(&config, config.storage.backend == "sqlite").await?;
+    let outcome = larachat_control_plane::bootstrap_admin(store.as_ref(), email, password)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{outcome:?}: {email}");

@@ -24,6 +24,7 @@ use toml::{Table, Value};
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    pub bus: BusConfig,
     pub security: SecurityConfig,
     pub realtime: RealtimeSection,
     pub admin: AdminBootstrap,
@@ -66,6 +67,51 @@ pub struct StorageConfig {
     pub sqlite_synchronous: String,
     /// Read-only SQLite connections used in parallel.
     pub sqlite_readers: usize,
+    /// `sqlite` (embedded, one process) or `scylla` (ScyllaDB / Cassandra, any number of
+    /// processes).
+    pub backend: String,
+    /// The CQL cluster, when `backend = "scylla"`.
+    pub scylla: ScyllaSection,
+}
+
+/// `[storage.scylla]`: where the CQL cluster is and how data is kept there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaSection {
+    /// `host:port` of one or more nodes; the driver discovers the others.
+    pub contact_points: Vec<String>,
+    /// Keyspace (`[a-z_][a-z0-9_]*`, at most 48 characters).
+    pub keyspace: String,
+    /// CQL replication map used when `larachat migrate` creates the keyspace.
+    pub replication: String,
+    /// Consistency of every statement: `local_quorum` (default), `quorum`, `local_one`, `one`,
+    /// `all`, `each_quorum`.
+    pub consistency: String,
+    /// Client-side timeout of one request, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+/// `[bus]`: how gateways and the control plane exchange live events and control notices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `local` (in-process, one process) or `nats` (any number of processes).
+    pub backend: String,
+    /// The NATS connection, when `backend = "nats"`.
+    pub nats: NatsSection,
+}
+
+/// `[bus.nats]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats://host:port`, comma-separated for several servers; credentials may be in the URL.
+    pub url: String,
+    /// Replicas of the durable event stream when it is created (1 for one server, 3 for a
+    /// typical cluster).
+    pub events_replicas: usize,
+    /// Messages buffered per subscription before NATS drops (slow consumer).
+    pub subscription_capacity: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,6 +175,39 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             sqlite_synchronous: "full".into(),
             sqlite_readers: 4,
+            backend: "sqlite".into(),
+            scylla: ScyllaSection::default(),
+        }
+    }
+}
+
+impl Default for ScyllaSection {
+    fn default() -> Self {
+        Self {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "larachat".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: "local_quorum".into(),
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            nats: NatsSection::default(),
+        }
+    }
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            events_replicas: 1,
+            subscription_capacity: 4096,
         }
     }
 }
@@ -249,6 +328,65 @@ impl Config {
         if self.storage.sqlite_readers == 0 {
             return bad("storage.sqlite_readers must be at least 1".into());
         }
+        match self.storage.backend.as_str() {
+            "sqlite" => {}
+            "scylla" => {
+                let s = &self.storage.scylla;
+                if s.contact_points.is_empty()
+                    || s.contact_points.iter().any(|c| c.trim().is_empty())
+                {
+                    return bad(
+                        "storage.scylla.contact_points must list at least one host:port".into(),
+                    );
+                }
+                if !larachat_store::scylla::valid_keyspace(&s.keyspace) {
+                    return bad(format!(
+                        "storage.scylla.keyspace must match [a-z_][a-z0-9_]* (at most 48 characters), got {:?}",
+                        s.keyspace
+                    ));
+                }
+                if !s.replication.trim_start().starts_with('{') {
+                    return bad("storage.scylla.replication must be a CQL map like {'class': 'NetworkTopologyStrategy', 'dc1': 3}".into());
+                }
+                if consistency(&s.consistency).is_none() {
+                    return bad(format!(
+                        "storage.scylla.consistency must be one of local_quorum, quorum, each_quorum, local_one, one, all; got {:?}",
+                        s.consistency
+                    ));
+                }
+                if s.request_timeout_secs == 0 {
+                    return bad("storage.scylla.request_timeout_secs must be at least 1".into());
+                }
+            }
+            other => {
+                return bad(format!(
+                    "storage.backend must be sqlite or scylla, got {other:?}"
+                ));
+            }
+        }
+        match self.bus.backend.as_str() {
+            "local" => {}
+            "nats" => {
+                let n = &self.bus.nats;
+                if !n
+                    .url
+                    .split(',')
+                    .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+                {
+                    return bad(format!(
+                        "bus.nats.url must be nats://host:port (comma-separated), got {:?}",
+                        n.url
+                    ));
+                }
+                if n.events_replicas == 0 || n.events_replicas > 5 {
+                    return bad("bus.nats.events_replicas must be between 1 and 5".into());
+                }
+                if n.subscription_capacity == 0 {
+                    return bad("bus.nats.subscription_capacity must be at least 1".into());
+                }
+            }
+            other => return bad(format!("bus.backend must be local or nats, got {other:?}")),
+        }
         for (name, v) in [
             ("security.jwt_secret", &self.security.jwt_secret),
             ("security.key_pepper", &self.security.key_pepper),
@@ -310,6 +448,20 @@ impl Config {
     }
 }
 
+/// The CQL consistency named in the configuration.
+pub fn consistency(name: &str) -> Option<larachat_store::scylla::Consistency> {
+    use larachat_store::scylla::Consistency as C;
+    Some(match name {
+        "local_quorum" => C::LocalQuorum,
+        "quorum" => C::Quorum,
+        "each_quorum" => C::EachQuorum,
+        "local_one" => C::LocalOne,
+        "one" => C::One,
+        "all" => C::All,
+        _ => return None,
+    })
+}
+
 /// Environment values take the type of the key they set (a number for `heartbeat_secs`, a
 /// string for `password` even when it is all digits). A value that does not parse as that
 /// type stays a string, so the error names the key and the expected type.
@@ -324,6 +476,14 @@ fn env_value(raw: &str, like: Option<&Value>) -> Value {
         Some(Value::Float(_)) => raw
             .parse::<f64>()
             .map_or_else(|_| Value::String(raw.to_owned()), Value::Float),
+        // Lists are comma-separated: `LARACHAT_STORAGE__SCYLLA__CONTACT_POINTS=a:9042,b:9042`.
+        Some(Value::Array(_)) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
         _ => Value::String(raw.to_owned()),
     }
 }

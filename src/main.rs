@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use toml::Value;
 
+use larachat::app::Role;
 use larachat::config::Config;
 
 #[derive(Parser)]
@@ -34,6 +35,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run a gateway: Client API, Widget API and realtime (distributed mode: needs
+    /// bus.backend = "nats" and storage.backend = "scylla"; run as many as needed).
+    Gateway {
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the control plane: Admin API and background work (distributed mode).
+    ControlPlane {
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create the keyspace and apply pending schema migrations (idempotent; run once per
+    /// upgrade, from one process, before starting gateways and the control plane).
+    Migrate,
     /// Administration tasks.
     Admin {
         #[command(subcommand)]
@@ -45,7 +62,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Create a platform admin in the embedded store (no-op if the email exists).
+    /// Create a platform admin in the configured store (no-op if the email exists).
     CreateUser {
         #[arg(long)]
         email: String,
@@ -78,6 +95,9 @@ fn main() -> ExitCode {
             if let Some(d) = data_dir {
                 flags.push(("storage.data_dir", Value::String(d.display().to_string())));
             }
+        }
+        Command::Gateway { listen: Some(l) } | Command::ControlPlane { listen: Some(l) } => {
+            flags.push(("server.listen", Value::String(l.clone())));
         }
         Command::Admin {
             command: AdminCommand::CreateUser {
@@ -112,6 +132,19 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Gateway { .. } => {
+                larachat::app::run_role(config, Role::Gateway, shutdown_signal(), |addr| {
+                    println!("larachat gateway listening on http://{addr}");
+                })
+                .await
+            }
+            Command::ControlPlane { .. } => {
+                larachat::app::run_role(config, Role::ControlPlane, shutdown_signal(), |addr| {
+                    println!("larachat control-plane listening on http://{addr}");
+                })
+                .await
+            }
+            Command::Migrate => larachat::app::migrate(config).await,
             Command::Admin {
                 command:
                     AdminCommand::CreateUser {

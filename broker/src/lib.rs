@@ -76,8 +76,17 @@ pub trait Bus: Send + Sync + 'static {
     /// may have been missed".
     async fn subscribe(&self, subject: &Subject) -> Result<BusSubscription, BusError>;
 
-    /// Cheap health check used by `/ready`.
+    /// Cheap health check used by `/ready`. On a networked bus it is a round trip to the
+    /// server, so it also orders after every subscription made before it.
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
+    }
+
+    /// Counts connection losses, for buses that can lose their connection (NATS). Live
+    /// messages published during a loss are gone for every subscriber, and the subscription
+    /// streams do not show the gap: a gateway watches this and tells its clients to resume.
+    /// `None` for a bus that cannot lose messages this way (the in-process bus).
+    fn outages(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }

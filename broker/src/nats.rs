@@ -411,6 +411,10 @@ impl Bus for NatsBus {
         self.ensure_connected()?;
         self.round_trip().await
     }
+
+    fn outages(&self) -> Option<watch::Receiver<u64>> {
+        Some(NatsBus::outages(self))
+    }
 }
 
 impl Stream for NatsSubscription {

@@ -429,6 +429,12 @@ impl Authenticator {
     pub fn invalidate_project(&self, id: ProjectId) {
         self.projects.invalidate(&id);
     }
+
+    /// Forgets every cached key and project (control notices may have been missed).
+    pub fn invalidate_all(&self) {
+        self.keys.invalidate_all();
+        self.projects.invalidate_all();
+    }
 }
 
 /// Extractor: the authenticated caller of a Client API request (`Authorization: Bearer …`).

@@ -3,10 +3,19 @@
 //!
 //! The bus is at-most-once, so the key and project caches also expire on their own
 //! (`cache_ttl`) as a backstop.
+//!
+//! It also watches the bus for connection losses ([`Bus::outages`]): live messages published
+//! while the bus was away are lost for every subscription of this gateway, and nothing in the
+//! subscription streams shows the gap. Once the bus is back, every realtime connection is
+//! closed with `4102 unavailable` (retryable), so that clients reconnect and resume from the
+//! store (protocol §7) instead of silently missing those messages. Control notices missed
+//! meanwhile are covered by forgetting every cached key and project.
+
+use std::time::Duration;
 
 use futures::StreamExt;
 
-use larachat_broker::BusError;
+use larachat_broker::{Bus, BusError};
 use larachat_core::ErrorCode;
 use larachat_core::control::ControlEvent;
 use larachat_core::subject::Subject;
@@ -17,7 +26,9 @@ use crate::Gateway;
 pub(crate) async fn spawn(gw: Gateway) -> Result<(), BusError> {
     let mut notices = gw.bus().subscribe(&Subject::control()).await?;
     let shutdown = gw.shutdown_token().clone();
+    let notices_gw = gw.clone();
     gw.tasks().clone().spawn(async move {
+        let gw = notices_gw;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -31,7 +42,57 @@ pub(crate) async fn spawn(gw: Gateway) -> Result<(), BusError> {
             }
         }
     });
+    if let Some(outages) = gw.bus().outages() {
+        gw.tasks()
+            .clone()
+            .spawn(async move { watch_outages(gw, outages).await });
+    }
     Ok(())
+}
+
+/// After each bus outage: wait until the bus answers again, then drop cached credentials and
+/// tell every connection to resume.
+async fn watch_outages(gw: Gateway, mut outages: tokio::sync::watch::Receiver<u64>) {
+    let shutdown = gw.shutdown_token().clone();
+    outages.mark_unchanged();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = outages.changed() => if changed.is_err() { return },
+        }
+        let lost = *outages.borrow_and_update();
+        metrics::counter!("larachat_gateway_bus_outages_total").increment(1);
+        tracing::warn!(
+            outages = lost,
+            "bus connection lost: clients will be told to resume once it is back"
+        );
+        // A round trip orders after the client's re-subscriptions, so a client that
+        // reconnects from here on is subscribed before it replays from the store.
+        if !wait_for_bus(gw.bus().as_ref(), &shutdown).await {
+            return;
+        }
+        gw.auth().invalidate_all();
+        let closed = gw.connections().kick_all(ErrorCode::Unavailable);
+        tracing::info!(
+            closed,
+            "bus is back: connections told to reconnect and resume"
+        );
+    }
+}
+
+/// Pings until the bus answers; `false` if the gateway shuts down first.
+async fn wait_for_bus(bus: &dyn Bus, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if bus.ping().await.is_ok() {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
 }
 
 impl Gateway {

@@ -160,6 +160,11 @@ impl Registry {
         self.kick_where(|e| e.project == project, code)
     }
 
+    /// Closes every connection.
+    pub(crate) fn kick_all(&self, code: ErrorCode) -> usize {
+        self.kick_where(|_| true, code)
+    }
+
     fn kick_where(&self, pred: impl Fn(&Entry) -> bool, code: ErrorCode) -> usize {
         let conns = self.conns.lock();
         let mut n = 0;
@@ -370,6 +375,7 @@ impl Connection {
                     let reason = match code {
                         ErrorCode::Unauthorized => "credentials revoked",
                         ErrorCode::ProjectSuspended => "project is not active",
+                        ErrorCode::Unavailable => "live delivery was interrupted; reconnect and resume",
                         _ => "closed by the server",
                     };
                     return End::Close(code, reason.into());

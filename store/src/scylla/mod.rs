@@ -367,6 +367,42 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Checks that the keyspace exists and holds exactly this build's schema, so that a
+    /// process started before `larachat migrate` (or against a newer schema) stops with a
+    /// clear message instead of failing on its first query.
+    pub async fn check_schema(&self) -> StoreResult<()> {
+        let ks = &self.config.keyspace;
+        let rows = self
+            .session
+            .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations"), ())
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "keyspace {ks} is not migrated (run `larachat migrate`): {e}"
+                ))
+            })?;
+        let newest = rows
+            .into_rows_result()
+            .map_err(internal)?
+            .rows::<(i32,)>()
+            .map_err(internal)?
+            .filter_map(Result::ok)
+            .map(|(v,)| v)
+            .max()
+            .unwrap_or(0);
+        match newest.cmp(&SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(StoreError::Unavailable(format!(
+                "keyspace {ks} has schema version {newest}, this build needs {SCHEMA_VERSION}: \
+                 run `larachat migrate`"
+            ))),
+            std::cmp::Ordering::Greater => Err(StoreError::Unavailable(format!(
+                "keyspace {ks} has schema version {newest}, newer than this build's \
+                 {SCHEMA_VERSION}: upgrade this process"
+            ))),
+        }
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &ScyllaConfig {
         &self.config
@@ -1875,7 +1911,9 @@ impl Store for ScyllaStore {
 
 // --- free functions ------------------------------------------------------------------------
 
-fn valid_keyspace(name: &str) -> bool {
+/// Whether `name` is a keyspace name this store accepts: `[a-z_][a-z0-9_]*`, at most 48
+/// characters (it is written into DDL, so it is checked before anything else).
+pub fn valid_keyspace(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && name.len() <= 48
