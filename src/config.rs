@@ -571,6 +571,67 @@ mod tests {
     }
 
     #[test]
+    fn distributed_backends_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LARACHAT_STORAGE__BACKEND", "scylla"),
+                (
+                    "LARACHAT_STORAGE__SCYLLA__CONTACT_POINTS",
+                    "10.0.0.1:9042, 10.0.0.2:9042",
+                ),
+                ("LARACHAT_STORAGE__SCYLLA__CONSISTENCY", "quorum"),
+                ("LARACHAT_BUS__BACKEND", "nats"),
+                ("LARACHAT_BUS__NATS__URL", "nats://a:4222,nats://b:4222"),
+                ("LARACHAT_BUS__NATS__EVENTS_REPLICAS", "3"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, "scylla");
+        assert_eq!(
+            c.storage.scylla.contact_points,
+            ["10.0.0.1:9042", "10.0.0.2:9042"],
+            "lists are comma-separated"
+        );
+        assert_eq!(c.storage.scylla.keyspace, "larachat");
+        assert_eq!(c.bus.nats.events_replicas, 3);
+        let refused = [
+            ("LARACHAT_STORAGE__BACKEND", "postgres", "storage.backend"),
+            ("LARACHAT_BUS__BACKEND", "kafka", "bus.backend"),
+            (
+                "LARACHAT_STORAGE__SCYLLA__KEYSPACE",
+                "Drop;Table",
+                "storage.scylla.keyspace",
+            ),
+            (
+                "LARACHAT_STORAGE__SCYLLA__CONSISTENCY",
+                "serial",
+                "storage.scylla.consistency",
+            ),
+            ("LARACHAT_BUS__NATS__URL", "http://x:4222", "bus.nats.url"),
+        ];
+        for (key, value, named) in refused {
+            let backend = if key.contains("BUS") {
+                ("LARACHAT_BUS__BACKEND", "nats")
+            } else {
+                ("LARACHAT_STORAGE__BACKEND", "scylla")
+            };
+            let mut vars = vec![backend];
+            if key != backend.0 {
+                vars.push((key, value));
+            } else {
+                vars[0] = (key, value);
+            }
+            let r = Config::load(None, env(&vars), []);
+            assert!(
+                matches!(&r, Err(ConfigError::Invalid(m)) if m.contains(named)),
+                "{key}={value}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn aliases_fill_admin_bootstrap() {
         let c = Config::load(
             None,

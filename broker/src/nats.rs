@@ -46,7 +46,7 @@ use std::time::Duration;
 use async_nats::client::{RequestErrorKind, Statistics};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, stream};
-use async_nats::{Client, ConnectOptions, Event, Request, Subscriber};
+use async_nats::{Client, ConnectOptions, Event, Request, ServerAddr, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
@@ -162,7 +162,14 @@ impl NatsBus {
                 let (shared, server) = (events.clone(), callback_server.clone());
                 async move { shared.on_event(&server, event) }
             });
-        let client = connect.connect(url).await.map_err(|e| {
+        // A comma-separated list names several servers of one cluster; the client picks one and
+        // fails over to the others.
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::Unavailable(format!("invalid NATS URL {server}: {e}")))?;
+        let client = connect.connect(servers).await.map_err(|e| {
             BusError::Unavailable(format!("cannot connect to NATS at {server}: {e}"))
         })?;
         tracing::info!(server = %server, name = %options.name, "connected to NATS");

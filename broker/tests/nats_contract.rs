@@ -212,6 +212,21 @@ async fn connect_without_a_server_fails_promptly() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A comma-separated URL names the servers of one cluster; a malformed entry is refused with a
+/// clear error instead of a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_list_connects_and_a_bad_entry_is_refused() {
+    let url = nats_url();
+    let bus = connect(&format!("{url}, {url}"), options()).await;
+    bus.ping().await.expect("ping over a URL list");
+    let bad = NatsBus::connect(&format!("{url},nats://127.0.0.1:notaport"), options()).await;
+    assert!(
+        matches!(&bad, Err(BusError::Unavailable(m)) if m.contains("invalid NATS URL")),
+        "{:?}",
+        bad.err()
+    );
+}
+
 /// While the server is down, publishing fails fast instead of queueing; after it comes back
 /// on the same address, the bus reconnects by itself and an existing subscription receives
 /// again. Durable events stored before the crash are still there.

@@ -111,6 +111,8 @@ struct Inner {
     connections: realtime::Registry,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Live publishes that failed (bus away), to rate-limit their log lines.
+    publish_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -134,6 +136,7 @@ impl Gateway {
                 connections: realtime::Registry::default(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                publish_failures: Default::default(),
                 config,
             }),
         };

@@ -4,6 +4,8 @@
 //! through the same checks and the same path: authorise → validate → `store.append` (durable)
 //! → publish on `lc.v1.<project>.conv.<conversation>`.
 
+use std::sync::atomic::Ordering;
+
 use larachat_core::id::{ConversationId, EndUserId, MessageId};
 use larachat_core::model::{self, Actor, ActorKind, Conversation, NewMessage, ReadState};
 use larachat_core::protocol::{ActorInput, Encoding, ServerFrame, TypingState, encode};
@@ -171,15 +173,18 @@ impl Gateway {
         }
         if appended.created {
             metrics::counter!("larachat_gateway_messages_stored_total").increment(1);
-            self.publish(
-                &Subject::conversation(who.project, conversation),
-                &ServerFrame::Message {
-                    conversation_id: conversation,
-                    message: appended.message.clone(),
-                },
-            )
-            .await;
         }
+        // A retry is published again: the first attempt may have been stored by a gateway that
+        // died (or lost the bus) before publishing, and then live readers would only see the
+        // message at their next resume. Subscribers de-duplicate by id (protocol §5).
+        self.publish(
+            &Subject::conversation(who.project, conversation),
+            &ServerFrame::Message {
+                conversation_id: conversation,
+                message: appended.message.clone(),
+            },
+        )
+        .await;
         Ok(appended)
     }
 
@@ -245,7 +250,12 @@ impl Gateway {
             .await
         {
             metrics::counter!("larachat_gateway_publish_failures_total").increment(1);
-            tracing::warn!(error = %e, "publish failed; subscribers will catch up by resume");
+            // While the bus is away every send fails to publish: log the 1st, 2nd, 4th, 8th…
+            // failure, not one line per message (the metric counts them all).
+            let before = self.inner.publish_failures.fetch_add(1, Ordering::Relaxed);
+            if before == 0 || (before + 1).ilog2() > before.ilog2() {
+                tracing::warn!(error = %e, failures_total = before + 1, "publish failed; subscribers will catch up by resume");
+            }
         }
     }
 }

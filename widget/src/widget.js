@@ -1096,6 +1096,20 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     return '';
   }
 
+  /**
+   * Protocol §5: resume a little before the newest id held — a UUIDv7 whose timestamp is 5 s
+   * older, random bits zero — because a message with a slightly smaller id may still have been
+   * in flight (several gateways, concurrent senders). Replays of messages already held are
+   * dropped by id.
+   * @param {string} id
+   */
+  function resumeWindow(id) {
+    const hex = id.replace(/-/g, '');
+    const ms = Math.max(0, parseInt(hex.slice(0, 12), 16) - 5000);
+    const t = ms.toString(16).padStart(12, '0');
+    return `${t.slice(0, 8)}-${t.slice(8, 12)}-7000-8000-000000000000`;
+  }
+
   function clearMessages() {
     for (const r of recs) {
       clearTimeout(r.timer);
@@ -1505,8 +1519,8 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const id = ++reqSeq;
     /** @type {Record<string, unknown>} */
     const f = { type: 'subscribe', id, conversation_id: convId };
-    const after = newestId();
-    if (after) f.after = after;
+    const newest = newestId();
+    if (newest) f.after = resumeWindow(newest);
     if (sendFrame(f)) subReq = id;
   }
 
