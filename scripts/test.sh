@@ -16,8 +16,12 @@ echo "== services: nats-server, Cassandra 5.0"
 deploy/nats.sh install
 deploy/cassandra.sh install
 trap 'deploy/nats.sh stop >/dev/null 2>&1 || true; deploy/cassandra.sh stop >/dev/null 2>&1 || true' EXIT
+t0=$(date +%s.%N)
 eval "$(deploy/nats.sh start)"
+t1=$(date +%s.%N)
 eval "$(deploy/cassandra.sh start)"
+t2=$(date +%s.%N)
+python3 -c "print(f'== services ready: nats-server {$t1 - $t0:.1f} s, Cassandra {$t2 - $t1:.1f} s')"
 export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN LARACHAT_TEST_CASSANDRA
 
 FEATURES="larachat-broker/nats larachat-store/scylla"
@@ -29,5 +33,7 @@ echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS
 cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh
+echo "== README distributed mode: deploy/local-cluster.sh with two gateways"
+scripts/cluster-smoke.sh
 echo "== widget: typecheck, size budget, real-browser tests"
 scripts/browser-test.sh
