@@ -170,6 +170,8 @@ impl Drop for Proc {
 /// A nats-server of the test's own (JetStream on), killed when dropped.
 struct OwnNats {
     port: u16,
+    /// HTTP monitoring port (`/connz`).
+    monitor: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -178,6 +180,7 @@ impl OwnNats {
     fn start() -> OwnNats {
         let mut n = OwnNats {
             port: free_port(),
+            monitor: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -204,6 +207,8 @@ impl OwnNats {
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-m",
+                &self.monitor.to_string(),
                 "-js",
                 "-sd",
             ])
@@ -215,10 +220,30 @@ impl OwnNats {
             .expect("spawn nats-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        for port in [self.port, self.monitor] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+    }
+
+    /// How many subscriptions to `subject` the server holds, over all connections.
+    async fn subscriptions(&self, subject: &str) -> usize {
+        let url = format!("http://127.0.0.1:{}/connz?subs=1", self.monitor);
+        let connz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                c["subscriptions_list"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|s| s == subject)
+            .count()
     }
 
     fn kill(&mut self) {
@@ -1339,6 +1364,60 @@ async fn nats_restart_during_traffic_loses_nothing() {
             "reader {i} was told to resume after the outage: {:?}",
             v.close_codes
         );
+    }
+}
+
+/// NATS carries one copy of a conversation's events per interested gateway, not one per
+/// client: a gateway subscribes on its first local subscriber and unsubscribes after its last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_subscription_per_gateway_and_conversation() {
+    let nats = OwnNats::start();
+    let c = Cluster::start_on(&nats.url(), 2).await;
+    let t = c.tenant("interest").await;
+    let agent = json!({"type": "agent", "id": "watcher"});
+    let conv = {
+        let (u, _) = c.user(0, &t.key, "customer").await;
+        c.conversation(0, &t.key, &[&u]).await
+    };
+    let subject = format!("lc.v1.{}.conv.{conv}", t.project_id);
+    assert_eq!(nats.subscriptions(&subject).await, 0);
+    let mut sockets = Vec::new();
+    for i in 0..20 {
+        let mut ws = connect(&c.gateways[i % 2].ws_url(), &t.key, Some(agent.clone()))
+            .await
+            .unwrap();
+        subscribe(&mut ws, &conv, None).await;
+        sockets.push(ws);
+    }
+    assert_eq!(
+        nats.subscriptions(&subject).await,
+        2,
+        "20 clients on 2 gateways: one NATS subscription per gateway"
+    );
+    // The last local subscriber of gateway 1 leaves: only gateway 2 stays interested.
+    for ws in sockets.iter_mut().step_by(2) {
+        ws.close(None).await.unwrap();
+    }
+    sockets = sockets.into_iter().skip(1).step_by(2).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nats.subscriptions(&subject).await != 1 {
+        assert!(Instant::now() < deadline, "gateway 1 did not unsubscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still delivered to the clients of gateway 2, through gateway 1's publish.
+    let (s, _) = c
+        .client(
+            0,
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/messages"),
+            &t.key,
+            Some(json!({"text": "still here?", "sender": agent})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for ws in &mut sockets {
+        let (m, _) = expect_type(ws, "message").await;
+        assert_eq!(m["message"]["text"], "still here?");
     }
 }
 
