@@ -105,14 +105,15 @@ print_env() {
 }
 
 # The JVM flags of Cassandra's own conf/jvm17-server.options (module access its internals
-# need), plus a small heap.
+# need), plus a modest heap: 2 GiB holds the few keyspaces of a test run (each of ~20 tables)
+# with room to spare; a node that runs out anyway exits instead of limping on unanswered.
 jvm_flags() {
     local jamm
     jamm="$(compgen -G "$LIB_DIR/jamm-*.jar" | head -n 1)"
     local flags=(
-        -Xms512m -Xmx1g -Xss512k
+        -Xms512m -Xmx2g -Xss512k
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxGCPauseMillis=300
-        -XX:+HeapDumpOnOutOfMemoryError -XX:+PerfDisableSharedMem
+        -XX:+ExitOnOutOfMemoryError -XX:+PerfDisableSharedMem
         -Djava.net.preferIPv4Stack=true
         -Djdk.attach.allowAttachSelf=true
         "-javaagent:$jamm"

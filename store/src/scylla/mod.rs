@@ -317,7 +317,7 @@ impl ScyllaStore {
             self.config.replication
         );
         self.session
-            .query_unpaged(create, ())
+            .query_unpaged(ddl(create), ())
             .await
             .map_err(exec_error)?;
         self.session
@@ -325,7 +325,7 @@ impl ScyllaStore {
             .await
             .map_err(internal)?;
         self.session
-            .query_unpaged(schema::CREATE_MIGRATIONS_TABLE, ())
+            .query_unpaged(ddl(schema::CREATE_MIGRATIONS_TABLE), ())
             .await
             .map_err(exec_error)?;
         let applied: HashSet<i32> = self
@@ -352,7 +352,7 @@ impl ScyllaStore {
             tracing::info!(keyspace = %ks, version = m.version, name = m.name, "applying migration");
             for s in m.statements {
                 self.session
-                    .query_unpaged(*s, ())
+                    .query_unpaged(ddl(*s), ())
                     .await
                     .map_err(exec_error)?;
             }
@@ -1910,6 +1910,17 @@ impl Store for ScyllaStore {
 }
 
 // --- free functions ------------------------------------------------------------------------
+
+/// A schema statement. Schema changes wait for every node to agree and can take far longer
+/// than a query on a busy cluster (tens of seconds on a loaded 2-core machine), so they get
+/// their own timeout instead of `request_timeout`.
+fn ddl(cql: impl Into<String>) -> scylla::statement::unprepared::Statement {
+    let mut statement = scylla::statement::unprepared::Statement::new(cql.into());
+    statement.set_request_timeout(Some(DDL_TIMEOUT));
+    statement
+}
+
+const DDL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether `name` is a keyspace name this store accepts: `[a-z_][a-z0-9_]*`, at most 48
 /// characters (it is written into DDL, so it is checked before anything else).
