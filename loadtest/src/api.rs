@@ -1,4 +1,6 @@
 //! The HTTP side: Admin API (project and key) and Client API (end users, conversations).
+//! In distributed mode these are different processes (control plane and gateways), so each
+//! [`Api`] talks to one [`Target`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -17,25 +19,30 @@ pub struct Target {
 impl Target {
     /// Accepts only `http://` URLs on a loopback address: this tool never loads anything else.
     pub fn parse(url: &str) -> Result<Self> {
-        let base = Url::parse(url).with_context(|| format!("invalid --url {url:?}"))?;
+        Self::parse_flag("--url", url)
+    }
+
+    /// [`Target::parse`] for the value of command-line flag `flag` (named in errors).
+    pub fn parse_flag(flag: &str, url: &str) -> Result<Self> {
+        let base = Url::parse(url).with_context(|| format!("invalid {flag} {url:?}"))?;
         if base.scheme() != "http" {
-            bail!("--url must be http://<loopback>:<port> (got {url})");
+            bail!("{flag} must be http://<loopback>:<port> (got {url})");
         }
         let host = base
             .host_str()
-            .ok_or_else(|| anyhow!("--url has no host"))?;
+            .ok_or_else(|| anyhow!("{flag} has no host"))?;
         let ip: IpAddr = match host.trim_start_matches('[').trim_end_matches(']') {
             "localhost" => IpAddr::from([127, 0, 0, 1]),
             h => h
                 .parse()
-                .with_context(|| format!("--url host must be a loopback IP address (got {h})"))?,
+                .with_context(|| format!("{flag} host must be a loopback IP address (got {h})"))?,
         };
         if !ip.is_loopback() {
-            bail!("refusing to load {ip}: only loopback addresses are allowed");
+            bail!("refusing to load {ip} ({flag}): only loopback addresses are allowed");
         }
         let port = base
             .port_or_known_default()
-            .ok_or_else(|| anyhow!("--url has no port"))?;
+            .ok_or_else(|| anyhow!("{flag} has no port"))?;
         Ok(Self {
             addr: SocketAddr::new(ip, port),
             base,
@@ -185,5 +192,7 @@ mod tests {
         assert!(Target::parse("http://10.0.0.1:8080").is_err());
         assert!(Target::parse("http://example.com:8080").is_err());
         assert!(Target::parse("https://127.0.0.1:8080").is_err());
+        let e = Target::parse_flag("--receiver-url", "http://10.0.0.2:1").unwrap_err();
+        assert!(e.to_string().contains("--receiver-url"), "{e}");
     }
 }

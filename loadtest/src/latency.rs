@@ -1,5 +1,6 @@
 //! `latency`: pairs of end users in their own conversation; one sends at a steady rate, the
-//! other measures how long each message takes to arrive.
+//! other measures how long each message takes to arrive. With `--receiver-url` the receivers
+//! connect to another gateway than the senders, so every message crosses the bus.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::api::Target;
 use crate::stats::{Latencies, rate};
 use crate::ws::{self, Incoming, Ws};
 use crate::{Ctx, MAX_CONNECTIONS, SETUP_CONCURRENCY};
@@ -34,6 +36,20 @@ pub struct Opts {
     /// Message text size in bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Base URL of the server (gateway) the receivers connect and subscribe to; loopback only.
+    /// Default: --url. Another gateway of the same cluster measures cross-gateway delivery.
+    #[arg(long)]
+    pub receiver_url: Option<String>,
+}
+
+impl Opts {
+    /// Where the receivers connect: --receiver-url, or else `senders` (--url).
+    pub fn receiver_target(&self, senders: &Target) -> Result<Target> {
+        match &self.receiver_url {
+            Some(u) => Target::parse_flag("--receiver-url", u),
+            None => Ok(senders.clone()),
+        }
+    }
 }
 
 struct Pair {
@@ -55,7 +71,8 @@ struct PairResult {
     problems: BTreeMap<String, u64>,
 }
 
-pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
+/// `receiver`: where the receivers connect (see [`Opts::receiver_target`]).
+pub async fn run(ctx: &Ctx, o: &Opts, receiver: &Target) -> Result<Value> {
     if o.pairs == 0 || o.pairs * 2 > MAX_CONNECTIONS {
         bail!("--pairs must be 1..={}", MAX_CONNECTIONS / 2);
     }
@@ -63,7 +80,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         bail!("--rate must be in (0, 10000]");
     }
     let pairs: Vec<Pair> = stream::iter(0..o.pairs)
-        .map(|i| setup_pair(ctx, i))
+        .map(|i| setup_pair(ctx, receiver, i))
         .buffered(SETUP_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
@@ -109,9 +126,20 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
     let (ack, recv) = (t.ack_lat.summary(), t.recv_lat.summary());
     let offered = o.rate * n as f64;
     let achieved = rate(t.sent, Duration::from_secs(o.duration_secs));
+    let cross_gateway = receiver.addr != ctx.target.addr;
     println!(
         "latency: {n} pair(s) x {} msg/s for {} s (offered {offered} msg/s, sent {achieved} msg/s)",
         o.rate, o.duration_secs
+    );
+    println!(
+        "  senders on {}, receivers on {}{}",
+        ctx.target.addr,
+        receiver.addr,
+        if cross_gateway {
+            " (cross-gateway)"
+        } else {
+            " (same server)"
+        }
     );
     println!(
         "  sent {} acked {} errors {} received {} missing {} duplicate deliveries {}",
@@ -128,6 +156,9 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         "rate_per_pair": o.rate,
         "duration_s": o.duration_secs,
         "size": o.size,
+        "sender_addr": ctx.target.addr.to_string(),
+        "receiver_addr": receiver.addr.to_string(),
+        "cross_gateway": cross_gateway,
         "sent": t.sent,
         "acked": t.acked,
         "errors": t.errors,
@@ -141,7 +172,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
     }))
 }
 
-async fn setup_pair(ctx: &Ctx, i: usize) -> Result<Pair> {
+async fn setup_pair(ctx: &Ctx, receiver_target: &Target, i: usize) -> Result<Pair> {
     let (a, a_token) = ctx
         .api
         .create_user(&ctx.key, &format!("lt-{}-{i}-a", ctx.run_id))
@@ -152,7 +183,7 @@ async fn setup_pair(ctx: &Ctx, i: usize) -> Result<Pair> {
         .await?;
     let conv = ctx.api.create_conversation(&ctx.key, &[a, b]).await?;
     let mut sender = ws::connect_auth(&ctx.target, &a_token, None, ctx.timeout).await?;
-    let mut receiver = ws::connect_auth(&ctx.target, &b_token, None, ctx.timeout).await?;
+    let mut receiver = ws::connect_auth(receiver_target, &b_token, None, ctx.timeout).await?;
     ws::subscribe(&mut sender, 1, &conv, ctx.timeout).await?;
     ws::subscribe(&mut receiver, 1, &conv, ctx.timeout).await?;
     Ok(Pair {

@@ -70,9 +70,14 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 struct Common {
-    /// The server's base URL; only loopback addresses are accepted.
+    /// The server's base URL (Client API and realtime: a gateway in distributed mode); only
+    /// loopback addresses are accepted.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Base URL of the Admin API, used only to create the project and key (the control plane
+    /// in distributed mode). Default: --url.
+    #[arg(long)]
+    admin_url: Option<String>,
     /// Secret key (sk_live_…, scopes read+write). Without it, a project and key are created
     /// with the admin credentials.
     #[arg(long, env = "LOADTEST_KEY", hide_env_values = true)]
@@ -108,12 +113,16 @@ impl Ctx {
             bail!("--timeout-secs must be 1..=600");
         }
         let target = Target::parse(&c.url)?;
+        let admin_target = c.admin_target()?;
         let timeout = Duration::from_secs(c.timeout_secs);
         let api = Api::new(target.clone(), timeout)?;
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let key = match &c.key {
             Some(k) => k.clone(),
-            None => setup(&api, c, &run_id).await?.key,
+            None => {
+                let admin = Api::new(admin_target, timeout)?;
+                setup(&admin, c, &run_id).await?.key
+            }
         };
         Ok(Self {
             target,
@@ -122,6 +131,16 @@ impl Ctx {
             timeout,
             run_id,
         })
+    }
+}
+
+impl Common {
+    /// Where the Admin API is: --admin-url, or else --url.
+    fn admin_target(&self) -> Result<Target> {
+        match &self.admin_url {
+            Some(u) => Target::parse_flag("--admin-url", u),
+            None => Target::parse(&self.url),
+        }
     }
 }
 
@@ -161,8 +180,10 @@ async fn run(cli: Cli) -> Result<()> {
     let (common, result) = match &cli.command {
         Command::Report { files } => return report::run(files),
         Command::Setup { common } => {
-            let target = Target::parse(&common.url)?;
-            let api = Api::new(target, Duration::from_secs(common.timeout_secs.max(1)))?;
+            let api = Api::new(
+                common.admin_target()?,
+                Duration::from_secs(common.timeout_secs.max(1)),
+            )?;
             let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
             let t = setup(&api, common, &run_id).await?;
             println!("project_id {}", t.project_id);
@@ -177,8 +198,10 @@ async fn run(cli: Cli) -> Result<()> {
             (common, throughput::run(&ctx, opts).await?)
         }
         Command::Latency { common, opts } => {
+            // Checked before any setup work is done.
+            let receiver = opts.receiver_target(&Target::parse(&common.url)?)?;
             let ctx = Ctx::new(common).await?;
-            (common, latency::run(&ctx, opts).await?)
+            (common, latency::run(&ctx, opts, &receiver).await?)
         }
         Command::Fanout { common, opts } => {
             let ctx = Ctx::new(common).await?;

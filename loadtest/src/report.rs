@@ -63,10 +63,16 @@ fn row(v: &Value) -> Option<String> {
         "latency" => (
             "latency",
             format!(
-                "P={} R={}/s {} s",
+                "P={} R={}/s {} s{}",
                 n("pairs"),
                 n("rate_per_pair"),
-                n("duration_s")
+                n("duration_s"),
+                match v.get("receiver_addr").and_then(Value::as_str) {
+                    Some(r) if v.get("cross_gateway") == Some(&Value::Bool(true)) => {
+                        format!(", receivers on {r} (cross-gateway)")
+                    }
+                    _ => String::new(),
+                }
             ),
             format!("{} msg/s", n("msgs_per_sec")),
             "send→receive",
@@ -117,10 +123,11 @@ mod tests {
 {"scenario":"throughput","label":"full","connections":1,"window":32,"conversations":1,"msgs_per_sec":1234.5,"errors":0,"ack_latency":{"p50_ms":1.5,"p90_ms":2,"p99_ms":3,"max_ms":4}}
 {"scenario":"fanout","subscribers":500,"messages":200,"deliveries_per_sec":9000,"msgs_per_sec":18,"errors":0,"missing":0,"expected_deliveries":100000,"delivery_latency":{"p50_ms":1,"p90_ms":2,"p99_ms":3,"max_ms":4}}
 {"scenario":"setup"}
+{"scenario":"latency","label":"x","pairs":10,"rate_per_pair":20,"duration_s":20,"sender_addr":"127.0.0.1:1","receiver_addr":"127.0.0.1:2","cross_gateway":true,"msgs_per_sec":200,"errors":0,"missing":0,"acked":4000,"receive_latency":{"p50_ms":1,"p90_ms":2,"p99_ms":3,"max_ms":4}}
 "#;
         let t = table(text);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(lines.len(), 5, "{t}");
         assert!(
             lines[2]
                 .starts_with("| full | throughput | C=1 W=32 | 1234.5 msg/s | send→ack | 1.50 |"),
@@ -128,5 +135,9 @@ mod tests {
         );
         assert!(lines[3].contains("K=500 N=200"), "{t}");
         assert!(lines[3].contains("0 of 100000 missing"), "{t}");
+        assert!(
+            lines[4].contains("P=10 R=20/s 20 s, receivers on 127.0.0.1:2 (cross-gateway)"),
+            "{t}"
+        );
     }
 }
