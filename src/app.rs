@@ -356,6 +356,13 @@ pub async fn run_role(
         let _ = drained_tx.send(());
     };
     tokio::spawn(drain);
+    // Small frames (acks, events) go out at once: without TCP_NODELAY, Nagle's algorithm
+    // and the peer's delayed ACK hold some of them back for tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app.router
