@@ -37,7 +37,7 @@ struct Inner {
     /// subscriber. Never held across an `.await`.
     subjects: RwLock<HashMap<Subject, Vec<Slot>>>,
     next_id: AtomicU64,
-    dropped: AtomicU64,
+    dropped: larachat_core::throttle::PowersOfTwo,
 }
 
 /// One subscription's queue, identified so that its guard can remove exactly it.
@@ -77,7 +77,7 @@ impl LocalBus {
                 capacity: capacity.max(1),
                 subjects: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
+                dropped: Default::default(),
             }),
         }
     }
@@ -90,7 +90,7 @@ impl LocalBus {
     /// Messages lost so far because a subscriber's queue was full (one per subscriber and
     /// message).
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.dropped.total()
     }
 
     /// Subjects with at least one live subscription.
@@ -104,13 +104,10 @@ impl LocalBus {
     }
 
     fn count_dropped(&self, subject: &Subject, n: u64) {
-        let before = self.inner.dropped.fetch_add(n, Ordering::Relaxed);
-        let after = before + n;
-        // Rate-limited without a clock: log at the 1st, 2nd, 4th, 8th… drop of this bus.
-        if before == 0 || after.ilog2() > before.ilog2() {
+        if let Some(total) = self.inner.dropped.add(n) {
             tracing::warn!(
                 %subject,
-                dropped_total = after,
+                dropped_total = total,
                 "local bus subscriber queue full; messages dropped"
             );
         }

@@ -38,7 +38,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,7 +99,7 @@ pub struct NatsBus {
 /// State updated from the client's event callback.
 struct Shared {
     /// Messages dropped because a subscription's queue was full (as reported by the client).
-    dropped: AtomicU64,
+    dropped: larachat_core::throttle::PowersOfTwo,
     /// Connection losses so far.
     outages: watch::Sender<u64>,
     /// The client's counters, set right after the first connect. Its `connects` count is kept
@@ -143,7 +143,7 @@ impl NatsBus {
     pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, BusError> {
         let server = redact(url);
         let shared = Arc::new(Shared {
-            dropped: AtomicU64::new(0),
+            dropped: Default::default(),
             outages: watch::Sender::new(0),
             stats: OnceLock::new(),
         });
@@ -235,7 +235,7 @@ impl NatsBus {
     /// Messages dropped so far because a subscription's queue was full. A lower bound: the
     /// client reports drops through a bounded event queue.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.total()
     }
 
     fn ensure_connected(&self) -> Result<(), BusError> {
@@ -332,12 +332,10 @@ impl Shared {
                 );
             }
             Event::SlowConsumer(sid) => {
-                let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-                // Rate-limited without a clock, as in the local bus: 1st, 2nd, 4th, 8th… drop.
-                if before == 0 || (before + 1).ilog2() > before.ilog2() {
+                if let Some(total) = self.dropped.add(1) {
                     tracing::warn!(
                         sid,
-                        dropped_total = before + 1,
+                        dropped_total = total,
                         "NATS subscription queue full; messages dropped"
                     );
                 }

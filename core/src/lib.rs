@@ -14,6 +14,7 @@
 //! - [`subject`]: bus subject names, built only from validated ids.
 //! - [`http`] (feature `axum`): catalog errors as HTTP responses, JSON/path/query extractors
 //!   whose rejections use the catalog.
+//! - [`throttle`]: when a repeated event deserves a log line (1st, 2nd, 4th, 8th…).
 //! - [`keys`]: API key format (`sk_live_…`, `pk_live_…`), checksum, hashing, constant-time check.
 //!
 //! Depends on nothing of ours; `store`, `broker`, `gateway` and `control-plane` depend on it.
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod model;
 pub mod protocol;
 pub mod subject;
+pub mod throttle;
 pub mod validate;
 
 pub use error::{ApiError, ErrorCode};

@@ -112,7 +112,7 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Live publishes that failed (bus away), to rate-limit their log lines.
-    publish_failures: std::sync::atomic::AtomicU64,
+    publish_failures: larachat_core::throttle::PowersOfTwo,
 }
 
 impl Gateway {
