@@ -254,6 +254,8 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn St
         }
         _ => {
             let data_dir = &config.storage.data_dir;
+            fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
             let store = SqliteStore::open(SqliteConfig {
                 path: data_dir.join("larachat.db"),
                 readers: config.storage.sqlite_readers,
@@ -288,31 +290,17 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
 /// `larachat migrate`: creates the keyspace and applies pending schema migrations (ScyllaDB),
 /// or opens (and so migrates) the embedded database. Idempotent; run it from one process.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    open_store(&config, true).await?;
     match config.storage.backend.as_str() {
-        "scylla" => {
-            let cfg = scylla_config(&config);
-            let store = ScyllaStore::connect(cfg.clone()).await.with_context(|| {
-                format!(
-                    "connecting to ScyllaDB/Cassandra at {:?}",
-                    cfg.contact_points
-                )
-            })?;
-            store.migrate().await.context("migrating the keyspace")?;
-            store.check_schema().await?;
-            println!(
-                "keyspace {} is at schema version {}",
-                cfg.keyspace,
-                larachat_store::scylla::SCHEMA_VERSION
-            );
-        }
-        _ => {
-            fs::create_dir_all(&config.storage.data_dir)?;
-            open_store(&config, true).await?;
-            println!(
-                "embedded database {} is up to date",
-                config.storage.data_dir.join("larachat.db").display()
-            );
-        }
+        "scylla" => println!(
+            "keyspace {} is at schema version {}",
+            config.storage.scylla.keyspace,
+            larachat_store::scylla::SCHEMA_VERSION
+        ),
+        _ => println!(
+            "embedded database {} is up to date",
+            config.storage.data_dir.join("larachat.db").display()
+        ),
     }
     Ok(())
 }
@@ -427,9 +415,6 @@ fn random_hex(bytes: usize) -> String {
 
 /// `larachat admin create-user`: creates a platform admin in the configured store.
 pub async fn create_admin(config: Config, email: &str, password: &str) -> anyhow::Result<()> {
-    if config.storage.backend == "sqlite" {
-        fs::create_dir_all(&config.storage.data_dir)?;
-    }
     let store = open_store(&config, config.storage.backend == "sqlite").await?;
     let outcome = larachat_control_plane::bootstrap_admin(store.as_ref(), email, password)
         .await

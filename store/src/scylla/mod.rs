@@ -328,17 +328,7 @@ impl ScyllaStore {
             .query_unpaged(ddl(schema::CREATE_MIGRATIONS_TABLE), ())
             .await
             .map_err(exec_error)?;
-        let applied: HashSet<i32> = self
-            .session
-            .query_unpaged("SELECT version FROM schema_migrations", ())
-            .await
-            .map_err(exec_error)?
-            .into_rows_result()
-            .map_err(internal)?
-            .rows::<(i32,)>()
-            .map_err(internal)?
-            .map(|r| r.map(|(v,)| v).map_err(internal))
-            .collect::<StoreResult<_>>()?;
+        let applied = self.applied_migrations().await?;
         if let Some(newer) = applied.iter().find(|v| **v > SCHEMA_VERSION) {
             return Err(StoreError::Internal(format!(
                 "keyspace {ks} has schema version {newer}, newer than this build's \
@@ -372,24 +362,12 @@ impl ScyllaStore {
     /// clear message instead of failing on its first query.
     pub async fn check_schema(&self) -> StoreResult<()> {
         let ks = &self.config.keyspace;
-        let rows = self
-            .session
-            .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations"), ())
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "keyspace {ks} is not migrated (run `larachat migrate`): {e}"
-                ))
-            })?;
-        let newest = rows
-            .into_rows_result()
-            .map_err(internal)?
-            .rows::<(i32,)>()
-            .map_err(internal)?
-            .filter_map(Result::ok)
-            .map(|(v,)| v)
-            .max()
-            .unwrap_or(0);
+        let applied = self.applied_migrations().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "keyspace {ks} is not migrated (run `larachat migrate`): {e}"
+            ))
+        })?;
+        let newest = applied.into_iter().max().unwrap_or(0);
         match newest.cmp(&SCHEMA_VERSION) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Less => Err(StoreError::Unavailable(format!(
@@ -401,6 +379,21 @@ impl ScyllaStore {
                  {SCHEMA_VERSION}: upgrade this process"
             ))),
         }
+    }
+
+    /// Versions recorded in the keyspace's `schema_migrations` table.
+    async fn applied_migrations(&self) -> StoreResult<HashSet<i32>> {
+        let ks = &self.config.keyspace;
+        self.session
+            .query_unpaged(format!("SELECT version FROM {ks}.schema_migrations"), ())
+            .await
+            .map_err(exec_error)?
+            .into_rows_result()
+            .map_err(internal)?
+            .rows::<(i32,)>()
+            .map_err(internal)?
+            .map(|r| r.map(|(v,)| v).map_err(internal))
+            .collect()
     }
 
     /// The configuration in use.
