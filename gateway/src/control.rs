@@ -5,11 +5,15 @@
 //! (`cache_ttl`) as a backstop.
 //!
 //! It also watches the bus for connection losses ([`Bus::outages`]): live messages published
-//! while the bus was away are lost for every subscription of this gateway, and nothing in the
-//! subscription streams shows the gap. Once the bus is back, every realtime connection is
-//! closed with `4102 unavailable` (retryable), so that clients reconnect and resume from the
-//! store (protocol §7) instead of silently missing those messages. Control notices missed
-//! meanwhile are covered by forgetting every cached key and project.
+//! while the bus is away are lost for every subscription of this gateway, and nothing in the
+//! subscription streams shows the gap. As soon as a loss is seen, every realtime connection
+//! is closed with `4102 unavailable` (retryable); clients reconnect, and their subscriptions
+//! are refused (`unavailable`) until the bus is back, then resume from the store (protocol
+//! §7). Closing at the loss, not at the recovery, matters: a connection left open would
+//! receive the first live messages after the recovery, and a client resuming from 5 s before
+//! its newest id would then step over the start of a longer outage. Control notices missed
+//! meanwhile are covered by forgetting every cached key and project once the bus answers
+//! again.
 
 use std::time::Duration;
 
@@ -50,8 +54,8 @@ pub(crate) async fn spawn(gw: Gateway) -> Result<(), BusError> {
     Ok(())
 }
 
-/// After each bus outage: wait until the bus answers again, then drop cached credentials and
-/// tell every connection to resume.
+/// At each bus outage: tell every connection to resume elsewhere or later, then, once the bus
+/// answers again, drop cached credentials.
 async fn watch_outages(gw: Gateway, mut outages: tokio::sync::watch::Receiver<u64>) {
     let shutdown = gw.shutdown_token().clone();
     outages.mark_unchanged();
@@ -62,21 +66,17 @@ async fn watch_outages(gw: Gateway, mut outages: tokio::sync::watch::Receiver<u6
         }
         let lost = *outages.borrow_and_update();
         metrics::counter!("larachat_gateway_bus_outages_total").increment(1);
+        let closed = gw.connections().kick_all(ErrorCode::Unavailable);
         tracing::warn!(
             outages = lost,
-            "bus connection lost: clients will be told to resume once it is back"
+            closed,
+            "bus connection lost: connections told to reconnect and resume"
         );
-        // A round trip orders after the client's re-subscriptions, so a client that
-        // reconnects from here on is subscribed before it replays from the store.
         if !wait_for_bus(gw.bus().as_ref(), &shutdown).await {
             return;
         }
         gw.auth().invalidate_all();
-        let closed = gw.connections().kick_all(ErrorCode::Unavailable);
-        tracing::info!(
-            closed,
-            "bus is back: connections told to reconnect and resume"
-        );
+        tracing::info!("bus is back: cached keys and projects forgotten");
     }
 }
 
