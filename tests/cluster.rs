@@ -291,11 +291,11 @@ impl Cluster {
             .map(|_| Proc::start("gateway", env.clone()))
             .collect();
         let http = reqwest::Client::new();
-        let (s, login) = call(
+        let (s, login) = common::call(
             &http,
             Method::POST,
             &format!("{}/api/admin/login", control.base()),
-            "",
+            None,
             Some(json!({"email": email, "password": ADMIN_PASSWORD})),
         )
         .await;
@@ -314,7 +314,7 @@ impl Cluster {
 
     async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let url = format!("{}{path}", self.control.base());
-        call(&self.http, method, &url, &self.admin_token, body).await
+        common::call(&self.http, method, &url, Some(&self.admin_token), body).await
     }
 
     async fn tenant(&self, name: &str) -> Tenant {
@@ -361,7 +361,7 @@ impl Cluster {
         body: Option<Value>,
     ) -> (StatusCode, Value) {
         let url = format!("{}{path}", self.gw(i));
-        call(&self.http, method, &url, token, body).await
+        common::call(&self.http, method, &url, Some(token), body).await
     }
 
     /// Identifies an end user through gateway `i`; returns (id, token).
@@ -415,26 +415,6 @@ impl Cluster {
         }
         out
     }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = http.request(method, url);
-    if !token.is_empty() {
-        req = req.bearer_auth(token);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 // --- a realtime client ---------------------------------------------------------------------
@@ -920,8 +900,6 @@ struct History {
     retries: u64,
     /// Acks with `duplicate: true` (a retry of something already stored).
     duplicate_acks: u64,
-    /// Acks per writer, in order of acknowledgement, with the time they came.
-    ack_times: Vec<Instant>,
 }
 
 /// A reader's view: message id → client_msg_id (inserted by id, de-duplicated).
@@ -983,7 +961,6 @@ async fn writer(
                     if let Some(prev) = h.acked.insert(cmid.clone(), id.clone()) {
                         assert_eq!(prev, id, "{cmid} acknowledged with two ids");
                     }
-                    h.ack_times.push(Instant::now());
                     break;
                 }
                 Some(f) if f["retryable"] == json!(true) => {
@@ -1120,6 +1097,15 @@ async fn check_history(
     }
     let duplicates: usize = per_cmid.values().map(|n| n - 1).sum();
     let stored_set: HashSet<&String> = stored_ids.iter().collect();
+    let stored_cmids: HashMap<&str, &str> = stored
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap(),
+                m["client_msg_id"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
     let lost: Vec<&String> = acked_ids
         .iter()
         .filter(|id| !stored_set.contains(**id))
@@ -1168,12 +1154,8 @@ async fn check_history(
             "{name}: reader {i} disagrees with the store"
         );
         for (id, cmid) in &v.messages {
-            let stored_cmid = stored
-                .iter()
-                .find(|m| m["id"] == json!(id))
-                .and_then(|m| m["client_msg_id"].as_str());
             assert_eq!(
-                stored_cmid,
+                stored_cmids.get(id.as_str()).copied(),
                 Some(cmid.as_str()),
                 "{name}: reader {i} content"
             );
@@ -1191,88 +1173,131 @@ async fn check_history(
     }
 }
 
+/// Numbered writers and protocol-following readers in one conversation of a fresh project:
+/// the traffic of the Jepsen-style tests.
+struct Workload {
+    key: String,
+    conversation: String,
+    urls: Vec<String>,
+    /// End-user tokens not used yet, for readers.
+    spare_tokens: Vec<String>,
+    history: Arc<Mutex<History>>,
+    views: Vec<Arc<Mutex<ReaderView>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    writers: Vec<tokio::task::JoinHandle<usize>>,
+    stop_writers: tokio::sync::watch::Sender<bool>,
+    stop_readers: tokio::sync::watch::Sender<bool>,
+}
+
+impl Workload {
+    /// Creates a project and a conversation of `writers + readers + later` end users, starts
+    /// `readers` readers (reader i first on gateway i), then, once they are subscribed,
+    /// `writers` writers (writer i first on gateway i). `later` tokens are kept for
+    /// [`Workload::add_reader`].
+    async fn start(c: &Cluster, name: &str, writers: usize, readers: usize, later: usize) -> Self {
+        let t = c.tenant(name).await;
+        let mut members = Vec::new();
+        let mut tokens = Vec::new();
+        for i in 0..writers + readers + later {
+            let (id, token) = c.user(0, &t.key, &format!("participant-{i}")).await;
+            members.push(id);
+            tokens.push(token);
+        }
+        let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let conversation = c.conversation(0, &t.key, &member_refs).await;
+        let mut run = Workload {
+            key: t.key,
+            conversation,
+            urls: c.gateways.iter().map(Proc::ws_url).collect(),
+            spare_tokens: tokens.split_off(writers),
+            history: Arc::default(),
+            views: Vec::new(),
+            readers: Vec::new(),
+            writers: Vec::new(),
+            stop_writers: tokio::sync::watch::channel(false).0,
+            stop_readers: tokio::sync::watch::channel(false).0,
+        };
+        for i in 0..readers {
+            run.add_reader(i);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (i, token) in tokens.into_iter().enumerate() {
+            run.writers.push(tokio::spawn(writer(
+                run.urls.clone(),
+                token,
+                run.conversation.clone(),
+                i,
+                run.history.clone(),
+                run.stop_writers.subscribe(),
+            )));
+        }
+        run
+    }
+
+    /// Starts another reader, first on gateway `start_at`; it replays the conversation from
+    /// its start.
+    fn add_reader(&mut self, start_at: usize) {
+        let view = Arc::new(Mutex::new(ReaderView::default()));
+        self.readers.push(tokio::spawn(reader(
+            self.urls.clone(),
+            self.spare_tokens.remove(0),
+            self.conversation.clone(),
+            start_at,
+            view.clone(),
+            self.stop_readers.subscribe(),
+        )));
+        self.views.push(view);
+    }
+
+    /// Sends acknowledged so far.
+    fn acked(&self) -> usize {
+        self.history.lock().unwrap().acked.len()
+    }
+
+    /// Stops the writers, checks the run ([`check_history`]), stops the readers and returns
+    /// their views.
+    async fn finish(self, name: &str, c: &Cluster) -> Vec<Arc<Mutex<ReaderView>>> {
+        self.stop_writers.send_replace(true);
+        let mut attempted = 0;
+        for w in self.writers {
+            attempted += w.await.unwrap();
+        }
+        check_history(
+            name,
+            c,
+            &self.key,
+            &self.conversation,
+            &self.history,
+            &self.views,
+            attempted,
+        )
+        .await;
+        self.stop_readers.send_replace(true);
+        for r in self.readers {
+            r.await.unwrap();
+        }
+        self.views
+    }
+}
+
 /// Writers and readers on two gateways; one gateway is SIGKILLed and restarted. Nothing
 /// acknowledged is lost, nothing is stored twice, every reader ends with the store's sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_sigkill_loses_no_acknowledged_message() {
     let mut c = Cluster::start(2).await;
-    let t = c.tenant("failover").await;
-    let mut tokens = Vec::new();
-    let mut members = Vec::new();
-    for who in ["w0", "w1", "r0", "r1", "r2"] {
-        let (id, token) = c.user(0, &t.key, who).await;
-        members.push(id);
-        tokens.push(token);
-    }
-    let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
-    let conv = c.conversation(0, &t.key, &member_refs).await;
-    let urls: Vec<String> = c.gateways.iter().map(Proc::ws_url).collect();
-    let history = Arc::new(Mutex::new(History::default()));
-    let (stop_w, stop_w_rx) = tokio::sync::watch::channel(false);
-    let (stop_r, stop_r_rx) = tokio::sync::watch::channel(false);
-
-    // Readers first, one per gateway, subscribed before anything is sent.
-    let views: Vec<Arc<Mutex<ReaderView>>> = (0..2).map(|_| Arc::default()).collect();
-    let mut reader_tasks = Vec::new();
-    for (i, view) in views.iter().enumerate() {
-        reader_tasks.push(tokio::spawn(reader(
-            urls.clone(),
-            tokens[2 + i].clone(),
-            conv.clone(),
-            i,
-            view.clone(),
-            stop_r_rx.clone(),
-        )));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            tokio::spawn(writer(
-                urls.clone(),
-                tokens[w].clone(),
-                conv.clone(),
-                w,
-                history.clone(),
-                stop_w_rx.clone(),
-            ))
-        })
-        .collect();
-
+    let mut run = Workload::start(&c, "failover", 2, 2, 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before_kill = history.lock().unwrap().acked.len();
+    let before_kill = run.acked();
     c.gateways[0].kill();
     println!("failover: gateway 1 SIGKILLed after {before_kill} acks");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let killed_window = history.lock().unwrap().acked.len() - before_kill;
+    let killed_window = run.acked() - before_kill;
     c.gateways[0].restart();
     println!("failover: gateway 1 restarted; {killed_window} acks meanwhile through gateway 2");
     // A third reader joins on the restarted gateway and replays everything.
-    let late = Arc::new(Mutex::new(ReaderView::default()));
-    let late_task = tokio::spawn(reader(
-        urls.clone(),
-        tokens[4].clone(),
-        conv.clone(),
-        0,
-        late.clone(),
-        stop_r_rx.clone(),
-    ));
+    run.add_reader(0);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop_w.send(true).unwrap();
-    let mut attempted = 0;
-    for w in writers {
-        attempted += w.await.unwrap();
-    }
-    let mut all_views = views.clone();
-    all_views.push(late.clone());
-    check_history(
-        "failover", &c, &t.key, &conv, &history, &all_views, attempted,
-    )
-    .await;
-    stop_r.send(true).unwrap();
-    for r in reader_tasks {
-        r.await.unwrap();
-    }
-    late_task.await.unwrap();
+    run.finish("failover", &c).await;
     assert!(
         killed_window > 0,
         "writers kept going through the surviving gateway"
@@ -1280,82 +1305,26 @@ async fn gateway_sigkill_loses_no_acknowledged_message() {
 }
 
 /// NATS is killed and restarted during traffic: sends keep being acknowledged and stored;
-/// once NATS is back the gateways tell their clients to resume (4102), and every reader ends
-/// with the store's sequence.
+/// the gateways tell their clients to resume (4102) and refuse subscriptions until NATS is
+/// back; every reader ends with the store's sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_during_traffic_loses_nothing() {
     let mut nats = OwnNats::start();
     let c = Cluster::start_on(&nats.url(), 2).await;
-    let t = c.tenant("nats-restart").await;
-    let mut tokens = Vec::new();
-    let mut members = Vec::new();
-    for who in ["w0", "w1", "r0", "r1"] {
-        let (id, token) = c.user(0, &t.key, who).await;
-        members.push(id);
-        tokens.push(token);
-    }
-    let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
-    let conv = c.conversation(0, &t.key, &member_refs).await;
-    let urls: Vec<String> = c.gateways.iter().map(Proc::ws_url).collect();
-    let history = Arc::new(Mutex::new(History::default()));
-    let (stop_w, stop_w_rx) = tokio::sync::watch::channel(false);
-    let (stop_r, stop_r_rx) = tokio::sync::watch::channel(false);
-    let views: Vec<Arc<Mutex<ReaderView>>> = (0..2).map(|_| Arc::default()).collect();
-    let mut reader_tasks = Vec::new();
-    for (i, view) in views.iter().enumerate() {
-        reader_tasks.push(tokio::spawn(reader(
-            urls.clone(),
-            tokens[2 + i].clone(),
-            conv.clone(),
-            i,
-            view.clone(),
-            stop_r_rx.clone(),
-        )));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            tokio::spawn(writer(
-                urls.clone(),
-                tokens[w].clone(),
-                conv.clone(),
-                w,
-                history.clone(),
-                stop_w_rx.clone(),
-            ))
-        })
-        .collect();
+    let run = Workload::start(&c, "nats-restart", 2, 2, 0).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = history.lock().unwrap().acked.len();
+    let before = run.acked();
     nats.kill();
     let down_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = history.lock().unwrap().acked.len() - before;
+    let during = run.acked() - before;
     nats.restart();
     println!(
         "nats restart: NATS down for {:.1} s; {during} sends acknowledged meanwhile",
         down_at.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop_w.send(true).unwrap();
-    let mut attempted = 0;
-    for w in writers {
-        attempted += w.await.unwrap();
-    }
-    check_history(
-        "nats restart",
-        &c,
-        &t.key,
-        &conv,
-        &history,
-        &views,
-        attempted,
-    )
-    .await;
-    stop_r.send(true).unwrap();
-    for r in reader_tasks {
-        r.await.unwrap();
-    }
+    let views = run.finish("nats restart", &c).await;
     assert!(during > 0, "sends are acknowledged while NATS is away");
     for (i, v) in views.iter().enumerate() {
         let v = v.lock().unwrap();
