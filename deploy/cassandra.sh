@@ -242,15 +242,6 @@ cmd_stop() {
     rm -rf "$DATA_DIR" "$CONF_DIR"
 }
 
-cmd_url() {
-    if [[ -n "$(running_pid)" && -f "$URL_FILE" ]]; then
-        cat "$URL_FILE"
-    else
-        log "not running (start it with: deploy/cassandra.sh start)"
-        return 1
-    fi
-}
-
 case "${1:-}" in
 install) cmd_install ;;
 start) cmd_start ;;

@@ -42,3 +42,14 @@ stop_pid() {
     fi
     log "$name (pid $pid) stopped"
 }
+
+# `url` command of a service script: prints $URL_FILE while the service runs (the script
+# defines running_pid and URL_FILE).
+cmd_url() {
+    if [[ -n "$(running_pid)" && -f "$URL_FILE" ]]; then
+        cat "$URL_FILE"
+    else
+        log "not running (start it with: deploy/$SCRIPT_NAME start)"
+        return 1
+    fi
+}
