@@ -18,7 +18,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.to_body())).into_response()
+        let mut response = (status, axum::Json(self.to_body())).into_response();
+        if let Some(secs) = self.code.retry_after_secs() {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 
@@ -125,4 +132,24 @@ pub fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "method not allowed on this path",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_say_when_to_retry_and_refusals_do_not() {
+        for e in [
+            ApiError::unavailable(),
+            ApiError::new(ErrorCode::ShuttingDown, "bye"),
+        ] {
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        }
+        let r = ApiError::unauthorized("revoked").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
 }

@@ -7,6 +7,8 @@
 //! the order it sent them. `docs/protocol.md` is the specification.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,11 +37,13 @@ use larachat_core::{ApiError, ErrorCode};
 use larachat_store::MessageRange;
 
 use crate::Gateway;
-use crate::auth::Principal;
+use crate::auth::{KeyStatus, Principal};
 use crate::service::SendInput;
 
 /// Messages replayed per store query during resume.
 const REPLAY_PAGE: u32 = 200;
+/// The heartbeat's key re-check waits at most this long for the store (then: no verdict).
+const KEY_RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A socket write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -364,6 +368,7 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(limits.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await; // the first tick is immediate
+        let mut recheck: Option<Pin<Box<dyn Future<Output = KeyStatus> + Send>>> = None;
         loop {
             tokio::select! {
                 biased;
@@ -402,17 +407,29 @@ impl Connection {
                         return end;
                     }
                 }
+                status = async { recheck.as_mut().expect("guarded by is_some").await }, if recheck.is_some() => {
+                    recheck = None;
+                    if status == KeyStatus::Refused {
+                        return End::Close(ErrorCode::Unauthorized, "API key is no longer valid".into());
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() > limits.heartbeat * 2 {
                         tracing::debug!("dropping a silent peer");
                         return End::Gone;
                     }
                     // Keys can expire (or their revocation notice can be lost) while a
-                    // socket is open: re-check on every heartbeat (a cached lookup).
-                    if let Some(key) = session.who.key_id() {
-                        if !self.gw.auth().key_still_valid(key).await {
-                            return End::Close(ErrorCode::Unauthorized, "API key is no longer valid".into());
-                        }
+                    // socket is open: re-check on every heartbeat (a cached lookup). Only the
+                    // store's answer closes the socket; an outage is not a verdict. The check
+                    // runs beside the connection's work, so a store that hangs delays neither
+                    // events nor the peer's pongs.
+                    if let (Some(key), None) = (session.who.key_id(), &recheck) {
+                        let gw = self.gw.clone();
+                        recheck = Some(Box::pin(async move {
+                            tokio::time::timeout(KEY_RECHECK_TIMEOUT, gw.auth().key_status(key))
+                                .await
+                                .unwrap_or(KeyStatus::Unknown)
+                        }));
                     }
                     if let Err(end) = self.send_raw(WsMessage::Ping(Bytes::new())).await {
                         return end;
