@@ -271,15 +271,22 @@ cmd_restart() {
     local native started=$SECONDS
     native="$(sed -n 's/^native_transport_port: //p' "$CONF_DIR/cassandra.yaml")"
     rm -f "$PID_FILE" "$URL_FILE"
-    # A fresh log: readiness is read from it.
-    [[ -f "$LOG_FILE" ]] && mv "$LOG_FILE" "$LOG_FILE.1"
-    log "restarting on the data in $DATA_DIR (commit log replay)"
-    if launch "$native"; then
-        log "ready after $((SECONDS - started)) s"
-        print_env
-        return 0
-    fi
-    grep -E "ERROR|Exception" "$LOG_FILE" | tail -n 20 >&2 || true
+    local attempt
+    # The ports must stay the same (clients know them); one may be held for a moment by a
+    # connection that got it as its ephemeral port: try again.
+    for attempt in 1 2 3; do
+        # A fresh log: readiness is read from it.
+        [[ -f "$LOG_FILE" ]] && mv "$LOG_FILE" "$LOG_FILE.$attempt"
+        log "restarting on the data in $DATA_DIR (commit log replay)"
+        if launch "$native"; then
+            log "ready after $((SECONDS - started)) s"
+            print_env
+            return 0
+        fi
+        log "restart attempt $attempt failed; log:"
+        grep -E "ERROR|Exception" "$LOG_FILE" | tail -n 20 >&2 || true
+        sleep 2
+    done
     die "Cassandra did not become ready again"
 }
 

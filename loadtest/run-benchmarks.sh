@@ -6,12 +6,14 @@
 #
 #   loadtest/run-benchmarks.sh            # everything
 #   QUICK=1 loadtest/run-benchmarks.sh    # shorter runs (smoke test of the script)
+#   SKIP_BUILD=1 LARACHAT_BIN=/path/to/other/larachat loadtest/run-benchmarks.sh
+#                                         # another server build (before/after comparisons)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-SERVER=$TARGET_DIR/release/larachat
+SERVER=${LARACHAT_BIN:-$TARGET_DIR/release/larachat}
 LOADTEST=$TARGET_DIR/release/larachat-loadtest
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then

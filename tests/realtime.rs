@@ -485,7 +485,11 @@ async fn messagepack_is_negotiated_by_subprotocol() {
     assert_eq!(f["type"], "message");
     assert_eq!(f["message"]["id"], sent["id"]);
     assert_eq!(f["message"]["text"], "über msgpack");
-    assert_eq!(f["message"]["seq"], json!(sent["seq"].as_u64().unwrap()), "an integer");
+    assert_eq!(
+        f["message"]["seq"],
+        json!(sent["seq"].as_u64().unwrap()),
+        "an integer"
+    );
     // A text frame on a msgpack connection is a protocol violation.
     ws.send(WsMessage::Text("{\"type\":\"ping\"}".into()))
         .await

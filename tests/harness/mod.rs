@@ -618,22 +618,39 @@ impl Cluster {
 
 // --- a realtime client ---------------------------------------------------------------------
 
-pub async fn connect(url: &str, token: &str, actor: Option<Value>) -> Result<Socket, String> {
+/// Why a realtime connection could not be opened.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The server refused the credential for good (`error` with `retryable: false`, close
+    /// 4000–4099): protocol §7 says stop.
+    pub fatal: bool,
+    pub message: String,
+}
+
+pub async fn connect(url: &str, token: &str, actor: Option<Value>) -> Result<Socket, ConnectError> {
+    let transient = |message: String| ConnectError {
+        fatal: false,
+        message,
+    };
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(3),
         tokio_tungstenite::connect_async(url),
     )
     .await
-    .map_err(|_| "connect timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| transient("connect timed out".to_owned()))?
+    .map_err(|e| transient(e.to_string()))?;
     let mut auth = json!({"type": "auth", "id": 0, "token": token});
     if let Some(a) = actor {
         auth["actor"] = a;
     }
-    send(&mut ws, auth).await?;
+    send(&mut ws, auth).await.map_err(transient)?;
     match next_frame(&mut ws, Duration::from_secs(5)).await {
         Frame::Data(f) if f["type"] == "auth_ok" => Ok(ws),
-        other => Err(format!("auth failed: {other:?}")),
+        Frame::Data(f) if f["type"] == "error" => Err(ConnectError {
+            fatal: f["retryable"] == json!(false),
+            message: format!("auth refused: {f}"),
+        }),
+        other => Err(transient(format!("auth failed: {other:?}"))),
     }
 }
 
@@ -843,7 +860,9 @@ pub struct ReaderView {
 
 /// Writes numbered messages `w<writer>-<n>` (text = client_msg_id) one at a time, until
 /// `stop`; on a lost connection, no answer within 5 s or a retryable error it moves to the next
-/// gateway and sends the same `client_msg_id` again. Returns how many it attempted.
+/// gateway and sends the same `client_msg_id` again. Between messages, a writer that had to
+/// leave its first gateway tries to go back to it every 2 s (so writers stay spread over the
+/// gateways across restarts). Returns how many it attempted.
 pub async fn writer(
     urls: Vec<String>,
     token: String,
@@ -853,14 +872,29 @@ pub async fn writer(
     stop: tokio::sync::watch::Receiver<bool>,
     mut paused: tokio::sync::watch::Receiver<bool>,
 ) -> usize {
-    let mut at = writer % urls.len();
+    let home = writer % urls.len();
+    let mut at = home;
     let mut ws: Option<Socket> = None;
     let mut n = 0usize;
+    let mut away_since: Option<Instant> = None;
     while !*stop.borrow() {
         // Between messages only: a paused writer leaves the conversation idle.
         if *paused.borrow() {
             let _ = paused.wait_for(|p| !*p).await;
             continue;
+        }
+        if at != home {
+            let since = *away_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(2) {
+                match connect(&urls[home], &token, None).await {
+                    Ok(s) => {
+                        ws = Some(s);
+                        at = home;
+                        away_since = None;
+                    }
+                    Err(_) => away_since = Some(Instant::now()),
+                }
+            }
         }
         let cmid = format!("w{writer}-{n}");
         loop {
@@ -945,7 +979,12 @@ pub async fn reader(
         let mut ws = match connect(&urls[at], &token, None).await {
             Ok(ws) => ws,
             Err(e) => {
-                view.lock().unwrap().connect_errors.push(e);
+                let fatal = e.fatal;
+                view.lock().unwrap().connect_errors.push(e.message);
+                if fatal {
+                    // Protocol §7: a refused credential is not retried.
+                    return;
+                }
                 at = (at + 1) % urls.len();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -1027,6 +1066,10 @@ pub async fn reader(
                 Frame::Data(_) => {}
                 Frame::Closed(code) => {
                     view.lock().unwrap().close_codes.push(code);
+                    if code.is_some_and(|c| (4000..4100).contains(&c)) {
+                        // Protocol §7: 4000–4099 means do not reconnect.
+                        return;
+                    }
                     break;
                 }
                 Frame::Timeout => break,
@@ -1058,6 +1101,9 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The header of the fault table.
+    pub const HEADER: &'static str = "| fault | attempted | acknowledged | stored | lost | duplicated | overwritten | acknowledged missing per reader |";
+
     /// The row of the closing note's fault table.
     pub fn row(&self, fault: &str) -> String {
         format!(
@@ -1232,6 +1278,8 @@ pub async fn summarize(name: &str, c: &Cluster, gw: usize, run: &Observed<'_>) -
 pub async fn check_history(name: &str, c: &Cluster, run: &Observed<'_>) -> Summary {
     let summary = summarize(name, c, 1 % c.gateways.len(), run).await;
     let (key, conversation, views) = (run.key, run.conversation, run.views);
+    println!("{}", Summary::HEADER);
+    println!("{}", summary.row(name));
     summary.assert_correct(name);
     let stored = c.stored(0, key, conversation).await;
     let expected: Vec<&str> = stored.iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -1277,6 +1325,7 @@ pub struct Workload {
     stop_writers: tokio::sync::watch::Sender<bool>,
     pause_writers: tokio::sync::watch::Sender<bool>,
     stop_readers: tokio::sync::watch::Sender<bool>,
+    extra_attempted: std::sync::atomic::AtomicUsize,
 }
 
 impl Workload {
@@ -1331,6 +1380,7 @@ impl Workload {
             stop_writers: tokio::sync::watch::channel(false).0,
             pause_writers: tokio::sync::watch::channel(false).0,
             stop_readers: tokio::sync::watch::channel(false).0,
+            extra_attempted: Default::default(),
         };
         for (i, spec) in readers.iter().enumerate() {
             run.add_reader_with(i, *spec);
@@ -1390,11 +1440,21 @@ impl Workload {
         self.history.lock().unwrap().acked.len()
     }
 
-    /// Stops the writers and returns how many messages they attempted.
+    /// Counts `n` messages sent into the conversation outside the writers (they are then
+    /// expected in the store and in every reader too).
+    pub fn add_attempted(&self, n: usize) {
+        self.extra_attempted
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the writers and returns how many messages were attempted (theirs and
+    /// [`Workload::add_attempted`]).
     pub async fn stop_writers(&mut self) -> usize {
         self.stop_writers.send_replace(true);
         self.pause_writers.send_replace(false);
-        let mut attempted = 0;
+        let mut attempted = self
+            .extra_attempted
+            .load(std::sync::atomic::Ordering::SeqCst);
         for w in self.writers.drain(..) {
             attempted += w.await.unwrap();
         }
