@@ -26,6 +26,8 @@
 #                           before it is acknowledged), group (synced every 15 ms, writes wait
 #                           for it) or periodic (synced every 10 s, NOT waited for: an
 #                           acknowledged write can be lost when the node dies); for measurements
+#   LARACHAT_CASSANDRA_PAXOS_VARIANT  v2 (default: two round trips per lightweight transaction)
+#                           or v1 (Cassandra's legacy default, four); for measurements
 set -euo pipefail
 
 CASSANDRA_VERSION="5.0.9"
@@ -175,11 +177,13 @@ commitlog_settings() {
 
 # Writes cassandra.yaml for the given native and storage ports.
 write_config() {
-    local native="$1" storage="$2" commitlog
+    local native="$1" storage="$2" commitlog paxos="${LARACHAT_CASSANDRA_PAXOS_VARIANT:-v2}"
+    [[ "$paxos" == v1 || "$paxos" == v2 ]] || die "LARACHAT_CASSANDRA_PAXOS_VARIANT must be v1 or v2"
     commitlog="$(commitlog_settings)"
     mkdir -p "$CONF_DIR" "$DATA_DIR"
     sed -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@NATIVE_PORT@|$native|g" \
-        -e "s|@STORAGE_PORT@|$storage|g" "$TEMPLATE_DIR/cassandra.yaml.template" |
+        -e "s|@STORAGE_PORT@|$storage|g" -e "s|@PAXOS_VARIANT@|$paxos|g" \
+        "$TEMPLATE_DIR/cassandra.yaml.template" |
         awk -v commitlog="$commitlog" '$0 == "@COMMITLOG@" { print commitlog; next } { print }' \
             >"$CONF_DIR/cassandra.yaml"
     cp "$TEMPLATE_DIR/logback.xml" "$CONF_DIR/logback.xml"

@@ -8,8 +8,11 @@
 #   throughput --connections 1  --window 1   (one sender, one message in flight)
 #   throughput --connections 50 --window 1   (50 senders, 50 conversations)
 #   throughput --connections 50 --window 1 --shared-conversation   (50 senders, one conversation)
-# then stops them. Prints one markdown table (loadtest report); JSON lines and logs stay in the
-# work directory it prints. About 2 minutes per mode and build after the node starts.
+# then stops them. Before the first build of a mode it runs WARMUP seconds (default 20) of
+# unrecorded load, so that the JVM's warm-up does not favour whichever build runs second; with
+# ROUNDS=n (default 2) the builds take turns n times. Prints one markdown table (loadtest
+# report); JSON lines and logs stay in the work directory it prints. About 1 minute per mode,
+# build and round after the node starts.
 #
 #   loadtest/run-cluster-benchmarks.sh
 #   MODES="batch periodic" BINS="before=/tmp/larachat-old after=target/release/larachat" \
@@ -25,6 +28,8 @@ LOADTEST=$TARGET_DIR/release/larachat-loadtest
 MODES=${MODES:-batch group periodic}
 BINS=${BINS:-current=$TARGET_DIR/release/larachat}
 DUR=${DUR:-10}
+WARMUP=${WARMUP:-20}
+ROUNDS=${ROUNDS:-2}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   echo "building release binaries..." >&2
@@ -53,19 +58,19 @@ stop_services() {
 }
 trap 'stop_processes; stop_services' EXIT
 
-# Starts `larachat <role>` with the cluster environment; echoes its URL once it listens.
+# Starts `larachat <role>` with the cluster environment and sets URL once it listens (not in a
+# subshell: its pid must reach PIDS).
 start_process() {
   local bin=$1 role=$2 log=$3
   "$bin" "$role" --listen 127.0.0.1:0 >"$log" 2>&1 &
   PIDS+=($!)
-  local url=""
+  URL=""
   for _ in $(seq 1 600); do
-    url=$(sed -n 's/^larachat listening on \(http:\/\/[0-9.:]*\).*$/\1/p' "$log" | head -n1)
-    [[ -n "$url" ]] && break
+    URL=$(sed -n 's/^larachat.* listening on \(http:\/\/[0-9.:]*\).*$/\1/p' "$log" | head -n1)
+    [[ -n "$URL" ]] && break
     sleep 0.1
   done
-  [[ -n "$url" ]] || { echo "$role did not start:" >&2; cat "$log" >&2; exit 1; }
-  echo "$url"
+  [[ -n "$URL" ]] || { echo "$role did not start:" >&2; cat "$log" >&2; exit 1; }
 }
 
 export LARACHAT_ADMIN_EMAIL=admin@example.com LARACHAT_ADMIN_PASSWORD=change-me-please
@@ -81,14 +86,18 @@ for MODE in $MODES; do
   eval "$(LARACHAT_RUN_DIR=$WORK/run deploy/nats.sh start)"
   export LARACHAT_BUS__NATS__URL=$NATS_URL
   export LARACHAT_STORAGE__SCYLLA__CONTACT_POINTS=$CASSANDRA_CONTACT_POINT
+  WARM=$WARMUP
+  for ROUND in $(seq 1 "$ROUNDS"); do
   for ENTRY in $BINS; do
     LABEL=${ENTRY%%=*}
     BIN=${ENTRY#*=}
     export LARACHAT_STORAGE__SCYLLA__KEYSPACE="bench_${LABEL//[^a-z0-9]/_}_$MODE"
-    echo "== $MODE / $LABEL ($BIN)" >&2
+    echo "== $MODE / $LABEL ($BIN), round $ROUND" >&2
     "$BIN" migrate >"$WORK/migrate-$MODE-$LABEL.log" 2>&1
-    ADMIN_URL=$(start_process "$BIN" control-plane "$WORK/control-$MODE-$LABEL.log")
-    GATEWAY_URL=$(start_process "$BIN" gateway "$WORK/gateway-$MODE-$LABEL.log")
+    start_process "$BIN" control-plane "$WORK/control-$MODE-$LABEL-$ROUND.log"
+    ADMIN_URL=$URL
+    start_process "$BIN" gateway "$WORK/gateway-$MODE-$LABEL-$ROUND.log"
+    GATEWAY_URL=$URL
     run() {
       echo "-- $*" >&2
       local out
@@ -101,10 +110,17 @@ for MODE in $MODES; do
       echo "$out" | sed '$d' | sed 's/^/   /' >&2
       echo "$out" | tail -n1 >>"$RESULTS"
     }
+    if [[ "$WARM" -gt 0 ]]; then
+      echo "-- warm-up, $WARM s (not recorded)" >&2
+      env -u LOADTEST_KEY "$LOADTEST" throughput --connections 50 --window 1 --duration-secs "$WARM" \
+        --url "$GATEWAY_URL" --admin-url "$ADMIN_URL" >/dev/null 2>&1 || true
+      WARM=0
+    fi
     run throughput --connections 1 --window 1 --duration-secs "$DUR"
     run throughput --connections 50 --window 1 --duration-secs "$DUR"
     run throughput --connections 50 --window 1 --duration-secs "$DUR" --shared-conversation
     stop_processes
+  done
   done
 done
 stop_services

@@ -585,10 +585,21 @@ impl ScyllaStore {
 
     /// Runs statements as one logged batch: all of them are applied, eventually, or none.
     async fn batch(&self, items: Vec<(&'static str, Values)>) -> StoreResult<()> {
+        self.batch_of(BatchType::Logged, items).await
+    }
+
+    /// Runs statements as one batch of `kind` (an unlogged one applies each statement on its
+    /// own, without the batch log's extra writes: for idempotent writes whose partial
+    /// application something else repairs).
+    async fn batch_of(
+        &self,
+        kind: BatchType,
+        items: Vec<(&'static str, Values)>,
+    ) -> StoreResult<()> {
         if items.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::new(BatchType::Logged);
+        let mut batch = Batch::new(kind);
         let mut values = Vec::with_capacity(items.len());
         for (cql, v) in items {
             batch.append_statement(self.stmt(cql).await?);

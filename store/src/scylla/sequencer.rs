@@ -403,12 +403,17 @@ impl ScyllaStore {
 
     /// The message row, its bucket index and the conversation's newest id: what a writer
     /// writes after its claim, and a repairer for a hole. Idempotent: same key, same content.
+    ///
+    /// An unlogged batch: the claim is the commit point, so these writes need no batch log of
+    /// their own (which would cost two more writes and syncs per message). If only some of
+    /// them land before the writer dies, the message was never acknowledged, and a reader that
+    /// finds its seq missing below a newer message writes all three again.
     pub(super) async fn write_message_row(&self, m: &Message) -> StoreResult<()> {
         let p = *m.project_id.as_uuid();
         let c = *m.conversation_id.as_uuid();
         let uid = *m.id.as_uuid();
         let bucket = self.message_bucket(&uid);
-        self.batch(vec![
+        self.batch_of(BatchType::Unlogged, vec![
             (
                 "INSERT INTO messages (project_id, conversation_id, bucket, id, sender_kind, \
                  sender_id, sender_name, text, metadata, client_msg_id, created_at, seq) \
@@ -449,8 +454,8 @@ impl ScyllaStore {
         .await
     }
 
-    /// The message a repeated `client_msg_id` names, repaired from its `s:` row if its writer
-    /// never wrote it.
+    /// The message a repeated `client_msg_id` names, written again in full (from its row, or
+    /// from its `s:` row if its writer never wrote it).
     async fn original(
         &self,
         project: ProjectId,
@@ -459,6 +464,9 @@ impl ScyllaStore {
         id: Uuid,
     ) -> StoreResult<Message> {
         if let Some(m) = self.load_message(project, conversation, id).await? {
+            // The first attempt may have failed after writing only the row (its batch is
+            // unlogged): write all of it again, so the retry's ack means "listed" too.
+            self.write_message_row(&m).await?;
             return Ok(m);
         }
         self.repair(project, conversation, seq, seq)
