@@ -55,6 +55,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for connections and in-flight work.
     pub shutdown_grace_secs: u64,
+    /// Optional second listener for `/metrics`, `/ready` and `/live` (empty: none, and
+    /// `/metrics` stays on `listen`).
+    pub admin_listen: String,
+    /// Open connections (WebSockets included) on `listen` before new ones are refused; 0 =
+    /// derived from the descriptor limit.
+    pub max_connections: usize,
+    /// Open connections per client IP (per /64 for IPv6) on `listen`; 0 = no per-IP cap.
+    pub max_connections_per_ip: usize,
+    /// Seconds to receive a complete request head, from the connection's start or the end of
+    /// its previous response (also the keep-alive idle timeout and the WebSocket handshake
+    /// deadline).
+    pub header_timeout_secs: u64,
+    /// Seconds for reading a request's body and answering it.
+    pub request_timeout_secs: u64,
+    /// HTTP requests in progress at once (not counting `/live`, `/ready`, `/metrics` and open
+    /// WebSockets); more are answered 503 at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +182,12 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            admin_listen: String::new(),
+            max_connections: 0,
+            max_connections_per_ip: 256,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_in_flight: 1024,
         }
     }
 }
@@ -322,6 +345,36 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024".into());
         }
+        let srv = &self.server;
+        if !srv.admin_listen.is_empty() {
+            match srv.admin_listen.parse::<SocketAddr>() {
+                Err(_) => {
+                    return bad(format!(
+                        "server.admin_listen must be empty or an address like 127.0.0.1:9090, got {:?}",
+                        srv.admin_listen
+                    ));
+                }
+                Ok(a) if a.port() != 0 && a == self.listen_addr() => {
+                    return bad("server.admin_listen must differ from server.listen".into());
+                }
+                Ok(_) => {}
+            }
+        }
+        let cap = crate::server::MAX_CONNECTIONS_LIMIT;
+        if srv.max_connections > cap || srv.max_connections_per_ip > cap {
+            return bad(format!(
+                "server.max_connections and server.max_connections_per_ip must be at most {cap}"
+            ));
+        }
+        if srv.header_timeout_secs == 0 || srv.request_timeout_secs == 0 {
+            return bad(
+                "server.header_timeout_secs and server.request_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if srv.max_in_flight == 0 || srv.max_in_flight > cap {
+            return bad(format!("server.max_in_flight must be between 1 and {cap}"));
+        }
         if !matches!(self.storage.sqlite_synchronous.as_str(), "full" | "normal") {
             return bad("storage.sqlite_synchronous must be full or normal".into());
         }
@@ -414,6 +467,11 @@ impl Config {
             return bad("log.format must be text or json".into());
         }
         Ok(())
+    }
+
+    /// The admin listener's address, if one is configured (validated).
+    pub fn admin_listen_addr(&self) -> Option<SocketAddr> {
+        self.server.admin_listen.parse().ok()
     }
 
     /// The listen address (validated).
@@ -660,6 +718,32 @@ mod tests {
         assert!(matches!(bad_addr, Err(ConfigError::Invalid(m)) if m.contains("server.listen")));
         let short = Config::load(Some("[security]\njwt_secret = \"short\"\n"), env(&[]), []);
         assert!(matches!(short, Err(ConfigError::Invalid(m)) if m.contains("jwt_secret")));
+        for (var, value) in [
+            ("LARACHAT_SERVER__ADMIN_LISTEN", "localhost:9090"),
+            ("LARACHAT_SERVER__ADMIN_LISTEN", "127.0.0.1:8080"),
+            ("LARACHAT_SERVER__HEADER_TIMEOUT_SECS", "0"),
+            ("LARACHAT_SERVER__REQUEST_TIMEOUT_SECS", "0"),
+            ("LARACHAT_SERVER__MAX_IN_FLIGHT", "0"),
+            ("LARACHAT_SERVER__MAX_CONNECTIONS", "2000000"),
+        ] {
+            let r = Config::load(None, env(&[(var, value)]), []);
+            assert!(
+                matches!(&r, Err(ConfigError::Invalid(m)) if m.contains("server.")),
+                "{var}={value}: {r:?}"
+            );
+        }
+        let admin = Config::load(
+            None,
+            env(&[("LARACHAT_SERVER__ADMIN_LISTEN", "127.0.0.1:9090")]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(admin.admin_listen_addr().map(|a| a.port()), Some(9090));
+        assert_eq!(
+            Config::default().admin_listen_addr(),
+            None,
+            "unset by default"
+        );
         let half_admin = Config::load(None, env(&[("LARACHAT_ADMIN_EMAIL", "a@b.co")]), []);
         assert!(matches!(half_admin, Err(ConfigError::Invalid(_))));
         let wrong_type = Config::load(Some("[server]\nmax_body_bytes = \"big\"\n"), env(&[]), []);

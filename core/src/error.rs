@@ -51,11 +51,14 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request's content type is not supported.
     UnsupportedMediaType,
+    /// The request (its body, or the work it asked for) was not complete within the server's
+    /// request timeout.
+    RequestTimeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidPayload,
         Self::ValidationFailed,
         Self::Unauthorized,
@@ -73,6 +76,7 @@ impl ErrorCode {
         Self::Internal,
         Self::MethodNotAllowed,
         Self::UnsupportedMediaType,
+        Self::RequestTimeout,
     ];
 
     /// The stable string code.
@@ -95,6 +99,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -118,6 +123,7 @@ impl ErrorCode {
             Self::Internal => 500,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedMediaType => 415,
+            Self::RequestTimeout => 408,
         }
     }
 
@@ -141,6 +147,7 @@ impl ErrorCode {
             Self::Unavailable => 4102,
             Self::Internal => 4103,
             Self::RateLimited => 4129,
+            Self::RequestTimeout => 4108,
         }
     }
 
@@ -149,6 +156,7 @@ impl ErrorCode {
         matches!(
             self,
             Self::RateLimited
+                | Self::RequestTimeout
                 | Self::SlowConsumer
                 | Self::ShuttingDown
                 | Self::Unavailable

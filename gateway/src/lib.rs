@@ -12,6 +12,7 @@
 //! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
 //!   identity verification, visitor sessions) and the widget's static files.
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
+//! - [`telemetry`]: the gateway's metric families with their HELP text, described once.
 //!
 //! Depends on `core`, `store` (through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
 //! and a [`Hub`](larachat_broker::Hub) for fan-out). Never on the control plane: the two meet
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod control;
 pub mod realtime;
 pub mod service;
+pub mod telemetry;
 pub mod widget;
 
 use std::sync::Arc;

@@ -59,8 +59,8 @@ impl Server {
             let shutdown = async move {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = larachat::run_server(config, shutdown, move |addr| {
-                let _ = addr_tx.send(addr);
+            if let Err(e) = larachat::run_server(config, shutdown, move |bound| {
+                let _ = addr_tx.send(bound.public);
             })
             .await
             {
