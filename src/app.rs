@@ -179,6 +179,10 @@ impl App {
         let edge = crate::edge::Edge {
             request_timeout: Duration::from_secs(config.server.request_timeout_secs),
             max_in_flight: config.server.max_in_flight,
+            max_body_bytes: config
+                .server
+                .max_body_bytes
+                .max(larachat_control_plane::MAX_BODY_BYTES),
         };
         let has_admin = config.admin_listen_addr().is_some();
         // The in-flight limit covers the application, not the probes: `/live` and `/ready`

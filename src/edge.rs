@@ -48,6 +48,9 @@ pub struct Edge {
     pub request_timeout: Duration,
     /// Application requests in progress at once; more are answered 503 at once.
     pub max_in_flight: usize,
+    /// The largest body any route accepts: a `Content-Length` above it is answered 413 before
+    /// anything is read (routes enforce their own, smaller limits while reading).
+    pub max_body_bytes: usize,
 }
 
 /// Wraps the application routes (everything but `/live`, `/ready`, `/metrics`) in the
@@ -73,12 +76,15 @@ pub fn limit_in_flight(router: Router, max_in_flight: usize) -> Router {
 /// Wraps a listener's whole router in the layers every response passes through.
 pub fn layers(router: Router, edge: &Edge) -> Router {
     let timeout = edge.request_timeout;
+    let max_body = edge.max_body_bytes;
     router
         .layer(axum::middleware::from_fn(move |req, next| {
             request_timeout(timeout, req, next)
         }))
         .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(not_upgrade)))
-        .layer(axum::middleware::from_fn(hygiene))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            hygiene(max_body, req, next)
+        }))
         .layer(axum::middleware::from_fn(crate::ops::http_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
@@ -133,13 +139,24 @@ fn not_upgrade(
 ///   unknown amount of body, and a client that is not told would send its next request into a
 ///   closing socket;
 /// - `Retry-After: 1` on a 503 that has none, so clients back off by the same rule.
-async fn hygiene(req: Request, next: Next) -> Response {
+///
+/// A `Content-Length` over `max_body` is answered 413 at once: waiting for a body that will be
+/// refused anyway would hold the connection until the request timeout.
+async fn hygiene(max_body: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = req.into_parts();
     let tracked = Tracked::new(body);
     let finished = tracked.finished.clone();
-    let mut resp = next
-        .run(Request::from_parts(parts, Body::new(tracked)))
-        .await;
+    let mut resp = if declared.is_some_and(|n| n > max_body as u64) {
+        ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large").into_response()
+    } else {
+        next.run(Request::from_parts(parts, Body::new(tracked)))
+            .await
+    };
     let status = resp.status();
     let headers = resp.headers_mut();
     if status != StatusCode::SWITCHING_PROTOCOLS && !finished.load(Ordering::Acquire) {

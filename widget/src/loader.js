@@ -23,8 +23,7 @@
     L.base = base;
     L.config = w.LaraChatConfig;
     var t = d.createElement('script');
-    // The gateway serves this file with the path below replaced by the widget's hashed,
-    // immutable URL (/widget/widget.<hash>.js); see docs/widget.md.
+    // Served with this path replaced by the widget's content-hashed URL (docs/widget.md).
     t.src = base + '/widget/widget.js';
     t.async = true;
     (d.head || d.documentElement).appendChild(t);
