@@ -2,8 +2,9 @@
 # Runs every check and test of the repository. This is the README's test command and what
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
 # a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
-# node (deploy/cassandra.sh, jars from Maven Central, JDK 17), Chromium and the widget's
-# npm packages (scripts/browser-test.sh). Quick when those are already installed.
+# node (deploy/cassandra.sh, jars from Maven Central, JDK 17), promtool (from Debian's
+# prometheus package), Chromium and the widget's npm packages (scripts/browser-test.sh). Quick
+# when those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,19 @@ eval "$(deploy/cassandra.sh start)"
 t2=$(date +%s.%N)
 python3 -c "print(f'== services ready: nats-server {$t1 - $t0:.1f} s, Cassandra {$t2 - $t1:.1f} s')"
 export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN LARACHAT_TEST_CASSANDRA
+
+# promtool checks the /metrics exposition (tests/edge.rs). Taken from Debian's prometheus
+# package without installing it (no daemon, no service user), cached under ~/.cache/larachat.
+promtool="$HOME/.cache/larachat/prometheus/usr/bin/promtool"
+if [ ! -x "$promtool" ]; then
+  echo "== promtool (Debian's prometheus package, extracted)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; })
+  mkdir -p "$HOME/.cache/larachat/prometheus"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$HOME/.cache/larachat/prometheus"
+  rm -rf "$tmp"
+fi
+export LARACHAT_PROMTOOL="$promtool"
 
 FEATURES="larachat-broker/nats larachat-store/scylla"
 echo "== format"

@@ -525,6 +525,35 @@ async fn metrics_have_help_text_process_metrics_and_build_info() {
             "{expected} missing:\n{text}"
         );
     }
+    // And Prometheus's own checker, where it is installed (scripts/test.sh installs it and
+    // sets LARACHAT_PROMTOOL).
+    match std::env::var("LARACHAT_PROMTOOL") {
+        Ok(promtool) => {
+            use std::io::Write;
+            let mut child = std::process::Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {promtool}: {e}"));
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("promtool check metrics: ok");
+        }
+        Err(_) => println!("promtool not run (LARACHAT_PROMTOOL unset); strict parser only"),
+    }
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         text.lines()
