@@ -59,6 +59,8 @@ static REFUSED: LazyLock<Vec<u8>> = LazyLock::new(|| {
     )
     .into_bytes()
 });
+/// Largest request head (and connection read buffer) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// First and longest pause after an accept error that is not about one connection.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -259,6 +261,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // hyper's default read buffer may grow to ~400 KiB per connection while a head
+        // arrives; every head this server needs fits in 64 KiB (larger ones get 431), so a
+        // flood of huge heads costs about 64 KiB per admitted connection.
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {

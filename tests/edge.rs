@@ -235,6 +235,15 @@ async fn early_refusals_before_the_body_say_connection_close() {
     assert_eq!(status, 401);
     assert_eq!(headers.get("connection").map(String::as_str), Some("close"));
     assert!(time_until_closed(&mut tcp, common::WAIT).await.is_some());
+    // 431: a request head larger than the server buffers.
+    let mut tcp = TcpStream::connect(to).await.unwrap();
+    let huge = format!(
+        "GET /live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let _ = tcp.write_all(huge.as_bytes()).await;
+    let (status, _) = read_head(&mut tcp).await;
+    assert_eq!(status, 431, "an oversized head is refused");
     // 413: a declared body over the limit.
     let tenant = s.tenant("t").await;
     let mut tcp = TcpStream::connect(to).await.unwrap();
