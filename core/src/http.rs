@@ -31,7 +31,10 @@ impl IntoResponse for ApiError {
         if let Some(info) = &self.rate_limit {
             let h = resp.headers_mut();
             set_rate_limit_headers(h, info);
-            h.insert(header::RETRY_AFTER, HeaderValue::from(info.retry_after_secs()));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(info.retry_after_secs()),
+            );
         }
         resp
     }
@@ -124,7 +127,12 @@ fn json_content_type(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -216,7 +224,14 @@ mod tests {
         let ok: Patch = parse_object(br#" {"name":"x"} "#).unwrap();
         assert_eq!(ok.name.as_deref(), Some("x"));
         // serde's derive would accept this array for the struct; the edge does not.
-        for bad in [&br#"["renamed",null]"#[..], b"\"x\"", b"42", b"null", b"", b"  "] {
+        for bad in [
+            &br#"["renamed",null]"#[..],
+            b"\"x\"",
+            b"42",
+            b"null",
+            b"",
+            b"  ",
+        ] {
             let e = parse_object::<Patch>(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidPayload, "{bad:?}");
         }

@@ -59,9 +59,7 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are their IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -185,7 +183,10 @@ mod tests {
             ),
             ("x-forwarded-for", "1.1.1.1"),
         ]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted),
+            ip("2001:db8:cafe::17")
+        );
         let h = headers(&[("x-forwarded-for", "203.0.113.9:5000")]);
         assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.9"));
     }

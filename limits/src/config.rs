@@ -252,8 +252,8 @@ impl ProjectLimits {
         if !v.is_object() {
             return Err("settings.limits must be an object".into());
         }
-        let parsed: Self = serde_json::from_value(v.clone())
-            .map_err(|e| format!("settings.limits: {e}"))?;
+        let parsed: Self =
+            serde_json::from_value(v.clone()).map_err(|e| format!("settings.limits: {e}"))?;
         for (name, rule) in [
             ("api_key", parsed.api_key),
             ("end_user", parsed.end_user),

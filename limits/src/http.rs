@@ -110,13 +110,26 @@ mod tests {
         let app = app(Arc::new(limits));
         let mut remaining = Vec::new();
         for _ in 0..3 {
-            let r = app.clone().oneshot(req("192.0.2.1:5000", None)).await.unwrap();
+            let r = app
+                .clone()
+                .oneshot(req("192.0.2.1:5000", None))
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::OK);
             assert_eq!(r.headers()["ratelimit-limit"], "3");
-            remaining.push(r.headers()["ratelimit-remaining"].to_str().unwrap().to_owned());
+            remaining.push(
+                r.headers()["ratelimit-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         assert_eq!(remaining, ["2", "1", "0"]);
-        let r = app.clone().oneshot(req("192.0.2.1:5001", None)).await.unwrap();
+        let r = app
+            .clone()
+            .oneshot(req("192.0.2.1:5001", None))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()["retry-after"], "60");
         assert_eq!(r.headers()["ratelimit-remaining"], "0");

@@ -93,10 +93,7 @@ impl Kind {
             Kind::Project => p.project,
             Kind::WidgetInitProject => p.widget_init_project,
             Kind::Messages => p.messages,
-            Kind::Ip
-            | Kind::LoginIp
-            | Kind::LoginAccount
-            | Kind::WidgetInitIp => None,
+            Kind::Ip | Kind::LoginIp | Kind::LoginAccount | Kind::WidgetInitIp => None,
         }
     }
 }
@@ -313,7 +310,8 @@ impl Limits {
     }
 
     fn new_bucket(&self, rule: Rule) -> Bucket {
-        let burst = std::num::NonZeroU32::new(rule.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            std::num::NonZeroU32::new(rule.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         let quota = Quota::with_period(rule.rate.interval())
             .unwrap_or_else(|| Quota::per_second(burst))
             .allow_burst(burst);
@@ -403,7 +401,10 @@ mod tests {
         });
         assert!(limits.check(Kind::LoginIp, "a", None).is_ok());
         assert!(limits.check(Kind::LoginIp, "a", None).is_err());
-        assert!(limits.check(Kind::Ip, "a", None).is_ok(), "ip is another bucket");
+        assert!(
+            limits.check(Kind::Ip, "a", None).is_ok(),
+            "ip is another bucket"
+        );
         let e = limits.check(Kind::LoginIp, "a", None).unwrap_err();
         assert_eq!(e.rate_limit.unwrap().retry_after, Duration::from_secs(3600));
     }
