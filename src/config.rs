@@ -355,6 +355,15 @@ impl Config {
         for (dotted, value) in flags {
             set_dotted(&mut table, dotted, value);
         }
+        // A rate-limit rule is a pair (`rate`, `burst`) whose defaults differ per rule: setting
+        // one half (`LARACHAT_LIMITS__LOGIN_IP__BURST=5`) keeps the other half's default.
+        if let (Some(Value::Table(user)), Some(Value::Table(base))) =
+            (table.get("limits"), defaults.get("limits"))
+        {
+            let mut limits = base.clone();
+            merge(&mut limits, user.clone());
+            table.insert("limits".into(), Value::Table(limits));
+        }
         let config: Config = Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -705,6 +714,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.ip.rate.to_string(), "10/s");
         assert_eq!(c.limits.ip.burst, 5);
+        let half =
+            Config::load(None, env(&[("LARACHAT_LIMITS__LOGIN_IP__BURST", "3")]), []).unwrap();
+        assert_eq!(half.limits.login_ip.burst, 3);
+        assert_eq!(
+            half.limits.login_ip.rate,
+            Config::default().limits.login_ip.rate
+        );
         assert_eq!(c.limits.trusted_proxies.len(), 2);
         assert_eq!(c.demo.enabled, DemoEnabled::Off);
         let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();

@@ -46,12 +46,9 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ProxyNet]) -> IpAdd
 /// network (one subscriber usually holds a whole /64).
 pub fn limit_key(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
-        IpAddr::V6(v6) => {
-            let net = IpNet::new(IpAddr::V6(v6), 64)
-                .map(|n| n.network())
-                .unwrap_or(IpAddr::V6(v6));
-            net
-        }
+        IpAddr::V6(v6) => IpNet::new(IpAddr::V6(v6), 64)
+            .map(|n| n.network())
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
