@@ -23,7 +23,9 @@
 //! - `telemetry` (private): the metric names (`larachat_admin_*`), defined once.
 //!
 //! The entry points are [`ControlPlane::new`] (state) and [`router`] (the axum routes, with
-//! their 64 KiB body limit and catalog errors for 405s).
+//! their 64 KiB body limit, catalog errors for 405s, and the per-client-address rate limit of
+//! `larachat-limits`; login is also limited per address and per account, before any argon2
+//! run).
 
 pub mod api;
 pub mod auth;
