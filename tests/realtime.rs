@@ -665,7 +665,8 @@ async fn a_consumer_that_stops_reading_is_disconnected_and_loses_nothing_by_resu
         }
         after = stored.last().cloned();
     }
-    assert!(stored.len() > 100, "only {} stored", stored.len());
+    // The cut is checked every 100 sends: on a busy machine it can come at the first check.
+    assert!(stored.len() >= 100, "only {} stored", stored.len());
     assert_eq!(got, stored, "lost or duplicated messages after resume");
     server.stop().await;
 }
