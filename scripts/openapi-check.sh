@@ -83,11 +83,12 @@ st() {
   local name=$1 token=$2 regex=$3
   echo "== openapi: schemathesis, $name ($EXAMPLES examples per operation, seed 1)"
   local out=$WORK/schemathesis-$name.txt status=0
-  "$VENV/bin/schemathesis" run "$URL/openapi.json" -H "Authorization: Bearer $token" \
+  # From the work directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+  (cd "$WORK" && "$VENV/bin/schemathesis" run "$URL/openapi.json" -H "Authorization: Bearer $token" \
     --include-path-regex "$regex" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$EXAMPLES" --seed 1 --workers 1 --no-color --generation-database none \
-    --request-timeout 10 >"$out" 2>&1 || status=$?
+    --request-timeout 10) >"$out" 2>&1 || status=$?
   # The summary: operations, phases, failures and the number of cases.
   sed -n '/= SUMMARY =/,$p' "$out" | grep -vE '^\s*$' | sed 's/^/   /'
   if [ "$status" -ne 0 ]; then
