@@ -53,7 +53,7 @@ for SYNC in full normal; do
   LOG=$WORK/server-$SYNC.log
   mkdir -p "$DATA"
   echo "== sqlite_synchronous=$SYNC: starting the server" >&2
-  LARACHAT_REALTIME__MAX_FRAMES_PER_SEC=1000000 \
+  LARACHAT_REALTIME__MAX_FRAMES_PER_SEC=1000000 LARACHAT_LIMITS__ENABLED=false \
   LARACHAT_STORAGE__SQLITE_SYNCHRONOUS=$SYNC \
     "$SERVER" serve --listen 127.0.0.1:0 --data-dir "$DATA" >"$LOG" 2>&1 &
   SERVER_PID=$!

@@ -47,6 +47,8 @@ echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS
 cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh
+echo "== OpenAPI: validator, generated TypeScript client, schemathesis"
+scripts/openapi-check.sh
 echo "== README distributed mode: deploy/local-cluster.sh with two gateways"
 scripts/cluster-smoke.sh
 echo "== widget: typecheck, size budget, real-browser tests"

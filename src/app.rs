@@ -111,6 +111,9 @@ impl App {
         }
 
         let (user_ttl, admin_ttl, cache_ttl) = config.security_durations();
+        // One set of buckets per process: in `serve`, the gateway and the control plane share
+        // them (one client address, one budget).
+        let limits = Arc::new(larachat_limits::Limits::new(config.limits.clone()));
         let gateway = if role.serves_gateway() {
             Some(
                 Gateway::start(
@@ -120,6 +123,8 @@ impl App {
                         jwt_secret: config.security.jwt_secret.clone().into_bytes(),
                         key_pepper: config.security.key_pepper.clone().into_bytes(),
                         user_token_ttl: user_ttl,
+                        agent_token_ttl: config.agent_token_ttl(),
+                        limits: limits.clone(),
                         cache_ttl,
                         max_body_bytes: config.server.max_body_bytes,
                         realtime: config.realtime_config(),
@@ -139,6 +144,7 @@ impl App {
                     jwt_secret: config.security.jwt_secret.clone().into_bytes(),
                     key_pepper: config.security.key_pepper.clone().into_bytes(),
                     admin_token_ttl: admin_ttl,
+                    limits: limits.clone(),
                 },
             )
             .context("configuring the control plane")?;
@@ -159,7 +165,10 @@ impl App {
             openapi: Arc::new(ops::openapi_json()),
         };
         let mut router = Router::new();
-        if role == Role::All && config.demo.enabled {
+        let demo_gateway = gateway
+            .as_ref()
+            .filter(|_| role == Role::All && config.demo.enabled.applies_to(addr));
+        if let Some(gw) = demo_gateway {
             let demo = crate::demo::ensure(
                 &store,
                 config.security.key_pepper.as_bytes(),
@@ -168,7 +177,7 @@ impl App {
             )
             .await
             .context("preparing the demo project")?;
-            router = router.merge(crate::demo::router(demo));
+            router = router.merge(crate::demo::router(demo, gw.clone()));
         }
         if let Some(gw) = &gateway {
             router = router.merge(gw.router());

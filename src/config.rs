@@ -30,19 +30,69 @@ pub struct Config {
     pub admin: AdminBootstrap,
     pub log: LogConfig,
     pub demo: DemoConfig,
+    pub limits: larachat_limits::LimitsConfig,
 }
 
 /// The demo pages (`/demo`, `/demo/agent`) and their "Demo" project.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoConfig {
-    /// Create the demo project on start and serve the demo pages. Turn off in production.
-    pub enabled: bool,
+    /// `auto` (default): on when `server.listen` is a loopback address, off otherwise;
+    /// `true` / `false`: on or off whatever the address.
+    pub enabled: DemoEnabled,
 }
 
-impl Default for DemoConfig {
-    fn default() -> Self {
-        Self { enabled: true }
+/// Whether `serve` runs the demo: `"auto"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoEnabled {
+    /// Only when listening on a loopback address.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl DemoEnabled {
+    /// Whether the demo runs on a process listening on `listen`.
+    pub fn applies_to(self, listen: SocketAddr) -> bool {
+        match self {
+            DemoEnabled::Auto => listen.ip().is_loopback(),
+            DemoEnabled::On => true,
+            DemoEnabled::Off => false,
+        }
+    }
+}
+
+impl Serialize for DemoEnabled {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DemoEnabled::Auto => s.serialize_str("auto"),
+            DemoEnabled::On => s.serialize_bool(true),
+            DemoEnabled::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DemoEnabled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(DemoEnabled::On),
+            Raw::Bool(false) => Ok(DemoEnabled::Off),
+            Raw::Text(t) => match t.as_str() {
+                "auto" => Ok(DemoEnabled::Auto),
+                "true" => Ok(DemoEnabled::On),
+                "false" => Ok(DemoEnabled::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "demo.enabled must be \"auto\", true or false, got {other:?}"
+                ))),
+            },
+        }
     }
 }
 
@@ -144,6 +194,8 @@ pub struct SecurityConfig {
     pub user_token_ttl_secs: u64,
     /// Lifetime of admin tokens, in seconds.
     pub admin_token_ttl_secs: u64,
+    /// Longest (and default) lifetime of agent tokens, in seconds.
+    pub agent_token_ttl_secs: u64,
     /// How long gateways trust a cached key or project without a control notice.
     pub cache_ttl_secs: u64,
 }
@@ -326,6 +378,15 @@ impl Config {
         for (dotted, value) in flags {
             set_dotted(&mut table, dotted, value);
         }
+        // A rate-limit rule is a pair (`rate`, `burst`) whose defaults differ per rule: setting
+        // one half (`LARACHAT_LIMITS__LOGIN_IP__BURST=5`) keeps the other half's default.
+        if let (Some(Value::Table(user)), Some(Value::Table(base))) =
+            (table.get("limits"), defaults.get("limits"))
+        {
+            let mut limits = base.clone();
+            merge(&mut limits, user.clone());
+            table.insert("limits".into(), Value::Table(limits));
+        }
         let config: Config = Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -466,6 +527,10 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be text or json".into());
         }
+        if self.security.agent_token_ttl_secs > 24 * 3600 {
+            return bad("security.agent_token_ttl_secs must be at most 86400 (a day)".into());
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -490,6 +555,14 @@ impl Config {
             or(s.admin_token_ttl_secs, 12 * 3600),
             or(s.cache_ttl_secs, 30),
         )
+    }
+
+    /// Longest lifetime of agent tokens (`0` means 15 minutes).
+    pub fn agent_token_ttl(&self) -> Duration {
+        match self.security.agent_token_ttl_secs {
+            0 => Duration::from_secs(15 * 60),
+            s => Duration::from_secs(s),
+        }
     }
 
     /// Realtime limits for the gateway.
@@ -682,6 +755,61 @@ mod tests {
                 "{vars:?}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn limits_and_demo_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LARACHAT_LIMITS__IP__RATE", "10/s"),
+                ("LARACHAT_LIMITS__IP__BURST", "5"),
+                ("LARACHAT_LIMITS__TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+                ("LARACHAT_DEMO__ENABLED", "false"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.limits.ip.rate.to_string(), "10/s");
+        assert_eq!(c.limits.ip.burst, 5);
+        let half =
+            Config::load(None, env(&[("LARACHAT_LIMITS__LOGIN_IP__BURST", "3")]), []).unwrap();
+        assert_eq!(half.limits.login_ip.burst, 3);
+        assert_eq!(
+            half.limits.login_ip.rate,
+            Config::default().limits.login_ip.rate
+        );
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        assert_eq!(c.demo.enabled, DemoEnabled::Off);
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let auto = Config::default().demo.enabled;
+        assert!(auto.applies_to(loopback));
+        assert!(!auto.applies_to(public), "auto: off on a public address");
+        let on = Config::load(Some("[demo]\nenabled = true\n"), env(&[]), []).unwrap();
+        assert!(on.demo.enabled.applies_to(public));
+        for (vars, named) in [
+            (&[("LARACHAT_LIMITS__IP__RATE", "fast")][..], "rate"),
+            (
+                &[("LARACHAT_LIMITS__LOGIN_IP__BURST", "0")][..],
+                "login_ip.burst",
+            ),
+            (
+                &[("LARACHAT_LIMITS__TRUSTED_PROXIES", "proxy.local")][..],
+                "trusted proxy",
+            ),
+            (&[("LARACHAT_DEMO__ENABLED", "maybe")][..], "demo.enabled"),
+        ] {
+            let r = Config::load(None, env(vars), []);
+            let msg = match &r {
+                Err(ConfigError::Parse(m) | ConfigError::Invalid(m)) => m.clone(),
+                Ok(_) => String::new(),
+            };
+            assert!(msg.contains(named), "{vars:?}: {r:?}");
+        }
+        // check-config prints it back as TOML that loads again.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::load(Some(&text), env(&[]), []).unwrap(), c);
     }
 
     #[test]

@@ -297,7 +297,15 @@ async fn memory_returns_near_the_baseline_after_failed_logins_and_idle_sockets()
         "this test needs a descriptor limit of at least {} (hard limit here: {nofile})",
         2 * SOCKETS + 1_000
     );
-    let server = Proc::start(None, &[("LARACHAT_REALTIME__AUTH_TIMEOUT_SECS", "120")]);
+    // Rate limits off: every login must reach argon2 (the worst case for memory); the login
+    // throttle is tested in tests/limits.rs.
+    let server = Proc::start(
+        None,
+        &[
+            ("LARACHAT_REALTIME__AUTH_TIMEOUT_SECS", "120"),
+            ("LARACHAT_LIMITS__ENABLED", "false"),
+        ],
+    );
     let http = reqwest::Client::new();
     let login = |i: usize| {
         let http = http.clone();

@@ -24,7 +24,9 @@
 //!   once ([`describe_metrics`]).
 //!
 //! The entry points are [`ControlPlane::new`] (state) and [`router`] (the axum routes, with
-//! their 64 KiB body limit and catalog errors for 405s).
+//! their 64 KiB body limit, catalog errors for 405s, and the per-client-address rate limit of
+//! `larachat-limits`; login is also limited per address and per account, before any argon2
+//! run).
 
 pub mod api;
 pub mod auth;
@@ -75,6 +77,9 @@ pub struct ControlPlaneConfig {
     pub key_pepper: Vec<u8>,
     /// Lifetime of an admin token issued at login.
     pub admin_token_ttl: Duration,
+    /// The process's rate limits: the per-IP limit of every Admin API request, and login
+    /// attempts per IP and per account (shared with the gateway in a single-node process).
+    pub limits: Arc<larachat_limits::Limits>,
 }
 
 /// Why a [`ControlPlaneConfig`] was refused.
@@ -119,6 +124,7 @@ impl ControlPlaneConfig {
             jwt_secret: jwt_secret.into(),
             key_pepper: key_pepper.into(),
             admin_token_ttl: DEFAULT_ADMIN_TOKEN_TTL,
+            limits: Arc::new(larachat_limits::Limits::default()),
         }
     }
 
@@ -219,6 +225,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("jwt_secret", &"<redacted>")
             .field("key_pepper", &"<redacted>")
             .field("admin_token_ttl", &self.admin_token_ttl)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -263,6 +270,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(no_store))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            cp.config().limits.clone(),
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(cp)
 }
 

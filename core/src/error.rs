@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +184,45 @@ impl fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
+    /// For `rate_limited`: the bucket that refused and when to retry. HTTP renders it as
+    /// `Retry-After` and `RateLimit-*` headers, the realtime socket as `retry_after_ms`.
+    pub rate_limit: Option<Box<RateLimitInfo>>,
+}
+
+/// The state of the rate-limit bucket that decided a request (IETF `RateLimit-*` fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// Requests the bucket holds when full (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Requests left right now (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Time until the bucket is full again (`RateLimit-Reset`, in seconds rounded up).
+    pub reset: Duration,
+    /// Time until the next request can pass (`Retry-After`); zero when this one passed.
+    pub retry_after: Duration,
+}
+
+impl RateLimitInfo {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after).max(1)
+    }
+
+    /// `RateLimit-Reset` in whole seconds, rounded up.
+    pub fn reset_secs(&self) -> u64 {
+        ceil_secs(self.reset)
+    }
+
+    /// The retry hint of the realtime `error` frame, in milliseconds (at least 1).
+    pub fn retry_after_ms(&self) -> u64 {
+        u64::try_from(self.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl ApiError {
@@ -190,6 +230,16 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            rate_limit: None,
+        }
+    }
+
+    /// `rate_limited`, with the state of the bucket that refused.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, info: RateLimitInfo) -> Self {
+        Self {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            rate_limit: Some(Box::new(info)),
         }
     }
     pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {

@@ -49,8 +49,13 @@ const WS_WRITE_BUFFER: usize = 8 * 1024;
 
 /// The realtime route.
 pub fn router(gw: Gateway) -> Router {
+    let limits = gw.limits().clone();
     Router::new()
         .route("/realtime/v1", get(upgrade))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(gw)
 }
 

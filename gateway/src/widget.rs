@@ -110,6 +110,10 @@ pub fn router(gw: Gateway) -> Router {
             gw.clone(),
             widget_cors,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.limits().clone(),
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(gw);
     Router::new()
         .route("/widget/loader.js", get(loader_js))
@@ -356,7 +360,7 @@ struct TenantUserClaims {
     sub: String,
 }
 
-#[utoipa::path(post, path = "/widget/v1/init", tag = "widget", request_body = InitRequest,
+#[utoipa::path(post, path = "/widget/v1/init", tag = "widget", operation_id = "widget_init", request_body = InitRequest,
     params(("key" = String, Query, description = "publishable key pk_live_…")),
     responses((status = 200, body = InitResponse),
               (status = 401, body = larachat_core::error::ErrorBody, description = "invalid key"),
@@ -364,9 +368,13 @@ struct TenantUserClaims {
 pub async fn init(
     State(gw): State<Gateway>,
     Extension(ctx): Extension<WidgetRequest>,
+    client_ip: Option<Extension<larachat_limits::ClientIp>>,
     ApiJson(body): ApiJson<InitRequest>,
 ) -> Result<ApiJson<InitResponse>, ApiError> {
     let project = ctx.project.id;
+    // Every init may create an end user: limited per address and per project.
+    gw.limit_widget_init(client_ip.map(|Extension(ip)| ip.0), project)
+        .await?;
     let (user, anonymous) = match body.user {
         Some(u) => (identify(&gw, &ctx, u).await?, false),
         None => {
@@ -542,11 +550,13 @@ async fn session(
     {
         return Err(ApiError::unauthorized("invalid widget session"));
     }
+    gw.limit_request(&who).await?;
     Ok(who)
 }
 
 /// History paging.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// The publishable key.
@@ -565,7 +575,7 @@ pub struct WidgetMessages {
     pub has_more: bool,
 }
 
-#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", params(HistoryParams),
+#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", operation_id = "widget_list_messages", params(HistoryParams),
     responses((status = 200, body = WidgetMessages), (status = 401, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_messages(
@@ -613,13 +623,14 @@ pub struct WidgetSent {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyOnly {
     /// The publishable key.
     pub key: String,
 }
 
-#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", request_body = WidgetSend, params(KeyOnly),
+#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", operation_id = "widget_send_message", request_body = WidgetSend, params(KeyOnly),
     responses((status = 201, body = WidgetSent), (status = 200, body = WidgetSent, description = "duplicate client_msg_id"),
               (status = 401, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -690,7 +701,7 @@ pub enum WidgetEvent {
     },
 }
 
-#[utoipa::path(post, path = "/widget/v1/events", tag = "widget", request_body = WidgetEvent, params(KeyOnly),
+#[utoipa::path(post, path = "/widget/v1/events", tag = "widget", operation_id = "widget_event", request_body = WidgetEvent, params(KeyOnly),
     responses((status = 202, description = "typing published"), (status = 200, description = "read state"),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
