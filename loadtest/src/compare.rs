@@ -272,7 +272,9 @@ fn range(vals: &[f64]) -> String {
 
 fn fmt_num(x: f64) -> String {
     let a = x.abs();
-    if a >= 1000.0 {
+    if x.fract() == 0.0 && a < 1e15 {
+        format!("{x:.0}")
+    } else if a >= 1000.0 {
         format!("{x:.0}")
     } else if a >= 10.0 {
         format!("{x:.1}")
@@ -379,10 +381,10 @@ mod tests {
         );
         // p99: round 1 8/2 = 4, round 2 6/1 = 6 (not 8/1 or 6/2).
         assert!(
-            lines[3].starts_with("| send→receive p99 (ms) | 6.00–8.00 | 1.00–2.00 | 4.00–6.00 |"),
+            lines[3].starts_with("| send→receive p99 (ms) | 6–8 | 1–2 | 4–6 |"),
             "{t}"
         );
-        assert!(lines[4].contains("| 2.00–5.00 | 2.00–5.00 |"), "{t}");
+        assert!(lines[4].contains("| 10 | 2–5 | 2–5 |"), "{t}");
         // A metric no run has shows a dash.
         assert!(lines[5].contains("| – | – | – |"), "{t}");
     }
@@ -406,8 +408,9 @@ mod tests {
 
     #[test]
     fn number_formats() {
-        assert_eq!(range(&[1234.4, 99.0]), "99.0–1234");
+        assert_eq!(range(&[1234.4, 99.5]), "99.5–1234");
         assert_eq!(range(&[0.05]), "0.050");
+        assert_eq!(range(&[0.0, 3.0]), "0–3");
         assert_eq!(range(&[]), "–");
     }
 }

@@ -118,6 +118,8 @@ enum WorkerEvent {
         open: u64,
         failed: u64,
         first_error: Option<String>,
+        /// Seconds from the `open` command to the last connection that succeeded.
+        last_open_s: f64,
     },
     Closed {
         /// Connections the server ended while they were idle.
@@ -341,9 +343,10 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     for c in 0..o.cycles {
         let start = Instant::now();
         tell(&mut workers, &Cmd::Open).await?;
-        let (mut opened, mut failed) = (0u64, 0u64);
-        wait_all!(w, WorkerEvent::Opened { open, failed: f, first_error: e } => {
+        let (mut opened, mut failed, mut last_open_s) = (0u64, 0u64, 0f64);
+        wait_all!(w, WorkerEvent::Opened { open, failed: f, first_error: e, last_open_s: l } => {
             per_worker_open[w] = open;
+            last_open_s = last_open_s.max(l);
             opened += open;
             failed += f;
             if first_error.is_none() {
@@ -351,7 +354,12 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
             }
         });
         p.c.errors.store(failed, Relaxed);
-        let setup_s = start.elapsed().as_secs_f64();
+        // Failed attempts end with a timeout; the rate counts until the last success.
+        let setup_s = if failed > 0 {
+            last_open_s
+        } else {
+            start.elapsed().as_secs_f64()
+        };
         tokio::time::sleep(Duration::from_secs(o.hold_secs)).await;
         let rss_open = rss_now();
         let close_start = Instant::now();
@@ -490,12 +498,15 @@ pub async fn worker() -> Result<()> {
             Cmd::Open => {
                 cancel = CancellationToken::new();
                 dropped.store(0, Relaxed);
-                let (open, failed, first_error) =
+                let started = Instant::now();
+                let (open, failed, first_error, last_open) =
                     open_all(&ep, &spec, limit, &cancel, &dropped, &mut held).await;
                 emit(&WorkerEvent::Opened {
                     open,
                     failed,
                     first_error,
+                    last_open_s: last_open
+                        .map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64()),
                 });
             }
             Cmd::Close => {
@@ -535,8 +546,9 @@ async fn open_all(
     cancel: &CancellationToken,
     dropped: &Arc<AtomicU64>,
     held: &mut Vec<tokio::task::JoinHandle<Option<Conn>>>,
-) -> (u64, u64, Option<String>) {
+) -> (u64, u64, Option<String>, Option<Instant>) {
     let open = Arc::new(AtomicU64::new(0));
+    let mut last_open = None;
     let failed = Arc::new(AtomicU64::new(0));
     let reporter = {
         let (open, failed) = (open.clone(), failed.clone());
@@ -565,6 +577,7 @@ async fn open_all(
         match r {
             Ok(c) => {
                 open.fetch_add(1, Relaxed);
+                last_open = Some(Instant::now());
                 held.push(tokio::spawn(hold(
                     c,
                     cancel.clone(),
@@ -579,7 +592,12 @@ async fn open_all(
         }
     }
     reporter.abort();
-    (open.load(Relaxed), failed.load(Relaxed), first_error)
+    (
+        open.load(Relaxed),
+        failed.load(Relaxed),
+        first_error,
+        last_open,
+    )
 }
 
 /// Keeps a connection open (answering pings) until cancelled; `None` if the server ended it.
@@ -635,6 +653,7 @@ mod tests {
             open: 5,
             failed: 1,
             first_error: Some("x".into()),
+            last_open_s: 1.5,
         };
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.contains(r#""ev":"opened""#), "{line}");
