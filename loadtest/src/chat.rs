@@ -145,7 +145,10 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     // Every member reports how many of its messages were acknowledged once it stops sending;
     // then each knows how many deliveries to wait for.
     let mut acked_per_conv = vec![0u64; convs.len()];
-    while let Some((c, n)) = report_rx.recv().await {
+    for _ in 0..users {
+        let Some((c, n)) = report_rx.recv().await else {
+            break;
+        };
         acked_per_conv[c] += n;
     }
     let _ = expected_tx.send(Some(Arc::new(acked_per_conv)));

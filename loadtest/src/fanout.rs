@@ -122,11 +122,12 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut failed = false;
     let proto = sender.proto;
-    for seq in 1..=o.messages {
-        if let Some(t) = tick.as_mut() {
-            t.tick().await;
-        }
-        while inflight.len() >= o.window && !failed {
+    let mut seq = 0u64;
+    while !failed {
+        if seq >= o.messages || inflight.len() >= o.window {
+            if inflight.is_empty() {
+                break;
+            }
             failed = !await_ack(
                 &mut sender,
                 &mut inflight,
@@ -136,10 +137,31 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
                 &p,
             )
             .await;
+            continue;
         }
-        if failed {
-            break;
+        if let Some(t) = tick.as_mut() {
+            if inflight.is_empty() {
+                t.tick().await;
+            } else {
+                // Read acks while waiting for the next tick, so that ack latency does not
+                // include the wait.
+                tokio::select! {
+                    _ = t.tick() => {}
+                    ok = await_ack(
+                        &mut sender,
+                        &mut inflight,
+                        ctx.timeout,
+                        (&mut acked, &mut errors, &mut ack_lat),
+                        &mut problems,
+                        &p,
+                    ) => {
+                        failed = !ok;
+                        continue;
+                    }
+                }
+            }
         }
+        seq += 1;
         let frame = proto.publish(seq, &room, &format!("{prefix}-{seq}"), &text)?;
         if let Err(e) = sender.send(frame).await {
             *problems.entry(format!("sender: {e:#}")).or_default() += 1;
@@ -148,17 +170,6 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
         inflight.push_back((seq, Instant::now()));
         sent += 1;
         p.c.sent.fetch_add(1, Relaxed);
-    }
-    while !inflight.is_empty() && !failed {
-        failed = !await_ack(
-            &mut sender,
-            &mut inflight,
-            ctx.timeout,
-            (&mut acked, &mut errors, &mut ack_lat),
-            &mut problems,
-            &p,
-        )
-        .await;
     }
     let send_elapsed = start.elapsed();
     let _ = acked_tx.send(Some(acked));
