@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -65,17 +65,20 @@ impl Scenario {
         }
     }
 
-    /// The metrics compared: (label, JSON pointer into the result).
-    fn metrics(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Scenario::Idle(_) => &[
+}
+
+/// The metrics compared for a scenario: (label, JSON pointer into the result).
+fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
+    {
+        match scenario {
+            "idle" => &[
                 ("RSS per idle connection (KiB)", "/rss_kib_per_connection"),
                 ("RSS after closing all (MiB)", "/rss_mib_after_close"),
                 ("RSS after all cycles (MiB)", "/rss_mib_after_cycles"),
                 ("connection setup (per s)", "/setup_per_sec"),
                 ("failed or dropped connections", "/errors"),
             ],
-            Scenario::Fanout(_) | Scenario::Chat(_) => &[
+            "fanout" | "chat" => &[
                 ("delivery p50 (ms)", "/delivery_latency/p50_ms"),
                 ("delivery p99 (ms)", "/delivery_latency/p99_ms"),
                 ("deliveries/s", "/deliveries_per_sec"),
@@ -89,7 +92,7 @@ impl Scenario {
                 ),
                 ("missing + duplicate deliveries", "/lost_or_doubled"),
             ],
-            Scenario::Latency(_) => &[
+            "latency" => &[
                 ("send→receive p50 (ms)", "/delivery_latency/p50_ms"),
                 ("send→receive p99 (ms)", "/delivery_latency/p99_ms"),
                 (
@@ -98,6 +101,7 @@ impl Scenario {
                 ),
                 ("missing + duplicate deliveries", "/lost_or_doubled"),
             ],
+            _ => &[],
         }
     }
 }
@@ -169,7 +173,7 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
             tokio::time::sleep(Duration::from_secs(o.pause_secs)).await;
         }
     }
-    let table = summary_table(&o.scenario, &o.servers, &done);
+    let table = summary_table(scenario, &o.servers, &done);
     println!();
     println!("{table}");
     let summary = json!({
@@ -287,26 +291,37 @@ fn fmt_num(x: f64) -> String {
 
 /// The markdown table: one row per metric; per server its range over the rounds; and for each
 /// server other than Lara the range of Lara ÷ that server, taken within each round.
-fn summary_table(s: &Scenario, servers: &[Kind], done: &[Done]) -> String {
-    let others: Vec<Kind> = servers.iter().copied().filter(|k| !k.is_lara()).collect();
+fn summary_table(scenario: &str, servers: &[Kind], done: &[Done]) -> String {
+    table_header(servers) + &table_rows(scenario, "", servers, done)
+}
+
+fn table_header(servers: &[Kind]) -> String {
+    let others = servers.iter().filter(|k| !k.is_lara()).count();
     let has_lara = servers.iter().any(|k| k.is_lara());
     let mut out = String::from("| metric |");
     for k in servers {
         out.push_str(&format!(" {} |", k.name()));
     }
     if has_lara {
-        for k in &others {
+        for k in servers.iter().filter(|k| !k.is_lara()) {
             out.push_str(&format!(" lara ÷ {} |", k.name()));
         }
     }
     out.push_str("\n|---|");
-    for _ in 0..servers.len() + if has_lara { others.len() } else { 0 } {
+    for _ in 0..servers.len() + if has_lara { others } else { 0 } {
         out.push_str("---|");
     }
     out.push('\n');
+    out
+}
+
+fn table_rows(scenario: &str, prefix: &str, servers: &[Kind], done: &[Done]) -> String {
+    let others: Vec<Kind> = servers.iter().copied().filter(|k| !k.is_lara()).collect();
+    let has_lara = servers.iter().any(|k| k.is_lara());
     let get = |d: &Done, ptr: &str| d.result.pointer(ptr).and_then(Value::as_f64);
-    for (label, ptr) in s.metrics() {
-        out.push_str(&format!("| {label} |"));
+    let mut out = String::new();
+    for (label, ptr) in metrics(scenario) {
+        out.push_str(&format!("| {prefix}{label} |"));
         for k in servers {
             let vals: Vec<f64> = done
                 .iter()
@@ -332,6 +347,54 @@ fn summary_table(s: &Scenario, servers: &[Kind], done: &[Done]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One table from several `compare-<scenario>.json` summaries (`report --compare`): a row per
+/// scenario and metric. The columns are the servers of the first summary.
+pub fn combined_table(files: &[PathBuf]) -> Result<String> {
+    use clap::ValueEnum;
+    let mut servers: Option<Vec<Kind>> = None;
+    let mut rows = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a compare summary", f.display()))?;
+        let scenario = v["scenario"].as_str().unwrap_or("");
+        let kinds: Vec<Kind> = v["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Kind::from_str(s.as_str()?, true).ok())
+            .collect();
+        let servers = servers.get_or_insert(kinds);
+        let done: Vec<Done> = v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some(Done {
+                    kind: Kind::from_str(r["server"].as_str()?, true).ok()?,
+                    round: r["round"].as_u64()? as u32,
+                    result: r.clone(),
+                    cdf: Vec::new(),
+                    rss: Vec::new(),
+                })
+            })
+            .collect();
+        let params = done
+            .first()
+            .and_then(|d| d.result["params"].as_str())
+            .unwrap_or("");
+        rows.push_str(&table_rows(
+            scenario,
+            &format!("{scenario} ({params}): "),
+            servers,
+            &done,
+        ));
+    }
+    let servers = servers.unwrap_or_default();
+    Ok(table_header(&servers) + &rows)
 }
 
 /// Where `compare` writes by default: `loadtest-results/compare-<scenario>-<time>`.
@@ -373,7 +436,7 @@ mod tests {
             done(Kind::Centrifugo, 2, 1.0, 5.0),
             done(Kind::Lara, 2, 6.0, 10.0),
         ];
-        let t = summary_table(&s, &[Kind::Lara, Kind::Centrifugo], &runs);
+        let t = summary_table(s.name(), &[Kind::Lara, Kind::Centrifugo], &runs);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
@@ -387,6 +450,30 @@ mod tests {
         assert!(lines[4].contains("| 10 | 2–5 | 2–5 |"), "{t}");
         // A metric no run has shows a dash.
         assert!(lines[5].contains("| – | – | – |"), "{t}");
+    }
+
+    #[test]
+    fn one_table_from_several_summaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |server: &str, round: u32, rss: f64| {
+            json!({"scenario":"idle","server":server,"round":round,"params":"N=10","rss_kib_per_connection":rss,"setup_per_sec":100})
+        };
+        let idle = json!({"scenario":"idle","servers":["lara","centrifugo"],"runs":[
+            run("lara", 1, 130.0), run("centrifugo", 1, 50.0), run("lara", 2, 140.0), run("centrifugo", 2, 40.0)]});
+        let lat = json!({"scenario":"latency","servers":["lara","centrifugo"],"runs":[
+            {"scenario":"latency","server":"lara","round":1,"params":"P=1","delivery_latency":{"p50_ms":1.0}},
+            {"scenario":"latency","server":"centrifugo","round":1,"params":"P=1","delivery_latency":{"p50_ms":0.5}}]});
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&a, idle.to_string()).unwrap();
+        std::fs::write(&b, lat.to_string()).unwrap();
+        let t = combined_table(&[a, b]).unwrap();
+        assert!(t.starts_with("| metric | lara | centrifugo | lara ÷ centrifugo |\n"), "{t}");
+        assert!(
+            t.contains("| idle (N=10): RSS per idle connection (KiB) | 130–140 | 40–50 | 2.60–3.50 |"),
+            "{t}"
+        );
+        assert!(t.contains("| latency (P=1): send→receive p50 (ms) | 1 | 0.50 | 2 |"), "{t}");
+        assert!(combined_table(&[dir.path().join("missing.json")]).is_err());
     }
 
     #[test]

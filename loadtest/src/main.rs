@@ -110,10 +110,15 @@ enum Command {
     /// Worker process of `idle` (reads its orders on stdin).
     #[command(hide = true)]
     IdleWorker,
-    /// Turn JSON result lines (from --json runs or results.jsonl) into a markdown table.
+    /// Turn JSON result lines (from --json runs or results.jsonl) into a markdown table; with
+    /// --compare, compare-<scenario>.json summaries into one comparison table.
     Report {
-        /// Files with one JSON result per line; `-` or none reads standard input.
+        /// Files with one JSON result per line (`-` or none reads standard input), or with
+        /// --compare, compare summaries.
         files: Vec<std::path::PathBuf>,
+        /// The files are `compare` summaries (compare-<scenario>.json).
+        #[arg(long)]
+        compare: bool,
     },
 }
 
@@ -253,7 +258,14 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let (common, mut out) = match &cli.command {
-        Command::Report { files } => return report::run(files),
+        Command::Report {
+            files,
+            compare: true,
+        } => {
+            print!("{}", compare::combined_table(files)?);
+            return Ok(());
+        }
+        Command::Report { files, .. } => return report::run(files),
         Command::IdleWorker => return idle::worker().await,
         Command::Compare {
             opts,
