@@ -64,45 +64,42 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
         }
     }
-
 }
 
 /// The metrics compared for a scenario: (label, JSON pointer into the result).
 fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
-    {
-        match scenario {
-            "idle" => &[
-                ("RSS per idle connection (KiB)", "/rss_kib_per_connection"),
-                ("RSS after closing all (MiB)", "/rss_mib_after_close"),
-                ("RSS after all cycles (MiB)", "/rss_mib_after_cycles"),
-                ("connection setup (per s)", "/setup_per_sec"),
-                ("failed or dropped connections", "/errors"),
-            ],
-            "fanout" | "chat" => &[
-                ("delivery p50 (ms)", "/delivery_latency/p50_ms"),
-                ("delivery p99 (ms)", "/delivery_latency/p99_ms"),
-                ("deliveries/s", "/deliveries_per_sec"),
-                (
-                    "server CPU per delivery (µs)",
-                    "/server_cpu_us_per_delivery",
-                ),
-                (
-                    "load generator CPU per delivery (µs)",
-                    "/loadgen_cpu_us_per_delivery",
-                ),
-                ("missing + duplicate deliveries", "/lost_or_doubled"),
-            ],
-            "latency" => &[
-                ("send→receive p50 (ms)", "/delivery_latency/p50_ms"),
-                ("send→receive p99 (ms)", "/delivery_latency/p99_ms"),
-                (
-                    "server CPU per delivery (µs)",
-                    "/server_cpu_us_per_delivery",
-                ),
-                ("missing + duplicate deliveries", "/lost_or_doubled"),
-            ],
-            _ => &[],
-        }
+    match scenario {
+        "idle" => &[
+            ("RSS per idle connection (KiB)", "/rss_kib_per_connection"),
+            ("RSS after closing all (MiB)", "/rss_mib_after_close"),
+            ("RSS after all cycles (MiB)", "/rss_mib_after_cycles"),
+            ("connection setup (per s)", "/setup_per_sec"),
+            ("failed or dropped connections", "/errors"),
+        ],
+        "fanout" | "chat" => &[
+            ("delivery p50 (ms)", "/delivery_latency/p50_ms"),
+            ("delivery p99 (ms)", "/delivery_latency/p99_ms"),
+            ("deliveries/s", "/deliveries_per_sec"),
+            (
+                "server CPU per delivery (µs)",
+                "/server_cpu_us_per_delivery",
+            ),
+            (
+                "load generator CPU per delivery (µs)",
+                "/loadgen_cpu_us_per_delivery",
+            ),
+            ("missing + duplicate deliveries", "/lost_or_doubled"),
+        ],
+        "latency" => &[
+            ("send→receive p50 (ms)", "/delivery_latency/p50_ms"),
+            ("send→receive p99 (ms)", "/delivery_latency/p99_ms"),
+            (
+                "server CPU per delivery (µs)",
+                "/server_cpu_us_per_delivery",
+            ),
+            ("missing + duplicate deliveries", "/lost_or_doubled"),
+        ],
+        _ => &[],
     }
 }
 
@@ -276,9 +273,7 @@ fn range(vals: &[f64]) -> String {
 
 fn fmt_num(x: f64) -> String {
     let a = x.abs();
-    if x.fract() == 0.0 && a < 1e15 {
-        format!("{x:.0}")
-    } else if a >= 1000.0 {
+    if (x.fract() == 0.0 && a < 1e15) || a >= 1000.0 {
         format!("{x:.0}")
     } else if a >= 10.0 {
         format!("{x:.1}")
@@ -356,8 +351,8 @@ pub fn combined_table(files: &[PathBuf]) -> Result<String> {
     let mut servers: Option<Vec<Kind>> = None;
     let mut rows = String::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a compare summary", f.display()))?;
         let scenario = v["scenario"].as_str().unwrap_or("");
@@ -455,9 +450,7 @@ mod tests {
     #[test]
     fn one_table_from_several_summaries() {
         let dir = tempfile::tempdir().unwrap();
-        let run = |server: &str, round: u32, rss: f64| {
-            json!({"scenario":"idle","server":server,"round":round,"params":"N=10","rss_kib_per_connection":rss,"setup_per_sec":100})
-        };
+        let run = |server: &str, round: u32, rss: f64| json!({"scenario":"idle","server":server,"round":round,"params":"N=10","rss_kib_per_connection":rss,"setup_per_sec":100});
         let idle = json!({"scenario":"idle","servers":["lara","centrifugo"],"runs":[
             run("lara", 1, 130.0), run("centrifugo", 1, 50.0), run("lara", 2, 140.0), run("centrifugo", 2, 40.0)]});
         let lat = json!({"scenario":"latency","servers":["lara","centrifugo"],"runs":[
@@ -467,12 +460,20 @@ mod tests {
         std::fs::write(&a, idle.to_string()).unwrap();
         std::fs::write(&b, lat.to_string()).unwrap();
         let t = combined_table(&[a, b]).unwrap();
-        assert!(t.starts_with("| metric | lara | centrifugo | lara ÷ centrifugo |\n"), "{t}");
         assert!(
-            t.contains("| idle (N=10): RSS per idle connection (KiB) | 130–140 | 40–50 | 2.60–3.50 |"),
+            t.starts_with("| metric | lara | centrifugo | lara ÷ centrifugo |\n"),
             "{t}"
         );
-        assert!(t.contains("| latency (P=1): send→receive p50 (ms) | 1 | 0.50 | 2 |"), "{t}");
+        assert!(
+            t.contains(
+                "| idle (N=10): RSS per idle connection (KiB) | 130–140 | 40–50 | 2.60–3.50 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| latency (P=1): send→receive p50 (ms) | 1 | 0.50 | 2 |"),
+            "{t}"
+        );
         assert!(combined_table(&[dir.path().join("missing.json")]).is_err());
     }
 

@@ -13,6 +13,8 @@ use crate::proto::{Encoding, Proto};
 use crate::ws::{Conn, Dial};
 
 /// The server under load.
+// A run holds a handful of these: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Endpoint {
     Lara {
