@@ -125,6 +125,8 @@ enum WorkerEvent {
         /// Connections the server ended while they were idle.
         dropped: u64,
     },
+    /// The worker's stdout ended (it exited); made up by the coordinator, never sent.
+    Gone,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,10 +284,11 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
             while let Ok(Some(l)) = lines.next_line().await {
                 if let Ok(ev) = serde_json::from_str::<WorkerEvent>(&l) {
                     if tx.send((w, ev)).await.is_err() {
-                        break;
+                        return;
                     }
                 }
             }
+            let _ = tx.send((w, WorkerEvent::Gone)).await;
         });
         workers.push(Worker { stdin, child });
     }
@@ -324,10 +327,13 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
             let mut pending = workers.len();
             while pending > 0 {
                 let Some(($w, ev)) = ev_rx.recv().await else {
-                    bail!("a worker exited early (see its messages above)");
+                    bail!("every idle worker exited early (see their messages above)");
                 };
                 match ev {
                     WorkerEvent::Progress { open, .. } => per_worker_open[$w] = open,
+                    WorkerEvent::Gone => {
+                        bail!("idle worker {} exited early (see its messages above)", $w)
+                    }
                     $pat => {
                         $body;
                         pending -= 1;
