@@ -1,5 +1,20 @@
 //! `larachat-loadtest`: a load generator for Lara Chat that speaks only the public protocols
-//! (HTTP Admin/Client API and Realtime v1 over WebSocket). See `loadtest/README.md`.
+//! (HTTP Admin/Client API, Realtime v1 over WebSocket in JSON or MessagePack), and that runs the
+//! same loads against a Centrifugo it starts itself, for comparison. See `loadtest/README.md`.
+//! It depends on no server crate: only what a client sees.
+//!
+//! Modules:
+//! - `api`: HTTP setup (project, key, end users, conversations); loopback-only targets.
+//! - `proto`: both wire protocols (Lara Chat JSON/MessagePack, Centrifugo JSON) as frames
+//!   and [`proto::Event`]s.
+//! - `ws`: WebSocket connections (source address, small buffers) that speak a `proto`.
+//! - `endpoint`: the server under load: identities, rooms, subscribed connections.
+//! - `servers`: starting `larachat serve` and Centrifugo (install, config) for `compare`.
+//! - scenarios: `throughput`, `latency`, `fanout`, `chat`, `idle` (with its worker processes),
+//!   and `compare` (rounds over servers, ratio table).
+//! - `stats` (percentiles, CDFs, sequence sets), `procstat` (server CPU and RSS from /proc),
+//!   `progress` (live line on stderr), `output` (JSON results), `plot` (SVG), `report`
+//!   (markdown tables).
 
 mod api;
 mod chat;
