@@ -120,7 +120,7 @@ if [[ -z "${SKIP_COMPARE:-}" ]]; then
     echo "== compare: $*" >&2
     if ! "$LOADTEST" compare --rounds "$ROUNDS" --servers lara,centrifugo,centrifugo-history \
         --larachat-bin "$SERVER" --encoding "${ENCODING:-json}" --out "$COMPARE_DIR/$name" \
-        --no-progress "$@" | sed 's/^/   /' >&2; then
+        --no-progress "$@" | sed -u 's/^/   /' >&2; then
       echo "!! comparison failed: $*" >&2
       return 0
     fi
