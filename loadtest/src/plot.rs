@@ -40,7 +40,8 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing the plot: {e:?}")
 }
 
-/// Latency CDFs: x = send→delivery latency in ms (log scale), y = fraction of deliveries.
+/// Latency CDFs: x = latency in ms (log scale; send→delivery, or send→ack for throughput),
+/// y = fraction of samples.
 pub fn latency_cdf(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let all = series.iter().flat_map(|(_, s)| s.iter());
     let lo = all
@@ -60,8 +61,8 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("send → delivery latency (ms, log scale)")
-        .y_desc("fraction of deliveries")
+        .x_desc("latency (ms, log scale): send → delivery; throughput: send → ack")
+        .y_desc("fraction of messages")
         .draw()
         .map_err(err)?;
     for (i, (name, pts)) in series.iter().enumerate() {

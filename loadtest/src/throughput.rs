@@ -167,7 +167,10 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     });
     // Per acknowledged message here.
     merge(&mut result, usage);
-    Ok(RunOutput::new(result))
+    let mut out = RunOutput::new(result);
+    // The plot is the send→ack latency CDF.
+    out.latency = Some(total.latencies);
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

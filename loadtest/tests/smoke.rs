@@ -209,3 +209,134 @@ fn every_scenario_runs_against_real_servers() {
         assert!(r["setup_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+/// A `larachat serve` on a free port with a fresh data dir; killed on drop.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(larachat_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("LARACHAT_ADMIN_EMAIL", "smoke@example.com")
+            .env("LARACHAT_ADMIN_PASSWORD", "smoke-password-123")
+            .env("LARACHAT_REALTIME__MAX_FRAMES_PER_SEC", "1000000")
+            .env("LARACHAT_DEMO__ENABLED", "false")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let url = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(u) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("larachat listening on "))
+            {
+                break u.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "the server did not start:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The subcommands against a server given by URL, with --server-pid, both encodings.
+#[test]
+fn standalone_runs_against_a_running_server() {
+    let server = Serve::start();
+    let out = tempfile::tempdir().unwrap();
+    let pid = server.child.id().to_string();
+    let run = |args: &[&str]| -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_larachat-loadtest"))
+            .args(args)
+            .args([
+                "--url",
+                &server.url,
+                "--server-pid",
+                &pid,
+                "--json",
+                "--no-progress",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .env("LARACHAT_ADMIN_EMAIL", "smoke@example.com")
+            .env("LARACHAT_ADMIN_PASSWORD", "smoke-password-123")
+            .env_remove("LOADTEST_KEY")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{args:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    for enc in ["json", "msgpack"] {
+        let t = run(&[
+            "throughput",
+            "--connections",
+            "2",
+            "--window",
+            "4",
+            "--duration-secs",
+            "1",
+            "--encoding",
+            enc,
+        ]);
+        assert_eq!(t["encoding"], enc);
+        assert!(t["acked"].as_u64().unwrap() > 0, "{t}");
+        assert_eq!(t["errors"], 0, "{t}");
+        assert!(t["server_rss_kib_after"].as_u64().unwrap() > 0, "{t}");
+        let f = run(&[
+            "fanout",
+            "--subscribers",
+            "5",
+            "--messages",
+            "10",
+            "--window",
+            "3",
+            "--encoding",
+            enc,
+        ]);
+        assert_eq!(f["deliveries"], 50, "{f}");
+        assert_eq!(f["missing"], 0, "{f}");
+    }
+    // Every run appended its result and wrote its own JSON; runs with deliveries a plot.
+    let lines = std::fs::read_to_string(out.path().join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+    let svgs = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "svg")
+        })
+        .count();
+    assert_eq!(svgs, 4, "one plot per run");
+}
