@@ -69,9 +69,19 @@ sed '$d' "$WORK/run.txt"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== top symbols (self time)"
-perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
-  | grep -v '^#' | grep -v '^$' | head -n 30 | tee "$WORK/top-symbols.txt"
-perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g caller,0.5,callee \
-  2>/dev/null >"$WORK/call-graph.txt" || true
+perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none \
+  >"$WORK/self.txt" 2>/dev/null || true
+# Symbol and share only (perf pads the lines with empty IPC columns).
+grep -v '^#' "$WORK/self.txt" | grep -v '^$' | sed 's/  *- *- *$//; s/ *$//' \
+  | head -n 30 >"$WORK/top-symbols.txt" || true
+cat "$WORK/top-symbols.txt"
 echo
-echo "perf.data, top-symbols.txt, call-graph.txt and the run's JSON in $WORK" >&2
+echo "== inclusive time of the hot paths"
+perf report -i "$WORK/perf.data" --children --sort symbol --stdio -g none \
+  >"$WORK/children.txt" 2>/dev/null || true
+grep -E 'Connection::serve|read_frame|BytesMut::resize|__sys_sendto|tcp_sendmsg |sqlite3_step|protocol::encode' \
+  "$WORK/children.txt" | awk '{print $1, $4, $5, $6}' || true
+perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g caller,0.5,callee \
+  >"$WORK/call-graph.txt" 2>/dev/null || true
+echo
+echo "perf.data, top-symbols.txt, children.txt, call-graph.txt and the run's JSON in $WORK" >&2

@@ -264,11 +264,8 @@ fn range(vals: &[f64]) -> String {
     }
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if (hi - lo).abs() < 1e-9 {
-        fmt_num(lo)
-    } else {
-        format!("{}–{}", fmt_num(lo), fmt_num(hi))
-    }
+    let (a, b) = (fmt_num(lo), fmt_num(hi));
+    if a == b { a } else { format!("{a}–{b}") }
 }
 
 fn fmt_num(x: f64) -> String {
@@ -499,6 +496,7 @@ mod tests {
         assert_eq!(range(&[1234.4, 99.5]), "99.5–1234");
         assert_eq!(range(&[0.05]), "0.050");
         assert_eq!(range(&[0.0, 3.0]), "0–3");
+        assert_eq!(range(&[2681.2, 2680.9]), "2681");
         assert_eq!(range(&[]), "–");
     }
 }

@@ -31,13 +31,14 @@ pub struct Opts {
     /// Messages the sender sends.
     #[arg(long, default_value_t = 100)]
     pub messages: u64,
-    /// Messages per second on a fixed schedule; 0 sends as fast as --window allows.
+    /// Messages per second on a fixed schedule, whatever the acks (open loop: a server that
+    /// falls behind builds a backlog); 0 sends as fast as --window allows.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Unacknowledged messages the sender may have in flight (1: each waits for the previous
-    /// ack).
-    #[arg(long, default_value_t = 1)]
-    pub window: usize,
+    /// Unacknowledged messages the sender may have in flight. Default: 1 without --rate (each
+    /// message waits for the previous ack), 10000 with --rate (the schedule decides).
+    #[arg(long)]
+    pub window: Option<usize>,
     /// After the last ack, how long subscribers wait for the last deliveries.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
@@ -62,7 +63,8 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     if !(o.rate >= 0.0 && o.rate <= 100_000.0) {
         bail!("--rate must be in [0, 100000]");
     }
-    if o.window == 0 || o.window > 10_000 {
+    let window = o.window.unwrap_or(if o.rate > 0.0 { 10_000 } else { 1 });
+    if window == 0 || window > 10_000 {
         bail!("--window must be 1..=10000");
     }
     let ep = &ctx.ep;
@@ -124,7 +126,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     let proto = sender.proto;
     let mut seq = 0u64;
     while !failed {
-        if seq >= o.messages || inflight.len() >= o.window {
+        if seq >= o.messages || inflight.len() >= window {
             if inflight.is_empty() {
                 break;
             }
@@ -215,7 +217,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     let mode = if o.rate > 0.0 {
         format!("{} msg/s", o.rate)
     } else {
-        format!("max, window {}", o.window)
+        format!("max, window {window}")
     };
     println!(
         "fanout on {}: {k} subscribers (connected in {setup_secs:.1} s), {} messages, {mode}",
@@ -248,7 +250,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
         "subscribers": k,
         "messages": o.messages,
         "rate": o.rate,
-        "window": o.window,
+        "window": window,
         "size": o.size,
         "sent": sent,
         "acked": acked,
