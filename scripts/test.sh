@@ -3,8 +3,9 @@
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
 # Debian's faketime (a gateway under a shifted clock in tests/faults.rs),
 # a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
-# node (deploy/cassandra.sh, jars from Maven Central, JDK 17), Chromium and the widget's
-# npm packages (scripts/browser-test.sh). Quick when those are already installed.
+# node (deploy/cassandra.sh, jars from Maven Central, JDK 17), promtool (from Debian's
+# prometheus package), Chromium and the widget's npm packages (scripts/browser-test.sh). Quick
+# when those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,19 @@ t2=$(date +%s.%N)
 python3 -c "print(f'== services ready: nats-server {$t1 - $t0:.1f} s, Cassandra {$t2 - $t1:.1f} s')"
 export LARACHAT_TEST_NATS_URL="$NATS_URL" LARACHAT_NATS_SERVER_BIN LARACHAT_TEST_CASSANDRA
 
+# promtool checks the /metrics exposition (tests/edge.rs). Taken from Debian's prometheus
+# package without installing it (no daemon, no service user), cached under ~/.cache/larachat.
+promtool="$HOME/.cache/larachat/prometheus/usr/bin/promtool"
+if [ ! -x "$promtool" ]; then
+  echo "== promtool (Debian's prometheus package, extracted)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; })
+  mkdir -p "$HOME/.cache/larachat/prometheus"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$HOME/.cache/larachat/prometheus"
+  rm -rf "$tmp"
+fi
+export LARACHAT_PROMTOOL="$promtool"
+
 FEATURES="larachat-broker/nats larachat-store/scylla"
 echo "== format"
 cargo fmt --all --check
@@ -35,6 +49,8 @@ echo "== unit, contract and integration tests (SQLite, in-process bus, real NATS
 cargo test --workspace --locked --features "$FEATURES"
 echo "== README walkthrough through the real binary"
 scripts/walkthrough.sh
+echo "== OpenAPI: validator, generated TypeScript client, schemathesis"
+scripts/openapi-check.sh
 echo "== README distributed mode: deploy/local-cluster.sh with two gateways"
 scripts/cluster-smoke.sh
 echo "== widget: typecheck, size budget, real-browser tests"

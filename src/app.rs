@@ -16,8 +16,6 @@ use anyhow::{Context, bail};
 use axum::Router;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use larachat_broker::{Bus, LocalBus, NatsBus, NatsOptions};
 use larachat_control_plane::{ControlPlane, ControlPlaneConfig};
@@ -26,6 +24,7 @@ use larachat_store::{ScyllaConfig, ScyllaStore, SqliteConfig, SqliteStore, Store
 
 use crate::config::Config;
 use crate::ops::{self, Ops};
+use crate::server;
 
 /// What a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +55,10 @@ impl Role {
 
 /// A built process, ready to serve.
 pub struct App {
+    /// Everything served on `server.listen`, with the [`edge`](crate::edge) layers.
     pub router: Router,
+    /// `/metrics`, `/ready`, `/live` for `server.admin_listen`, when it is set.
+    pub admin_router: Option<Router>,
     /// The gateway, unless this is a control-plane process.
     pub gateway: Option<Gateway>,
     pub store: Arc<dyn Store>,
@@ -109,6 +111,9 @@ impl App {
         }
 
         let (user_ttl, admin_ttl, cache_ttl) = config.security_durations();
+        // One set of buckets per process: in `serve`, the gateway and the control plane share
+        // them (one client address, one budget).
+        let limits = Arc::new(larachat_limits::Limits::new(config.limits.clone()));
         let gateway = if role.serves_gateway() {
             Some(
                 Gateway::start(
@@ -118,6 +123,8 @@ impl App {
                         jwt_secret: config.security.jwt_secret.clone().into_bytes(),
                         key_pepper: config.security.key_pepper.clone().into_bytes(),
                         user_token_ttl: user_ttl,
+                        agent_token_ttl: config.agent_token_ttl(),
+                        limits: limits.clone(),
                         cache_ttl,
                         max_body_bytes: config.server.max_body_bytes,
                         realtime: config.realtime_config(),
@@ -137,6 +144,7 @@ impl App {
                     jwt_secret: config.security.jwt_secret.clone().into_bytes(),
                     key_pepper: config.security.key_pepper.clone().into_bytes(),
                     admin_token_ttl: admin_ttl,
+                    limits: limits.clone(),
                 },
             )
             .context("configuring the control plane")?;
@@ -153,11 +161,14 @@ impl App {
         let ops = Ops {
             store: store.clone(),
             bus: bus.clone(),
-            metrics: ops::metrics_handle(),
+            metrics: crate::telemetry::handle(),
             openapi: Arc::new(ops::openapi_json()),
         };
         let mut router = Router::new();
-        if role == Role::All && config.demo.enabled {
+        let demo_gateway = gateway
+            .as_ref()
+            .filter(|_| role == Role::All && config.demo.enabled.applies_to(addr));
+        if let Some(gw) = demo_gateway {
             let demo = crate::demo::ensure(
                 &store,
                 config.security.key_pepper.as_bytes(),
@@ -166,7 +177,7 @@ impl App {
             )
             .await
             .context("preparing the demo project")?;
-            router = router.merge(crate::demo::router(demo));
+            router = router.merge(crate::demo::router(demo, gw.clone()));
         }
         if let Some(gw) = &gateway {
             router = router.merge(gw.router());
@@ -174,17 +185,32 @@ impl App {
         if let Some(cp) = control_plane {
             router = router.merge(larachat_control_plane::router(cp));
         }
-        let router = router
-            .merge(ops::router(ops))
-            .fallback(larachat_core::http::not_found_fallback)
-            .layer(axum::middleware::from_fn(ops::http_metrics))
-            .layer(TraceLayer::new_for_http())
-            .layer(CatchPanicLayer::custom(|_| {
-                use axum::response::IntoResponse;
-                larachat_core::ApiError::internal().into_response()
-            }));
+        let edge = crate::edge::Edge {
+            request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+            max_in_flight: config.server.max_in_flight,
+            max_body_bytes: config
+                .server
+                .max_body_bytes
+                .max(larachat_control_plane::MAX_BODY_BYTES),
+        };
+        let has_admin = config.admin_listen_addr().is_some();
+        // The in-flight limit covers the application, not the probes: `/live` and `/ready`
+        // answer even when every slot is taken.
+        let router = crate::edge::limit_in_flight(
+            router.fallback(larachat_core::http::not_found_fallback),
+            edge.max_in_flight,
+        )
+        .merge(ops::router(ops.clone(), !has_admin));
+        let router = crate::edge::layers(router, &edge);
+        let admin_router = has_admin.then(|| {
+            crate::edge::layers(
+                ops::admin_router(ops).fallback(larachat_core::http::not_found_fallback),
+                &edge,
+            )
+        });
         Ok(App {
             router,
+            admin_router,
             gateway,
             store,
             bus,
@@ -305,13 +331,24 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds and serves until `shutdown` resolves, then drains: realtime clients are told to
-/// reconnect (close 4101), in-flight requests finish within the grace period.
-/// `on_ready` receives the bound address (useful with port 0).
+/// Where a process listens, once bound (ports chosen with `:0` filled in).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// `server.listen`: APIs, realtime, `/live`, `/ready` (and `/metrics` without an admin
+    /// listener).
+    pub public: std::net::SocketAddr,
+    /// `server.admin_listen`, when set: `/metrics`, `/ready`, `/live`.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Builds and serves until `shutdown` resolves, then drains: the listeners stop accepting,
+/// realtime clients are told to reconnect (close 4101), in-flight requests finish within the
+/// grace period and whatever is still open then is closed. `on_ready` receives the bound
+/// addresses (useful with port 0).
 pub async fn run_server(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr),
+    on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     run_role(config, Role::All, shutdown, on_ready).await
 }
@@ -321,47 +358,84 @@ pub async fn run_role(
     config: Config,
     role: Role,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr),
+    on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    let nofile = server::raise_nofile_limit();
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
-    let app = App::build_role(config, role, local).await?;
-    tracing::info!(%local, role = role.name(), "listening");
-    on_ready(local);
+    let admin_listener = match config.admin_listen_addr() {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the admin listener {a}"))?,
+        ),
+        None => None,
+    };
+    let bound = Bound {
+        public: listener.local_addr()?,
+        admin: match &admin_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
+    };
+    let public_limits = server::Limits {
+        name: "public",
+        max_connections: match config.server.max_connections {
+            0 => server::default_max_connections(nofile, bound.admin.is_some()),
+            n => n,
+        },
+        max_connections_per_ip: config.server.max_connections_per_ip,
+        header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+    };
+    let admin_limits = server::Limits {
+        name: "admin",
+        max_connections: server::ADMIN_MAX_CONNECTIONS,
+        max_connections_per_ip: 0,
+        ..public_limits.clone()
+    };
+    let app = App::build_role(config, role, bound.public).await?;
+    tracing::info!(
+        public = %bound.public,
+        admin = ?bound.admin,
+        role = role.name(),
+        max_connections = public_limits.max_connections,
+        max_connections_per_ip = public_limits.max_connections_per_ip,
+        descriptor_limit = nofile,
+        "listening"
+    );
+    on_ready(bound);
 
+    let drain = server::Shutdown::default();
+    let mut listeners = vec![tokio::spawn(server::serve(
+        listener,
+        app.router,
+        public_limits,
+        drain.clone(),
+    ))];
+    if let (Some(l), Some(router)) = (admin_listener, app.admin_router) {
+        listeners.push(tokio::spawn(server::serve(
+            l,
+            router,
+            admin_limits,
+            drain.clone(),
+        )));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: closing realtime connections, finishing requests");
     let gateway = app.gateway.clone();
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing realtime connections");
+    let sockets = async move {
         if let Some(gateway) = gateway {
             gateway.shutdown(grace).await;
         }
-        let _ = drained_tx.send(());
     };
-    tokio::spawn(drain);
-    // Small frames (acks, events) go out at once: without TCP_NODELAY, Nagle's algorithm
-    // and the peer's delayed ACK hold some of them back for tens of milliseconds.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = drained_rx.await;
-    })
-    .await
-    .context("serving HTTP")?;
-    tracing::info!("stopped");
+    let (_, forced) = tokio::join!(sockets, drain.drain(grace));
+    for l in listeners {
+        let _ = l.await;
+    }
+    tracing::info!(force_closed = forced, "stopped");
     Ok(())
 }
 

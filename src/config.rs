@@ -30,19 +30,69 @@ pub struct Config {
     pub admin: AdminBootstrap,
     pub log: LogConfig,
     pub demo: DemoConfig,
+    pub limits: larachat_limits::LimitsConfig,
 }
 
 /// The demo pages (`/demo`, `/demo/agent`) and their "Demo" project.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoConfig {
-    /// Create the demo project on start and serve the demo pages. Turn off in production.
-    pub enabled: bool,
+    /// `auto` (default): on when `server.listen` is a loopback address, off otherwise;
+    /// `true` / `false`: on or off whatever the address.
+    pub enabled: DemoEnabled,
 }
 
-impl Default for DemoConfig {
-    fn default() -> Self {
-        Self { enabled: true }
+/// Whether `serve` runs the demo: `"auto"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoEnabled {
+    /// Only when listening on a loopback address.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl DemoEnabled {
+    /// Whether the demo runs on a process listening on `listen`.
+    pub fn applies_to(self, listen: SocketAddr) -> bool {
+        match self {
+            DemoEnabled::Auto => listen.ip().is_loopback(),
+            DemoEnabled::On => true,
+            DemoEnabled::Off => false,
+        }
+    }
+}
+
+impl Serialize for DemoEnabled {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DemoEnabled::Auto => s.serialize_str("auto"),
+            DemoEnabled::On => s.serialize_bool(true),
+            DemoEnabled::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DemoEnabled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(DemoEnabled::On),
+            Raw::Bool(false) => Ok(DemoEnabled::Off),
+            Raw::Text(t) => match t.as_str() {
+                "auto" => Ok(DemoEnabled::Auto),
+                "true" => Ok(DemoEnabled::On),
+                "false" => Ok(DemoEnabled::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "demo.enabled must be \"auto\", true or false, got {other:?}"
+                ))),
+            },
+        }
     }
 }
 
@@ -55,6 +105,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for connections and in-flight work.
     pub shutdown_grace_secs: u64,
+    /// Optional second listener for `/metrics`, `/ready` and `/live` (empty: none, and
+    /// `/metrics` stays on `listen`).
+    pub admin_listen: String,
+    /// Open connections (WebSockets included) on `listen` before new ones are refused; 0 =
+    /// derived from the descriptor limit.
+    pub max_connections: usize,
+    /// Open connections per client IP (per /64 for IPv6) on `listen`; 0 = no per-IP cap.
+    pub max_connections_per_ip: usize,
+    /// Seconds to receive a complete request head, from the connection's start or the end of
+    /// its previous response (also the keep-alive idle timeout and the WebSocket handshake
+    /// deadline).
+    pub header_timeout_secs: u64,
+    /// Seconds for reading a request's body and answering it.
+    pub request_timeout_secs: u64,
+    /// HTTP requests in progress at once (not counting `/live`, `/ready`, `/metrics` and open
+    /// WebSockets); more are answered 503 at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +194,8 @@ pub struct SecurityConfig {
     pub user_token_ttl_secs: u64,
     /// Lifetime of admin tokens, in seconds.
     pub admin_token_ttl_secs: u64,
+    /// Longest (and default) lifetime of agent tokens, in seconds.
+    pub agent_token_ttl_secs: u64,
     /// How long gateways trust a cached key or project without a control notice.
     pub cache_ttl_secs: u64,
 }
@@ -165,6 +234,12 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            admin_listen: String::new(),
+            max_connections: 0,
+            max_connections_per_ip: 256,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_in_flight: 1024,
         }
     }
 }
@@ -303,6 +378,15 @@ impl Config {
         for (dotted, value) in flags {
             set_dotted(&mut table, dotted, value);
         }
+        // A rate-limit rule is a pair (`rate`, `burst`) whose defaults differ per rule: setting
+        // one half (`LARACHAT_LIMITS__LOGIN_IP__BURST=5`) keeps the other half's default.
+        if let (Some(Value::Table(user)), Some(Value::Table(base))) =
+            (table.get("limits"), defaults.get("limits"))
+        {
+            let mut limits = base.clone();
+            merge(&mut limits, user.clone());
+            table.insert("limits".into(), Value::Table(limits));
+        }
         let config: Config = Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -321,6 +405,36 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024".into());
+        }
+        let srv = &self.server;
+        if !srv.admin_listen.is_empty() {
+            match srv.admin_listen.parse::<SocketAddr>() {
+                Err(_) => {
+                    return bad(format!(
+                        "server.admin_listen must be empty or an address like 127.0.0.1:9090, got {:?}",
+                        srv.admin_listen
+                    ));
+                }
+                Ok(a) if a.port() != 0 && a == self.listen_addr() => {
+                    return bad("server.admin_listen must differ from server.listen".into());
+                }
+                Ok(_) => {}
+            }
+        }
+        let cap = crate::server::MAX_CONNECTIONS_LIMIT;
+        if srv.max_connections > cap || srv.max_connections_per_ip > cap {
+            return bad(format!(
+                "server.max_connections and server.max_connections_per_ip must be at most {cap}"
+            ));
+        }
+        if srv.header_timeout_secs == 0 || srv.request_timeout_secs == 0 {
+            return bad(
+                "server.header_timeout_secs and server.request_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if srv.max_in_flight == 0 || srv.max_in_flight > cap {
+            return bad(format!("server.max_in_flight must be between 1 and {cap}"));
         }
         if !matches!(self.storage.sqlite_synchronous.as_str(), "full" | "normal") {
             return bad("storage.sqlite_synchronous must be full or normal".into());
@@ -413,7 +527,16 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be text or json".into());
         }
+        if self.security.agent_token_ttl_secs > 24 * 3600 {
+            return bad("security.agent_token_ttl_secs must be at most 86400 (a day)".into());
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// The admin listener's address, if one is configured (validated).
+    pub fn admin_listen_addr(&self) -> Option<SocketAddr> {
+        self.server.admin_listen.parse().ok()
     }
 
     /// The listen address (validated).
@@ -432,6 +555,14 @@ impl Config {
             or(s.admin_token_ttl_secs, 12 * 3600),
             or(s.cache_ttl_secs, 30),
         )
+    }
+
+    /// Longest lifetime of agent tokens (`0` means 15 minutes).
+    pub fn agent_token_ttl(&self) -> Duration {
+        match self.security.agent_token_ttl_secs {
+            0 => Duration::from_secs(15 * 60),
+            s => Duration::from_secs(s),
+        }
     }
 
     /// Realtime limits for the gateway.
@@ -627,6 +758,61 @@ mod tests {
     }
 
     #[test]
+    fn limits_and_demo_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LARACHAT_LIMITS__IP__RATE", "10/s"),
+                ("LARACHAT_LIMITS__IP__BURST", "5"),
+                ("LARACHAT_LIMITS__TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+                ("LARACHAT_DEMO__ENABLED", "false"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.limits.ip.rate.to_string(), "10/s");
+        assert_eq!(c.limits.ip.burst, 5);
+        let half =
+            Config::load(None, env(&[("LARACHAT_LIMITS__LOGIN_IP__BURST", "3")]), []).unwrap();
+        assert_eq!(half.limits.login_ip.burst, 3);
+        assert_eq!(
+            half.limits.login_ip.rate,
+            Config::default().limits.login_ip.rate
+        );
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        assert_eq!(c.demo.enabled, DemoEnabled::Off);
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let auto = Config::default().demo.enabled;
+        assert!(auto.applies_to(loopback));
+        assert!(!auto.applies_to(public), "auto: off on a public address");
+        let on = Config::load(Some("[demo]\nenabled = true\n"), env(&[]), []).unwrap();
+        assert!(on.demo.enabled.applies_to(public));
+        for (vars, named) in [
+            (&[("LARACHAT_LIMITS__IP__RATE", "fast")][..], "rate"),
+            (
+                &[("LARACHAT_LIMITS__LOGIN_IP__BURST", "0")][..],
+                "login_ip.burst",
+            ),
+            (
+                &[("LARACHAT_LIMITS__TRUSTED_PROXIES", "proxy.local")][..],
+                "trusted proxy",
+            ),
+            (&[("LARACHAT_DEMO__ENABLED", "maybe")][..], "demo.enabled"),
+        ] {
+            let r = Config::load(None, env(vars), []);
+            let msg = match &r {
+                Err(ConfigError::Parse(m) | ConfigError::Invalid(m)) => m.clone(),
+                Ok(_) => String::new(),
+            };
+            assert!(msg.contains(named), "{vars:?}: {r:?}");
+        }
+        // check-config prints it back as TOML that loads again.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::load(Some(&text), env(&[]), []).unwrap(), c);
+    }
+
+    #[test]
     fn aliases_fill_admin_bootstrap() {
         let c = Config::load(
             None,
@@ -660,6 +846,32 @@ mod tests {
         assert!(matches!(bad_addr, Err(ConfigError::Invalid(m)) if m.contains("server.listen")));
         let short = Config::load(Some("[security]\njwt_secret = \"short\"\n"), env(&[]), []);
         assert!(matches!(short, Err(ConfigError::Invalid(m)) if m.contains("jwt_secret")));
+        for (var, value) in [
+            ("LARACHAT_SERVER__ADMIN_LISTEN", "localhost:9090"),
+            ("LARACHAT_SERVER__ADMIN_LISTEN", "127.0.0.1:8080"),
+            ("LARACHAT_SERVER__HEADER_TIMEOUT_SECS", "0"),
+            ("LARACHAT_SERVER__REQUEST_TIMEOUT_SECS", "0"),
+            ("LARACHAT_SERVER__MAX_IN_FLIGHT", "0"),
+            ("LARACHAT_SERVER__MAX_CONNECTIONS", "2000000"),
+        ] {
+            let r = Config::load(None, env(&[(var, value)]), []);
+            assert!(
+                matches!(&r, Err(ConfigError::Invalid(m)) if m.contains("server.")),
+                "{var}={value}: {r:?}"
+            );
+        }
+        let admin = Config::load(
+            None,
+            env(&[("LARACHAT_SERVER__ADMIN_LISTEN", "127.0.0.1:9090")]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(admin.admin_listen_addr().map(|a| a.port()), Some(9090));
+        assert_eq!(
+            Config::default().admin_listen_addr(),
+            None,
+            "unset by default"
+        );
         let half_admin = Config::load(None, env(&[("LARACHAT_ADMIN_EMAIL", "a@b.co")]), []);
         assert!(matches!(half_admin, Err(ConfigError::Invalid(_))));
         let wrong_type = Config::load(Some("[server]\nmax_body_bytes = \"big\"\n"), env(&[]), []);

@@ -1,7 +1,8 @@
 //! Operations endpoints on every process: `/live`, `/ready`, `/metrics`, `/openapi.json`, and
-//! the HTTP metrics middleware.
+//! the HTTP metrics middleware. With `server.admin_listen` set, `/metrics` moves to the admin
+//! listener ([`admin_router`]) and `/live`, `/ready` are served on both.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -10,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -25,26 +26,6 @@ pub struct Ops {
     pub bus: Arc<dyn Bus>,
     pub metrics: PrometheusHandle,
     pub openapi: Arc<String>,
-}
-
-/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ])
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            // Fails only if another recorder was installed first; then ours renders nothing,
-            // which is visible on /metrics rather than fatal.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 /// The OpenAPI document of every HTTP endpoint of this process.
@@ -77,12 +58,27 @@ pub fn openapi_json() -> String {
     doc.to_pretty_json().unwrap_or_else(|_| "{}".into())
 }
 
-pub fn router(ops: Ops) -> Router {
+/// The operations routes of the public listener: `/metrics` only when there is no admin
+/// listener.
+pub fn router(ops: Ops, with_metrics: bool) -> Router {
+    let router = Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi));
+    let router = if with_metrics {
+        router.route("/metrics", get(metrics_route))
+    } else {
+        router
+    };
+    router.with_state(ops)
+}
+
+/// The admin listener's routes: `/metrics`, `/ready`, `/live`.
+pub fn admin_router(ops: Ops) -> Router {
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_route))
-        .route("/openapi.json", get(openapi))
         .with_state(ops)
 }
 
@@ -116,7 +112,7 @@ async fn ready(State(ops): State<Ops>) -> Response {
 async fn metrics_route(State(ops): State<Ops>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ops.metrics.render(),
+        crate::telemetry::render(&ops.metrics),
     )
         .into_response()
 }
@@ -142,9 +138,9 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("larachat_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    metrics::counter!(crate::telemetry::HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!("larachat_http_request_duration_seconds", "route" => route)
+    metrics::histogram!(crate::telemetry::HTTP_REQUEST_DURATION, "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
 }

@@ -212,7 +212,9 @@ async fn tenant_isolation_every_endpoint_answers_like_an_unknown_id() {
             ),
             unknown: (format!("/api/v1/users/{u}"), Some(json!({"name": "pwned"}))),
             as_key: nf,
-            as_user: nf,
+            // End users cannot change any profile (tenant-owned fields), theirs included:
+            // the same 403 for every id, so it says nothing about existence.
+            as_user: fb,
         },
         Probe {
             label: "DELETE user",
@@ -1362,12 +1364,37 @@ async fn end_user_tokens_act_only_on_themselves() {
             Some(json!({"name": "hacked"})),
         )
         .await;
-    expect_error(&r, StatusCode::NOT_FOUND, "not_found", "PATCH Bob");
+    expect_error(&r, StatusCode::FORBIDDEN, "forbidden", "PATCH Bob");
+    // Her own profile belongs to the tenant too: name, e-mail, avatar, metadata.
+    for field in [
+        json!({"name": "Alice A."}),
+        json!({"email": "alice@evil.example"}),
+        json!({"avatar": "https://evil.example/a.png"}),
+        json!({"metadata": {"vip": true}}),
+    ] {
+        let r = srv
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/users/{alice}"),
+                &alice_token,
+                Some(field.clone()),
+            )
+            .await;
+        expect_error(
+            &r,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("PATCH self {field}"),
+        );
+    }
+    let (_, me) = srv.get(&format!("/api/v1/users/{alice}"), &t.key).await;
+    assert_ne!(me["name"], "Alice A.", "nothing was changed");
+    // The tenant's key may.
     let (s, me) = srv
         .call(
             Method::PATCH,
             &format!("/api/v1/users/{alice}"),
-            &alice_token,
+            &t.key,
             Some(json!({"name": "Alice A."})),
         )
         .await;
@@ -1828,7 +1855,8 @@ async fn keys_send_as_agents_bots_and_member_end_users_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 
 async fn revoked_key_is_refused_on_the_very_next_request() {
-    let srv = Server::start().await;
+    // ~1,000 requests from one address in a few seconds: more than the default per-IP budget.
+    let srv = Server::start_with(|c| c.limits.enabled = false).await;
     let t = srv.tenant("revocation").await;
     let conv = srv.conversation(&t.key, &[]).await;
     let path = format!("/api/v1/conversations/{conv}");

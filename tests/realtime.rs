@@ -600,6 +600,8 @@ async fn a_consumer_that_stops_reading_is_disconnected_and_loses_nothing_by_resu
     let server = Server::start_with(|c| {
         c.realtime.outbound_queue = 4;
         c.realtime.max_frames_per_sec = 100_000;
+        // Thousands of sends from one key: far beyond its rate limit (tests/limits.rs).
+        c.limits.enabled = false;
     })
     .await;
     let (key, _uid, token, conv) = scene(&server).await;
@@ -676,7 +678,8 @@ async fn a_consumer_that_stops_reading_is_disconnected_and_loses_nothing_by_resu
         }
         after = stored.last().cloned();
     }
-    assert!(stored.len() > 100, "only {} stored", stored.len());
+    // The cut is checked every 100 sends: on a busy machine it can come at the first check.
+    assert!(stored.len() >= 100, "only {} stored", stored.len());
     assert_eq!(got, stored, "lost or duplicated messages after resume");
     server.stop().await;
 }

@@ -581,13 +581,6 @@ async fn the_widget_files_and_the_demo_are_served() {
     );
     assert!(page.contains("/widget/loader.js"));
     assert!(!page.contains("{{"), "every placeholder is filled");
-    let agent = server
-        .http
-        .get(server.url("/demo/agent"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(agent.status(), StatusCode::OK, "served to loopback");
-    assert!(agent.text().await.unwrap().contains("sk_live_"));
+    // The agent view and its token: tests/demo.rs.
     server.stop().await;
 }

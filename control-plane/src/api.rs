@@ -211,8 +211,24 @@ impl From<&ApiKeyRecord> for ApiKeyView {
 )]
 pub async fn login(
     State(cp): State<ControlPlane>,
+    client_ip: Option<axum::Extension<larachat_limits::ClientIp>>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<ApiJson<LoginResponse>, ApiError> {
+    // Before any argon2 run: a refused attempt costs nothing, and an attacker can neither
+    // guess fast nor make the server hash fast.
+    let limits = &cp.config().limits;
+    if let Some(axum::Extension(ip)) = client_ip {
+        limits.check(
+            larachat_limits::Kind::LoginIp,
+            &larachat_limits::client_ip::limit_key(ip.0),
+            None,
+        )?;
+    }
+    limits.check(
+        larachat_limits::Kind::LoginAccount,
+        password::normalize_email(&body.email).as_str(),
+        None,
+    )?;
     let Some(admin) = password::check_login(&cp, &body.email, body.password).await? else {
         telemetry::login(false);
         tracing::info!("admin login failed");
@@ -617,6 +633,9 @@ fn check_settings(settings: &serde_json::Value) -> Result<(), ApiError> {
     if !settings.is_object() {
         return Err(ApiError::validation("settings must be a JSON object"));
     }
+    // Per-project rate limits (`settings.limits`) are read by every gateway: refuse a
+    // malformed section here rather than have it ignored there.
+    larachat_limits::ProjectLimits::from_settings(settings).map_err(ApiError::validation)?;
     let len = serde_json::to_vec(settings).map_or(usize::MAX, |v| v.len());
     if len > MAX_SETTINGS_BYTES {
         return Err(ApiError::validation(format!(

@@ -14,16 +14,19 @@
 //!   only ever sees the projects it owns; anything else answers 404 like a missing resource).
 //! - [`auth`]: admin tokens (HS256 JWT, `aud = "larachat:admin"`) and the [`AdminAuth`]
 //!   extractor that guards every route but login.
-//! - [`password`]: argon2id password hashing, login verification without user enumeration,
-//!   and [`bootstrap_admin`] for the first admin.
+//! - [`password`]: argon2id password hashing, login verification without user enumeration
+//!   through a bounded pool of argon2 slots, and [`bootstrap_admin`] for the first admin.
 //! - [`widget`]: widget settings of a project (allowed origins, identity verification, look)
 //!   and its identity secret.
 //! - [`openapi`]: [`AdminApiDoc`], the OpenAPI description the binary merges into
 //!   `/openapi.json`.
-//! - `telemetry` (private): the metric names (`larachat_admin_*`), defined once.
+//! - `telemetry` (private): the metric names (`larachat_admin_*`) and their HELP text, defined
+//!   once ([`describe_metrics`]).
 //!
 //! The entry points are [`ControlPlane::new`] (state) and [`router`] (the axum routes, with
-//! their 64 KiB body limit and catalog errors for 405s).
+//! their 64 KiB body limit, catalog errors for 405s, and the per-client-address rate limit of
+//! `larachat-limits`; login is also limited per address and per account, before any argon2
+//! run).
 
 pub mod api;
 pub mod auth;
@@ -45,7 +48,6 @@ use axum::routing::{delete, get, post};
 use larachat_broker::Bus;
 use larachat_core::ApiError;
 use larachat_store::Store;
-use tokio::sync::Semaphore;
 
 pub use api::{
     AdminView, ApiKeyList, ApiKeyView, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey,
@@ -54,6 +56,7 @@ pub use api::{
 pub use auth::{ADMIN_AUDIENCE, AdminAuth, AuthRejection, ISSUER, IssuedToken};
 pub use openapi::AdminApiDoc;
 pub use password::{BootstrapOutcome, MIN_PASSWORD_CHARS, bootstrap_admin};
+pub use telemetry::describe as describe_metrics;
 
 /// Largest request body the Admin API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -74,6 +77,9 @@ pub struct ControlPlaneConfig {
     pub key_pepper: Vec<u8>,
     /// Lifetime of an admin token issued at login.
     pub admin_token_ttl: Duration,
+    /// The process's rate limits: the per-IP limit of every Admin API request, and login
+    /// attempts per IP and per account (shared with the gateway in a single-node process).
+    pub limits: Arc<larachat_limits::Limits>,
 }
 
 /// Why a [`ControlPlaneConfig`] was refused.
@@ -98,9 +104,10 @@ struct Inner {
     bus: Arc<dyn Bus>,
     config: ControlPlaneConfig,
     tokens: auth::TokenKeys,
-    /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core for tens of milliseconds,
-    /// so an unbounded burst of logins would exhaust memory through the blocking pool.
-    password_slots: Arc<Semaphore>,
+    /// Bounds concurrent argon2 runs and the logins waiting for one: each run takes ~19 MiB
+    /// and a core for tens of milliseconds, so an unbounded burst of logins would exhaust
+    /// memory through the blocking pool.
+    password_pool: password::Pool,
     /// In-process observers of control events, told before the bus (see
     /// [`ControlPlane::add_local_listener`]).
     listeners: std::sync::RwLock<Vec<LocalListener>>,
@@ -117,6 +124,7 @@ impl ControlPlaneConfig {
             jwt_secret: jwt_secret.into(),
             key_pepper: key_pepper.into(),
             admin_token_ttl: DEFAULT_ADMIN_TOKEN_TTL,
+            limits: Arc::new(larachat_limits::Limits::default()),
         }
     }
 
@@ -144,16 +152,13 @@ impl ControlPlane {
     ) -> Result<Self, ConfigError> {
         config.check()?;
         password::prepare_dummy_hash();
-        let slots = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 16);
         Ok(Self {
             inner: Arc::new(Inner {
                 tokens: auth::TokenKeys::new(&config.jwt_secret),
                 store,
                 bus,
                 config,
-                password_slots: Arc::new(Semaphore::new(slots)),
+                password_pool: password::Pool::for_this_machine(),
                 listeners: std::sync::RwLock::new(Vec::new()),
             }),
         })
@@ -209,8 +214,8 @@ impl ControlPlane {
         &self.inner.tokens
     }
 
-    pub(crate) fn password_slots(&self) -> Arc<Semaphore> {
-        self.inner.password_slots.clone()
+    pub(crate) fn password_pool(&self) -> &password::Pool {
+        &self.inner.password_pool
     }
 }
 
@@ -220,6 +225,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("jwt_secret", &"<redacted>")
             .field("key_pepper", &"<redacted>")
             .field("admin_token_ttl", &self.admin_token_ttl)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -264,6 +270,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(no_store))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            cp.config().limits.clone(),
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(cp)
 }
 

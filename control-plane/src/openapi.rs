@@ -4,6 +4,8 @@
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
+use larachat_core::openapi::StandardErrors;
+
 use crate::api;
 
 /// Paths and schemas of the Admin API, with the `bearer` security scheme (admin JWT).
@@ -46,7 +48,7 @@ use crate::api;
         larachat_core::error::ErrorDetail,
         larachat_core::error::ErrorCode,
     )),
-    modifiers(&BearerSecurity),
+    modifiers(&BearerSecurity, &StandardErrors),
     tags((name = "admin", description = "Admin API: admin login, projects and API keys"))
 )]
 pub struct AdminApiDoc;

@@ -2,22 +2,28 @@
 //!
 //! Hashes are PHC strings (`$argon2id$v=19$m=19456,t=2,p=1$…`) with the argon2 crate's default
 //! parameters (OWASP's minimum for argon2id). Hashing and verifying run on the blocking pool,
-//! never on the async workers.
+//! never on the async workers, and login checks go through a [`Pool`]: one argon2 run per
+//! core at a time (each takes ~19 MiB and a core for tens of milliseconds), a short bounded
+//! queue behind them, and `503 unavailable` (with `Retry-After`) for a login that finds the
+//! queue full — so a flood of failed logins costs bounded memory and CPU, never a growing
+//! backlog of 19 MiB buffers.
 //!
 //! Login never tells whether an email exists: an unknown email is verified against a dummy
 //! hash with the same parameters, so both failures cost one argon2 run and answer the same
 //! 401.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use larachat_core::model::AdminUser;
-use larachat_core::{AdminUserId, ApiError, validate};
+use larachat_core::{AdminUserId, ApiError, ErrorCode, validate};
 use larachat_store::{Store, StoreError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::ControlPlane;
+use crate::{ControlPlane, telemetry};
 
 /// Shortest password accepted for an admin, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 10;
@@ -32,6 +38,22 @@ pub enum BootstrapOutcome {
     /// An admin with this email already existed; its password was left untouched.
     AlreadyExists(AdminUserId),
 }
+
+/// Bounds the argon2 work of logins: `slots` checks run at once, at most `queue` more wait
+/// for a slot, and any further login is refused at once instead of queueing without bound.
+#[derive(Debug)]
+pub struct Pool {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    queue: usize,
+}
+
+/// The pool and its queue are full: answer 503 without checking the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFull;
+
+/// A place in the wait queue, given back on drop (also when the waiting request is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
 
 static DUMMY_HASH: OnceLock<String> = OnceLock::new();
 
@@ -84,6 +106,62 @@ pub async fn bootstrap_admin(
             Err(e) => Err(store_error(e)),
         },
         Err(e) => Err(store_error(e)),
+    }
+}
+
+impl Pool {
+    /// `slots` concurrent checks (at least 1) and a queue of `queue` waiting ones.
+    pub fn new(slots: usize, queue: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            waiting: AtomicUsize::new(0),
+            queue,
+        }
+    }
+
+    /// One slot per core (at most 16), and four waiting logins per slot.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 16);
+        Self::new(cores, 4 * cores)
+    }
+
+    /// A slot for one argon2 run: at once if one is free, after a wait if the queue has room,
+    /// otherwise [`PoolFull`].
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, PoolFull> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let taken = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(PoolFull);
+        }
+        let _place = Waiting::enter(&self.waiting);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolFull)
+    }
+}
+
+impl<'a> Waiting<'a> {
+    /// Takes the place already counted in `waiting`.
+    fn enter(waiting: &'a AtomicUsize) -> Self {
+        metrics::gauge!(telemetry::PASSWORD_CHECKS_WAITING).increment(1.0);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(telemetry::PASSWORD_CHECKS_WAITING).decrement(1.0);
     }
 }
 
@@ -145,11 +223,13 @@ pub(crate) async fn check_login(
         .map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
     // The permit moves into the blocking task: if the client goes away, the argon2 run still
     // holds its slot until it really ends.
-    let permit = cp
-        .password_slots()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::unavailable())?;
+    let permit = cp.password_pool().acquire().await.map_err(|PoolFull| {
+        telemetry::login_refused();
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "too many logins in progress; try again in a moment",
+        )
+    })?;
     let matches = tokio::task::spawn_blocking(move || {
         let matches = verify(&password, &hash);
         drop(permit);
@@ -213,6 +293,43 @@ mod tests {
             .map(|p| p.params.to_string())
             .unwrap();
         assert_eq!(real, dummy);
+    }
+
+    #[tokio::test]
+    async fn the_pool_queues_a_bounded_number_and_refuses_the_rest() {
+        let pool = Arc::new(Pool::new(1, 2));
+        let running = pool.acquire().await.expect("a free slot");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            let (pool, tx) = (pool.clone(), tx.clone());
+            queued.push(tokio::spawn(async move {
+                let p = pool.acquire().await;
+                let _ = tx.send(p.is_ok());
+                // Hold the slot briefly so the next waiter sees it taken.
+                drop(p);
+            }));
+        }
+        // Both waiters are queued once the counter says so (no sleeps: poll the counter).
+        while pool.waiting.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.acquire().await.err(), Some(PoolFull), "queue full");
+        drop(running);
+        assert_eq!(rx.recv().await, Some(true));
+        assert_eq!(rx.recv().await, Some(true));
+        for q in queued {
+            q.await.unwrap();
+        }
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
+        let dropped = {
+            let _held = pool.acquire().await.unwrap();
+            // A waiter that gives up (client gone) frees its queue place.
+            let w = tokio::time::timeout(std::time::Duration::from_millis(1), pool.acquire()).await;
+            w.is_err()
+        };
+        assert!(dropped);
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
     }
 
     #[test]

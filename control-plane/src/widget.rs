@@ -26,8 +26,9 @@ pub const MAX_ORIGINS: usize = 50;
 pub struct WidgetSettingsRequest {
     /// Exact origins (`https://example.com`, `http://localhost:3000`) the widget may run on.
     pub allowed_origins: Vec<String>,
+    /// `off`, `report` or `enforce`; absent: unchanged (`enforce` for a new project).
     #[serde(default)]
-    pub identity_verification: IdentityVerification,
+    pub identity_verification: Option<IdentityVerification>,
     pub title: Option<String>,
     pub greeting: Option<String>,
     /// `light` or `dark`.
@@ -140,7 +141,7 @@ async fn save(
 
 /// Get a project's widget settings.
 #[utoipa::path(get, path = "/api/admin/projects/{id}/widget", tag = "admin",
-    params(("id" = String, Path, description = "project id")),
+    params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -156,7 +157,7 @@ pub async fn get_widget(
 /// Replace a project's widget settings.
 #[utoipa::path(put, path = "/api/admin/projects/{id}/widget", tag = "admin",
     request_body = WidgetSettingsRequest,
-    params(("id" = String, Path, description = "project id")),
+    params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
               (status = 404, body = larachat_core::error::ErrorBody),
               (status = 422, body = larachat_core::error::ErrorBody)),
@@ -179,7 +180,9 @@ pub async fn put_widget(
     }
     let widget = WidgetSettings {
         allowed_origins: origins,
-        identity_verification: body.identity_verification,
+        identity_verification: body
+            .identity_verification
+            .unwrap_or(current.identity_verification),
         title: body.title,
         greeting: body.greeting,
         theme: body.theme,
@@ -194,7 +197,7 @@ pub async fn put_widget(
 
 /// Rotate the identity-verification secret: `user_hash`es signed with the old one stop working.
 #[utoipa::path(post, path = "/api/admin/projects/{id}/widget/identity-secret", tag = "admin",
-    params(("id" = String, Path, description = "project id")),
+    params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,11 +52,14 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request's content type is not supported.
     UnsupportedMediaType,
+    /// The request (its body, or the work it asked for) was not complete within the server's
+    /// request timeout.
+    RequestTimeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidPayload,
         Self::ValidationFailed,
         Self::Unauthorized,
@@ -73,6 +77,7 @@ impl ErrorCode {
         Self::Internal,
         Self::MethodNotAllowed,
         Self::UnsupportedMediaType,
+        Self::RequestTimeout,
     ];
 
     /// The stable string code.
@@ -95,6 +100,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -118,6 +124,7 @@ impl ErrorCode {
             Self::Internal => 500,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedMediaType => 415,
+            Self::RequestTimeout => 408,
         }
     }
 
@@ -141,6 +148,7 @@ impl ErrorCode {
             Self::Unavailable => 4102,
             Self::Internal => 4103,
             Self::RateLimited => 4129,
+            Self::RequestTimeout => 4108,
         }
     }
 
@@ -149,6 +157,7 @@ impl ErrorCode {
         matches!(
             self,
             Self::RateLimited
+                | Self::RequestTimeout
                 | Self::SlowConsumer
                 | Self::ShuttingDown
                 | Self::Unavailable
@@ -185,6 +194,45 @@ impl fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
+    /// For `rate_limited`: the bucket that refused and when to retry. HTTP renders it as
+    /// `Retry-After` and `RateLimit-*` headers, the realtime socket as `retry_after_ms`.
+    pub rate_limit: Option<Box<RateLimitInfo>>,
+}
+
+/// The state of the rate-limit bucket that decided a request (IETF `RateLimit-*` fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// Requests the bucket holds when full (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Requests left right now (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Time until the bucket is full again (`RateLimit-Reset`, in seconds rounded up).
+    pub reset: Duration,
+    /// Time until the next request can pass (`Retry-After`); zero when this one passed.
+    pub retry_after: Duration,
+}
+
+impl RateLimitInfo {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after).max(1)
+    }
+
+    /// `RateLimit-Reset` in whole seconds, rounded up.
+    pub fn reset_secs(&self) -> u64 {
+        ceil_secs(self.reset)
+    }
+
+    /// The retry hint of the realtime `error` frame, in milliseconds (at least 1).
+    pub fn retry_after_ms(&self) -> u64 {
+        u64::try_from(self.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl ApiError {
@@ -192,6 +240,16 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            rate_limit: None,
+        }
+    }
+
+    /// `rate_limited`, with the state of the bucket that refused.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, info: RateLimitInfo) -> Self {
+        Self {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            rate_limit: Some(Box::new(info)),
         }
     }
     pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {

@@ -15,6 +15,8 @@
 //! - [`http`] (feature `axum`): catalog errors as HTTP responses, JSON/path/query extractors
 //!   whose rejections use the catalog.
 //! - [`throttle`]: when a repeated event deserves a log line (1st, 2nd, 4th, 8th…).
+//! - [`openapi`] (feature `openapi`): the catalog errors every API operation documents,
+//!   added to the OpenAPI documents in one place.
 //! - [`keys`]: API key format (`sk_live_…`, `pk_live_…`), checksum, hashing, constant-time check.
 //!
 //! Depends on nothing of ours; `store`, `broker`, `gateway` and `control-plane` depend on it.
@@ -34,3 +36,5 @@ pub use id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, Projec
 
 #[cfg(feature = "axum")]
 pub mod http;
+#[cfg(feature = "openapi")]
+pub mod openapi;

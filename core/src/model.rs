@@ -105,12 +105,20 @@ impl ProjectPatch {
 #[serde(rename_all = "snake_case")]
 pub enum IdentityVerification {
     /// Trust the page (anyone can claim any identifier from the browser console).
-    #[default]
     Off,
-    /// Accept, but log and count a missing or wrong proof.
+    /// Accept, but log and count a missing or wrong proof (a migration aid).
     Report,
-    /// Refuse a missing or wrong proof.
+    /// Refuse a missing or wrong proof. The default of new projects.
+    #[default]
     Enforce,
+}
+
+impl IdentityVerification {
+    /// What a stored widget section without the field means: it was written when `off` was
+    /// the default, so it keeps meaning `off` (existing projects keep their behaviour).
+    pub fn stored_default() -> Self {
+        Self::Off
+    }
 }
 
 /// Widget configuration of a project, kept under `settings.widget`.
@@ -120,6 +128,9 @@ pub enum IdentityVerification {
 pub struct WidgetSettings {
     /// Exact origins (`scheme://host[:port]`) the widget may run on.
     pub allowed_origins: Vec<String>,
+    /// `enforce` for a project without widget settings; see
+    /// [`IdentityVerification::stored_default`] for stored ones without this field.
+    #[serde(default = "IdentityVerification::stored_default")]
     pub identity_verification: IdentityVerification,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
@@ -564,5 +575,38 @@ mod tests {
             serde_json::json!({"type":"agent","id":"agent-7","name":"Ana"})
         );
         assert_eq!(a.member_key(), "agent:agent-7");
+    }
+
+    #[test]
+    fn identity_verification_is_enforced_unless_stored_otherwise() {
+        let t = now();
+        let mut p = Project {
+            id: ProjectId::new_v7(),
+            name: "p".into(),
+            owner_id: AdminUserId::new_v7(),
+            plan: Plan::Free,
+            status: ProjectStatus::Active,
+            settings: empty_object(),
+            created_at: t,
+            updated_at: t,
+        };
+        assert_eq!(
+            WidgetSettings::of(&p).identity_verification,
+            IdentityVerification::Enforce,
+            "a new project"
+        );
+        // Written before enforce was the default: off stays off.
+        p.settings = serde_json::json!({"widget": {"allowed_origins": ["https://a.example"]}});
+        assert_eq!(
+            WidgetSettings::of(&p).identity_verification,
+            IdentityVerification::Off
+        );
+        let mut w = WidgetSettings::of(&p);
+        w.identity_verification = IdentityVerification::Report;
+        p.settings = w.patch_for(&p).settings.unwrap();
+        assert_eq!(
+            WidgetSettings::of(&p).identity_verification,
+            IdentityVerification::Report
+        );
     }
 }

@@ -204,6 +204,9 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
         retryable: bool,
+        /// `rate_limited` only: wait at least this long before retrying (added within v1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// A new message in a subscribed conversation (live, or replayed from the store).
     Message {
@@ -234,6 +237,7 @@ impl ServerFrame {
             code: err.code,
             message: err.message.to_string(),
             retryable: err.code.retryable(),
+            retry_after_ms: err.rate_limit.as_ref().map(|r| r.retry_after_ms()),
         }
     }
 

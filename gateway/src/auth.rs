@@ -5,9 +5,15 @@
 //!   key id embedded in them (cached), verified in constant time, checked for revocation and
 //!   expiry on every use, and scoped by `read` / `write` / `admin`;
 //! - **end-user JWTs** (HS256, `sub` = end user, `aud` = `larachat:project:<id>`, `exp`),
-//!   issued by `POST /api/v1/users`.
+//!   issued by `POST /api/v1/users`, or by widget init with an `origin` claim (a widget
+//!   session, refused on the Client API);
+//! - **agent tokens** (HS256, `aud` = `larachat:agent:<project>`, `sub` = the agent's id,
+//!   `name`, `scp` = scopes, `by` = who issued it, e.g. `key:<key id>`, `exp` short), issued by
+//!   `POST /api/v1/agent-tokens` to a secret key's holder for a browser (an inbox, the demo):
+//!   an agent of the project with those scopes, speaking as that agent only, refused as soon
+//!   as the issuing key is revoked or expires.
 //!
-//! Both resolve to a [`Principal`]: the project (from the credential only, never from the
+//! All resolve to a [`Principal`]: the project (from the credential only, never from the
 //! request) and the actor. The project must be active.
 
 use std::sync::Arc;
@@ -52,6 +58,13 @@ pub enum PrincipalKind {
         key_id: ApiKeyId,
         scopes: std::collections::BTreeSet<Scope>,
     },
+    /// An agent with a short-lived agent token issued by the key `key_id`.
+    Agent {
+        key_id: ApiKeyId,
+        scopes: std::collections::BTreeSet<Scope>,
+        /// Who the token speaks as (an `agent` actor; fixed by the token).
+        actor: Actor,
+    },
     /// An end user with a token.
     EndUser { user_id: EndUserId },
 }
@@ -61,7 +74,7 @@ impl Principal {
     pub fn require_read(&self) -> Result<(), ApiError> {
         match &self.kind {
             PrincipalKind::EndUser { .. } => Ok(()),
-            PrincipalKind::Key { scopes, .. } => {
+            PrincipalKind::Key { scopes, .. } | PrincipalKind::Agent { scopes, .. } => {
                 if scopes
                     .iter()
                     .any(|s| matches!(s, Scope::Read | Scope::Write | Scope::Admin))
@@ -79,7 +92,7 @@ impl Principal {
     pub fn require_write(&self) -> Result<(), ApiError> {
         match &self.kind {
             PrincipalKind::EndUser { .. } => Ok(()),
-            PrincipalKind::Key { scopes, .. } => {
+            PrincipalKind::Key { scopes, .. } | PrincipalKind::Agent { scopes, .. } => {
                 if scopes.contains(&Scope::Write) || scopes.contains(&Scope::Admin) {
                     Ok(())
                 } else {
@@ -95,28 +108,46 @@ impl Principal {
             PrincipalKind::EndUser { .. } => Err(ApiError::forbidden(
                 "this operation needs a secret key, not an end-user token",
             )),
+            PrincipalKind::Agent { .. } => Err(ApiError::forbidden(
+                "this operation needs a secret key, not an agent token",
+            )),
             PrincipalKind::Key { .. } => self.require_write(),
+        }
+    }
+
+    /// Requires the tenant's side (a secret key or an agent token) with `write`: end users
+    /// may not do this.
+    pub fn require_tenant_write(&self) -> Result<(), ApiError> {
+        match &self.kind {
+            PrincipalKind::EndUser { .. } => Err(ApiError::forbidden(
+                "this operation needs a secret key or an agent token, not an end-user token",
+            )),
+            PrincipalKind::Key { .. } | PrincipalKind::Agent { .. } => self.require_write(),
         }
     }
 
     pub fn end_user(&self) -> Option<EndUserId> {
         match self.kind {
             PrincipalKind::EndUser { user_id } => Some(user_id),
-            PrincipalKind::Key { .. } => None,
+            PrincipalKind::Key { .. } | PrincipalKind::Agent { .. } => None,
         }
     }
 
+    /// The secret key behind the credential: the key itself, or the key that issued an agent
+    /// token (revoking it ends both).
     pub fn key_id(&self) -> Option<ApiKeyId> {
         match self.kind {
-            PrincipalKind::Key { key_id, .. } => Some(key_id),
+            PrincipalKind::Key { key_id, .. } | PrincipalKind::Agent { key_id, .. } => Some(key_id),
             PrincipalKind::EndUser { .. } => None,
         }
     }
 
-    /// The default actor of a key: an agent named after the key.
+    /// The default actor: an end user is itself, an agent token its agent, a key an agent
+    /// named after the key.
     pub fn default_actor(&self) -> Actor {
-        match self.kind {
-            PrincipalKind::EndUser { user_id } => Actor::end_user(user_id, None),
+        match &self.kind {
+            PrincipalKind::EndUser { user_id } => Actor::end_user(*user_id, None),
+            PrincipalKind::Agent { actor, .. } => actor.clone(),
             PrincipalKind::Key { key_id, .. } => Actor {
                 kind: ActorKind::Agent,
                 id: format!("key_{key_id}"),
@@ -126,7 +157,8 @@ impl Principal {
     }
 }
 
-/// End-user token claims.
+/// Claims of the tokens the gateway signs (end-user, visitor and agent tokens; `aud` tells
+/// them apart).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct UserClaims {
     sub: String,
@@ -137,6 +169,29 @@ struct UserClaims {
     /// Widget sessions only: the origin the session belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     origin: Option<String>,
+    /// Agent tokens: the agent's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Agent tokens: scopes (a subset of the issuer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scp: Option<Vec<Scope>>,
+    /// Agent tokens: who issued it, `key:<key id>` (later also dashboard members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
+}
+
+/// Audience prefix of agent tokens.
+const AGENT_AUD_PREFIX: &str = "larachat:agent:";
+/// `by` prefix of agent tokens issued by a secret key.
+const BY_KEY_PREFIX: &str = "key:";
+
+/// A freshly issued agent token.
+#[derive(Debug, Clone)]
+pub struct AgentToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub actor: Actor,
+    pub scopes: std::collections::BTreeSet<Scope>,
 }
 
 /// Audience of visitor tokens: they only bring an anonymous visitor back at widget init.
@@ -167,8 +222,11 @@ pub struct Authenticator {
     encoding: EncodingKey,
     decoding: DecodingKey,
     token_ttl: Duration,
+    agent_token_ttl: Duration,
     keys: Cache<ApiKeyId, Arc<ApiKeyRecord>>,
     projects: Cache<ProjectId, Arc<Project>>,
+    /// Per-project rate-limit overrides (`settings.limits`), parsed once per cached project.
+    project_limits: Cache<ProjectId, Arc<larachat_limits::ProjectLimits>>,
     /// Keys whose `last_used_at` was recorded recently: at most one store write per key per
     /// minute, off the request path.
     touched: Cache<ApiKeyId, ()>,
@@ -182,6 +240,11 @@ impl Authenticator {
             encoding: EncodingKey::from_secret(&config.jwt_secret),
             decoding: DecodingKey::from_secret(&config.jwt_secret),
             token_ttl: config.user_token_ttl,
+            agent_token_ttl: config.agent_token_ttl,
+            project_limits: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache_ttl)
+                .build(),
             keys: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.cache_ttl)
@@ -259,6 +322,12 @@ impl Authenticator {
                 _ => ApiError::unauthorized("invalid token"),
             },
         )?;
+        if let Some(project) = data.claims.aud.strip_prefix(AGENT_AUD_PREFIX) {
+            let project = project
+                .parse()
+                .map_err(|_| ApiError::unauthorized("invalid token"))?;
+            return self.authenticate_agent(project, data.claims).await;
+        }
         let project: ProjectId = data
             .claims
             .aud
@@ -283,6 +352,112 @@ impl Authenticator {
             origin: data.claims.origin,
             name: user.name,
         })
+    }
+
+    /// An agent token's principal, if its issuing key still works for its project.
+    async fn authenticate_agent(
+        &self,
+        project: ProjectId,
+        claims: UserClaims,
+    ) -> Result<Principal, ApiError> {
+        let invalid = || ApiError::unauthorized("invalid token");
+        let key_id: ApiKeyId = claims
+            .by
+            .as_deref()
+            .and_then(|b| b.strip_prefix(BY_KEY_PREFIX))
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(invalid)?;
+        let record = self.key(key_id).await?.ok_or_else(invalid)?;
+        if record.project_id != project || record.kind != KeyKind::Secret {
+            return Err(invalid());
+        }
+        if record.revoked_at.is_some() || !record.is_usable_at(model::now()) {
+            return Err(ApiError::unauthorized(
+                "the key that issued this agent token is no longer valid",
+            ));
+        }
+        larachat_core::validate::identifier(&claims.sub, "sub").map_err(|_| invalid())?;
+        self.require_active_project(project).await?;
+        // Never more than the issuing key may do now.
+        let scopes = claims
+            .scp
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| record.scopes.contains(s) || record.scopes.contains(&Scope::Admin))
+            .filter(|s| matches!(s, Scope::Read | Scope::Write))
+            .collect();
+        Ok(Principal {
+            project,
+            kind: PrincipalKind::Agent {
+                key_id,
+                scopes,
+                actor: Actor {
+                    kind: ActorKind::Agent,
+                    id: claims.sub,
+                    name: claims.name.clone(),
+                },
+            },
+            origin: None,
+            name: claims.name,
+        })
+    }
+
+    /// Issues an agent token for `actor` (an agent of the key's project) on behalf of the
+    /// secret key `key_id`, with `scopes` (checked by the caller against the key's) and a
+    /// lifetime of at most the configured one.
+    pub fn issue_agent_token(
+        &self,
+        project: ProjectId,
+        key_id: ApiKeyId,
+        actor: Actor,
+        scopes: std::collections::BTreeSet<Scope>,
+        ttl: Option<Duration>,
+    ) -> Result<AgentToken, ApiError> {
+        let ttl = ttl.map_or(self.agent_token_ttl, |t| t.min(self.agent_token_ttl));
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15));
+        let now = model::now();
+        let exp = now + ttl;
+        let claims = UserClaims {
+            sub: actor.id.clone(),
+            aud: format!("{AGENT_AUD_PREFIX}{project}"),
+            iss: ISSUER.to_owned(),
+            exp: exp.timestamp(),
+            iat: now.timestamp(),
+            origin: None,
+            name: actor.name.clone(),
+            scp: Some(scopes.iter().copied().collect()),
+            by: Some(format!("{BY_KEY_PREFIX}{key_id}")),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| {
+            tracing::error!(error = %e, "could not sign an agent token");
+            ApiError::internal()
+        })?;
+        Ok(AgentToken {
+            token,
+            expires_at: DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp),
+            actor,
+            scopes,
+        })
+    }
+
+    /// Longest lifetime of an agent token.
+    pub fn agent_token_ttl(&self) -> Duration {
+        self.agent_token_ttl
+    }
+
+    /// The rate-limit overrides of a project (`settings.limits`), cached like the project.
+    pub async fn project_limits(
+        &self,
+        id: ProjectId,
+    ) -> Result<Arc<larachat_limits::ProjectLimits>, ApiError> {
+        if let Some(l) = self.project_limits.get(&id) {
+            return Ok(l);
+        }
+        let project = self.require_active_project(id).await?;
+        let limits = Arc::new(larachat_limits::ProjectLimits::of(&project.settings));
+        self.project_limits.insert(id, limits.clone());
+        Ok(limits)
     }
 
     /// Issues an end-user token. Returns the token and its expiry.
@@ -347,6 +522,9 @@ impl Authenticator {
             exp: exp.timestamp(),
             iat: now.timestamp(),
             origin: origin.map(str::to_owned),
+            name: None,
+            scp: None,
+            by: None,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| {
@@ -453,12 +631,14 @@ impl Authenticator {
     /// Forgets a cached project (control notice).
     pub fn invalidate_project(&self, id: ProjectId) {
         self.projects.invalidate(&id);
+        self.project_limits.invalidate(&id);
     }
 
     /// Forgets every cached key and project (control notices may have been missed).
     pub fn invalidate_all(&self) {
         self.keys.invalidate_all();
         self.projects.invalidate_all();
+        self.project_limits.invalidate_all();
     }
 }
 
@@ -469,31 +649,34 @@ impl FromRequestParts<Gateway> for Caller {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| AuthRejection(ApiError::unauthorized("missing Authorization header")))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                // The scheme is case-insensitive (RFC 9110 §11.1).
-                let (scheme, rest) = h.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                AuthRejection(ApiError::unauthorized(
-                    "Authorization must be 'Bearer <key or token>'",
-                ))
-            })?;
+        // Authenticated (and rate-limited) once by the Client API's middleware.
+        if let Some(who) = parts.extensions.get::<Principal>() {
+            return Ok(Caller(who.clone()));
+        }
+        let token = bearer(&parts.headers).map_err(AuthRejection)?;
         gw.auth()
             .authenticate(token)
             .await
             .map(Caller)
             .map_err(AuthRejection)
     }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            let (scheme, rest) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <key or token>'"))
 }
 
 /// A 401 carries `WWW-Authenticate: Bearer`.

@@ -12,6 +12,9 @@
 //! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
 //!   identity verification, visitor sessions) and the widget's static files.
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
+//! - [`policy`]: which rate-limit buckets (`larachat-limits`) a request, a widget session
+//!   start or a message takes, per principal, end user, project and sender.
+//! - [`telemetry`]: the gateway's metric families with their HELP text, described once.
 //!
 //! Depends on `core`, `store` (through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
 //! and a [`Hub`](larachat_broker::Hub) for fan-out). Never on the control plane: the two meet
@@ -20,8 +23,10 @@
 pub mod api;
 pub mod auth;
 pub mod control;
+pub mod policy;
 pub mod realtime;
 pub mod service;
+pub mod telemetry;
 pub mod widget;
 
 use std::sync::Arc;
@@ -45,6 +50,10 @@ pub struct GatewayConfig {
     pub key_pepper: Vec<u8>,
     /// Lifetime of end-user tokens.
     pub user_token_ttl: Duration,
+    /// Longest (and default) lifetime of agent tokens.
+    pub agent_token_ttl: Duration,
+    /// The process's rate limits (shared with the control plane in a single-node process).
+    pub limits: Arc<larachat_limits::Limits>,
     /// How long cached keys and projects are trusted without a control notice.
     pub cache_ttl: Duration,
     /// Largest HTTP request body.
@@ -76,6 +85,8 @@ impl Default for GatewayConfig {
             jwt_secret: Vec::new(),
             key_pepper: Vec::new(),
             user_token_ttl: Duration::from_secs(24 * 3600),
+            agent_token_ttl: Duration::from_secs(15 * 60),
+            limits: Arc::new(larachat_limits::Limits::default()),
             cache_ttl: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
             realtime: RealtimeConfig::default(),
@@ -165,6 +176,9 @@ impl Gateway {
     }
     pub fn auth(&self) -> &auth::Authenticator {
         &self.inner.auth
+    }
+    pub fn limits(&self) -> &Arc<larachat_limits::Limits> {
+        &self.inner.config.limits
     }
     pub(crate) fn connections(&self) -> &realtime::Registry {
         &self.inner.connections

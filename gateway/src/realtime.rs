@@ -46,11 +46,20 @@ const REPLAY_PAGE: u32 = 200;
 const KEY_RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A socket write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer of a socket (grows for larger frames, up to `max_frame_bytes`).
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before a write reaches the socket; `send` flushes every frame anyway.
+const WS_WRITE_BUFFER: usize = 8 * 1024;
 
 /// The realtime route.
 pub fn router(gw: Gateway) -> Router {
+    let limits = gw.limits().clone();
     Router::new()
         .route("/realtime/v1", get(upgrade))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(gw)
 }
 
@@ -100,7 +109,13 @@ pub async fn upgrade(
     let limits = &gw.config().realtime;
     let max = limits.max_frame_bytes;
     let gw2 = gw.clone();
+    // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) made every
+    // socket, even one that never authenticates, cost ~128 KiB. Frames are small (and
+    // bounded by `max_frame_bytes`); the read buffer grows for a large one, and each
+    // outbound frame is flushed when sent, so nothing waits in a large write buffer.
     ws.protocols([encoding.subprotocol()])
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))

@@ -81,6 +81,17 @@ impl Gateway {
             (PrincipalKind::EndUser { .. }, Some(_)) => Err(ApiError::forbidden(
                 "end users cannot choose who they speak as",
             )),
+            (PrincipalKind::Agent { actor, .. }, None) => Ok(actor.clone()),
+            // An agent token is one agent: it may name itself, never someone else.
+            (PrincipalKind::Agent { actor, .. }, Some(input)) => {
+                if input.kind == actor.kind && input.id == actor.id {
+                    Ok(actor.clone())
+                } else {
+                    Err(ApiError::forbidden(
+                        "an agent token speaks only as its own agent",
+                    ))
+                }
+            }
             (PrincipalKind::Key { .. }, None) => Ok(who.default_actor()),
             (PrincipalKind::Key { .. }, Some(input)) => {
                 if let Some(name) = &input.name {
@@ -124,6 +135,7 @@ impl Gateway {
         metrics::counter!("larachat_gateway_messages_received_total", "transport" => input.transport)
             .increment(1);
         who.require_write()?;
+        self.limit_send(who, &sender, input.transport).await?;
         validate::message_text(&input.text)?;
         if let Some(id) = &input.client_msg_id {
             validate::client_msg_id(id)?;

@@ -1,5 +1,5 @@
 //! The Widget API `/widget/v1/*` and the widget's static files (`/widget/loader.js`,
-//! `/widget/widget.js`). `docs/widget.md` is the specification.
+//! `/widget/widget.<hash>.js`, see [`Assets`]). `docs/widget.md` is the specification.
 //!
 //! Every Widget API request names its project with the publishable key in the query
 //! (`?key=pk_live_…`), so that even a CORS preflight can be answered per project, and must
@@ -36,10 +36,58 @@ use crate::Gateway;
 use crate::auth::Principal;
 use crate::service::{SendInput, history_range, sent_status};
 
-/// `loader.js`: tiny, async, defines the `LaraChat` stub and loads `widget.js`.
+/// `loader.js`: tiny, async, defines the `LaraChat` stub and loads the widget.
 const LOADER_JS: &str = include_str!("../../widget/src/loader.js");
 /// The widget itself (Shadow DOM UI, Widget API and realtime client).
 const WIDGET_JS: &str = include_str!("../../widget/src/widget.js");
+/// The widget's path as written in `loader.js`; served loaders name the hashed file instead.
+const WIDGET_PATH: &str = "/widget/widget.js";
+
+/// The widget's files as served. The widget lives at a content-hashed URL
+/// (`/widget/widget.<16 hex of SHA-256>.js`, cached for a year as immutable); the loader, the
+/// one URL tenants paste, is cached for 5 minutes and names the current hash, so a new version
+/// reaches browsers within 5 minutes of a deployment. Every file has a strong ETag and answers
+/// `304` to a matching `If-None-Match`; compression is the edge's job (gzip or brotli).
+pub struct Assets {
+    /// `/widget/widget.<hash>.js`.
+    pub widget_path: String,
+    loader: String,
+    loader_etag: HeaderValue,
+    widget_etag: HeaderValue,
+}
+
+impl Assets {
+    /// The assets of this build (computed once: one SHA-256 of each file).
+    pub fn get() -> &'static Assets {
+        static ASSETS: std::sync::OnceLock<Assets> = std::sync::OnceLock::new();
+        ASSETS.get_or_init(|| Assets::new(LOADER_JS, WIDGET_JS))
+    }
+
+    fn new(loader: &str, widget: &str) -> Assets {
+        let widget_hash = short_hash(widget);
+        let widget_path = format!("/widget/widget.{widget_hash}.js");
+        let loader = loader.replace(&format!("'{WIDGET_PATH}'"), &format!("'{widget_path}'"));
+        let etag = |hash: &str| {
+            HeaderValue::from_str(&format!("\"{hash}\""))
+                .unwrap_or(HeaderValue::from_static("\"0\""))
+        };
+        Assets {
+            loader_etag: etag(&short_hash(&loader)),
+            widget_etag: etag(&widget_hash),
+            widget_path,
+            loader,
+        }
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The project and origin of a Widget API request, checked by [`widget_cors`].
 #[derive(Clone)]
@@ -62,26 +110,105 @@ pub fn router(gw: Gateway) -> Router {
             gw.clone(),
             widget_cors,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.limits().clone(),
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(gw);
     Router::new()
-        .route("/widget/loader.js", get(|| async { script(LOADER_JS) }))
-        .route("/widget/widget.js", get(|| async { script(WIDGET_JS) }))
+        .route("/widget/loader.js", get(loader_js))
+        .route(WIDGET_PATH, get(widget_js_unhashed))
+        .route("/widget/{file}", get(widget_js_hashed))
         .merge(api)
 }
 
-fn script(body: &'static str) -> Response {
+/// Short cache: the loader names the current widget hash.
+const SHORT_CACHE: &str = "public, max-age=300";
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+async fn loader_js(headers: HeaderMap) -> Response {
+    let a = Assets::get();
+    script(&headers, a.loader.clone(), &a.loader_etag, SHORT_CACHE)
+}
+
+/// The widget at its plain URL (pages that include it directly, loaders cached before the
+/// hashed URL existed): short cache.
+async fn widget_js_unhashed(headers: HeaderMap) -> Response {
+    let a = Assets::get();
+    script(&headers, WIDGET_JS, &a.widget_etag, SHORT_CACHE)
+}
+
+/// `/widget/widget.<hash>.js`. The current hash gets the immutable file; another hash (a
+/// loader from a gateway of another version, during a rolling deployment) is redirected to the
+/// current one rather than given different content under an immutable URL.
+async fn widget_js_hashed(
+    axum::extract::Path(file): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let a = Assets::get();
+    if a.widget_path.strip_prefix("/widget/") == Some(file.as_str()) {
+        return script(&headers, WIDGET_JS, &a.widget_etag, IMMUTABLE);
+    }
+    let hashed_widget = file
+        .strip_prefix("widget.")
+        .and_then(|f| f.strip_suffix(".js"))
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !hashed_widget {
+        return larachat_core::http::not_found_fallback()
+            .await
+            .into_response();
+    }
     (
+        StatusCode::FOUND,
         [
-            (
-                header::CONTENT_TYPE,
-                "application/javascript; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::LOCATION, a.widget_path.as_str()),
+            (header::CACHE_CONTROL, "no-store"),
         ],
-        body,
     )
         .into_response()
+}
+
+/// A script with its cache policy and strong ETag; `304 Not Modified` when `If-None-Match`
+/// names the ETag.
+fn script(
+    request: &HeaderMap,
+    body: impl Into<axum::body::Body>,
+    etag: &HeaderValue,
+    cache: &'static str,
+) -> Response {
+    let headers = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+    ];
+    if etag_matches(request, etag) {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (
+        headers,
+        [(
+            header::CONTENT_TYPE,
+            "application/javascript; charset=utf-8",
+        )],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// `If-None-Match` (a list, `*`, weak or strong tags; compared weakly as RFC 9110 says for
+/// this header) names `etag`.
+fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let ours = etag.as_bytes();
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
 #[derive(Deserialize)]
@@ -233,7 +360,7 @@ struct TenantUserClaims {
     sub: String,
 }
 
-#[utoipa::path(post, path = "/widget/v1/init", tag = "widget", request_body = InitRequest,
+#[utoipa::path(post, path = "/widget/v1/init", tag = "widget", operation_id = "widget_init", request_body = InitRequest,
     params(("key" = String, Query, description = "publishable key pk_live_…")),
     responses((status = 200, body = InitResponse),
               (status = 401, body = larachat_core::error::ErrorBody, description = "invalid key"),
@@ -241,9 +368,13 @@ struct TenantUserClaims {
 pub async fn init(
     State(gw): State<Gateway>,
     Extension(ctx): Extension<WidgetRequest>,
+    client_ip: Option<Extension<larachat_limits::ClientIp>>,
     ApiJson(body): ApiJson<InitRequest>,
 ) -> Result<ApiJson<InitResponse>, ApiError> {
     let project = ctx.project.id;
+    // Every init may create an end user: limited per address and per project.
+    gw.limit_widget_init(client_ip.map(|Extension(ip)| ip.0), project)
+        .await?;
     let (user, anonymous) = match body.user {
         Some(u) => (identify(&gw, &ctx, u).await?, false),
         None => {
@@ -419,11 +550,13 @@ async fn session(
     {
         return Err(ApiError::unauthorized("invalid widget session"));
     }
+    gw.limit_request(&who).await?;
     Ok(who)
 }
 
 /// History paging.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// The publishable key.
@@ -442,7 +575,7 @@ pub struct WidgetMessages {
     pub has_more: bool,
 }
 
-#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", params(HistoryParams),
+#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", operation_id = "widget_list_messages", params(HistoryParams),
     responses((status = 200, body = WidgetMessages), (status = 401, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_messages(
@@ -490,13 +623,14 @@ pub struct WidgetSent {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyOnly {
     /// The publishable key.
     pub key: String,
 }
 
-#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", request_body = WidgetSend, params(KeyOnly),
+#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", operation_id = "widget_send_message", request_body = WidgetSend, params(KeyOnly),
     responses((status = 201, body = WidgetSent), (status = 200, body = WidgetSent, description = "duplicate client_msg_id"),
               (status = 401, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -567,7 +701,7 @@ pub enum WidgetEvent {
     },
 }
 
-#[utoipa::path(post, path = "/widget/v1/events", tag = "widget", request_body = WidgetEvent, params(KeyOnly),
+#[utoipa::path(post, path = "/widget/v1/events", tag = "widget", operation_id = "widget_event", request_body = WidgetEvent, params(KeyOnly),
     responses((status = 202, description = "typing published"), (status = 200, description = "read state"),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -615,5 +749,52 @@ pub(crate) async fn socket_origin_ok(
             ErrorCode::Forbidden,
             "this origin may not use the widget session",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_loader_names_the_hashed_widget() {
+        let a = Assets::get();
+        assert!(
+            LOADER_JS.contains(&format!("'{WIDGET_PATH}'")),
+            "the marker is in the source"
+        );
+        assert!(
+            a.loader.contains(&format!("'{}'", a.widget_path)),
+            "{}",
+            a.loader
+        );
+        assert!(!a.loader.contains(&format!("'{WIDGET_PATH}'")));
+        let hash = a
+            .widget_path
+            .trim_start_matches("/widget/widget.")
+            .trim_end_matches(".js");
+        assert_eq!(hash.len(), 16);
+        assert_eq!(a.widget_etag.to_str().unwrap(), format!("\"{hash}\""));
+        let other = Assets::new(LOADER_JS, "another widget");
+        assert_ne!(
+            other.widget_path, a.widget_path,
+            "the hash follows the content"
+        );
+        assert_ne!(other.loader_etag, a.loader_etag);
+    }
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags_match() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let req = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(etag_matches(&req("\"abc\""), &etag));
+        assert!(etag_matches(&req("\"x\", W/\"abc\""), &etag));
+        assert!(etag_matches(&req("*"), &etag));
+        assert!(!etag_matches(&req("\"abd\""), &etag));
+        assert!(!etag_matches(&HeaderMap::new(), &etag));
     }
 }

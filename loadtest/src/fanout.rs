@@ -1,31 +1,44 @@
-//! `fanout`: one sender, K subscribers of the same conversation.
+//! `fanout`: one sender, K subscribers of the same room. With `--rate` the sender publishes on
+//! a fixed schedule (latency under a steady load); without, as fast as its window of
+//! unacknowledged messages allows (maximum deliveries/s). The sender is subscribed too (a
+//! Centrifugo namespace lets only subscribers publish; Lara does the same for symmetry), but
+//! only the K subscribers' deliveries are counted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use futures::{StreamExt, stream};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::stats::{Latencies, rate};
-use crate::ws::{self, Incoming, Ws};
+use crate::output::{CpuWatch, RunOutput, merge};
+use crate::progress::Progress;
+use crate::proto::Event;
+use crate::stats::{Latencies, SeqSet, key_seq, rate};
+use crate::ws::{self, Conn};
 use crate::{Ctx, MAX_CONNECTIONS, SETUP_CONCURRENCY};
 
 #[derive(Debug, Clone, Args)]
 pub struct Opts {
-    /// Subscriber connections (agents on the secret key) in the one conversation.
+    /// Subscriber connections in the one room.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     /// Messages the sender sends.
     #[arg(long, default_value_t = 100)]
     pub messages: u64,
-    /// Messages per second; 0 sends the next one as soon as the previous is acknowledged.
+    /// Messages per second on a fixed schedule, whatever the acks (open loop: a server that
+    /// falls behind builds a backlog); 0 sends as fast as --window allows.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Unacknowledged messages the sender may have in flight. Default: 1 without --rate (each
+    /// message waits for the previous ack), 10000 with --rate (the schedule decides).
+    #[arg(long)]
+    pub window: Option<usize>,
     /// After the last ack, how long subscribers wait for the last deliveries.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
@@ -43,28 +56,31 @@ struct SubResult {
     problem: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
+pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     if o.subscribers == 0 || o.subscribers >= MAX_CONNECTIONS {
         bail!("--subscribers must be 1..{MAX_CONNECTIONS}");
     }
     if !(o.rate >= 0.0 && o.rate <= 100_000.0) {
         bail!("--rate must be in [0, 100000]");
     }
-    let conv = ctx.api.create_conversation(&ctx.key, &[]).await?;
+    let window = o.window.unwrap_or(if o.rate > 0.0 { 10_000 } else { 1 });
+    if window == 0 || window > 10_000 {
+        bail!("--window must be 1..=10000");
+    }
+    let ep = &ctx.ep;
+    let room = ep.room(&format!("{}-fanout", ctx.run_id), &[]).await?;
     let setup_start = Instant::now();
-    let subs: Vec<Ws> = stream::iter(0..o.subscribers)
+    let p = ctx.progress.clone();
+    let _printer = p.start("fanout");
+    let rooms = [room.clone()];
+    let subs: Vec<Conn> = stream::iter(0..o.subscribers)
         .map(|i| {
-            let (target, key, conv, limit) = (
-                ctx.target.clone(),
-                ctx.key.clone(),
-                conv.clone(),
-                ctx.timeout,
-            );
+            let (rooms, p) = (&rooms, p.clone());
             async move {
-                let mut ws =
-                    ws::connect_auth(&target, &key, Some(&format!("lt-sub-{i}")), limit).await?;
-                ws::subscribe(&mut ws, 1, &conv, limit).await?;
-                anyhow::Ok(ws)
+                let m = ep.agent(&format!("lt-{}-sub-{i}", ctx.run_id))?;
+                let c = ep.open(&m, rooms, None, ctx.timeout).await?;
+                p.add_open(1);
+                anyhow::Ok(c)
             }
         })
         .buffered(SETUP_CONCURRENCY)
@@ -73,24 +89,28 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         .into_iter()
         .collect::<Result<_>>()?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
-    let mut sender =
-        ws::connect_auth(&ctx.target, &ctx.key, Some("lt-sender"), ctx.timeout).await?;
+    let sender_m = ep.agent(&format!("lt-{}-sender", ctx.run_id))?;
+    let mut sender = ep.open(&sender_m, &rooms, None, ctx.timeout).await?;
+    p.add_open(1);
 
     let prefix = format!("lt{}-f", ctx.run_id);
     let (acked_tx, acked_rx) = watch::channel(None::<u64>);
     let drain = Duration::from_secs(o.drain_secs);
     // The sender cannot take longer than one timeout per message.
     let hard_end = Instant::now() + ctx.timeout * (o.messages.min(1000) as u32 + 2) + drain;
+    let cpu = CpuWatch::start(ctx.server_pid)?;
     let mut readers = Vec::with_capacity(subs.len());
-    for ws in subs {
-        let acked_rx = acked_rx.clone();
-        let prefix = format!("{prefix}-");
+    for c in subs {
         readers.push(tokio::spawn(subscriber(
-            ws, prefix, acked_rx, drain, hard_end,
+            c,
+            format!("{prefix}-"),
+            acked_rx.clone(),
+            drain,
+            hard_end,
+            p.clone(),
         )));
     }
 
-    // The sender: one message at a time (paced when --rate is set), waiting for each ack.
     let text = Arc::new(ws::payload(o.size));
     let start = Instant::now();
     let mut tick = (o.rate > 0.0).then(|| {
@@ -99,68 +119,94 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         t
     });
     let mut ack_lat = Latencies::new();
-    let (mut acked, mut errors) = (0u64, 0u64);
+    let (mut acked, mut errors, mut sent) = (0u64, 0u64, 0u64);
     let mut problems: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sent = 0u64;
-    'send: for seq in 1..=o.messages {
+    let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut failed = false;
+    let proto = sender.proto;
+    let mut seq = 0u64;
+    while !failed {
+        if seq >= o.messages || inflight.len() >= window {
+            if inflight.is_empty() {
+                break;
+            }
+            failed = !await_ack(
+                &mut sender,
+                &mut inflight,
+                ctx.timeout,
+                (&mut acked, &mut errors, &mut ack_lat),
+                &mut problems,
+                &p,
+            )
+            .await;
+            continue;
+        }
         if let Some(t) = tick.as_mut() {
-            t.tick().await;
-        }
-        let frame = ws::send_frame(seq, &conv, &format!("{prefix}-{seq}"), &text, true);
-        let t0 = Instant::now();
-        if let Err(e) = ws::send(&mut sender, &frame, ctx.timeout).await {
-            *problems.entry(format!("sender: {e:#}")).or_default() += 1;
-            break;
-        }
-        sent += 1;
-        loop {
-            match ws::recv(&mut sender, ctx.timeout).await {
-                Ok(Incoming::Frame(f)) if f.id == Some(seq) && f.kind == "ack" => {
-                    ack_lat.record(t0.elapsed());
-                    acked += 1;
-                    break;
-                }
-                Ok(Incoming::Frame(f)) if f.id == Some(seq) && f.kind == "error" => {
-                    errors += 1;
-                    *problems
-                        .entry(format!("sender: {}", f.error_text()))
-                        .or_default() += 1;
-                    break;
-                }
-                Ok(Incoming::Frame(_)) => {}
-                Ok(Incoming::Closed(c)) => {
-                    *problems
-                        .entry(format!("sender closed by the server: {c:?}"))
-                        .or_default() += 1;
-                    break 'send;
-                }
-                Err(e) => {
-                    *problems.entry(format!("sender: {e:#}")).or_default() += 1;
-                    break 'send;
+            if inflight.is_empty() {
+                t.tick().await;
+            } else {
+                // Read acks while waiting for the next tick, so that ack latency does not
+                // include the wait.
+                tokio::select! {
+                    _ = t.tick() => {}
+                    ok = await_ack(
+                        &mut sender,
+                        &mut inflight,
+                        ctx.timeout,
+                        (&mut acked, &mut errors, &mut ack_lat),
+                        &mut problems,
+                        &p,
+                    ) => {
+                        failed = !ok;
+                        continue;
+                    }
                 }
             }
         }
+        seq += 1;
+        let frame = proto.publish(seq, &room, &format!("{prefix}-{seq}"), &text)?;
+        if let Err(e) = sender.send(frame).await {
+            *problems.entry(format!("sender: {e:#}")).or_default() += 1;
+            break;
+        }
+        inflight.push_back((seq, Instant::now()));
+        sent += 1;
+        p.c.sent.fetch_add(1, Relaxed);
     }
     let send_elapsed = start.elapsed();
     let _ = acked_tx.send(Some(acked));
-    ws::close(&mut sender).await;
 
     let mut lat = Latencies::new();
     let (mut delivered, mut dups, mut closed) = (0u64, 0u64, 0u64);
     let mut last = start;
+    let mut to_close = Vec::with_capacity(readers.len());
     for r in readers {
-        let r = r.await?;
+        let (r, c) = r.await?;
+        to_close.extend(c);
         delivered += r.received;
         dups += r.duplicates;
         lat.merge(r.lat);
         if let Some(l) = r.last {
             last = last.max(l);
         }
-        if let Some(p) = r.problem {
+        if let Some(pr) = r.problem {
             closed += 1;
-            *problems.entry(p).or_default() += 1;
+            *problems.entry(pr).or_default() += 1;
         }
     }
+    let usage = cpu.finish(delivered);
+    sender.close().await;
+    // Closed after the CPU reading, so that it counts deliveries only.
+    stream::iter(to_close)
+        .for_each_concurrent(SETUP_CONCURRENCY, |c| {
+            let p = p.clone();
+            async move {
+                c.close().await;
+                p.add_open(-1);
+            }
+        })
+        .await;
+    drop(_printer);
     let k = o.subscribers as u64;
     let expected = acked * k;
     let missing = expected.saturating_sub(delivered);
@@ -168,14 +214,15 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
     let dps = rate(delivered, elapsed);
     let summary = lat.summary();
     let ack = ack_lat.summary();
+    let mode = if o.rate > 0.0 {
+        format!("{} msg/s", o.rate)
+    } else {
+        format!("max, window {window}")
+    };
     println!(
-        "fanout: {k} subscribers (connected in {setup_secs:.1} s), {} messages{}",
+        "fanout on {}: {k} subscribers (connected in {setup_secs:.1} s), {} messages, {mode}",
+        ep.proto().name(),
         o.messages,
-        if o.rate > 0.0 {
-            format!(" at {} msg/s", o.rate)
-        } else {
-            " back to back".into()
-        }
     );
     println!(
         "  sent {sent} acked {acked} errors {errors} in {:.2} s ({} msg/s)",
@@ -188,17 +235,22 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
     );
     println!("  send->delivery {summary}");
     println!("  send->ack      {ack}");
+    if let Some(c) = usage["server_cpu_us_per_delivery"].as_f64() {
+        println!("  server CPU {c} us per delivery");
+    }
     if closed > 0 {
         println!("  {closed} subscriber(s) ended early");
     }
-    for (p, v) in &problems {
-        println!("  problem x{v}: {p}");
+    for (pr, v) in &problems {
+        println!("  problem x{v}: {pr}");
     }
-    Ok(json!({
+    let mut result = json!({
         "scenario": "fanout",
+        "params": format!("K={k} N={} {mode}", o.messages),
         "subscribers": k,
         "messages": o.messages,
         "rate": o.rate,
+        "window": window,
         "size": o.size,
         "sent": sent,
         "acked": acked,
@@ -215,19 +267,80 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         "ack_latency": ack,
         "setup_s": setup_secs,
         "error_samples": problems,
-    }))
+    });
+    merge(&mut result, usage);
+    let mut out = RunOutput::new(result);
+    out.latency = Some(lat);
+    Ok(out)
+}
+
+/// Reads the sender's socket until the oldest in-flight message is answered. False if the
+/// sender's connection failed.
+async fn await_ack(
+    sender: &mut Conn,
+    inflight: &mut VecDeque<(u64, Instant)>,
+    limit: Duration,
+    (acked, errors, ack_lat): (&mut u64, &mut u64, &mut Latencies),
+    problems: &mut BTreeMap<String, u64>,
+    p: &Progress,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match sender.next_event(deadline).await {
+            Ok(Some(Event::Reply { id, result })) => {
+                let Some(pos) = inflight.iter().position(|(s, _)| *s == id) else {
+                    continue;
+                };
+                let (_, t0) = inflight.remove(pos).unwrap_or((id, Instant::now()));
+                match result {
+                    Ok(_) => {
+                        ack_lat.record(t0.elapsed());
+                        *acked += 1;
+                        p.c.acked.fetch_add(1, Relaxed);
+                    }
+                    Err(t) => {
+                        *errors += 1;
+                        p.c.errors.fetch_add(1, Relaxed);
+                        *problems.entry(format!("sender: {t}")).or_default() += 1;
+                    }
+                }
+                return true;
+            }
+            Ok(Some(e @ (Event::Closed(_) | Event::Disconnect(_)))) => {
+                *problems
+                    .entry(format!("sender closed by the server: {e:?}"))
+                    .or_default() += 1;
+                return false;
+            }
+            Ok(Some(Event::Error(t))) => {
+                *problems.entry(format!("sender: {t}")).or_default() += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                *problems
+                    .entry(format!("sender: no ack within {limit:?}"))
+                    .or_default() += 1;
+                return false;
+            }
+            Err(e) => {
+                *problems.entry(format!("sender: {e:#}")).or_default() += 1;
+                return false;
+            }
+        }
+    }
 }
 
 async fn subscriber(
-    mut ws: Ws,
+    mut c: Conn,
     prefix: String,
     mut acked_rx: watch::Receiver<Option<u64>>,
     drain: Duration,
     hard_end: Instant,
-) -> SubResult {
+    p: Progress,
+) -> (SubResult, Option<Conn>) {
     let mut r = SubResult::default();
     let mut drain_until: Option<Instant> = None;
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen = SeqSet::default();
     loop {
         if let Some(acked) = *acked_rx.borrow_and_update() {
             if r.received >= acked {
@@ -241,34 +354,35 @@ async fn subscriber(
         }
         // Wake up now and then to notice that the sender is done.
         let step = (Instant::now() + Duration::from_millis(250)).min(end);
-        match ws::recv_until(&mut ws, step).await {
+        match c.next_event(step).await {
             Ok(None) => {}
-            Ok(Some(Incoming::Frame(f))) if f.kind == "message" => {
-                let Some(cmid) = f.client_msg_id().filter(|c| c.starts_with(&prefix)) else {
+            Ok(Some(Event::Delivery { key, sent_us })) => {
+                let Some(seq) = key.strip_prefix(&prefix).and_then(|_| key_seq(&key)) else {
                     continue;
                 };
-                if !seen.insert(cmid.to_owned()) {
+                if !seen.insert(seq) {
                     r.duplicates += 1;
                     continue;
                 }
-                let now = Instant::now();
-                if let Some(t) = f.sent_us() {
+                if let Some(t) = sent_us {
                     r.lat.record_us(ws::now_us().saturating_sub(t));
                 }
                 r.received += 1;
-                r.last = Some(now);
+                r.last = Some(Instant::now());
+                p.c.delivered.fetch_add(1, Relaxed);
             }
-            Ok(Some(Incoming::Frame(_))) => {}
-            Ok(Some(Incoming::Closed(c))) => {
-                r.problem = Some(format!("subscriber closed by the server: {c:?}"));
-                return r;
+            Ok(Some(e @ (Event::Closed(_) | Event::Disconnect(_)))) => {
+                r.problem = Some(format!("subscriber closed by the server: {e:?}"));
+                p.add_open(-1);
+                return (r, None);
             }
+            Ok(Some(_)) => {}
             Err(e) => {
                 r.problem = Some(format!("subscriber: {e:#}"));
-                return r;
+                p.add_open(-1);
+                return (r, None);
             }
         }
     }
-    ws::close(&mut ws).await;
-    r
+    (r, Some(c))
 }

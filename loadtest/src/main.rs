@@ -1,24 +1,55 @@
 //! `larachat-loadtest`: a load generator for Lara Chat that speaks only the public protocols
-//! (HTTP Admin/Client API and Realtime v1 over WebSocket). See `loadtest/README.md`.
+//! (HTTP Admin/Client API, Realtime v1 over WebSocket in JSON or MessagePack), and that runs the
+//! same loads against a Centrifugo it starts itself, for comparison. See `loadtest/README.md`.
+//! It depends on no server crate: only what a client sees.
+//!
+//! Modules:
+//! - `api`: HTTP setup (project, key, end users, conversations); loopback-only targets.
+//! - `proto`: both wire protocols (Lara Chat JSON/MessagePack, Centrifugo JSON) as frames
+//!   and [`proto::Event`]s.
+//! - `ws`: WebSocket connections (source address, small buffers) that speak a `proto`.
+//! - `endpoint`: the server under load: identities, rooms, subscribed connections.
+//! - `servers`: starting `larachat serve` and Centrifugo (install, config) for `compare`.
+//! - scenarios: `throughput`, `latency`, `fanout`, `chat`, `idle` (with its worker processes),
+//!   and `compare` (rounds over servers, ratio table).
+//! - `stats` (percentiles, CDFs, sequence sets), `procstat` (server CPU and RSS from /proc),
+//!   `progress` (live line on stderr), `output` (JSON results), `plot` (SVG), `report`
+//!   (markdown tables).
 
 mod api;
+mod chat;
+mod compare;
+mod endpoint;
 mod fanout;
+mod idle;
 mod latency;
+mod output;
+mod plot;
+mod procstat;
+mod progress;
+mod proto;
 mod report;
+mod servers;
 mod stats;
 mod throughput;
 mod ws;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use api::{Api, Target};
+use endpoint::Endpoint;
+use output::{OutDir, RunOutput};
+use progress::Progress;
+use proto::Encoding;
 
-/// Connections one process may open (the machine allows ~20,000 open files).
-pub const MAX_CONNECTIONS: usize = 5_000;
+/// Connections one process opens in the scenarios other than `idle` (which spreads its
+/// connections over worker processes).
+pub const MAX_CONNECTIONS: usize = 10_000;
 /// Concurrent HTTP requests / WebSocket handshakes while setting up.
 pub const SETUP_CONCURRENCY: usize = 32;
 
@@ -26,7 +57,7 @@ pub const SETUP_CONCURRENCY: usize = 32;
 #[command(
     name = "larachat-loadtest",
     version,
-    about = "Load generator for Lara Chat (loopback only)"
+    about = "Load generator for Lara Chat, and a side-by-side comparison with Centrifugo (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,17 +85,55 @@ enum Command {
         #[command(flatten)]
         opts: latency::Opts,
     },
-    /// One sender, K subscribers: delivery latency and deliveries/s.
+    /// One sender, K subscribers: delivery latency, deliveries/s, server CPU per delivery.
     Fanout {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
         opts: fanout::Opts,
     },
-    /// Turn JSON result lines (from --json runs) into a markdown table.
+    /// 1:1 conversations and groups at chat-like rates: latency, deliveries/s, completeness.
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: chat::Opts,
+    },
+    /// Many idle, subscribed connections (several processes): server RSS per connection and
+    /// after closing, connection setup rate.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: idle::Opts,
+    },
+    /// Run one scenario against Lara Chat and Centrifugo, both started by the tool; ratios
+    /// per round.
+    Compare {
+        #[command(flatten)]
+        opts: compare::Opts,
+        /// Seconds to wait for any single network operation.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+        /// Output directory (default: loadtest-results/compare-<scenario>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No live progress line on stderr.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Worker process of `idle` (reads its orders on stdin).
+    #[command(hide = true)]
+    IdleWorker,
+    /// Turn JSON result lines (from --json runs or results.jsonl) into a markdown table; with
+    /// --compare, compare-<scenario>.json summaries into one comparison table.
     Report {
-        /// Files with one JSON result per line; `-` or none reads standard input.
+        /// Files with one JSON result per line (`-` or none reads standard input), or with
+        /// --compare, compare summaries.
         files: Vec<std::path::PathBuf>,
+        /// The files are `compare` summaries (compare-<scenario>.json).
+        #[arg(long)]
+        compare: bool,
     },
 }
 
@@ -95,16 +164,34 @@ struct Common {
     /// Also print the result as one JSON line (last line of the output).
     #[arg(long)]
     json: bool,
+    /// Lara Chat frames: json or msgpack (docs/protocol.md §8).
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    encoding: Encoding,
+    /// The server's process id, to report its CPU per delivery and its RSS (read from
+    /// /proc/<pid>); the server must run on this machine.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Directory for the JSON result (results.jsonl, <run>.json) and the plot (<run>.svg).
+    #[arg(long, default_value = "loadtest-results")]
+    out: PathBuf,
+    /// No live progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// What every scenario needs.
 pub struct Ctx {
-    pub target: Target,
-    pub api: Api,
-    pub key: String,
+    pub ep: Endpoint,
     pub timeout: Duration,
-    /// Distinguishes this run's client_msg_ids and user identifiers from other runs.
+    /// Distinguishes this run's keys, users and rooms from other runs.
     pub run_id: String,
+    /// The server's pid, for CPU and RSS readings.
+    pub server_pid: Option<u32>,
+    pub progress: Progress,
+}
+
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
 impl Ctx {
@@ -116,7 +203,7 @@ impl Ctx {
         let admin_target = c.admin_target()?;
         let timeout = Duration::from_secs(c.timeout_secs);
         let api = Api::new(target.clone(), timeout)?;
-        let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let run_id = new_run_id();
         let key = match &c.key {
             Some(k) => k.clone(),
             None => {
@@ -124,12 +211,20 @@ impl Ctx {
                 setup(&admin, c, &run_id).await?.key
             }
         };
+        if let Some(pid) = c.server_pid {
+            procstat::sample(pid).context("--server-pid")?;
+        }
         Ok(Self {
-            target,
-            api,
-            key,
+            ep: Endpoint::Lara {
+                target,
+                api,
+                key,
+                encoding: c.encoding,
+            },
             timeout,
             run_id,
+            server_pid: c.server_pid,
+            progress: Progress::new(!c.no_progress),
         })
     }
 }
@@ -177,21 +272,47 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let (common, result) = match &cli.command {
-        Command::Report { files } => return report::run(files),
+    let (common, mut out) = match &cli.command {
+        Command::Report {
+            files,
+            compare: true,
+        } => {
+            print!("{}", compare::combined_table(files)?);
+            return Ok(());
+        }
+        Command::Report { files, .. } => return report::run(files),
+        Command::IdleWorker => return idle::worker().await,
+        Command::Compare {
+            opts,
+            timeout_secs,
+            out,
+            no_progress,
+        } => {
+            if *timeout_secs == 0 || *timeout_secs > 600 {
+                bail!("--timeout-secs must be 1..=600");
+            }
+            let dir = out
+                .clone()
+                .unwrap_or_else(|| compare::default_out(opts.scenario_name()));
+            let out = OutDir::create(&dir)?;
+            return compare::run(opts, Duration::from_secs(*timeout_secs), !no_progress, &out)
+                .await;
+        }
         Command::Setup { common } => {
             let api = Api::new(
                 common.admin_target()?,
                 Duration::from_secs(common.timeout_secs.max(1)),
             )?;
-            let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-            let t = setup(&api, common, &run_id).await?;
+            let t = setup(&api, common, &new_run_id()).await?;
             println!("project_id {}", t.project_id);
             println!("key        {}", t.key);
-            (
-                common,
-                json!({ "scenario": "setup", "project_id": t.project_id, "key": t.key }),
-            )
+            if common.json {
+                println!(
+                    "{}",
+                    json!({ "scenario": "setup", "project_id": t.project_id, "key": t.key })
+                );
+            }
+            return Ok(());
         }
         Command::Throughput { common, opts } => {
             let ctx = Ctx::new(common).await?;
@@ -201,19 +322,57 @@ async fn run(cli: Cli) -> Result<()> {
             // Checked before any setup work is done.
             let receiver = opts.receiver_target(&Target::parse(&common.url)?)?;
             let ctx = Ctx::new(common).await?;
-            (common, latency::run(&ctx, opts, &receiver).await?)
+            let receiver_ep = match &ctx.ep {
+                Endpoint::Lara {
+                    api, key, encoding, ..
+                } => Endpoint::Lara {
+                    api: api.clone(),
+                    key: key.clone(),
+                    encoding: *encoding,
+                    target: receiver,
+                },
+                other => other.clone(),
+            };
+            (common, latency::run(&ctx, opts, &receiver_ep).await?)
         }
         Command::Fanout { common, opts } => {
             let ctx = Ctx::new(common).await?;
             (common, fanout::run(&ctx, opts).await?)
         }
-    };
-    if common.json {
-        let mut result: Value = result;
-        if let Some(l) = &common.label {
-            result["label"] = json!(l);
+        Command::Chat { common, opts } => {
+            let ctx = Ctx::new(common).await?;
+            (common, chat::run(&ctx, opts).await?)
         }
-        println!("{result}");
+        Command::Idle { common, opts } => {
+            let ctx = Ctx::new(common).await?;
+            (common, idle::run(&ctx, opts).await?)
+        }
+    };
+    finish(common, &mut out)
+}
+
+/// Labels the result, writes it and its plot to --out, and prints it with --json.
+fn finish(common: &Common, out: &mut RunOutput) -> Result<()> {
+    out.result["server"] = json!(format!("lara-{}", common.encoding.name()));
+    out.result["encoding"] = json!(common.encoding.name());
+    out.result["load_average"] = json!(compare::loadavg());
+    if let Some(l) = &common.label {
+        out.result["label"] = json!(l);
+    }
+    let scenario = out.result["scenario"].as_str().unwrap_or("run").to_owned();
+    let dir = OutDir::create(&common.out)?;
+    let name = format!("{scenario}-{}", new_run_id());
+    let written = dir.write(&name, out)?;
+    eprintln!(
+        "wrote {}",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if common.json {
+        println!("{}", out.result);
     }
     Ok(())
 }

@@ -31,6 +31,30 @@ impl Latencies {
         self.samples_us.extend(other.samples_us);
     }
 
+    pub fn len(&self) -> usize {
+        self.samples_us.len()
+    }
+
+    /// `(latency ms, fraction of samples at or below)` at up to `points` evenly spaced ranks
+    /// (always including the maximum), for a CDF plot. Sorts the samples.
+    pub fn cdf(&mut self, points: usize) -> Vec<(f64, f64)> {
+        self.samples_us.sort_unstable();
+        let s = &self.samples_us;
+        if s.is_empty() || points == 0 {
+            return Vec::new();
+        }
+        let n = s.len();
+        let step = n.div_ceil(points).max(1);
+        let mut out: Vec<(f64, f64)> = (step - 1..n)
+            .step_by(step)
+            .map(|i| (us_to_ms(s[i]), (i + 1) as f64 / n as f64))
+            .collect();
+        if out.last().map(|&(_, f)| f) != Some(1.0) {
+            out.push((us_to_ms(s[n - 1]), 1.0));
+        }
+        out
+    }
+
     /// Sorts the samples and computes the summary.
     pub fn summary(&mut self) -> Summary {
         self.samples_us.sort_unstable();
@@ -86,6 +110,51 @@ fn us_to_ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// Which of the sequence numbers 1..=n were seen (one bit each), to count duplicates and
+/// missing deliveries without a set of strings per subscriber.
+#[derive(Debug, Clone, Default)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl SeqSet {
+    /// Marks `seq`; false if it was already marked.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        let fresh = self.bits[w] & (1 << b) == 0;
+        self.bits[w] |= 1 << b;
+        self.count += u64::from(fresh);
+        fresh
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.bits
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64u64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+}
+
+/// The sequence number at the end of a key `<prefix>-<seq>`.
+pub fn key_seq(key: &str) -> Option<u64> {
+    key.rsplit_once('-')?.1.parse().ok()
+}
+
 /// Operations per second over `elapsed`, 0 when nothing elapsed.
 pub fn rate(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
@@ -132,6 +201,37 @@ mod tests {
         assert_eq!(s.max_ms, 10.5);
         assert_eq!(s.mean_ms, 4.1);
         assert_eq!(Latencies::new().summary(), Summary::default());
+    }
+
+    #[test]
+    fn cdf_points_end_at_the_maximum() {
+        let mut l = Latencies::new();
+        for us in (1..=1000u64).rev() {
+            l.record_us(us * 1000);
+        }
+        let c = l.cdf(10);
+        assert_eq!(c.len(), 10);
+        assert_eq!(c[0], (100.0, 0.1));
+        assert_eq!(*c.last().unwrap(), (1000.0, 1.0));
+        assert!(c.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
+        let mut few = Latencies::new();
+        few.record_us(5);
+        assert_eq!(few.cdf(100), vec![(0.005, 1.0)]);
+        assert!(Latencies::new().cdf(10).is_empty());
+    }
+
+    #[test]
+    fn seq_sets_count_once() {
+        let mut s = SeqSet::default();
+        assert!(s.insert(1));
+        assert!(s.insert(130));
+        assert!(!s.insert(1));
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(130) && !s.contains(2) && !s.contains(10_000));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![1, 130]);
+        assert_eq!(key_seq("lt1a2b-f-17"), Some(17));
+        assert_eq!(key_seq("nodash"), None);
+        assert_eq!(key_seq("x-notanumber"), None);
     }
 
     #[test]

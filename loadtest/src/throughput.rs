@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use futures::{SinkExt, StreamExt, stream};
-use serde_json::{Value, json};
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use futures::{StreamExt, stream};
+use serde_json::json;
 
+use crate::endpoint::Endpoint;
+use crate::output::{CpuWatch, RunOutput, merge};
+use crate::proto::Event;
 use crate::stats::{Latencies, rate};
-use crate::ws::{self, Incoming, Ws};
+use crate::ws::{self, Conn};
 use crate::{Ctx, MAX_CONNECTIONS, SETUP_CONCURRENCY};
 
 #[derive(Debug, Clone, Args)]
@@ -51,37 +52,33 @@ struct ConnResult {
     failure: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
+pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     if o.connections == 0 || o.connections > MAX_CONNECTIONS {
         bail!("--connections must be 1..={MAX_CONNECTIONS}");
     }
     if o.window == 0 {
         bail!("--window must be at least 1");
     }
-    let key = ctx.key.clone();
+    let Endpoint::Lara { .. } = &ctx.ep else {
+        bail!("throughput runs against Lara Chat only");
+    };
+    let ep = &ctx.ep;
     let n_convs = if o.shared_conversation {
         1
     } else {
         o.connections
     };
     let convs: Vec<String> = stream::iter(0..n_convs)
-        .map(|_| {
-            let api = ctx.api.clone();
-            let key = key.clone();
-            async move { api.create_conversation(&key, &[]).await }
-        })
+        .map(|i| async move { ep.room(&format!("{}-t{i}", ctx.run_id), &[]).await })
         .buffered(SETUP_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    let conns: Vec<Ws> = stream::iter(0..o.connections)
-        .map(|i| {
-            let key = key.clone();
-            let target = ctx.target.clone();
-            let actor = format!("lt-agent-{i}");
-            let limit = ctx.timeout;
-            async move { ws::connect_auth(&target, &key, Some(&actor), limit).await }
+    let conns: Vec<Conn> = stream::iter(0..o.connections)
+        .map(|i| async move {
+            let m = ep.agent(&format!("lt-agent-{i}"))?;
+            ep.open(&m, &[], None, ctx.timeout).await
         })
         .buffered(SETUP_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -90,6 +87,9 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         .collect::<Result<_>>()?;
 
     let text = Arc::new(ws::payload(o.size));
+    let _printer = ctx.progress.start("throughput");
+    ctx.progress.add_open(conns.len() as i64);
+    let cpu = CpuWatch::start(ctx.server_pid)?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(o.duration_secs);
     let mut tasks = Vec::with_capacity(conns.len());
@@ -98,8 +98,12 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         let text = text.clone();
         let prefix = format!("lt{}-{i}", ctx.run_id);
         let (window, messages, limit) = (o.window, o.messages, ctx.timeout);
+        let p = ctx.progress.clone();
         tasks.push(tokio::spawn(async move {
-            connection(ws, &conv, &prefix, &text, window, messages, deadline, limit).await
+            let r = connection(ws, &conv, &prefix, &text, window, messages, deadline, limit).await;
+            p.c.acked
+                .fetch_add(r.acked, std::sync::atomic::Ordering::Relaxed);
+            r
         }));
     }
     let mut total = ConnResult::default();
@@ -119,6 +123,8 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
             *total.error_codes.entry(f).or_default() += 1;
         }
     }
+    let usage = cpu.finish(total.acked);
+    drop(_printer);
     let elapsed = total
         .last_ack
         .unwrap_or(start)
@@ -143,8 +149,9 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
     for (k, v) in &total.error_codes {
         println!("  error x{v}: {k}");
     }
-    Ok(json!({
+    let mut result = json!({
         "scenario": "throughput",
+        "params": format!("C={} W={}", o.connections, o.window),
         "connections": o.connections,
         "window": o.window,
         "conversations": n_convs,
@@ -157,12 +164,18 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Value> {
         "msgs_per_sec": mps,
         "ack_latency": lat,
         "error_samples": total.error_codes,
-    }))
+    });
+    // Per acknowledged message here.
+    merge(&mut result, usage);
+    let mut out = RunOutput::new(result);
+    // The plot is the send→ack latency CDF.
+    out.latency = Some(total.latencies);
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn connection(
-    mut ws: Ws,
+    mut ws: Conn,
     conv: &str,
     prefix: &str,
     text: &str,
@@ -179,73 +192,61 @@ async fn connection(
         let mut fed = false;
         while inflight.len() < window && seq < messages && Instant::now() < deadline {
             seq += 1;
-            let frame = ws::send_frame(seq, conv, &format!("{prefix}-{seq}"), text, false);
-            let msg = WsMessage::text(frame.to_string());
-            match timeout(limit, ws.feed(msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return r.fail(format!("write: {e}"), inflight.len()),
-                Err(_) => return r.fail("write timed out".into(), inflight.len()),
+            let msg = match ws
+                .proto
+                .publish(seq, conv, &format!("{prefix}-{seq}"), text)
+            {
+                Ok(m) => m,
+                Err(e) => return r.fail(format!("{e:#}"), inflight.len()),
+            };
+            if let Err(e) = ws.feed(msg).await {
+                return r.fail(format!("{e:#}"), inflight.len());
             }
             inflight.push_back((seq, Instant::now()));
             r.sent += 1;
             fed = true;
         }
         if fed {
-            match timeout(limit, ws.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return r.fail(format!("write: {e}"), inflight.len()),
-                Err(_) => return r.fail("write timed out".into(), inflight.len()),
+            if let Err(e) = ws.flush().await {
+                return r.fail(format!("{e:#}"), inflight.len());
             }
         }
         if inflight.is_empty() {
             break;
         }
-        let frame = match ws::recv(&mut ws, limit).await {
-            Ok(Incoming::Frame(f)) => f,
-            Ok(Incoming::Closed(c)) => {
-                return r.fail(format!("closed by the server: {c:?}"), inflight.len());
+        let deadline = tokio::time::Instant::now() + limit;
+        let (id, result) = match ws.next_event(deadline).await {
+            Ok(Some(Event::Reply { id, result })) => (id, result),
+            Ok(Some(e @ (Event::Closed(_) | Event::Disconnect(_)))) => {
+                return r.fail(format!("closed by the server: {e:?}"), inflight.len());
             }
+            Ok(Some(Event::Error(t))) => {
+                *r.error_codes.entry(t).or_default() += 1;
+                continue;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => return r.fail(format!("no reply within {limit:?}"), inflight.len()),
             Err(e) => return r.fail(format!("{e:#}"), inflight.len()),
         };
-        let Some(id) = frame.id else { continue };
         let Some(pos) = inflight.iter().position(|(s, _)| *s == id) else {
             continue;
         };
         let (_, sent_at) = inflight.remove(pos).unwrap_or((id, Instant::now()));
-        match frame.kind.as_str() {
-            "ack" => {
+        match result {
+            Ok(duplicate) => {
                 let now = Instant::now();
                 r.latencies.record(now - sent_at);
                 r.acked += 1;
                 r.last_ack = Some(now);
-                if frame
-                    .message
-                    .as_ref()
-                    .and_then(|m| m.get("client_msg_id"))
-                    .and_then(Value::as_str)
-                    != Some(&format!("{prefix}-{id}"))
-                {
-                    *r.error_codes
-                        .entry("ack for another client_msg_id".into())
-                        .or_default() += 1;
-                }
+                r.duplicates += u64::from(duplicate);
             }
-            "error" => {
+            Err(t) => {
                 r.errors += 1;
-                *r.error_codes.entry(frame.error_text()).or_default() += 1;
+                *r.error_codes.entry(t).or_default() += 1;
             }
-            other => {
-                r.errors += 1;
-                *r.error_codes
-                    .entry(format!("unexpected reply {other}"))
-                    .or_default() += 1;
-            }
-        }
-        if frame.kind == "ack" && frame.duplicate == Some(true) {
-            r.duplicates += 1;
         }
     }
-    ws::close(&mut ws).await;
+    ws.close().await;
     r
 }
 

@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A running server and an admin session.
 pub struct Server {
     pub base: String,
+    /// `http://ADDR` of the admin listener, when `server.admin_listen` is set.
+    pub admin_base: Option<String>,
     pub ws_url: String,
     pub http: reqwest::Client,
     pub admin_token: String,
@@ -59,18 +61,19 @@ impl Server {
             let shutdown = async move {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = larachat::run_server(config, shutdown, move |addr| {
-                let _ = addr_tx.send(addr);
+            if let Err(e) = larachat::run_server(config, shutdown, move |bound| {
+                let _ = addr_tx.send(bound);
             })
             .await
             {
                 panic!("server failed: {e:#}");
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        let bound = tokio::time::timeout(Duration::from_secs(30), addr_rx)
             .await
             .expect("server did not start in time")
             .expect("server exited before binding");
+        let addr = bound.public;
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
         let login: Value = http
@@ -85,6 +88,7 @@ impl Server {
         let admin_token = login["token"].as_str().expect("admin token").to_owned();
         Server {
             ws_url: format!("ws://{addr}/realtime/v1"),
+            admin_base: bound.admin.map(|a| format!("http://{a}")),
             base,
             http,
             admin_token,

@@ -1,7 +1,8 @@
 // @ts-check
-// Lara Chat demo agent inbox: the Client API (secret key) for lists and history, the realtime
-// socket as {type: "agent", id: "demo-agent", name: "Demo Agent"} for live messages, typing,
-// read markers and replies. A demo, not a product: the secret key sits in the page.
+// Lara Chat demo agent inbox: the Client API for lists and history, the realtime socket as
+// {type: "agent", id: "demo-agent", name: "Demo Agent"} for live messages, typing, read markers
+// and replies. Both with a short-lived agent token from the server (POST tokenUrl, renewed a
+// minute before it expires, or when refused): no secret key is ever in the page.
 (() => {
   'use strict';
 
@@ -15,7 +16,12 @@
 
   const ACTOR = { type: 'agent', id: 'demo-agent', name: 'Demo Agent' };
   const cfg = window.LaraChatDemo || {};
-  const secret = String(cfg.secretKey || '');
+  const tokenUrl = String(cfg.tokenUrl || '');
+  let token = '';
+  /** @type {Promise<string> | null} */
+  let fetching = null;
+  /** @type {number | undefined} */
+  let renewTimer;
   const D = document;
 
   /** @param {string} sel */
@@ -87,14 +93,39 @@
    * @param {string} path
    * @param {unknown} [body]
    */
-  async function api(method, path, body) {
+  async function api(method, path, body, retried = false) {
     /** @type {Record<string, string>} */
-    const headers = { authorization: `Bearer ${secret}` };
+    const headers = { authorization: `Bearer ${token || (await freshToken())}` };
     if (body !== undefined) headers['content-type'] = 'application/json';
     const res = await fetch(`/api/v1${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (res.status === 401 && !retried) {
+      token = '';
+      return api(method, path, body, true);
+    }
     const data = await res.json().catch(() => null);
     if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${data && data.error ? data.error.code : ''}`);
     return data;
+  }
+
+  /** A new agent token from the server; one request at a time. */
+  function freshToken() {
+    if (!fetching) {
+      fetching = (async () => {
+        try {
+          const res = await fetch(tokenUrl, { method: 'POST' });
+          const data = await res.json().catch(() => null);
+          if (!res.ok || !data || !data.token) throw new Error(`agent token: HTTP ${res.status}`);
+          token = String(data.token);
+          const left = new Date(data.expires_at).getTime() - Date.now();
+          clearTimeout(renewTimer);
+          renewTimer = window.setTimeout(freshToken, Math.max(5000, left - 60000));
+          return token;
+        } finally {
+          fetching = null;
+        }
+      })();
+    }
+    return fetching;
   }
 
   /** @param {string} s */
@@ -336,13 +367,22 @@
     sendFrame(f);
   }
 
-  function connect() {
+  async function connect() {
+    if (!token) {
+      try {
+        await freshToken();
+      } catch (e) {
+        setStatus(String(e instanceof Error ? e.message : e));
+        window.setTimeout(connect, 5000);
+        return;
+      }
+    }
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/realtime/v1`;
     const sock = new WebSocket(url, 'larachat.v1.json');
     ws = sock;
     authed = false;
     setStatus('Connecting…');
-    sock.onopen = () => sock.send(JSON.stringify({ type: 'auth', id: ++reqSeq, token: secret, actor: ACTOR }));
+    sock.onopen = () => sock.send(JSON.stringify({ type: 'auth', id: ++reqSeq, token }));
     sock.onmessage = (ev) => {
       if (ws !== sock) return;
       let f;
@@ -359,8 +399,15 @@
       authed = false;
       for (const row of pending.values()) if (row.state === 'sending') row.el.dataset.state = 'sending';
       pending.clear();
+      if (ev.code === 4001) {
+        // The token expired (or its key was revoked): get a new one and connect again.
+        token = '';
+        setStatus('Renewing the agent token…');
+        window.setTimeout(connect, 500);
+        return;
+      }
       if (ev.code >= 4000 && ev.code < 4100) {
-        setStatus(`Disconnected (${ev.code} ${ev.reason || ''}). Check the secret key.`);
+        setStatus(`Disconnected (${ev.code} ${ev.reason || ''}).`);
         return;
       }
       const delay = Math.random() * Math.min(30000, 500 * 2 ** Math.min(attempt++, 16));
@@ -451,8 +498,8 @@
   });
   D.addEventListener('visibilitychange', markRead);
 
-  if (!secret) {
-    setStatus('No secret key configured: the server did not fill in window.LaraChatDemo.');
+  if (!tokenUrl) {
+    setStatus('No token URL configured: the server did not fill in window.LaraChatDemo.');
     return;
   }
   connect();

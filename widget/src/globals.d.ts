@@ -38,5 +38,5 @@ interface LaraChatGlobal {
 interface Window {
   LaraChat?: LaraChatGlobal;
   LaraChatConfig?: LaraChatPageConfig;
-  LaraChatDemo?: { secretKey?: string; projectId?: string };
+  LaraChatDemo?: { tokenUrl?: string; projectId?: string };
 }

@@ -23,6 +23,7 @@
     L.base = base;
     L.config = w.LaraChatConfig;
     var t = d.createElement('script');
+    // Served with this path replaced by the widget's content-hashed URL (docs/widget.md).
     t.src = base + '/widget/widget.js';
     t.async = true;
     (d.head || d.documentElement).appendChild(t);

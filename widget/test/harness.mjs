@@ -67,10 +67,11 @@ export function larachatBin() {
 }
 
 /**
- * Starts `larachat serve` on an ephemeral port with a fresh data dir and the first admin.
+ * Starts `larachat serve` on an ephemeral port with a fresh data dir and the first admin;
+ * with `{demo: true}`, with the demo project and pages (test/demo.test.mjs).
  * Resolves to {base, port, proc, stop()} once it printed its listening address.
  */
-export async function startServer() {
+export async function startServer({ demo = false } = {}) {
   const bin = larachatBin();
   const dataDir = mkdtempSync(join(tmpdir(), 'larachat-browser-'));
   // The server reads every LARACHAT_* variable as configuration and refuses unknown ones
@@ -88,7 +89,7 @@ export async function startServer() {
     env: { ...env, LARACHAT_DEMO__ENABLED: 'false' },
     encoding: 'utf8',
   });
-  if (probe.status === 0 && /^\[demo\]/m.test(probe.stdout)) env.LARACHAT_DEMO__ENABLED = 'false';
+  if (probe.status === 0 && /^\[demo\]/m.test(probe.stdout)) env.LARACHAT_DEMO__ENABLED = demo ? 'true' : 'false';
 
   const proc = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
     env,

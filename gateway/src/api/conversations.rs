@@ -45,6 +45,7 @@ pub struct UpdateConversation {
 
 /// Filters and paging for listing conversations.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// `open` or `closed`.
@@ -146,7 +147,7 @@ pub async fn list_conversations(
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "client",
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 200, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_conversation(
@@ -159,7 +160,7 @@ pub async fn get_conversation(
 }
 
 #[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "client", request_body = UpdateConversation,
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 200, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_conversation(
@@ -168,7 +169,7 @@ pub async fn update_conversation(
     ApiPath(id): ApiPath<ConversationId>,
     ApiJson(body): ApiJson<UpdateConversation>,
 ) -> Result<ApiJson<Conversation>, ApiError> {
-    who.require_key_write()?;
+    who.require_tenant_write()?;
     if let Some(Some(s)) = &body.subject {
         validate::name(s, "subject")?;
     }
@@ -185,7 +186,7 @@ pub async fn update_conversation(
 }
 
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "client",
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 200, body = Conversation, description = "the closed conversation"),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -194,7 +195,7 @@ pub async fn close_conversation(
     Caller(who): Caller,
     ApiPath(id): ApiPath<ConversationId>,
 ) -> Result<ApiJson<Conversation>, ApiError> {
-    who.require_key_write()?;
+    who.require_tenant_write()?;
     let patch = ConversationPatch {
         status: Some(ConversationStatus::Closed),
         ..Default::default()

@@ -62,6 +62,7 @@ pub struct Typing {
 
 /// History paging: at most one of `before` / `after`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// Messages older than this id.
@@ -73,7 +74,7 @@ pub struct HistoryParams {
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "client", request_body = SendMessage,
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 201, body = Sent), (status = 200, body = Sent, description = "duplicate client_msg_id"),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -107,7 +108,7 @@ pub async fn send_message(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "client", params(("id" = String, Path, description = "conversation id"), HistoryParams),
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "client", params(("id" = uuid::Uuid, Path, description = "conversation id"), HistoryParams),
     responses((status = 200, body = MessageList), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_messages(
@@ -131,7 +132,7 @@ pub async fn list_messages(
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/read", tag = "client", request_body = MarkRead,
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 200, body = ReadState), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn mark_read(
@@ -148,7 +149,7 @@ pub async fn mark_read(
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/read", tag = "client",
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 200, body = ReadList), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_reads(
@@ -163,7 +164,7 @@ pub async fn list_reads(
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/typing", tag = "client", request_body = Typing,
-    params(("id" = String, Path, description = "conversation id")),
+    params(("id" = uuid::Uuid, Path, description = "conversation id")),
     responses((status = 202, description = "published"), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn typing(

@@ -2,27 +2,36 @@
 //! (tokens). Handlers parse with the catalog extractors, authorise through [`Caller`], and
 //! delegate writes to [`crate::service`].
 
+mod agents;
 mod conversations;
 mod messages;
 mod users;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use larachat_core::model::{Conversation, EndUser, Message, ReadState};
 
+use larachat_core::ApiError;
+use larachat_core::openapi::StandardErrors;
+use larachat_limits::http::{Applied, add_headers, tighter};
+
 use crate::Gateway;
 #[allow(unused_imports)]
 pub(crate) use crate::auth::Caller;
+use crate::auth::{AuthRejection, Principal};
 
 /// OpenAPI description of the Client API.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
         users::create_user, users::get_user, users::update_user, users::delete_user,
+        agents::create_agent_token,
         conversations::create_conversation, conversations::list_conversations,
         conversations::get_conversation, conversations::update_conversation,
         conversations::close_conversation,
@@ -34,6 +43,7 @@ pub(crate) use crate::auth::Caller;
     ),
     components(schemas(
         users::CreateUser, users::UpdateUser, users::UserWithToken,
+        agents::CreateAgentToken, agents::AgentRef, agents::AgentTokenView,
         conversations::CreateConversation, conversations::UpdateConversation, ConversationList,
         messages::SendMessage, messages::Sent, messages::MarkRead, messages::Typing, MessageList,
         ReadList, EndUser, Conversation, Message, ReadState,
@@ -42,6 +52,7 @@ pub(crate) use crate::auth::Caller;
         crate::widget::WidgetSend, crate::widget::WidgetSent, crate::widget::WidgetEvent,
         larachat_core::error::ErrorBody,
     )),
+    modifiers(&StandardErrors),
     tags((name = "client", description = "Client API for tenant backends and end users"),
          (name = "realtime", description = "Realtime v1 WebSocket (see docs/protocol.md)"),
          (name = "widget", description = "Widget API for the embeddable widget (see docs/widget.md)")),
@@ -102,7 +113,46 @@ pub fn router(gw: Gateway) -> Router {
             post(messages::mark_read).get(messages::list_reads),
         )
         .route("/api/v1/conversations/{id}/typing", post(messages::typing))
+        .route("/api/v1/agent-tokens", post(agents::create_agent_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            client_auth,
+        ))
         .method_not_allowed_fallback(|| async { larachat_core::http::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.limits().clone(),
+            larachat_limits::http::ip_limit,
+        ))
         .with_state(gw)
+}
+
+/// Authenticates every Client API request once, refuses widget sessions (they belong to
+/// `/widget/v1/*` and the socket), takes the request from the caller's and the project's
+/// rate-limit buckets, and reports the tightest bucket in `RateLimit-*` headers.
+async fn client_auth(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
+    let who = match crate::auth::bearer(req.headers()) {
+        Ok(token) => gw.auth().authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    let who: Principal = match who {
+        Ok(p) => p,
+        Err(e) => return AuthRejection(e).into_response(),
+    };
+    if who.origin.is_some() {
+        return ApiError::forbidden(
+            "a widget session only works on /widget/v1/* and the realtime socket; the Client \
+             API takes a secret key, an agent token or an end-user token from POST /api/v1/users",
+        )
+        .into_response();
+    }
+    let ip = req.extensions().get::<Applied>().map(|a| a.0);
+    let own = match gw.limit_request(&who).await {
+        Ok(info) => info,
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(who);
+    let mut resp = next.run(req).await;
+    add_headers(&mut resp, tighter(ip, own));
+    resp
 }

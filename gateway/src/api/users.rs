@@ -142,7 +142,7 @@ fn check_self(who: &crate::auth::Principal, id: EndUserId) -> Result<(), ApiErro
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "client",
-    params(("id" = String, Path, description = "end user id")),
+    params(("id" = uuid::Uuid, Path, description = "end user id")),
     responses((status = 200, body = EndUser), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_user(
@@ -160,7 +160,7 @@ pub async fn get_user(
 }
 
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "client", request_body = UpdateUser,
-    params(("id" = String, Path, description = "end user id")),
+    params(("id" = uuid::Uuid, Path, description = "end user id")),
     responses((status = 200, body = EndUser), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_user(
@@ -169,8 +169,14 @@ pub async fn update_user(
     ApiPath(id): ApiPath<EndUserId>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<ApiJson<EndUser>, ApiError> {
-    who.require_write()?;
-    check_self(&who, id)?;
+    // Name, e-mail, avatar and metadata belong to the tenant: an end user cannot rewrite
+    // what agents see about them.
+    if who.end_user().is_some() {
+        return Err(ApiError::forbidden(
+            "end users cannot change their profile; the tenant's backend does (secret key)",
+        ));
+    }
+    who.require_key_write()?;
     check_profile(
         body.name.as_ref().and_then(|n| n.as_deref()),
         body.email.as_ref().and_then(|n| n.as_deref()),
@@ -192,7 +198,7 @@ pub async fn update_user(
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "client",
-    params(("id" = String, Path, description = "end user id")),
+    params(("id" = uuid::Uuid, Path, description = "end user id")),
     responses((status = 204, description = "deleted"), (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_user(
