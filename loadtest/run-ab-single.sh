@@ -32,6 +32,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     dir=$WORK/$label-$round
     mkdir -p "$dir"
+    : >"$dir/log"
     env "${extra[@]}" LARACHAT_REALTIME__MAX_FRAMES_PER_SEC=1000000 \
       "$bin" serve --listen 127.0.0.1:0 --data-dir "$dir/data" >"$dir/log" 2>&1 &
     PID=$!
@@ -45,7 +46,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round: $label ($bin) on $url" >&2
     for c in 1 50; do
       env -u LOADTEST_KEY "$LOADTEST" throughput --connections "$c" --window 1 \
-        --duration-secs "$DUR" --url "$url" --label "$label" --json | tail -n1 >>"$OUT"
+        --duration-secs "$DUR" --url "$url" --label "$label" --out "$WORK/out" --no-progress --json | tail -n1 >>"$OUT"
     done
     kill -TERM "$PID"
     wait "$PID" 2>/dev/null || true

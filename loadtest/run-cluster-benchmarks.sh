@@ -62,6 +62,7 @@ trap 'stop_processes; stop_services' EXIT
 # subshell: its pid must reach PIDS).
 start_process() {
   local bin=$1 role=$2 log=$3
+  : >"$log" # exists before the background process opens it, so the polling can read it
   "$bin" "$role" --listen 127.0.0.1:0 >"$log" 2>&1 &
   PIDS+=($!)
   URL=""
@@ -109,7 +110,7 @@ for MODE in $MODES; do
       echo "-- $*" >&2
       local out
       if ! out=$(env -u LOADTEST_KEY "$LOADTEST" "$@" --url "$GATEWAY_URL" --admin-url "$ADMIN_URL" \
-        --label "$MODE/$LABEL" --json); then
+        --label "$MODE/$LABEL" --out "$WORK/out" --no-progress --json); then
         echo "$out" >&2
         echo "!! scenario failed: $*" >&2
         return 0
@@ -120,7 +121,7 @@ for MODE in $MODES; do
     if [[ "$WARM" -gt 0 ]]; then
       echo "-- warm-up, $WARM s (not recorded)" >&2
       env -u LOADTEST_KEY "$LOADTEST" throughput --connections 50 --window 1 --duration-secs "$WARM" \
-        --url "$GATEWAY_URL" --admin-url "$ADMIN_URL" >/dev/null 2>&1 || true
+        --url "$GATEWAY_URL" --admin-url "$ADMIN_URL" --out "$WORK/out" >/dev/null 2>&1 || true
       WARM=0
     fi
     run throughput --connections 1 --window 1 --duration-secs "$DUR"
