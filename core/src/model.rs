@@ -284,6 +284,14 @@ pub struct EndUserPatch {
 }
 
 impl EndUserPatch {
+    /// Whether the patch changes a profile field (anything but `last_seen_at`).
+    pub fn has_profile_fields(&self) -> bool {
+        self.name.is_some()
+            || self.email.is_some()
+            || self.avatar.is_some()
+            || self.metadata.is_some()
+    }
+
     /// Applies the patch. `updated_at` tracks profile changes, not presence: a patch with only
     /// `last_seen_at` (a heartbeat) leaves it alone.
     pub fn apply(&self, u: &mut EndUser) {

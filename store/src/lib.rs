@@ -19,6 +19,10 @@
 //!   `tests/sqlite_contract.rs` runs it on SQLite, `tests/scylla_contract.rs` on Cassandra
 //!   (`deploy/cassandra.sh start`).
 //!
+//! - [`event_contract`]: the contract suite of the durable event log (every change logs exactly
+//!   its domain events, redelivery, consumer groups); `tests/sqlite_events.rs` runs it on the
+//!   SQLite outbox, with the restart checks only SQLite has.
+//!
 //! Conventions every backend follows: timestamps are kept to the millisecond (build them with
 //! `model::now()`); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
 //! order is creation order); a conversation's messages carry `seq` 1, 2, 3, … in id order,
@@ -32,6 +36,7 @@
 //! Must not depend on the broker, gateway or control plane.
 
 pub mod contract;
+pub mod event_contract;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 pub mod sqlite;

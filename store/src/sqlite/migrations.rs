@@ -14,6 +14,7 @@ use crate::{StoreError, StoreResult};
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_message_seq.sql"),
+    include_str!("migrations/0003_events.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -8,14 +8,19 @@
 //!   pool, never waiting for the writer (WAL mode);
 //! - embedded, numbered **migrations** tracked with `PRAGMA user_version` (see `migrations`);
 //! - `codec` maps rows to domain types and SQLite errors to [`StoreError`]; `queries` holds
-//!   the SQL of every operation.
+//!   the SQL of every operation;
+//! - the **event outbox**: every change with a domain event inserts it in its own savepoint
+//!   (`outbox`, called from `queries`), and `events` implements the durable
+//!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
 //!
 //! [`SqliteStore`] is a cheap handle (`Clone`, an `Arc` inside). When the last handle is
 //! dropped, the writer finishes the writes already queued, closes its connection and the drop
 //! waits for it, so the file is fully closed afterwards.
 
 mod codec;
+mod events;
 mod migrations;
+mod outbox;
 mod queries;
 mod writer;
 
@@ -107,6 +112,8 @@ struct Inner {
     counters: Arc<WriterCounters>,
     readers: Arc<ReadPool>,
     read_permits: Arc<Semaphore>,
+    /// Consumer groups of the event log, and the signal that wakes their fetches.
+    groups: events::Groups,
 }
 
 /// Idle read-only connections. Connections are opened lazily again if one was lost.
@@ -182,6 +189,7 @@ impl SqliteStore {
                 counters,
                 readers: pool,
                 read_permits: Arc::new(Semaphore::new(readers)),
+                groups: events::Groups::default(),
             }),
         })
     }
@@ -207,7 +215,25 @@ impl SqliteStore {
         let (job, reply) = Call::job(f);
         let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
         jobs.send(job).await.map_err(|_| closed())?;
-        reply.await.map_err(|_| closed())?
+        let result = reply.await.map_err(|_| closed())?;
+        if result.is_ok() {
+            // The write may have added events: wake the event log's waiting fetches.
+            self.inner.groups.changed.notify_waiters();
+        }
+        result
+    }
+
+    /// Deletes outbox events older than `retention` that every consumer has passed (a
+    /// consumer that has never acknowledged anything holds everything). Returns how many.
+    pub async fn trim_events(&self, retention: Duration) -> StoreResult<usize> {
+        let Some(cutoff) = chrono::TimeDelta::from_std(retention)
+            .ok()
+            .and_then(|r| larachat_core::model::now().checked_sub_signed(r))
+        else {
+            return Ok(0);
+        };
+        let cutoff = cutoff.timestamp_millis();
+        self.write(move |c| outbox::trim(c, cutoff)).await
     }
 
     /// Runs `f` on a pooled read-only connection, in a read transaction (one snapshot).

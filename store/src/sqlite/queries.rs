@@ -14,7 +14,10 @@ use larachat_core::model::{
     Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 
+use larachat_core::event::DomainEvent;
+
 use super::codec::{self, json_text, ms, opt_ms, sql_error};
+use super::outbox;
 use crate::{Appended, ConversationQuery, MessageRange, NewEndUser, Page, StoreError, StoreResult};
 
 /// Largest page any listing returns; smaller requests are honoured, 0 means 1.
@@ -312,6 +315,7 @@ pub(crate) fn upsert_end_user(
             if changed {
                 user.updated_at = model::now().max(user.updated_at);
                 write_end_user(conn, &user)?;
+                outbox::insert(conn, &DomainEvent::user_updated(&user))?;
             }
             return Ok((user, false));
         }
@@ -355,6 +359,7 @@ pub(crate) fn upsert_end_user(
         ])
     })
     .map_err(sql_error)?;
+    outbox::insert(conn, &DomainEvent::user_created(&user))?;
     Ok((user, true))
 }
 
@@ -416,6 +421,10 @@ pub(crate) fn update_end_user(
     };
     patch.apply(&mut u);
     write_end_user(conn, &u)?;
+    // A heartbeat (`last_seen_at` only) is not a profile change: no event.
+    if patch.has_profile_fields() {
+        outbox::insert(conn, &DomainEvent::user_updated(&u))?;
+    }
     Ok(Some(u))
 }
 
@@ -495,7 +504,10 @@ pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreR
         ])
     })
     .map_err(sql_error)?;
-    add_members(conn, c.project_id, c.id, &c.members)
+    add_members(conn, c.project_id, c.id, &c.members)?;
+    let stored = conversation(conn, c.project_id, c.id)?
+        .ok_or(StoreError::Internal("conversation vanished".into()))?;
+    outbox::insert(conn, &DomainEvent::conversation_created(&stored))
 }
 
 fn members(
@@ -592,6 +604,7 @@ pub(crate) fn update_conversation(
     let Some(mut c) = conversation(conn, project, id)? else {
         return Ok(None);
     };
+    let before = c.status;
     patch.apply_fields(&mut c);
     conn.prepare_cached(
         "UPDATE conversations SET subject = ?3, status = ?4, metadata = ?5, updated_at = ?6 \
@@ -612,6 +625,7 @@ pub(crate) fn update_conversation(
         add_members(conn, project, id, &patch.add_members)?;
         c.members = members(conn, project, id).map_err(sql_error)?;
     }
+    outbox::insert(conn, &DomainEvent::conversation_changed(before, &c))?;
     Ok(Some(c))
 }
 
@@ -725,6 +739,7 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
         ])
     })
     .map_err(sql_error)?;
+    outbox::insert(conn, &DomainEvent::message_sent(&message))?;
     Ok(Appended {
         message,
         created: true,
@@ -858,6 +873,7 @@ pub(crate) fn mark_read(
         ])
     })
     .map_err(sql_error)?;
+    outbox::insert(conn, &DomainEvent::message_read(project, &state))?;
     Ok(state)
 }
 

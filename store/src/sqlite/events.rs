@@ -1,0 +1,249 @@
+//! [`EventLog`] over the outbox: durable consumers with checkpoints, work-queue workers.
+//!
+//! A consumer group (one [`ConsumerName`]) keeps, in memory and shared by its workers:
+//! - `checkpoint`: every event at or below it is handled; durable in `event_consumers`,
+//!   loaded (a new consumer registered at 0) when the group is first opened, written (through the writer, so committed) when an
+//!   ack moves it;
+//! - `delivered`: the highest position handed out so far (≥ checkpoint);
+//! - `in_flight`: positions handed out and not acknowledged, with their redelivery deadline
+//!   and attempt count.
+//!
+//! Because a fetch hands out the first eligible events in position order, every event in
+//! `(checkpoint, delivered]` that is not in flight has been acknowledged, and the checkpoint is
+//! `min(in_flight) - 1` (or `delivered` when nothing is in flight). After a restart only the
+//! checkpoint is known: events acknowledged above it are delivered again (at least once;
+//! consumers de-duplicate by event id). Writers to the outbox wake waiting fetches through a
+//! [`Notify`]; fetches also wake at the nearest redelivery deadline.
+//!
+//! One process per database file (the single-node mode): a second process opening the same
+//! consumer would not see this one's in-flight set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use larachat_core::event::{
+    Acker, ConsumerName, ConsumerOptions, Delivery, DomainEvent, EventConsumer, EventLog,
+    EventLogError,
+};
+
+use super::{SqliteStore, outbox};
+use crate::StoreError;
+
+/// Rows read per query while looking for eligible events.
+const PAGE: usize = 256;
+
+/// The shared state of one consumer group.
+#[derive(Debug)]
+pub(crate) struct Group {
+    checkpoint: i64,
+    delivered: i64,
+    in_flight: BTreeMap<i64, InFlight>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    deadline: Instant,
+    attempt: u64,
+}
+
+impl Group {
+    fn current_checkpoint(&self) -> i64 {
+        match self.in_flight.keys().next() {
+            Some(first) => first - 1,
+            None => self.delivered,
+        }
+    }
+}
+
+/// The groups opened through one store, by name (names come from our code, not clients).
+#[derive(Default)]
+pub(crate) struct Groups {
+    pub(crate) by_name: Mutex<HashMap<ConsumerName, Arc<Mutex<Group>>>>,
+    /// Signalled after every committed write (new events may be visible) and every ack.
+    pub(crate) changed: Notify,
+}
+
+fn log_error(e: StoreError) -> EventLogError {
+    match e {
+        StoreError::Unavailable(m) => EventLogError::Unavailable(m),
+        other => EventLogError::Internal(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn consumer(
+        &self,
+        name: &ConsumerName,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn EventConsumer>, EventLogError> {
+        let existing = self.inner.groups.by_name.lock().get(name).cloned();
+        let group = match existing {
+            Some(g) => g,
+            None => {
+                let key = name.as_str().to_owned();
+                let checkpoint = self
+                    .write(move |c| outbox::register(c, &key))
+                    .await
+                    .map_err(log_error)?;
+                let mut groups = self.inner.groups.by_name.lock();
+                groups
+                    .entry(name.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Mutex::new(Group {
+                            checkpoint,
+                            delivered: checkpoint,
+                            in_flight: BTreeMap::new(),
+                        }))
+                    })
+                    .clone()
+            }
+        };
+        Ok(Box::new(SqliteConsumer {
+            store: self.clone(),
+            name: name.clone(),
+            group,
+            options,
+        }))
+    }
+}
+
+struct SqliteConsumer {
+    store: SqliteStore,
+    name: ConsumerName,
+    group: Arc<Mutex<Group>>,
+    options: ConsumerOptions,
+}
+
+impl SqliteConsumer {
+    /// Claims up to `max` eligible events: new ones after `delivered`, and in-flight ones past
+    /// their deadline. `None` when there is none, with the nearest deadline to wake at.
+    async fn claim(&self, max: usize) -> Result<(Vec<Delivery>, Option<Instant>), EventLogError> {
+        let mut out = Vec::new();
+        let mut cursor = self.group.lock().checkpoint;
+        loop {
+            let rows = self
+                .store
+                .read(move |c| outbox::after(c, cursor, PAGE))
+                .await
+                .map_err(log_error)?;
+            let exhausted = rows.len() < PAGE;
+            let now = Instant::now();
+            let mut group = self.group.lock();
+            for (position, event) in rows {
+                cursor = position;
+                if out.len() >= max {
+                    break;
+                }
+                let attempt = if position > group.delivered {
+                    group.delivered = position;
+                    1
+                } else {
+                    match group.in_flight.get(&position) {
+                        // Acknowledged by some worker.
+                        None => continue,
+                        Some(f) if f.deadline > now => continue,
+                        Some(f) => f.attempt + 1,
+                    }
+                };
+                group.in_flight.insert(
+                    position,
+                    InFlight {
+                        deadline: now + self.options.ack_wait,
+                        attempt,
+                    },
+                );
+                out.push(self.delivery(position, event, attempt));
+            }
+            if out.len() >= max || exhausted {
+                let next = group.in_flight.values().map(|f| f.deadline).min();
+                return Ok((out, next));
+            }
+        }
+    }
+
+    fn delivery(&self, position: i64, event: DomainEvent, attempt: u64) -> Delivery {
+        Delivery::new(
+            event,
+            attempt,
+            Box::new(SqliteAck {
+                store: self.store.clone(),
+                name: self.name.clone(),
+                group: self.group.clone(),
+                position,
+                attempt,
+            }),
+        )
+    }
+}
+
+#[async_trait]
+impl EventConsumer for SqliteConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EventLogError> {
+        let max = max.max(1);
+        let until = Instant::now() + wait;
+        loop {
+            let changed = self.store.inner.groups.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (out, next_deadline) = self.claim(max).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let wake = next_deadline.map_or(until, |d| d.min(until));
+            if Instant::now() >= until {
+                return Ok(out);
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+struct SqliteAck {
+    store: SqliteStore,
+    name: ConsumerName,
+    group: Arc<Mutex<Group>>,
+    position: i64,
+    attempt: u64,
+}
+
+#[async_trait]
+impl Acker for SqliteAck {
+    async fn ack(self: Box<Self>) -> Result<(), EventLogError> {
+        let moved_to = {
+            let mut group = self.group.lock();
+            // A late ack of a delivery that was since handed out again: the newer attempt
+            // owns the event now.
+            match group.in_flight.get(&self.position) {
+                Some(f) if f.attempt == self.attempt => {
+                    group.in_flight.remove(&self.position);
+                }
+                _ => return Ok(()),
+            }
+            let checkpoint = group.current_checkpoint();
+            if checkpoint > group.checkpoint {
+                group.checkpoint = checkpoint;
+                Some(checkpoint)
+            } else {
+                None
+            }
+        };
+        if let Some(position) = moved_to {
+            let name = self.name.as_str().to_owned();
+            self.store
+                .write(move |c| outbox::save_checkpoint(c, &name, position))
+                .await
+                .map_err(log_error)?;
+        }
+        Ok(())
+    }
+}
