@@ -259,6 +259,9 @@ pub fn scylla_config(config: &Config) -> ScyllaConfig {
     c
 }
 
+/// How long the single-node outbox keeps events that every consumer has handled.
+const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Opens the configured store. `migrate`: apply schema migrations (single process) instead of
 /// requiring them to be applied already.
 async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
@@ -289,6 +292,8 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn St
                 ..SqliteConfig::default()
             })
             .context("opening the embedded database")?;
+            // Events every consumer has handled are kept a week (docs/events.md).
+            store.spawn_event_trimmer(EVENT_RETENTION, Duration::from_secs(3600));
             Ok(Arc::new(store))
         }
     }

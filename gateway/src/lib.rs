@@ -4,9 +4,10 @@
 //! - [`auth`]: who is calling — secret keys (cached lookup, constant-time check), end-user
 //!   JWTs — and what they may touch ([`auth::Principal`]). A request's project comes only from
 //!   its credential.
-//! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse, authorise, call [`service`]).
-//! - [`service`]: the operations shared by HTTP and realtime (send, read, typing, access
-//!   checks), so both transports behave the same: store first, then publish.
+//! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse into typed values, call the
+//!   service layer `larachat-service`, which makes every change and emits its event).
+//! - [`service`]: the edge half of the operations shared by HTTP, widget and realtime
+//!   (transport metrics, the send rate limit, parsing), delegating to `larachat-service`.
 //! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
 //!   outbound queue, resume from the store, heartbeats, close codes from the catalog.
 //! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
@@ -16,7 +17,7 @@
 //!   start or a message takes, per principal, end user, project and sender.
 //! - [`telemetry`]: the gateway's metric families with their HELP text, described once.
 //!
-//! Depends on `core`, `store` (through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
+//! Depends on `core`, `service` (every change), `store` (reads, through `Arc<dyn Store>`) and `broker` (through `Arc<dyn Bus>`
 //! and a [`Hub`](larachat_broker::Hub) for fan-out). Never on the control plane: the two meet
 //! through the store and bus subjects. Keeps no state another gateway would need.
 
@@ -115,6 +116,7 @@ pub struct Gateway {
 
 struct Inner {
     store: Arc<dyn Store>,
+    service: larachat_service::Service,
     bus: Arc<dyn Bus>,
     hub: Hub<SharedFrame>,
     config: GatewayConfig,
@@ -122,8 +124,6 @@ struct Inner {
     connections: realtime::Registry,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// Live publishes that failed (bus away), to rate-limit their log lines.
-    publish_failures: larachat_core::throttle::PowersOfTwo,
 }
 
 impl Gateway {
@@ -140,6 +140,7 @@ impl Gateway {
         let auth = auth::Authenticator::new(store.clone(), &config);
         let gw = Self {
             inner: Arc::new(Inner {
+                service: larachat_service::Service::new(store.clone(), bus.clone()),
                 store,
                 bus,
                 hub,
@@ -147,7 +148,6 @@ impl Gateway {
                 connections: realtime::Registry::default(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                publish_failures: Default::default(),
                 config,
             }),
         };
@@ -164,6 +164,10 @@ impl Gateway {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+    /// The one write path: every change goes through it.
+    pub fn service(&self) -> &larachat_service::Service {
+        &self.inner.service
     }
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.inner.bus

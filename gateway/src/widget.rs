@@ -30,7 +30,10 @@ use larachat_core::model::{
 };
 use larachat_core::protocol::TypingState;
 use larachat_core::{ApiError, ErrorCode, validate};
-use larachat_store::{ConversationQuery, NewEndUser};
+use larachat_service::conversations::NewConversation;
+use larachat_service::input::{Email, Identifier, MemberList, Metadata, Name, Url, parse_opt};
+use larachat_service::users::UserInput;
+use larachat_store::ConversationQuery;
 
 use crate::Gateway;
 use crate::auth::Principal;
@@ -389,17 +392,8 @@ pub async fn init(
                 Some(u) => u,
                 None => {
                     let (u, _) = gw
-                        .store()
-                        .upsert_end_user(
-                            project,
-                            &NewEndUser {
-                                user_identifier: None,
-                                name: None,
-                                email: None,
-                                avatar: None,
-                                metadata: larachat_core::model::empty_object(),
-                            },
-                        )
+                        .service()
+                        .widget_user(project, UserInput::default())
                         .await?;
                     metrics::counter!("larachat_widget_visitors_created_total").increment(1);
                     u
@@ -436,16 +430,13 @@ pub async fn init(
 
 /// Creates or updates the identified user, after identity verification.
 async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndUser, ApiError> {
-    validate::identifier(&u.identifier, "user.identifier")?;
-    if let Some(n) = &u.name {
-        validate::name(n, "user.name")?;
-    }
-    if let Some(e) = &u.email {
-        validate::email(e)?;
-    }
-    if let Some(a) = &u.avatar {
-        validate::url(a, "user.avatar")?;
-    }
+    let input = UserInput {
+        identifier: Some(Identifier::parse(u.identifier.clone(), "user.identifier")?),
+        name: parse_opt(u.name, |v| Name::parse(v, "user.name"))?,
+        email: parse_opt(u.email, |v| Email::parse(v, "email"))?,
+        avatar: parse_opt(u.avatar, |v| Url::parse(v, "user.avatar"))?,
+        metadata: Metadata::empty(),
+    };
     let mode = ctx.settings.identity_verification;
     if mode != IdentityVerification::Off {
         let secret = keys::identity_secret(
@@ -480,19 +471,7 @@ async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndU
             tracing::warn!(project_id = %ctx.project.id, "widget identity verification failed (report-only)");
         }
     }
-    let (user, _) = gw
-        .store()
-        .upsert_end_user(
-            ctx.project.id,
-            &NewEndUser {
-                user_identifier: Some(u.identifier),
-                name: u.name,
-                email: u.email,
-                avatar: u.avatar,
-                metadata: larachat_core::model::empty_object(),
-            },
-        )
-        .await?;
+    let (user, _) = gw.service().widget_user(ctx.project.id, input).await?;
     Ok(user)
 }
 
@@ -648,20 +627,14 @@ pub async fn send_message(
     let conversation = match current_conversation(&gw, &who).await? {
         Some(c) => c,
         None => {
-            let now = larachat_core::model::now();
-            let c = Conversation {
-                id: larachat_core::id::ConversationId::new_v7(),
-                project_id: who.project,
+            let input = NewConversation {
                 subject: None,
-                status: ConversationStatus::Open,
-                members: who.end_user().into_iter().collect(),
-                metadata: serde_json::json!({"source": "widget", "origin": ctx.origin}),
-                created_at: now,
-                updated_at: now,
-                last_message_id: None,
+                members: MemberList::default(),
+                metadata: Metadata::parse(
+                    serde_json::json!({"source": "widget", "origin": ctx.origin}),
+                )?,
             };
-            gw.store().create_conversation(&c).await?;
-            c
+            gw.service().create_conversation(&who, input).await?
         }
     };
     let sender = gw.resolve_actor(&who, None).await?;

@@ -7,16 +7,16 @@ use utoipa::{IntoParams, ToSchema};
 
 use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
 use larachat_core::id::{ConversationId, EndUserId};
-use larachat_core::model::{self, Conversation, ConversationPatch, ConversationStatus};
-use larachat_core::protocol::ServerFrame;
-use larachat_core::subject::Subject;
+use larachat_core::model::{Conversation, ConversationStatus};
 use larachat_core::{ApiError, validate};
+use larachat_service::conversations::{ConversationChange, NewConversation};
+use larachat_service::input::{MemberList, Metadata, Name, parse_change, parse_opt};
 use larachat_store::ConversationQuery;
 
 use super::ConversationList;
 use super::users::double_option;
 use crate::Gateway;
-use crate::auth::{Caller, Principal};
+use crate::auth::Caller;
 
 /// Start a conversation. With an end-user token, the caller is its only member.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -67,42 +67,12 @@ pub async fn create_conversation(
     ApiJson(body): ApiJson<CreateConversation>,
 ) -> Result<(StatusCode, ApiJson<Conversation>), ApiError> {
     who.require_write()?;
-    if let Some(s) = &body.subject {
-        validate::name(s, "subject")?;
-    }
-    if let Some(m) = &body.metadata {
-        validate::metadata(m)?;
-    }
-    let mut members = body.members;
-    if let Some(me) = who.end_user() {
-        if members.iter().any(|m| *m != me) {
-            return Err(ApiError::forbidden(
-                "end users can only start conversations for themselves",
-            ));
-        }
-        members = vec![me];
-    }
-    members.sort();
-    members.dedup();
-    if members.len() > validate::MAX_CONVERSATION_MEMBERS {
-        return Err(ApiError::validation(format!(
-            "at most {} members",
-            validate::MAX_CONVERSATION_MEMBERS
-        )));
-    }
-    let now = model::now();
-    let conv = Conversation {
-        id: ConversationId::new_v7(),
-        project_id: who.project,
-        subject: body.subject,
-        status: ConversationStatus::Open,
-        members,
-        metadata: body.metadata.unwrap_or_else(model::empty_object),
-        created_at: now,
-        updated_at: now,
-        last_message_id: None,
+    let input = NewConversation {
+        subject: parse_opt(body.subject, |s| Name::parse(s, "subject"))?,
+        members: MemberList::parse(body.members)?,
+        metadata: Metadata::parse_opt(body.metadata)?,
     };
-    gw.store().create_conversation(&conv).await?;
+    let conv = gw.service().create_conversation(&who, input).await?;
     Ok((StatusCode::CREATED, ApiJson(conv)))
 }
 
@@ -170,19 +140,16 @@ pub async fn update_conversation(
     ApiJson(body): ApiJson<UpdateConversation>,
 ) -> Result<ApiJson<Conversation>, ApiError> {
     who.require_tenant_write()?;
-    if let Some(Some(s)) = &body.subject {
-        validate::name(s, "subject")?;
-    }
-    if let Some(m) = &body.metadata {
-        validate::metadata(m)?;
-    }
-    let patch = ConversationPatch {
-        subject: body.subject,
+    let change = ConversationChange {
+        subject: parse_change(body.subject, |s| Name::parse(s, "subject"))?,
         status: body.status,
-        metadata: body.metadata,
-        add_members: body.add_members,
+        metadata: body.metadata.map(Metadata::parse).transpose()?,
+        add_members: MemberList::parse(body.add_members)?,
     };
-    update(&gw, &who, id, &patch).await.map(ApiJson)
+    gw.service()
+        .update_conversation(&who, id, change)
+        .await
+        .map(ApiJson)
 }
 
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "client",
@@ -195,31 +162,5 @@ pub async fn close_conversation(
     Caller(who): Caller,
     ApiPath(id): ApiPath<ConversationId>,
 ) -> Result<ApiJson<Conversation>, ApiError> {
-    who.require_tenant_write()?;
-    let patch = ConversationPatch {
-        status: Some(ConversationStatus::Closed),
-        ..Default::default()
-    };
-    update(&gw, &who, id, &patch).await.map(ApiJson)
-}
-
-async fn update(
-    gw: &Gateway,
-    who: &Principal,
-    id: ConversationId,
-    patch: &ConversationPatch,
-) -> Result<Conversation, ApiError> {
-    let conv = gw
-        .store()
-        .update_conversation(who.project, id, patch)
-        .await?
-        .ok_or_else(|| ApiError::not_found("conversation"))?;
-    gw.publish(
-        &Subject::conversation(who.project, id),
-        &ServerFrame::Conversation {
-            conversation: conv.clone(),
-        },
-    )
-    .await;
-    Ok(conv)
+    gw.service().close_conversation(&who, id).await.map(ApiJson)
 }

@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use larachat_core::ApiError;
 use larachat_core::http::{ApiJson, ApiPath};
 use larachat_core::id::EndUserId;
-use larachat_core::model::{EndUser, EndUserPatch};
-use larachat_core::{ApiError, validate};
-use larachat_store::NewEndUser;
+use larachat_core::model::EndUser;
+use larachat_service::input::{Email, Identifier, Metadata, Name, Url, parse_change, parse_opt};
+use larachat_service::users::{UserChange, UserInput};
 
 use crate::Gateway;
 use crate::auth::Caller;
@@ -61,27 +62,6 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn check_profile(
-    name: Option<&str>,
-    email: Option<&str>,
-    avatar: Option<&str>,
-    metadata: Option<&serde_json::Value>,
-) -> Result<(), ApiError> {
-    if let Some(n) = name {
-        validate::name(n, "name")?;
-    }
-    if let Some(e) = email {
-        validate::email(e)?;
-    }
-    if let Some(a) = avatar {
-        validate::url(a, "avatar")?;
-    }
-    if let Some(m) = metadata {
-        validate::metadata(m)?;
-    }
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/api/v1/users", tag = "client", request_body = CreateUser,
     responses((status = 201, body = UserWithToken, description = "created"),
               (status = 200, body = UserWithToken, description = "identified an existing user"),
@@ -93,30 +73,16 @@ pub async fn create_user(
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_key_write()?;
-    if let Some(id) = &body.user_identifier {
-        validate::identifier(id, "user_identifier")?;
-    }
-    check_profile(
-        body.name.as_deref(),
-        body.email.as_deref(),
-        body.avatar.as_deref(),
-        body.metadata.as_ref(),
-    )?;
-    let (user, created) = gw
-        .store()
-        .upsert_end_user(
-            who.project,
-            &NewEndUser {
-                user_identifier: body.user_identifier,
-                name: body.name,
-                email: body.email,
-                avatar: body.avatar,
-                metadata: body
-                    .metadata
-                    .unwrap_or_else(larachat_core::model::empty_object),
-            },
-        )
-        .await?;
+    let input = UserInput {
+        identifier: parse_opt(body.user_identifier, |v| {
+            Identifier::parse(v, "user_identifier")
+        })?,
+        name: parse_opt(body.name, |v| Name::parse(v, "name"))?,
+        email: parse_opt(body.email, |v| Email::parse(v, "email"))?,
+        avatar: parse_opt(body.avatar, |v| Url::parse(v, "avatar"))?,
+        metadata: Metadata::parse_opt(body.metadata)?,
+    };
+    let (user, created) = gw.service().create_user(&who, input).await?;
     let (token, token_expires_at) = gw.auth().issue_user_token(who.project, user.id)?;
     let status = if created {
         StatusCode::CREATED
@@ -170,31 +136,23 @@ pub async fn update_user(
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<ApiJson<EndUser>, ApiError> {
     // Name, e-mail, avatar and metadata belong to the tenant: an end user cannot rewrite
-    // what agents see about them.
+    // what agents see about them (the service refuses; refused here before parsing too).
     if who.end_user().is_some() {
         return Err(ApiError::forbidden(
             "end users cannot change their profile; the tenant's backend does (secret key)",
         ));
     }
     who.require_key_write()?;
-    check_profile(
-        body.name.as_ref().and_then(|n| n.as_deref()),
-        body.email.as_ref().and_then(|n| n.as_deref()),
-        body.avatar.as_ref().and_then(|n| n.as_deref()),
-        body.metadata.as_ref(),
-    )?;
-    let patch = EndUserPatch {
-        name: body.name,
-        email: body.email,
-        avatar: body.avatar,
-        metadata: body.metadata,
-        last_seen_at: None,
+    let change = UserChange {
+        name: parse_change(body.name, |v| Name::parse(v, "name"))?,
+        email: parse_change(body.email, |v| Email::parse(v, "email"))?,
+        avatar: parse_change(body.avatar, |v| Url::parse(v, "avatar"))?,
+        metadata: body.metadata.map(Metadata::parse).transpose()?,
     };
-    gw.store()
-        .update_end_user(who.project, id, &patch)
-        .await?
+    gw.service()
+        .update_user(&who, id, change)
+        .await
         .map(ApiJson)
-        .ok_or_else(|| ApiError::not_found("end user"))
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "client",
@@ -206,10 +164,6 @@ pub async fn delete_user(
     Caller(who): Caller,
     ApiPath(id): ApiPath<EndUserId>,
 ) -> Result<StatusCode, ApiError> {
-    who.require_key_write()?;
-    if gw.store().delete_end_user(who.project, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("end user"))
-    }
+    gw.service().delete_user(&who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

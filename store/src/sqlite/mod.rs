@@ -223,6 +223,30 @@ impl SqliteStore {
         result
     }
 
+    /// Trims the outbox every `every` (see [`SqliteStore::trim_events`]) until the store is
+    /// dropped; the task does not keep the store open.
+    pub fn spawn_event_trimmer(
+        &self,
+        retention: Duration,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = SqliteStore { inner };
+                match store.trim_events(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "trimmed the event outbox"),
+                    Err(e) => tracing::warn!(error = %e, "trimming the event outbox failed"),
+                }
+            }
+        })
+    }
+
     /// Deletes outbox events older than `retention` that every consumer has passed (a
     /// consumer that has never acknowledged anything holds everything). Returns how many.
     pub async fn trim_events(&self, retention: Duration) -> StoreResult<usize> {

@@ -1,0 +1,112 @@
+//! Conversations: start, change, close.
+
+use larachat_core::ApiError;
+use larachat_core::id::ConversationId;
+use larachat_core::model::{self, Conversation, ConversationPatch, ConversationStatus};
+use larachat_core::protocol::ServerFrame;
+use larachat_core::subject::Subject;
+
+use crate::input::{Change, MemberList, Metadata, Name};
+use crate::{Principal, Service};
+
+/// A conversation to start, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct NewConversation {
+    pub subject: Option<Name>,
+    /// End users taking part; an end user's own conversation has exactly them.
+    pub members: MemberList,
+    pub metadata: Metadata,
+}
+
+/// A change to a conversation, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationChange {
+    pub subject: Change<Name>,
+    pub status: Option<ConversationStatus>,
+    pub metadata: Option<Metadata>,
+    pub add_members: MemberList,
+}
+
+impl Service {
+    /// Starts a conversation (`conversation.created`). With an end-user principal, the caller
+    /// is its only member.
+    pub async fn create_conversation(
+        &self,
+        who: &Principal,
+        input: NewConversation,
+    ) -> Result<Conversation, ApiError> {
+        who.require_write()?;
+        let members = match who.end_user() {
+            Some(me) => {
+                if input.members.as_slice().iter().any(|m| *m != me) {
+                    return Err(ApiError::forbidden(
+                        "end users can only start conversations for themselves",
+                    ));
+                }
+                MemberList::one(me)
+            }
+            None => input.members,
+        };
+        let now = model::now();
+        let conv = Conversation {
+            id: ConversationId::new_v7(),
+            project_id: who.project,
+            subject: input.subject.map(Name::into_inner),
+            status: ConversationStatus::Open,
+            members: members.into_vec(),
+            metadata: input.metadata.into_value(),
+            created_at: now,
+            updated_at: now,
+            last_message_id: None,
+        };
+        self.store().create_conversation(&conv).await?;
+        Ok(conv)
+    }
+
+    /// Changes a conversation (tenant side only): `conversation.updated`, or
+    /// `conversation.closed` when it closes; the new state is published to its subscribers.
+    pub async fn update_conversation(
+        &self,
+        who: &Principal,
+        id: ConversationId,
+        change: ConversationChange,
+    ) -> Result<Conversation, ApiError> {
+        who.require_tenant_write()?;
+        let patch = ConversationPatch {
+            subject: change.subject.map(|s| s.map(Name::into_inner)),
+            status: change.status,
+            metadata: change.metadata.map(Metadata::into_value),
+            add_members: change.add_members.into_vec(),
+        };
+        let conv = self
+            .store()
+            .update_conversation(who.project, id, &patch)
+            .await?
+            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        self.publish(
+            &Subject::conversation(who.project, id),
+            &ServerFrame::Conversation {
+                conversation: conv.clone(),
+            },
+        )
+        .await;
+        Ok(conv)
+    }
+
+    /// Closes a conversation (`conversation.closed`).
+    pub async fn close_conversation(
+        &self,
+        who: &Principal,
+        id: ConversationId,
+    ) -> Result<Conversation, ApiError> {
+        self.update_conversation(
+            who,
+            id,
+            ConversationChange {
+                status: Some(ConversationStatus::Closed),
+                ..ConversationChange::default()
+            },
+        )
+        .await
+    }
+}

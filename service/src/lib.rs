@@ -1,0 +1,91 @@
+//! # larachat-service
+//!
+//! The one write path. Every change to tenant data — from the Client API, the Widget API and
+//! the realtime socket (all in the gateway) — is an operation of [`Service`]: it takes a
+//! [`Principal`] and typed input values ([`input`]), checks what the principal may do, applies
+//! the change through the store, and publishes the live frame on the bus. The change's domain
+//! event ([`larachat_core::event::DomainEvent`]) is written by the store in the same
+//! transaction as the change (the builders live in core, one per kind), so an operation that
+//! returns `Ok` has its event in the durable log, and one that fails has none.
+//!
+//! Handlers only translate: HTTP bodies or socket frames into typed values and a service call,
+//! results into responses. Edge concerns stay at the edge: authentication (who the principal
+//! is), rate limits (`larachat-limits`, applied by the gateway before calling), transport
+//! metrics. Per-operation policy that is about the tenant (quotas, plan limits, usage
+//! counting — issue 12) belongs at the top of each operation here: one function per
+//! operation, each the only way to make its change.
+//!
+//! Modules:
+//! - [`principal`]: [`Principal`], who is calling (project, credential kind, scopes).
+//! - [`input`]: typed input values (`MessageText`, `ClientMsgId`, `Name`, `Email`, `Url`,
+//!   `Identifier`, `Metadata`, `MemberList`), parsed once.
+//! - [`messages`]: send, mark read, typing; the access checks they share.
+//! - [`conversations`]: start, change, close.
+//! - [`users`]: create or identify end users (secret key, widget), change, delete.
+//!
+//! Control-plane changes (projects, keys, widget settings) still call the store from the
+//! control plane; they have no domain events yet.
+//!
+//! Depends on `core`, `store` and `broker`; the gateway and the control plane depend on it,
+//! never the other way round.
+
+pub mod conversations;
+pub mod input;
+pub mod messages;
+pub mod principal;
+pub mod users;
+
+use std::sync::Arc;
+
+use larachat_broker::Bus;
+use larachat_core::protocol::{Encoding, ServerFrame, encode};
+use larachat_core::subject::Subject;
+use larachat_store::Store;
+
+pub use principal::{Principal, PrincipalKind};
+
+/// The service layer: cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    publish_failures: larachat_core::throttle::PowersOfTwo,
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                publish_failures: Default::default(),
+            }),
+        }
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Publishes a live frame. The change is already durable when this is called, so a bus
+    /// failure is logged, not returned: subscribers catch up by resume.
+    pub async fn publish(&self, subject: &Subject, frame: &ServerFrame) {
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(subject, encode(frame, Encoding::Json))
+            .await
+        {
+            metrics::counter!("larachat_gateway_publish_failures_total").increment(1);
+            // While the bus is away every send fails to publish: not one line per message.
+            if let Some(total) = self.inner.publish_failures.add(1) {
+                tracing::warn!(error = %e, failures_total = total, "publish failed; subscribers will catch up by resume");
+            }
+        }
+    }
+}
