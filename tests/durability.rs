@@ -1,8 +1,9 @@
 //! Durability through the real binary: every message acknowledged before a `SIGKILL` is there
-//! after a restart.
+//! after a restart, with exactly one `message.sent` event in the outbox.
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,6 +11,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use larachat_core::event::{ConsumerName, ConsumerOptions, EventData, EventLog};
+use larachat_store::{SqliteConfig, SqliteStore};
 
 use common::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
@@ -187,4 +191,49 @@ async fn acknowledged_messages_survive_sigkill() {
     );
     let _ = child.kill();
     let _ = child.wait();
+
+    // The event log, read from the same file once the server is gone: every stored message
+    // has exactly one `message.sent` event (none lost, none doubled, none for a message that
+    // was not stored), with the message's own values.
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("larachat.db"))).unwrap();
+    let mut consumer = store
+        .consumer(
+            &ConsumerName::new("durability-test").unwrap(),
+            ConsumerOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    let mut events = 0usize;
+    loop {
+        let batch = consumer.fetch(1000, Duration::ZERO).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for d in batch {
+            events += 1;
+            if let EventData::MessageSent(m) = &d.event.data {
+                assert_eq!(m.conversation_id.to_string(), conv);
+                *sent.entry(m.message_id.to_string()).or_default() += 1;
+            }
+            d.ack().await.unwrap();
+        }
+    }
+    let doubled = sent.values().filter(|n| **n > 1).count();
+    let without_event = stored.iter().filter(|id| !sent.contains_key(*id)).count();
+    let without_message = sent.keys().filter(|id| !stored.contains(*id)).count();
+    println!(
+        "event log after SIGKILL: {events} events, {} message.sent for {} stored messages \
+         ({} acked); stored without event: {without_event}, event without message: \
+         {without_message}, doubled: {doubled}",
+        sent.values().sum::<usize>(),
+        stored.len(),
+        acked.len()
+    );
+    assert_eq!(without_event, 0, "a stored message has no event");
+    assert_eq!(
+        without_message, 0,
+        "an event for a message that was not stored"
+    );
+    assert_eq!(doubled, 0, "a message has two events");
 }
