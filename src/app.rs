@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use larachat_broker::{Bus, LocalBus, NatsBus, NatsOptions};
 use larachat_control_plane::{ControlPlane, ControlPlaneConfig};
+use larachat_core::event::EventLog;
 use larachat_gateway::{Gateway, GatewayConfig};
 use larachat_store::{ScyllaConfig, ScyllaStore, SqliteConfig, SqliteStore, Store};
 
@@ -62,6 +63,9 @@ pub struct App {
     /// The gateway, unless this is a control-plane process.
     pub gateway: Option<Gateway>,
     pub store: Arc<dyn Store>,
+    /// The durable event log over the same data (docs/events.md): the SQLite outbox in
+    /// single-node mode; `None` on CQL, which has no event log yet.
+    pub events: Option<Arc<dyn EventLog>>,
     pub bus: Arc<dyn Bus>,
     pub config: Config,
 }
@@ -96,7 +100,7 @@ impl App {
         }
         // `serve` migrates its own store; split processes expect `larachat migrate` to have
         // run once, so that several of them never race on schema changes.
-        let store = open_store(&config, role == Role::All).await?;
+        let (store, events) = open_store(&config, role == Role::All).await?;
         let bus = open_bus(&config, role).await?;
 
         if role.serves_control_plane() && !config.admin.email.is_empty() {
@@ -213,6 +217,7 @@ impl App {
             admin_router,
             gateway,
             store,
+            events,
             bus,
             config,
         })
@@ -264,7 +269,10 @@ const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Opens the configured store. `migrate`: apply schema migrations (single process) instead of
 /// requiring them to be applied already.
-async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    config: &Config,
+    migrate: bool,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn EventLog>>)> {
     match config.storage.backend.as_str() {
         "scylla" => {
             let cfg = scylla_config(config);
@@ -279,7 +287,7 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn St
             } else {
                 store.check_schema().await?;
             }
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         _ => {
             let data_dir = &config.storage.data_dir;
@@ -294,7 +302,7 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<dyn St
             .context("opening the embedded database")?;
             // Events every consumer has handled are kept a week (docs/events.md).
             store.spawn_event_trimmer(EVENT_RETENTION, Duration::from_secs(3600));
-            Ok(Arc::new(store))
+            Ok((Arc::new(store.clone()), Some(Arc::new(store))))
         }
     }
 }
@@ -494,7 +502,7 @@ fn random_hex(bytes: usize) -> String {
 
 /// `larachat admin create-user`: creates a platform admin in the configured store.
 pub async fn create_admin(config: Config, email: &str, password: &str) -> anyhow::Result<()> {
-    let store = open_store(&config, config.storage.backend == "sqlite").await?;
+    let (store, _) = open_store(&config, config.storage.backend == "sqlite").await?;
     let outcome = larachat_control_plane::bootstrap_admin(store.as_ref(), email, password)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -108,6 +108,19 @@ impl Server {
         }
     }
 
+    /// Stops the server gracefully and hands over its data directory (deleted when the
+    /// returned value is dropped), e.g. to open the database the server left.
+    pub async fn stop_keep_data(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+        let empty = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self._dir, empty)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
