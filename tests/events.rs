@@ -9,10 +9,37 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use larachat_core::event::{ConsumerName, ConsumerOptions, EventData, EventKind, EventLog};
+use larachat_core::event::{
+    ConsumerName, ConsumerOptions, DomainEvent, EventData, EventKind, EventLog,
+};
 use larachat_store::{SqliteConfig, SqliteStore};
 
 use common::Server;
+
+/// The events of one project in the database of a stopped server, in log order.
+async fn project_events(dir: &tempfile::TempDir, project: &str) -> Vec<DomainEvent> {
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("larachat.db"))).unwrap();
+    let mut consumer = store
+        .consumer(
+            &ConsumerName::new("events-test").unwrap(),
+            ConsumerOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let batch = consumer.fetch(100, Duration::ZERO).await.unwrap();
+        if batch.is_empty() {
+            return events;
+        }
+        for d in batch {
+            if d.event.project_id.to_string() == project {
+                events.push(d.event.clone());
+            }
+            d.ack().await.unwrap();
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_and_socket_change_is_in_the_event_log() {
@@ -77,28 +104,7 @@ async fn every_api_and_socket_change_is_in_the_event_log() {
     assert_eq!(s, StatusCode::OK);
     drop(ws);
     let dir = server.stop_keep_data().await;
-
-    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("larachat.db"))).unwrap();
-    let mut consumer = store
-        .consumer(
-            &ConsumerName::new("events-test").unwrap(),
-            ConsumerOptions::default(),
-        )
-        .await
-        .unwrap();
-    let mut events = Vec::new();
-    loop {
-        let batch = consumer.fetch(100, Duration::ZERO).await.unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for d in batch {
-            if d.event.project_id.to_string() == tenant.project_id {
-                events.push(d.event.clone());
-            }
-            d.ack().await.unwrap();
-        }
-    }
+    let events = project_events(&dir, &tenant.project_id).await;
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind()).collect();
     println!("events of the project: {kinds:?}");
     assert_eq!(
@@ -122,6 +128,103 @@ async fn every_api_and_socket_change_is_in_the_event_log() {
             assert_eq!(b.client_msg_id.as_deref(), Some("c-7"));
             assert_eq!(b.sender.id, user);
             assert_eq!((a.seq, b.seq), (1, 2));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The Widget API's changes go through the same path: a visitor is created, their first
+/// message starts the conversation, a read moves the marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_changes_are_in_the_event_log() {
+    const SITE: &str = "https://shop.example";
+    let server = Server::start().await;
+    let tenant = server.tenant("widget-events").await;
+    let (s, k) = server
+        .post(
+            &format!("/api/admin/projects/{}/api-keys", tenant.project_id),
+            &server.admin_token,
+            json!({"name": "widget", "kind": "publishable"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let pk = k["key"].as_str().unwrap().to_owned();
+    let (s, w) = server
+        .call(
+            Method::PUT,
+            &format!("/api/admin/projects/{}/widget", tenant.project_id),
+            &server.admin_token,
+            Some(json!({"allowed_origins": [SITE]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{w}");
+    let widget = |method: Method, path: &str, token: Option<&str>, body: serde_json::Value| {
+        let mut req = server
+            .http
+            .request(method, server.url(&format!("{path}?key={pk}")))
+            .header("origin", SITE)
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let init: serde_json::Value = widget(Method::POST, "/widget/v1/init", None, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = init["session"]["token"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let visitor = init["user"]["id"].as_str().unwrap().to_owned();
+    let r = widget(
+        Method::POST,
+        "/widget/v1/messages",
+        Some(&token),
+        json!({"text": "hello from the widget", "client_msg_id": "w-1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sent: serde_json::Value = r.json().await.unwrap();
+    let message_id = sent["message"]["id"].as_str().unwrap().to_owned();
+    let r = widget(
+        Method::POST,
+        "/widget/v1/events",
+        Some(&token),
+        json!({"type": "read", "message_id": message_id}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dir = server.stop_keep_data().await;
+    let events = project_events(&dir, &tenant.project_id).await;
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind()).collect();
+    println!("widget events: {kinds:?}");
+    assert_eq!(
+        kinds,
+        [
+            EventKind::UserCreated,
+            EventKind::ConversationCreated,
+            EventKind::MessageSent,
+            EventKind::MessageRead,
+        ]
+    );
+    match (&events[0].data, &events[1].data, &events[2].data) {
+        (
+            EventData::UserCreated(u),
+            EventData::ConversationCreated(c),
+            EventData::MessageSent(m),
+        ) => {
+            assert!(u.is_anonymous);
+            assert_eq!(u.user_id.to_string(), visitor);
+            assert_eq!(c.metadata["source"], "widget");
+            assert_eq!(c.members, vec![u.user_id]);
+            assert_eq!(m.message_id.to_string(), message_id);
+            assert_eq!(m.conversation_id, c.conversation_id);
         }
         other => panic!("{other:?}"),
     }
