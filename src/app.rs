@@ -174,7 +174,7 @@ impl App {
             .filter(|_| role == Role::All && config.demo.enabled.applies_to(addr));
         if let Some(gw) = demo_gateway {
             let demo = crate::demo::ensure(
-                &store,
+                gw.service(),
                 config.security.key_pepper.as_bytes(),
                 &config.storage.data_dir,
                 addr,

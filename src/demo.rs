@@ -27,12 +27,11 @@ use serde_json::json;
 
 use larachat_core::id::{AdminUserId, ProjectId};
 use larachat_core::keys;
-use larachat_core::model::{
-    self, Actor, ActorKind, ApiKeyRecord, KeyKind, Plan, Project, ProjectStatus, Scope,
-    WidgetSettings,
-};
+use larachat_core::model::{Actor, ActorKind, KeyKind, Plan, Scope, WidgetSettings};
 use larachat_gateway::Gateway;
-use larachat_store::Store;
+use larachat_service::Service;
+use larachat_service::input::Name;
+use larachat_service::projects::{KeyScopes, NewApiKey, NewProject, ProjectSettings};
 
 const INDEX_HTML: &str = include_str!("../widget/demo/index.html");
 const AGENT_HTML: &str = include_str!("../widget/demo/agent.html");
@@ -48,7 +47,7 @@ pub struct Demo {
 
 /// Finds or creates the demo project and its keys, and allows the server's own origins.
 pub async fn ensure(
-    store: &Arc<dyn Store>,
+    service: &Service,
     pepper: &[u8],
     data_dir: &Path,
     addr: SocketAddr,
@@ -57,9 +56,10 @@ pub async fn ensure(
     let saved: Option<Demo> = fs::read_to_string(&path)
         .ok()
         .and_then(|t| toml::from_str(&t).ok());
+    let store = service.store();
     let demo = match saved {
         Some(d) if store.project(d.project_id).await?.is_some() => d,
-        _ => create(store, pepper, &path).await?,
+        _ => create(service, pepper, &path).await?,
     };
     // Allow the origins a browser on this machine uses for this server.
     let port = addr.port();
@@ -74,58 +74,52 @@ pub async fn ensure(
         let mut widget = WidgetSettings::of(&project);
         if widget.allowed_origins != origins {
             widget.allowed_origins = origins;
-            store
-                .update_project(demo.project_id, &widget.patch_for(&project))
+            service
+                .save_widget_settings(DEMO_OWNER, demo.project_id, &widget)
                 .await?;
         }
     }
     Ok(demo)
 }
 
-async fn create(store: &Arc<dyn Store>, pepper: &[u8], path: &Path) -> anyhow::Result<Demo> {
-    let now = model::now();
-    let project = Project {
-        id: ProjectId::new_v7(),
-        name: "Demo".into(),
-        // Owned by no admin: it is not listed in the Admin API.
-        owner_id: AdminUserId::from_uuid(uuid::Uuid::nil()),
-        plan: Plan::Free,
-        status: ProjectStatus::Active,
-        settings: json!({"widget": {
-            "identity_verification": "enforce",
-            "title": "Acme Support",
-            "greeting": "Hi! 👋 Ask us anything about your order.",
-            "accent_color": "#4f46e5",
-        }}),
-        created_at: now,
-        updated_at: now,
-    };
-    store.create_project(&project).await?;
-    let make = |kind: KeyKind, name: &str, scopes: &[Scope]| {
-        let k = keys::generate(kind, pepper);
-        let record = ApiKeyRecord {
-            id: k.id,
-            project_id: project.id,
-            name: name.into(),
+/// The demo project is owned by no admin: it is not listed in the Admin API.
+const DEMO_OWNER: AdminUserId = AdminUserId::from_uuid(uuid::Uuid::nil());
+
+async fn create(service: &Service, pepper: &[u8], path: &Path) -> anyhow::Result<Demo> {
+    let project = service
+        .create_project(
+            DEMO_OWNER,
+            NewProject {
+                name: Name::parse("Demo".into(), "name")?,
+                plan: Plan::Free,
+                settings: ProjectSettings::parse(json!({"widget": {
+                    "identity_verification": "enforce",
+                    "title": "Acme Support",
+                    "greeting": "Hi! 👋 Ask us anything about your order.",
+                    "accent_color": "#4f46e5",
+                }}))?,
+            },
+        )
+        .await?;
+    let issue = |kind: KeyKind, name: &'static str, scopes: Option<Vec<Scope>>| async move {
+        let input = NewApiKey {
+            name: Name::parse(name.into(), "name")?,
             kind,
-            prefix: k.prefix.clone(),
-            scopes: scopes.iter().copied().collect(),
-            secret_hash: k.secret_hash,
-            last_used_at: None,
+            scopes: KeyScopes::parse(kind, scopes)?,
             expires_at: None,
-            revoked_at: None,
-            created_at: now,
         };
-        (record, k.plaintext)
+        let issued = service
+            .create_api_key(DEMO_OWNER, project.id, input, pepper)
+            .await?;
+        anyhow::Ok(issued.plaintext)
     };
-    let (pk_record, pk) = make(KeyKind::Publishable, "demo widget", &[]);
-    let (sk_record, sk) = make(
+    let pk = issue(KeyKind::Publishable, "demo widget", None).await?;
+    let sk = issue(
         KeyKind::Secret,
         "demo agent view",
-        &[Scope::Read, Scope::Write],
-    );
-    store.create_api_key(&pk_record).await?;
-    store.create_api_key(&sk_record).await?;
+        Some(vec![Scope::Read, Scope::Write]),
+    )
+    .await?;
     let demo = Demo {
         project_id: project.id,
         publishable_key: pk,

@@ -5,7 +5,6 @@
 //! its own projects and their keys: another admin's project or key answers exactly like a
 //! missing one (404), so ids cannot be probed.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -18,19 +17,21 @@ use utoipa::{IntoParams, ToSchema};
 use larachat_core::control::ControlEvent;
 use larachat_core::error::ErrorBody;
 use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
-use larachat_core::keys;
-use larachat_core::model::{
-    AdminUser, ApiKeyRecord, KeyKind, Plan, Project, ProjectPatch, ProjectStatus, Scope, now,
-};
+use larachat_core::model::{AdminUser, ApiKeyRecord, KeyKind, Plan, Project, ProjectStatus, Scope};
 use larachat_core::subject::Subject;
 use larachat_core::{AdminUserId, ApiError, ApiKeyId, ProjectId, validate};
+use larachat_service::input::Name;
+use larachat_service::projects::{
+    IssuedKey, KeyScopes, NewApiKey, NewProject, ProjectChange, ProjectSettings,
+};
 use larachat_store::StoreError;
 
 use crate::auth::AdminAuth;
 use crate::{ControlPlane, password, telemetry};
 
 /// Largest serialized `settings` object of a project, in bytes.
-pub const MAX_SETTINGS_BYTES: usize = 32 * 1024;
+#[doc(inline)]
+pub use larachat_service::projects::MAX_SETTINGS_BYTES;
 /// How long a control event may wait for the bus before the request goes on without it.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -279,26 +280,14 @@ pub async fn create_project(
     AdminAuth(admin): AdminAuth,
     ApiJson(body): ApiJson<CreateProjectRequest>,
 ) -> Result<(StatusCode, ApiJson<Project>), ApiError> {
-    validate::name(&body.name, "name")?;
-    let settings = body
-        .settings
-        .unwrap_or_else(larachat_core::model::empty_object);
-    check_settings(&settings)?;
-    let t = now();
-    let project = Project {
-        id: ProjectId::new_v7(),
-        name: body.name,
-        owner_id: admin.id,
+    let input = NewProject {
+        name: Name::parse(body.name, "name")?,
         plan: body.plan.unwrap_or_default(),
-        status: ProjectStatus::Active,
-        settings,
-        created_at: t,
-        updated_at: t,
+        settings: body
+            .settings
+            .map_or_else(|| Ok(ProjectSettings::empty()), ProjectSettings::parse)?,
     };
-    cp.store()
-        .create_project(&project)
-        .await
-        .map_err(store_error)?;
+    let project = cp.service().create_project(admin.id, input).await?;
     tracing::info!(admin_id = %admin.id, project_id = %project.id, "project created");
     Ok((StatusCode::CREATED, ApiJson(project)))
 }
@@ -391,28 +380,16 @@ pub async fn update_project(
     ApiPath(id): ApiPath<ProjectId>,
     ApiJson(body): ApiJson<UpdateProjectRequest>,
 ) -> Result<ApiJson<Project>, ApiError> {
-    if let Some(name) = &body.name {
-        validate::name(name, "name")?;
-    }
-    if let Some(settings) = &body.settings {
-        check_settings(settings)?;
-    }
-    let current = owned_project(&cp, &admin, id).await?;
-    let patch = ProjectPatch {
-        name: body.name,
+    let change = ProjectChange {
+        name: body.name.map(|n| Name::parse(n, "name")).transpose()?,
         plan: body.plan,
         status: body.status,
-        settings: body.settings,
+        settings: body.settings.map(ProjectSettings::parse).transpose()?,
     };
-    if patch == ProjectPatch::default() {
-        return Ok(ApiJson(current));
+    let (updated, changed) = cp.service().update_project(admin.id, id, change).await?;
+    if !changed {
+        return Ok(ApiJson(updated));
     }
-    let updated = cp
-        .store()
-        .update_project(id, &patch)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found("project"))?;
     tracing::info!(admin_id = %admin.id, project_id = %id, "project updated");
     publish(&cp, ControlEvent::ProjectChanged { project_id: id }).await;
     Ok(ApiJson(updated))
@@ -437,10 +414,7 @@ pub async fn delete_project(
     AdminAuth(admin): AdminAuth,
     ApiPath(id): ApiPath<ProjectId>,
 ) -> Result<StatusCode, ApiError> {
-    owned_project(&cp, &admin, id).await?;
-    if !cp.store().delete_project(id).await.map_err(store_error)? {
-        return Err(ApiError::not_found("project"));
-    }
+    cp.service().delete_project(admin.id, id).await?;
     tracing::info!(admin_id = %admin.id, project_id = %id, "project deleted");
     publish(&cp, ControlEvent::ProjectChanged { project_id: id }).await;
     Ok(StatusCode::NO_CONTENT)
@@ -468,43 +442,23 @@ pub async fn create_api_key(
     ApiPath(project_id): ApiPath<ProjectId>,
     ApiJson(body): ApiJson<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, ApiJson<CreatedApiKey>), ApiError> {
-    validate::name(&body.name, "name")?;
     let kind = body.kind.unwrap_or(KeyKind::Secret);
-    let scopes = key_scopes(kind, body.scopes)?;
-    let t = now();
-    let expires_at = match body.expires_at {
-        Some(at) if at <= t => {
-            return Err(ApiError::validation("expires_at must be in the future"));
-        }
-        // Milliseconds, like every stored time, so the answer matches what is stored.
-        Some(at) => Some(DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)),
-        None => None,
-    };
-    owned_project(&cp, &admin, project_id).await?;
-    let generated = keys::generate(kind, &cp.config().key_pepper);
-    let record = ApiKeyRecord {
-        id: generated.id,
-        project_id,
-        name: body.name,
+    let input = NewApiKey {
+        name: Name::parse(body.name, "name")?,
         kind,
-        prefix: generated.prefix,
-        scopes,
-        secret_hash: generated.secret_hash,
-        last_used_at: None,
-        expires_at,
-        revoked_at: None,
-        created_at: t,
+        scopes: KeyScopes::parse(kind, body.scopes)?,
+        expires_at: NewApiKey::expiry(body.expires_at)?,
     };
-    cp.store()
-        .create_api_key(&record)
-        .await
-        .map_err(store_error)?;
+    let IssuedKey { plaintext, record } = cp
+        .service()
+        .create_api_key(admin.id, project_id, input, &cp.config().key_pepper)
+        .await?;
     telemetry::api_key_created(kind);
     tracing::info!(admin_id = %admin.id, project_id = %project_id, key_id = %record.id, "api key created");
     Ok((
         StatusCode::CREATED,
         ApiJson(CreatedApiKey {
-            key: generated.plaintext,
+            key: plaintext,
             api_key: ApiKeyView::from(&record),
         }),
     ))
@@ -560,28 +514,7 @@ pub async fn revoke_api_key(
     AdminAuth(admin): AdminAuth,
     ApiPath(key_id): ApiPath<ApiKeyId>,
 ) -> Result<ApiJson<ApiKeyView>, ApiError> {
-    let not_found = || ApiError::not_found("api key");
-    let key = cp
-        .store()
-        .api_key(key_id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(not_found)?;
-    owned_project(&cp, &admin, key.project_id)
-        .await
-        .map_err(|e| {
-            if e.code == larachat_core::ErrorCode::NotFound {
-                not_found()
-            } else {
-                e
-            }
-        })?;
-    let revoked = cp
-        .store()
-        .revoke_api_key(key_id, now())
-        .await
-        .map_err(store_error)?
-        .ok_or_else(not_found)?;
+    let revoked = cp.service().revoke_api_key(admin.id, key_id).await?;
     telemetry::api_key_revoked();
     tracing::info!(admin_id = %admin.id, project_id = %revoked.project_id, key_id = %key_id, "api key revoked");
     // Published on every call, not only the first: a repeated revoke re-sends a notice that
@@ -607,42 +540,7 @@ pub(crate) async fn owned_project(
     admin: &AdminUser,
     id: ProjectId,
 ) -> Result<Project, ApiError> {
-    match cp.store().project(id).await.map_err(store_error)? {
-        Some(p) if p.owner_id == admin.id => Ok(p),
-        _ => Err(ApiError::not_found("project")),
-    }
-}
-
-/// Scopes of a new key: defaults and rules per kind.
-fn key_scopes(kind: KeyKind, requested: Option<Vec<Scope>>) -> Result<BTreeSet<Scope>, ApiError> {
-    match (kind, requested) {
-        (KeyKind::Secret, None) => Ok([Scope::Read, Scope::Write].into()),
-        (KeyKind::Secret, Some(s)) if s.is_empty() => Err(ApiError::validation(
-            "scopes must not be empty for a secret key",
-        )),
-        (KeyKind::Secret, Some(s)) => Ok(s.into_iter().collect()),
-        (KeyKind::Publishable, None) => Ok(BTreeSet::new()),
-        (KeyKind::Publishable, Some(s)) if s.is_empty() => Ok(BTreeSet::new()),
-        (KeyKind::Publishable, Some(_)) => {
-            Err(ApiError::validation("publishable keys have no scopes"))
-        }
-    }
-}
-
-fn check_settings(settings: &serde_json::Value) -> Result<(), ApiError> {
-    if !settings.is_object() {
-        return Err(ApiError::validation("settings must be a JSON object"));
-    }
-    // Per-project rate limits (`settings.limits`) are read by every gateway: refuse a
-    // malformed section here rather than have it ignored there.
-    larachat_limits::ProjectLimits::from_settings(settings).map_err(ApiError::validation)?;
-    let len = serde_json::to_vec(settings).map_or(usize::MAX, |v| v.len());
-    if len > MAX_SETTINGS_BYTES {
-        return Err(ApiError::validation(format!(
-            "settings must be at most {MAX_SETTINGS_BYTES} bytes"
-        )));
-    }
-    Ok(())
+    cp.service().owned_project(admin.id, id).await
 }
 
 /// Announces a change to the gateways. A failure does not fail the request: the change is
@@ -679,21 +577,8 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scope_rules() {
-        assert_eq!(
-            key_scopes(KeyKind::Secret, None).unwrap(),
-            [Scope::Read, Scope::Write].into()
-        );
-        assert!(key_scopes(KeyKind::Secret, Some(vec![])).is_err());
-        assert_eq!(
-            key_scopes(KeyKind::Secret, Some(vec![Scope::Admin, Scope::Admin])).unwrap(),
-            [Scope::Admin].into()
-        );
-        assert!(key_scopes(KeyKind::Publishable, None).unwrap().is_empty());
-        assert!(key_scopes(KeyKind::Publishable, Some(vec![Scope::Read])).is_err());
-    }
+    use larachat_core::keys;
+    use larachat_core::model::now;
 
     #[test]
     fn key_view_has_no_secret() {

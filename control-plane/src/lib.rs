@@ -6,7 +6,8 @@
 //! changed or deleted project) as [`ControlEvent`](larachat_core::control::ControlEvent)s on
 //! [`Subject::control`](larachat_core::subject::Subject::control).
 //!
-//! Depends on `core`, `store` and `broker` only. It must never depend on the gateway: the two
+//! Depends on `core`, `service` (every change: projects, widget settings, keys), `store`
+//! (reads, admin accounts) and `broker` only. It must never depend on the gateway: the two
 //! meet through the store and through bus subjects, so either can be deployed alone.
 //!
 //! Modules:
@@ -101,6 +102,8 @@ pub struct ControlPlane {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// The one write path: every project and key change goes through it.
+    service: larachat_service::Service,
     bus: Arc<dyn Bus>,
     config: ControlPlaneConfig,
     tokens: auth::TokenKeys,
@@ -155,6 +158,7 @@ impl ControlPlane {
         Ok(Self {
             inner: Arc::new(Inner {
                 tokens: auth::TokenKeys::new(&config.jwt_secret),
+                service: larachat_service::Service::new(store.clone(), bus.clone()),
                 store,
                 bus,
                 config,
@@ -187,6 +191,11 @@ impl ControlPlane {
         for l in listeners {
             l(event);
         }
+    }
+
+    /// The service layer (`larachat-service`): every change goes through it.
+    pub fn service(&self) -> &larachat_service::Service {
+        &self.inner.service
     }
 
     pub fn bus(&self) -> &Arc<dyn Bus> {

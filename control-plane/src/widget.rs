@@ -10,11 +10,11 @@ use utoipa::ToSchema;
 use larachat_core::control::ControlEvent;
 use larachat_core::http::{ApiJson, ApiPath};
 use larachat_core::keys;
-use larachat_core::model::{IdentityVerification, Project, WidgetSettings};
+use larachat_core::model::{AdminUser, IdentityVerification, Project, WidgetSettings};
 use larachat_core::{ApiError, ProjectId, validate};
 
 use crate::ControlPlane;
-use crate::api::{owned_project, publish, store_error};
+use crate::api::{owned_project, publish};
 use crate::auth::AdminAuth;
 
 /// Most origins in a project's allow-list.
@@ -116,19 +116,18 @@ fn check(body: &WidgetSettingsRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Writes `widget` into the project's settings and announces the change.
+/// Writes `widget` into the project's settings (through the service) and announces the
+/// change.
 async fn save(
     cp: &ControlPlane,
+    admin: &AdminUser,
     project: &Project,
-    widget: &WidgetSettings,
+    widget: WidgetSettings,
 ) -> Result<Project, ApiError> {
-    let patch = widget.patch_for(project);
     let updated = cp
-        .store()
-        .update_project(project.id, &patch)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+        .service()
+        .save_widget_settings(admin.id, project.id, &widget)
+        .await?;
     publish(
         cp,
         ControlEvent::ProjectChanged {
@@ -190,7 +189,7 @@ pub async fn put_widget(
         accent_color: body.accent_color,
         identity_secret_generation: current.identity_secret_generation,
     };
-    let updated = save(&cp, &project, &widget).await?;
+    let updated = save(&cp, &admin, &project, widget).await?;
     tracing::info!(admin_id = %admin.id, project_id = %id, "widget settings updated");
     Ok(ApiJson(view(&cp, &updated)))
 }
@@ -209,7 +208,7 @@ pub async fn rotate_identity_secret(
     let project = owned_project(&cp, &admin, id).await?;
     let mut widget = WidgetSettings::of(&project);
     widget.identity_secret_generation = widget.identity_secret_generation.wrapping_add(1);
-    let updated = save(&cp, &project, &widget).await?;
+    let updated = save(&cp, &admin, &project, widget).await?;
     tracing::info!(admin_id = %admin.id, project_id = %id, "identity secret rotated");
     Ok(ApiJson(view(&cp, &updated)))
 }

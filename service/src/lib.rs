@@ -1,7 +1,8 @@
 //! # larachat-service
 //!
-//! The one write path. Every change to tenant data — from the Client API, the Widget API and
-//! the realtime socket (all in the gateway) — is an operation of [`Service`]: it takes a
+//! The one write path. Every change — from the Client API, the Widget API and the realtime
+//! socket (in the gateway), and from the Admin API (control plane) — is an operation of
+//! [`Service`]: it takes a
 //! [`Principal`] and typed input values ([`input`]), checks what the principal may do, applies
 //! the change through the store, and publishes the live frame on the bus. The change's domain
 //! event ([`larachat_core::event::DomainEvent`]) is written by the store in the same
@@ -22,17 +23,18 @@
 //! - [`messages`]: send, mark read, typing; the access checks they share.
 //! - [`conversations`]: start, change, close.
 //! - [`users`]: create or identify end users (secret key, widget), change, delete.
+//! - [`projects`]: the control plane's changes — projects, widget settings, API keys — for the
+//!   admin who owns the project (no domain events yet; the control plane announces them to
+//!   gateways).
 //!
-//! Control-plane changes (projects, keys, widget settings) still call the store from the
-//! control plane; they have no domain events yet.
-//!
-//! Depends on `core`, `store` and `broker`; the gateway and the control plane depend on it,
-//! never the other way round.
+//! Depends on `core`, `store`, `broker` and `limits` (the shape of a project's rate-limit
+//! settings); the gateway and the control plane depend on it, never the other way round.
 
 pub mod conversations;
 pub mod input;
 pub mod messages;
 pub mod principal;
+pub mod projects;
 pub mod users;
 
 use std::sync::Arc;
