@@ -1,4 +1,4 @@
-//! Names of durable events: what goes to the event stream (JetStream `LARACHAT_EVENTS` in
+//! Subjects of durable events (the kinds are [`larachat_core::event::EventKind`]): what goes to the event stream (JetStream `LARACHAT_EVENTS` in
 //! distributed mode) for webhook delivery and usage metering.
 //!
 //! A durable subject is `lc.v1.events.<project>.<kind>`, built only from a typed
@@ -13,64 +13,11 @@ use std::fmt;
 
 use larachat_core::id::ProjectId;
 
-/// A kind of durable event: the webhook events of the product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    ConversationCreated,
-    ConversationUpdated,
-    ConversationClosed,
-    MessageSent,
-    MessageRead,
-    UserCreated,
-    UserUpdated,
-}
+pub use larachat_core::event::EventKind;
 
 /// The subject of a durable event, e.g. `lc.v1.events.<project>.message_sent`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DurableSubject(String);
-
-impl EventKind {
-    /// Every kind, for consumers that list or filter them.
-    pub const ALL: [EventKind; 7] = [
-        Self::ConversationCreated,
-        Self::ConversationUpdated,
-        Self::ConversationClosed,
-        Self::MessageSent,
-        Self::MessageRead,
-        Self::UserCreated,
-        Self::UserUpdated,
-    ];
-
-    /// The subject token (`message_sent`): `[a-z_]` only, safe in a subject.
-    pub const fn token(self) -> &'static str {
-        match self {
-            Self::ConversationCreated => "conversation_created",
-            Self::ConversationUpdated => "conversation_updated",
-            Self::ConversationClosed => "conversation_closed",
-            Self::MessageSent => "message_sent",
-            Self::MessageRead => "message_read",
-            Self::UserCreated => "user_created",
-            Self::UserUpdated => "user_updated",
-        }
-    }
-
-    /// The name webhooks carry in their `event` field (`message.sent`).
-    pub const fn webhook_name(self) -> &'static str {
-        match self {
-            Self::ConversationCreated => "conversation.created",
-            Self::ConversationUpdated => "conversation.updated",
-            Self::ConversationClosed => "conversation.closed",
-            Self::MessageSent => "message.sent",
-            Self::MessageRead => "message.read",
-            Self::UserCreated => "user.created",
-            Self::UserUpdated => "user.updated",
-        }
-    }
-
-    fn from_token(token: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.token() == token)
-    }
-}
 
 impl DurableSubject {
     /// Prefix of every durable subject; the event stream captures `lc.v1.events.>`.
@@ -92,12 +39,6 @@ impl DurableSubject {
         let rest = s.strip_prefix(Self::PREFIX)?.strip_prefix('.')?;
         let (project, kind) = rest.split_once('.')?;
         Some((project.parse().ok()?, EventKind::from_token(kind)?))
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.webhook_name())
     }
 }
 

@@ -117,6 +117,11 @@ define_id!(
     ConversationId
 );
 define_id!(
+    /// A domain event (UUIDv7): generated once, when the change it describes is committed, and
+    /// carried unchanged by every redelivery (webhook `id`, JetStream `Nats-Msg-Id`).
+    EventId
+);
+define_id!(
     /// A message. Always UUIDv7 from [`MessageId::following`]: within a conversation, id order
     /// is `seq` order (and roughly time order).
     MessageId

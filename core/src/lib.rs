@@ -10,6 +10,8 @@
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
 //! - [`protocol`]: realtime protocol v1 frames and their JSON and MessagePack codecs.
+//! - [`event`]: domain events ([`event::DomainEvent`], one builder per kind, the JSON wire
+//!   shape with a stable id) and the durable log's consumer traits ([`event::EventLog`]).
 //! - [`control`]: control-plane notices (key revoked, project changed) gateways obey.
 //! - [`subject`]: bus subject names, built only from validated ids.
 //! - [`http`] (feature `axum`): catalog errors as HTTP responses, JSON/path/query extractors
@@ -23,6 +25,7 @@
 
 pub mod control;
 pub mod error;
+pub mod event;
 pub mod id;
 pub mod keys;
 pub mod model;
@@ -32,7 +35,7 @@ pub mod throttle;
 pub mod validate;
 
 pub use error::{ApiError, ErrorCode};
-pub use id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+pub use id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, EventId, MessageId, ProjectId};
 
 #[cfg(feature = "axum")]
 pub mod http;
