@@ -11,7 +11,10 @@
 //!   (connects only to checked addresses, no proxy, no redirects, one timeout, capped body);
 //! - [`retry`]: the schedule (exponential with full jitter over at least 3 days, anchored to
 //!   the first attempt), `Retry-After`, and what a status means ([`Verdict`]);
-//! - [`clock`]: the injected clock ([`Clock`], [`ManualClock`] for tests).
+//! - [`clock`]: the injected clock ([`Clock`], [`ManualClock`] for tests);
+//! - [`model`]: endpoints, deliveries (one per event and endpoint), attempts;
+//! - [`store`]: [`WebhookStore`] and its backends (SQLite file of its own; `webhook_*` CQL
+//!   tables with feature `scylla`) and the contract suite both pass.
 //!
 //! Depends on `core` only (ids, the error catalog); must not depend on the gateway or the
 //! control plane, which call into it.
@@ -19,9 +22,11 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod model;
 pub mod retry;
 pub mod signing;
 pub mod ssrf;
+pub mod store;
 
 pub use client::{AttemptOutcome, ClientSettings, DeliveryClient, Lookup, Outgoing, SystemLookup};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -29,3 +34,4 @@ pub use config::WebhooksConfig;
 pub use retry::{RetryPolicy, Verdict};
 pub use signing::{Secret, SigningError};
 pub use ssrf::{TargetError, TargetPolicy, TargetUrl};
+pub use store::{WebhookStore, WebhookStoreError};

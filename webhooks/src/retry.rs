@@ -144,10 +144,16 @@ mod tests {
             assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
             let last = *times.last().unwrap() - t0();
             assert!(last >= three_days, "last retry after {last}");
-            assert!(last <= chrono::Duration::hours(109), "last retry after {last}");
+            assert!(
+                last <= chrono::Duration::hours(109),
+                "last retry after {last}"
+            );
         }
         let first = p.due_at(t0(), 2, 0.0).unwrap() - t0();
-        assert!(first.num_seconds() >= 10 && first.num_seconds() <= 20, "{first}");
+        assert!(
+            first.num_seconds() >= 10 && first.num_seconds() <= 20,
+            "{first}"
+        );
         assert_eq!(p.due_at(t0(), p.attempts + 1, 0.0), None, "attempts spent");
         assert_eq!(p.due_at(t0(), 1, 0.0), None);
     }
@@ -159,8 +165,14 @@ mod tests {
             attempts: 3,
             ..RetryPolicy::default()
         };
-        assert_eq!(p.due_at(t0(), 2, 0.0).unwrap() - t0(), chrono::Duration::days(1));
-        assert_eq!(p.due_at(t0(), 3, 0.0).unwrap() - t0(), chrono::Duration::days(3));
+        assert_eq!(
+            p.due_at(t0(), 2, 0.0).unwrap() - t0(),
+            chrono::Duration::days(1)
+        );
+        assert_eq!(
+            p.due_at(t0(), 3, 0.0).unwrap() - t0(),
+            chrono::Duration::days(3)
+        );
         let one = RetryPolicy {
             attempts: 1,
             ..RetryPolicy::default()
@@ -188,13 +200,22 @@ mod tests {
             .unwrap();
         assert_eq!(later, now + chrono::Duration::seconds(600));
         let capped = p
-            .next_after_failure(t0(), 1, now, Some(Duration::from_secs(86400 * 365)), &mut rng)
+            .next_after_failure(
+                t0(),
+                1,
+                now,
+                Some(Duration::from_secs(86400 * 365)),
+                &mut rng,
+            )
             .unwrap();
         assert_eq!(capped, now + chrono::Duration::hours(1));
         let short = p
             .next_after_failure(t0(), 1, now, Some(Duration::from_secs(1)), &mut rng)
             .unwrap();
-        assert!(short - t0() >= chrono::Duration::seconds(15), "never earlier than the schedule");
+        assert!(
+            short - t0() >= chrono::Duration::seconds(15),
+            "never earlier than the schedule"
+        );
         assert_eq!(
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))

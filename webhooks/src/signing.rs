@@ -58,7 +58,9 @@ impl Secret {
 
     /// Parses `whsec_<base64>`.
     pub fn parse(s: &str) -> Result<Self, SigningError> {
-        let b64 = s.strip_prefix(SECRET_PREFIX).ok_or(SigningError::BadSecret)?;
+        let b64 = s
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(SigningError::BadSecret)?;
         let key = STANDARD.decode(b64).map_err(|_| SigningError::BadSecret)?;
         if !(24..=64).contains(&key.len()) {
             return Err(SigningError::BadSecret);
@@ -171,7 +173,10 @@ mod tests {
         let header = signature_header([&new, &old], "evt_1", 1000, b"{}");
         assert_eq!(header.split(' ').count(), 2);
         for s in [&old, &new] {
-            assert_eq!(verify(s, "evt_1", "1000", &header, b"{}", 1010, 300), Ok(()));
+            assert_eq!(
+                verify(s, "evt_1", "1000", &header, b"{}", 1010, 300),
+                Ok(())
+            );
         }
         let refused = verify(&other, "evt_1", "1000", &header, b"{}", 1010, 300);
         assert_eq!(refused, Err(SigningError::NoMatch));

@@ -27,10 +27,7 @@ pub enum TargetError {
     Scheme,
     /// An address of the target is not a public unicast address.
     #[error("webhook target address {addr} is not allowed ({class})")]
-    Address {
-        addr: IpAddr,
-        class: &'static str,
-    },
+    Address { addr: IpAddr, class: &'static str },
     /// The name did not resolve to any address.
     #[error("webhook target host does not resolve")]
     Unresolved,
@@ -148,12 +145,7 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
     }
     // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address: judge that one.
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        let v4 = Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        );
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
         return v4_class(v4).map(|_| "NAT64 of a non-public address");
     }
     if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
@@ -250,7 +242,12 @@ mod tests {
         for s in ["127.0.0.1", "::1"] {
             assert_eq!(check_ip(s.parse().unwrap(), DEV), Ok(()));
         }
-        for s in ["10.0.0.1", "169.254.169.254", "::ffff:127.0.0.1", "fd00:ec2::254"] {
+        for s in [
+            "10.0.0.1",
+            "169.254.169.254",
+            "::ffff:127.0.0.1",
+            "fd00:ec2::254",
+        ] {
             assert!(check_ip(s.parse().unwrap(), DEV).is_err(), "{s}");
         }
     }
