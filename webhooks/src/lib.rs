@@ -14,7 +14,11 @@
 //! - [`clock`]: the injected clock ([`Clock`], [`ManualClock`] for tests);
 //! - [`model`]: endpoints, deliveries (one per event and endpoint), attempts;
 //! - [`store`]: [`WebhookStore`] and its backends (SQLite file of its own; `webhook_*` CQL
-//!   tables with feature `scylla`) and the contract suite both pass.
+//!   tables with feature `scylla`) and the contract suite both pass;
+//! - [`worker`]: [`Dispatcher`] (fan-out of an event to matching endpoints, claiming and
+//!   attempting due deliveries, test events, redelivery) and the two loops `serve` and
+//!   `larachat worker` run ([`worker::run_consumer`] over the event log's `webhooks`
+//!   consumer, [`worker::run_deliveries`]).
 //!
 //! Depends on `core` only (ids, the error catalog); must not depend on the gateway or the
 //! control plane, which call into it.
@@ -27,6 +31,7 @@ pub mod retry;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
+pub mod worker;
 
 pub use client::{AttemptOutcome, ClientSettings, DeliveryClient, Lookup, Outgoing, SystemLookup};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -35,3 +40,4 @@ pub use retry::{RetryPolicy, Verdict};
 pub use signing::{Secret, SigningError};
 pub use ssrf::{TargetError, TargetPolicy, TargetUrl};
 pub use store::{WebhookStore, WebhookStoreError};
+pub use worker::Dispatcher;

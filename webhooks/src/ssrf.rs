@@ -73,6 +73,14 @@ impl TargetUrl {
         Ok(Self(url))
     }
 
+    /// A URL read back from the store (it passed [`TargetUrl::parse`] when it was set; the
+    /// client checks it against the current policy again before every attempt).
+    pub fn from_stored(s: &str) -> Result<Self, TargetError> {
+        Url::parse(s)
+            .map(Self)
+            .map_err(|_| TargetError::BadUrl("does not parse"))
+    }
+
     pub fn as_url(&self) -> &Url {
         &self.0
     }
