@@ -4,7 +4,8 @@
 //! - [`auth`]: who is calling — secret keys (cached lookup, constant-time check), end-user
 //!   JWTs — and what they may touch ([`auth::Principal`]). A request's project comes only from
 //!   its credential.
-//! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse, authorise, call [`service`]).
+//! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse, authorise, call [`service`];
+//!   `/api/v1/webhooks` calls `larachat-webhooks`).
 //! - [`service`]: the operations shared by HTTP and realtime (send, read, typing, access
 //!   checks), so both transports behave the same: store first, then publish.
 //! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
@@ -60,6 +61,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Realtime limits.
     pub realtime: RealtimeConfig,
+    /// Webhooks (`/api/v1/webhooks`): their store and the dispatcher that queues test events
+    /// and redeliveries. `None`: those routes answer `unavailable`.
+    pub webhooks: Option<larachat_webhooks::Dispatcher>,
 }
 
 /// Limits of the realtime endpoint.
@@ -90,6 +94,7 @@ impl Default for GatewayConfig {
             cache_ttl: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
             realtime: RealtimeConfig::default(),
+            webhooks: None,
         }
     }
 }
@@ -176,6 +181,9 @@ impl Gateway {
     }
     pub fn auth(&self) -> &auth::Authenticator {
         &self.inner.auth
+    }
+    pub fn webhooks(&self) -> Option<&larachat_webhooks::Dispatcher> {
+        self.inner.config.webhooks.as_ref()
     }
     pub fn limits(&self) -> &Arc<larachat_limits::Limits> {
         &self.inner.config.limits

@@ -149,6 +149,10 @@ impl DeliveryClient {
         Ok(Self { http, settings })
     }
 
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
     /// POSTs `msg` to `url`, signed with every secret of `secrets`.
     pub async fn deliver(
         &self,

@@ -49,6 +49,17 @@ pub struct Dispatcher {
     lease: chrono::Duration,
     /// Wakes the delivery loop when something was enqueued.
     wake: Arc<Notify>,
+    /// How long the previous secret keeps signing after a rotation, by default.
+    rotation_overlap: chrono::Duration,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("retry", &self.retry)
+            .field("client", self.client.settings())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Dispatcher {
@@ -68,7 +79,24 @@ impl Dispatcher {
             retry,
             lease,
             wake: Arc::new(Notify::new()),
+            rotation_overlap: chrono::Duration::hours(24),
         }
+    }
+
+    /// Sets the default overlap of a secret rotation.
+    pub fn with_rotation_overlap(mut self, overlap: Duration) -> Self {
+        self.rotation_overlap =
+            chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::hours(24));
+        self
+    }
+
+    pub fn rotation_overlap(&self) -> chrono::Duration {
+        self.rotation_overlap
+    }
+
+    /// The rules webhook URLs are registered under.
+    pub fn target_policy(&self) -> crate::ssrf::TargetPolicy {
+        self.client.settings().policy
     }
 
     pub fn store(&self) -> &Arc<dyn WebhookStore> {

@@ -114,3 +114,16 @@ pub trait WebhookStore: Send + Sync + 'static {
 pub(crate) fn clamp_limit(limit: usize) -> usize {
     limit.clamp(1, 1000)
 }
+
+impl From<WebhookStoreError> for larachat_core::ApiError {
+    fn from(e: WebhookStoreError) -> Self {
+        use larachat_core::ApiError;
+        match e {
+            WebhookStoreError::TooManyEndpoints => ApiError::conflict(format!(
+                "a project has at most {MAX_ENDPOINTS_PER_PROJECT} webhook endpoints"
+            )),
+            WebhookStoreError::Unavailable(_) => ApiError::unavailable(),
+            WebhookStoreError::Corrupt(_) => ApiError::internal(),
+        }
+    }
+}
