@@ -159,6 +159,7 @@ pub struct DeliveryParams {
     /// `pending`, `succeeded` or `failed`.
     pub status: Option<String>,
     /// `next_cursor` of the previous page (an event id).
+    #[param(value_type = Option<uuid::Uuid>)]
     pub after: Option<EventId>,
     /// Events that occurred at or after this time.
     pub since: Option<DateTime<Utc>>,
