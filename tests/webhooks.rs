@@ -1,8 +1,12 @@
-//! `/api/v1/webhooks` through a full in-process `serve` and its delivery worker, with a real
-//! receiver that verifies signatures with the `standardwebhooks` PyPI package
-//! (`webhooks/tests/receiver.py`; `LARACHAT_WEBHOOKS_PYTHON` from scripts/test.sh).
+//! `/api/v1/webhooks` through a full in-process `serve` and its delivery worker, and through
+//! the distributed mode (a real gateway process queues, a real control-plane process delivers,
+//! over Cassandra and NATS), with a real receiver that verifies signatures with the
+//! `standardwebhooks` PyPI package (`webhooks/tests/receiver.py`; `LARACHAT_WEBHOOKS_PYTHON`
+//! from scripts/test.sh; the cluster test also needs `LARACHAT_TEST_NATS_URL` and
+//! `LARACHAT_TEST_CASSANDRA`).
 
 mod common;
+mod harness;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -341,4 +345,111 @@ async fn tenancy_and_credentials() {
         (json!(true), Value::Null)
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_a_gateway_queues_and_the_control_plane_delivers() {
+    let backends = harness::Backends::shared();
+    let insecure = (
+        "LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS".to_owned(),
+        "true".to_owned(),
+    );
+    let mut env = backends.env();
+    env.push(insecure);
+    let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+    let mut control_env = env.clone();
+    control_env.push(("LARACHAT_ADMIN_EMAIL".into(), email.clone()));
+    control_env.push((
+        "LARACHAT_ADMIN_PASSWORD".into(),
+        harness::ADMIN_PASSWORD.into(),
+    ));
+    let control = harness::Proc::start("control-plane", control_env);
+    let gateway = harness::Proc::start("gateway", env);
+    let http = reqwest::Client::new();
+    let (s, login) = common::call(
+        &http,
+        Method::POST,
+        &format!("{}/api/admin/login", control.base()),
+        None,
+        Some(json!({"email": email, "password": harness::ADMIN_PASSWORD})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{login}");
+    let cluster = harness::Cluster {
+        control,
+        gateways: vec![gateway],
+        http,
+        admin_token: login["token"].as_str().unwrap().to_owned(),
+    };
+    let t = cluster.tenant("hooks").await;
+
+    let (s, created) = cluster
+        .client(
+            0,
+            Method::POST,
+            "/api/v1/webhooks",
+            &t.key,
+            Some(json!({"url": "https://hooks.example.com/"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["webhook"]["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let mut py = PyReceiver::start(&secret).await;
+    let url = format!("http://127.0.0.1:{}/hook", py.port);
+    let (s, _) = cluster
+        .client(
+            0,
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            &t.key,
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, queued) = cluster
+        .client(
+            0,
+            Method::POST,
+            &format!("/api/v1/webhooks/{id}/test"),
+            &t.key,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{queued}");
+    let event_id = queued["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        py.line().await,
+        format!("ok {event_id}"),
+        "delivered by the control plane"
+    );
+    let detail = loop {
+        let (s, d) = cluster
+            .client(
+                0,
+                Method::GET,
+                &format!("/api/v1/webhooks/{id}/deliveries/{event_id}"),
+                &t.key,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{d}");
+        if d["delivery"]["status"] == "succeeded" {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(detail["attempts"][0]["response_code"], 204);
+    // Another project's key: 404 on the cluster too.
+    let other = cluster.tenant("other").await;
+    let (s, _) = cluster
+        .client(
+            0,
+            Method::GET,
+            &format!("/api/v1/webhooks/{id}"),
+            &other.key,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
