@@ -70,6 +70,10 @@ impl Dispatcher {
         retry: RetryPolicy,
         attempt_timeout: Duration,
     ) -> Self {
+        metrics::describe_counter!(
+            "larachat_webhooks_attempts_total",
+            "Webhook delivery attempts, by result (delivered, failed)"
+        );
         let lease = chrono::Duration::from_std(attempt_timeout * 3 + Duration::from_secs(30))
             .unwrap_or(chrono::Duration::minutes(5));
         Self {

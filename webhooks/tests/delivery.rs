@@ -552,3 +552,35 @@ async fn redirects_are_not_followed_bodies_are_capped_and_attempts_time_out() {
     assert!(out.duration < Duration::from_secs(10));
     hold.abort();
 }
+
+/// Deliveries per second to one endpoint (an in-process receiver answering 204 on loopback),
+/// printed, not asserted: `cargo test -p larachat-webhooks --test delivery -- --ignored
+/// --nocapture deliveries_per_second`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run on demand"]
+async fn deliveries_per_second_to_one_endpoint() {
+    const EVENTS: usize = 2000;
+    let Rig {
+        store,
+        clock: _clock,
+        dispatcher,
+    } = rig(RetryPolicy::default());
+    let mut rx = Receiver::start().await;
+    let project = ProjectId::new_v7();
+    let ep = endpoint(project, rx.url(), EventFilter::All);
+    store.create_endpoint(&ep).await.unwrap();
+    for _ in 0..EVENTS {
+        dispatcher.fan_out(&message(project)).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(dispatcher.drain().await.unwrap(), EVENTS);
+    let took = started.elapsed();
+    for _ in 0..EVENTS {
+        rx.next().await;
+    }
+    println!(
+        "{EVENTS} deliveries to one endpoint in {:.2} s: {:.0} deliveries/s (SQLite in memory, 32 at once)",
+        took.as_secs_f64(),
+        EVENTS as f64 / took.as_secs_f64()
+    );
+}
