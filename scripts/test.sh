@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and what
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
-# Debian's faketime (a gateway under a shifted clock in tests/faults.rs),
+# Debian's faketime (a gateway under a shifted clock in tests/faults.rs), the
+# standardwebhooks PyPI package (webhook signatures checked by an independent implementation),
 # a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
 # node (deploy/cassandra.sh, jars from Maven Central, JDK 17), promtool (from Debian's
 # prometheus package), Chromium and the widget's npm packages (scripts/browser-test.sh). Quick
@@ -39,6 +40,18 @@ if [ ! -x "$promtool" ]; then
   rm -rf "$tmp"
 fi
 export LARACHAT_PROMTOOL="$promtool"
+
+# The independent Standard Webhooks implementation the webhook tests verify signatures with
+# (webhooks/tests/receiver.py), from PyPI into a cached venv.
+WH_VENV="$HOME/.cache/larachat/webhooks-venv"
+WH_TOOLS="standardwebhooks==1.1.0"
+if [ ! -x "$WH_VENV/bin/python" ] || [ "$(cat "$WH_VENV/.larachat-tools" 2>/dev/null)" != "$WH_TOOLS" ]; then
+  echo "== standardwebhooks (PyPI, cached venv)"
+  python3 -m venv "$WH_VENV"
+  "$WH_VENV/bin/pip" install -q --disable-pip-version-check $WH_TOOLS
+  echo "$WH_TOOLS" >"$WH_VENV/.larachat-tools"
+fi
+export LARACHAT_WEBHOOKS_PYTHON="$WH_VENV/bin/python"
 
 FEATURES="larachat-broker/nats larachat-store/scylla"
 echo "== format"

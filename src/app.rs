@@ -22,6 +22,8 @@ use larachat_control_plane::{ControlPlane, ControlPlaneConfig};
 use larachat_core::event::EventLog;
 use larachat_gateway::{Gateway, GatewayConfig};
 use larachat_store::{ScyllaConfig, ScyllaStore, SqliteConfig, SqliteStore, Store};
+use larachat_webhooks::store::{ScyllaWebhookStore, SqliteWebhookStore};
+use larachat_webhooks::{DeliveryClient, Dispatcher, SystemClock, WebhookStore};
 
 use crate::config::Config;
 use crate::ops::{self, Ops};
@@ -67,6 +69,9 @@ pub struct App {
     /// single-node mode; `None` on CQL, which has no event log yet.
     pub events: Option<Arc<dyn EventLog>>,
     pub bus: Arc<dyn Bus>,
+    /// Webhooks: their store and dispatcher (the API queues through it; processes that
+    /// serve the control plane also run its delivery loop, see [`run_role`]).
+    pub webhooks: Dispatcher,
     pub config: Config,
 }
 
@@ -102,6 +107,7 @@ impl App {
         // run once, so that several of them never race on schema changes.
         let (store, events) = open_store(&config, role == Role::All).await?;
         let bus = open_bus(&config, role).await?;
+        let webhooks = open_webhooks(&config, role == Role::All).await?;
 
         if role.serves_control_plane() && !config.admin.email.is_empty() {
             let outcome = larachat_control_plane::bootstrap_admin(
@@ -132,6 +138,7 @@ impl App {
                         cache_ttl,
                         max_body_bytes: config.server.max_body_bytes,
                         realtime: config.realtime_config(),
+                        webhooks: Some(webhooks.clone()),
                     },
                 )
                 .await
@@ -219,6 +226,7 @@ impl App {
             store,
             events,
             bus,
+            webhooks,
             config,
         })
     }
@@ -307,6 +315,48 @@ async fn open_store(
     }
 }
 
+/// Opens the webhook store of the configured backend (single node: its own SQLite file
+/// beside the chat database; distributed: `webhook_*` tables in the keyspace, created by
+/// `larachat migrate` or `serve`) and the dispatcher over it.
+async fn open_webhooks(config: &Config, migrate: bool) -> anyhow::Result<Dispatcher> {
+    let wh = &config.webhooks;
+    let store: Arc<dyn WebhookStore> = match config.storage.backend.as_str() {
+        "scylla" => {
+            let s = &config.storage.scylla;
+            let store =
+                ScyllaWebhookStore::connect(&s.contact_points, &s.keyspace, wh.log_retention_days)
+                    .await
+                    .context("connecting the webhook store")?;
+            if migrate {
+                store
+                    .migrate()
+                    .await
+                    .context("creating the webhook tables")?;
+            }
+            Arc::new(store)
+        }
+        _ => Arc::new(
+            SqliteWebhookStore::open(
+                &config.storage.data_dir.join("webhooks.sqlite3"),
+                wh.log_retention_days,
+            )
+            .context("opening the webhook database")?,
+        ),
+    };
+    let client =
+        DeliveryClient::new(wh.client_settings()).context("building the webhook client")?;
+    Ok(Dispatcher::new(
+        store,
+        client,
+        Arc::new(SystemClock),
+        wh.retry_policy(),
+        Duration::from_secs(wh.timeout_secs),
+    )
+    .with_rotation_overlap(Duration::from_secs(
+        u64::from(wh.rotation_overlap_hours) * 3600,
+    )))
+}
+
 async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
     match config.bus.backend.as_str() {
         "nats" => {
@@ -330,6 +380,7 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
 /// or opens (and so migrates) the embedded database. Idempotent; run it from one process.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     open_store(&config, true).await?;
+    open_webhooks(&config, true).await?;
     match config.storage.backend.as_str() {
         "scylla" => println!(
             "keyspace {} is at schema version {}",
@@ -421,6 +472,30 @@ pub async fn run_role(
     );
     on_ready(bound);
 
+    // Webhook deliveries: `serve` and the control plane run the worker (several control-plane
+    // processes share the work through the store's leases). Where the process has an event
+    // log (`serve`: the SQLite outbox, docs/events.md) the `webhooks` consumer turns every
+    // domain event into deliveries to the project's matching endpoints; it acknowledges an
+    // event only once its deliveries are stored, so a kill between the two redelivers it.
+    // The distributed event log (JetStream) is not built yet: there, only test events and
+    // redeliveries are delivered (docs/webhooks.md).
+    let webhook_stop = tokio_util::sync::CancellationToken::new();
+    let mut webhook_workers = Vec::new();
+    if role.serves_control_plane() {
+        webhook_workers.push(tokio::spawn(larachat_webhooks::worker::run_deliveries(
+            app.webhooks.clone(),
+            Duration::from_secs(1),
+            webhook_stop.clone(),
+        )));
+        if let Some(events) = app.events.clone() {
+            webhook_workers.push(tokio::spawn(larachat_webhooks::worker::run_consumer(
+                events,
+                app.webhooks.clone(),
+                webhook_stop.clone(),
+            )));
+        }
+    }
+
     let drain = server::Shutdown::default();
     let mut listeners = vec![tokio::spawn(server::serve(
         listener,
@@ -447,6 +522,11 @@ pub async fn run_role(
     let (_, forced) = tokio::join!(sockets, drain.drain(grace));
     for l in listeners {
         let _ = l.await;
+    }
+    // An attempt in flight is abandoned; its lease runs out and it is attempted again.
+    webhook_stop.cancel();
+    for w in webhook_workers {
+        let _ = w.await;
     }
     tracing::info!(force_closed = forced, "stopped");
     Ok(())

@@ -4,7 +4,8 @@
 //! Environment variables map onto the file's keys: `LARACHAT_<SECTION>__<KEY>` (double
 //! underscore between levels), e.g. `LARACHAT_SERVER__LISTEN=0.0.0.0:8080`. A few common ones
 //! have short aliases: `LARACHAT_LISTEN`, `LARACHAT_DATA_DIR`, `LARACHAT_ADMIN_EMAIL`,
-//! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`. Unknown keys in the file and unknown
+//! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`, and the seed's `WEBHOOK_RETRY_ATTEMPTS` (also
+//! `LARACHAT_WEBHOOK_RETRY_ATTEMPTS`). Unknown keys in the file and unknown
 //! `SECTION__KEY` variables are errors, not silently ignored; other `LARACHAT_*` variables
 //! (no `__`, not an alias) belong to tools and are ignored.
 //!
@@ -31,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub demo: DemoConfig,
     pub limits: larachat_limits::LimitsConfig,
+    pub webhooks: larachat_webhooks::WebhooksConfig,
 }
 
 /// The demo pages (`/demo`, `/demo/agent`) and their "Demo" project.
@@ -337,6 +339,9 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("LARACHAT_ADMIN_EMAIL", "admin.email"),
     ("LARACHAT_ADMIN_PASSWORD", "admin.password"),
     ("LARACHAT_LOG", "log.level"),
+    // The seed's name (no LARACHAT_ prefix) and ours.
+    ("WEBHOOK_RETRY_ATTEMPTS", "webhooks.retry_attempts"),
+    ("LARACHAT_WEBHOOK_RETRY_ATTEMPTS", "webhooks.retry_attempts"),
 ];
 
 impl Config {
@@ -357,7 +362,9 @@ impl Config {
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("LARACHAT_"))
+            .filter(|(k, _)| {
+                k.starts_with("LARACHAT_") || ENV_ALIASES.iter().any(|(alias, _)| alias == k)
+            })
             .collect();
         env.sort(); // deterministic when an alias and a full key both appear
         let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
@@ -531,6 +538,7 @@ impl Config {
             return bad("security.agent_token_ttl_secs must be at most 86400 (a day)".into());
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.webhooks.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -755,6 +763,26 @@ mod tests {
                 "{vars:?}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn webhooks_from_the_environment_with_the_seed_alias() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEBHOOK_RETRY_ATTEMPTS", "3"),
+                ("LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS", "true"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.retry_attempts, 3);
+        assert!(c.webhooks.allow_insecure_targets);
+        assert_eq!(Config::default().webhooks.retry_attempts, 15);
+        let bad = Config::load(None, env(&[("WEBHOOK_RETRY_ATTEMPTS", "0")]), []);
+        assert!(matches!(bad, Err(ConfigError::Invalid(m)) if m.contains("retry_attempts")));
+        // Other unprefixed variables are not configuration.
+        assert!(Config::load(None, env(&[("WEBHOOK_SIGNATURE_SECRET", "x")]), []).is_ok());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   JWTs — and what they may touch ([`auth::Principal`]). A request's project comes only from
 //!   its credential.
 //! - [`api`]: the Client API `/api/v1/*` (axum handlers: parse into typed values, call the
-//!   service layer `larachat-service`, which makes every change and emits its event).
+//!   service layer `larachat-service`, which makes every change and emits its event;
+//!   `/api/v1/webhooks` calls `larachat-webhooks`).
 //! - [`service`]: the edge half of the operations shared by HTTP, widget and realtime
 //!   (transport metrics, the send rate limit, parsing), delegating to `larachat-service`.
 //! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
@@ -61,6 +62,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Realtime limits.
     pub realtime: RealtimeConfig,
+    /// Webhooks (`/api/v1/webhooks`): their store and the dispatcher that queues test events
+    /// and redeliveries. `None`: those routes answer `unavailable`.
+    pub webhooks: Option<larachat_webhooks::Dispatcher>,
 }
 
 /// Limits of the realtime endpoint.
@@ -91,6 +95,7 @@ impl Default for GatewayConfig {
             cache_ttl: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
             realtime: RealtimeConfig::default(),
+            webhooks: None,
         }
     }
 }
@@ -180,6 +185,9 @@ impl Gateway {
     }
     pub fn auth(&self) -> &auth::Authenticator {
         &self.inner.auth
+    }
+    pub fn webhooks(&self) -> Option<&larachat_webhooks::Dispatcher> {
+        self.inner.config.webhooks.as_ref()
     }
     pub fn limits(&self) -> &Arc<larachat_limits::Limits> {
         &self.inner.config.limits

@@ -6,6 +6,7 @@ mod agents;
 mod conversations;
 mod messages;
 mod users;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -40,6 +41,10 @@ use crate::auth::{AuthRejection, Principal};
         crate::realtime::upgrade,
         crate::widget::init, crate::widget::list_messages, crate::widget::send_message,
         crate::widget::event,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
+        webhooks::send_test, webhooks::list_deliveries, webhooks::get_delivery,
+        webhooks::redeliver_one, webhooks::redeliver_range,
     ),
     components(schemas(
         users::CreateUser, users::UpdateUser, users::UserWithToken,
@@ -50,12 +55,18 @@ use crate::auth::{AuthRejection, Principal};
         crate::widget::InitRequest, crate::widget::InitUser, crate::widget::InitResponse,
         crate::widget::Session, crate::widget::PublicSettings, crate::widget::WidgetMessages,
         crate::widget::WidgetSend, crate::widget::WidgetSent, crate::widget::WidgetEvent,
+        webhooks::CreateWebhook, webhooks::UpdateWebhook, webhooks::WebhookView,
+        webhooks::CreatedWebhook, webhooks::WebhookList, webhooks::RotateSecret,
+        webhooks::RotatedSecret, webhooks::Queued, webhooks::DeliveryView, webhooks::DeliveryList,
+        webhooks::AttemptView, webhooks::DeliveryDetail, webhooks::RedeliverRange,
+        webhooks::Redelivered,
         larachat_core::error::ErrorBody,
     )),
     modifiers(&StandardErrors),
     tags((name = "client", description = "Client API for tenant backends and end users"),
          (name = "realtime", description = "Realtime v1 WebSocket (see docs/protocol.md)"),
-         (name = "widget", description = "Widget API for the embeddable widget (see docs/widget.md)")),
+         (name = "widget", description = "Widget API for the embeddable widget (see docs/widget.md)"),
+         (name = "webhooks", description = "Webhook endpoints and deliveries (see docs/webhooks.md)")),
 )]
 pub struct ApiDoc;
 
@@ -114,6 +125,37 @@ pub fn router(gw: Gateway) -> Router {
         )
         .route("/api/v1/conversations/{id}/typing", post(messages::typing))
         .route("/api/v1/agent-tokens", post(agents::create_agent_token))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/api/v1/webhooks/{id}/test", post(webhooks::send_test))
+        .route(
+            "/api/v1/webhooks/{id}/redeliver",
+            post(webhooks::redeliver_range),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{event_id}",
+            get(webhooks::get_delivery),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{event_id}/redeliver",
+            post(webhooks::redeliver_one),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             client_auth,
