@@ -66,6 +66,29 @@ async fn webhooks_server() -> Server {
     .await
 }
 
+/// Starts a receiver that knows `secret` (shown only when the endpoint was registered) and
+/// points the endpoint `id` at it.
+async fn point_at_new_receiver(
+    server: &Server,
+    key: &str,
+    id: &str,
+    secret: &str,
+    extra: &[&str],
+) -> PyReceiver {
+    let py = PyReceiver::start_with(secret, extra).await;
+    let url = format!("http://127.0.0.1:{}/hook", py.port);
+    let (s, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            key,
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    py
+}
+
 #[track_caller]
 fn expect(got: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert_eq!(got.0, status, "{}", got.1);
@@ -136,17 +159,7 @@ async fn register_test_event_rotation_deliveries_and_redelivery() {
 
     // The receiver knows the real secret now.
     py.child.kill().await.unwrap();
-    let mut py = PyReceiver::start(&secret).await;
-    let url = format!("http://127.0.0.1:{}/hook", py.port);
-    let (s, _) = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/webhooks/{id}"),
-            &t.key,
-            Some(json!({"url": url})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let mut py = point_at_new_receiver(&server, &t.key, &id, &secret, &[]).await;
 
     // A test event, delivered by serve's worker and verified by the package.
     let (s, queued) = server
@@ -261,31 +274,19 @@ async fn register_test_event_rotation_deliveries_and_redelivery() {
 async fn domain_events_reach_matching_endpoints() {
     let server = webhooks_server().await;
     let t = server.tenant("events").await;
-    let placeholder = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let mut py = PyReceiver::start(placeholder).await;
-    let url = format!("http://127.0.0.1:{}/hook", py.port);
+    // Nothing matching happens before the endpoint points at the receiver.
     let (s, created) = server
         .post(
             "/api/v1/webhooks",
             &t.key,
-            json!({"url": url, "events": ["message.sent", "conversation.closed"]}),
+            json!({"url": "https://hooks.example.com/",
+                   "events": ["message.sent", "conversation.closed"]}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
-    py.child.kill().await.unwrap();
-    let mut py = PyReceiver::start_with(&secret, &["bodies"]).await;
-    let url = format!("http://127.0.0.1:{}/hook", py.port);
     let id = created["webhook"]["id"].as_str().unwrap();
-    let (s, _) = server
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/webhooks/{id}"),
-            &t.key,
-            Some(json!({"url": url})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    let mut py = point_at_new_receiver(&server, &t.key, id, &secret, &["bodies"]).await;
 
     // user.created and conversation.created happen too; the filter keeps them away.
     let (ada, token) = server.user(&t.key, "ada").await;
