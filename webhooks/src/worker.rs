@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -354,33 +355,69 @@ pub async fn run_consumer(
                 continue;
             }
         };
+        // Fan out in log order, then acknowledge the whole batch at once: on the single node
+        // an ack moves a checkpoint through the chat database's writer, whose group commit
+        // turns concurrent acks into one transaction (acknowledged one by one, the consumer
+        // fell behind any real send load, one synced commit per event).
+        let mut handled = Vec::with_capacity(batch.len());
         for delivery in batch {
             match dispatcher.fan_out(&delivery.event).await {
-                Ok(_) => {
-                    if let Err(e) = delivery.ack().await {
-                        tracing::warn!("webhooks consumer ack: {e}");
-                    }
-                }
+                Ok(_) => handled.push(delivery),
                 // Not acknowledged: the log delivers it again after its ack wait.
                 Err(e) => tracing::warn!("webhooks fan-out: {e}"),
+            }
+        }
+        for r in futures::future::join_all(handled.into_iter().map(|d| d.ack())).await {
+            if let Err(e) = r {
+                tracing::warn!("webhooks consumer ack: {e}");
             }
         }
     }
 }
 
-/// Attempts due deliveries until `shutdown`: a pass whenever something is enqueued, and at
-/// least every `poll` for retries that became due.
+/// Attempts due deliveries until `shutdown`, as a pipeline: up to `CONCURRENCY` attempts are
+/// in flight at any time and a freed slot is refilled at once, so one slow endpoint (up to the
+/// 10 s timeout per attempt) holds one slot instead of stalling a whole pass of other
+/// deliveries. Claims again whenever something is enqueued, and at least every `poll` for
+/// retries that became due.
 pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: CancellationToken) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nothing more was due at the last claim: wait for an enqueue or the next tick.
+    let mut idle = false;
     loop {
-        match dispatcher.run_due().await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!("webhook deliveries: {e}"),
+        if !idle && in_flight.len() < CONCURRENCY {
+            let want = CONCURRENCY - in_flight.len();
+            let now = dispatcher.clock.now();
+            match dispatcher
+                .store
+                .claim_due(now, now + dispatcher.lease, want)
+                .await
+            {
+                Ok(due) => {
+                    idle = due.len() < want;
+                    for d in due {
+                        let dispatcher = dispatcher.clone();
+                        in_flight.push(async move { dispatcher.attempt(d).await });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("webhook deliveries: {e}");
+                    idle = true;
+                }
+            }
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = dispatcher.wake.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(e) = r {
+                    tracing::warn!("webhook delivery: {e}");
+                }
+            }
+            _ = dispatcher.wake.notified() => idle = false,
+            _ = tick.tick() => idle = false,
         }
     }
 }
