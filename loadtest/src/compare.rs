@@ -118,10 +118,13 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
     if o.servers.is_empty() {
         bail!("--servers needs at least one server");
     }
-    if let Scenario::Latency(l) = &o.scenario {
-        if l.receiver_url.is_some() {
-            bail!("--receiver-url is for a Lara cluster, not for compare");
-        }
+    let receiver_url = match &o.scenario {
+        Scenario::Latency(l) => l.receiver_url.is_some(),
+        Scenario::Fanout(f) => f.receiver_url.is_some(),
+        _ => false,
+    };
+    if receiver_url {
+        bail!("--receiver-url is for a Lara cluster, not for compare");
     }
     let scenario = o.scenario.name();
     let mut done: Vec<Done> = Vec::new();
@@ -143,6 +146,7 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
                 timeout,
                 run_id: crate::new_run_id(),
                 server_pid: Some(server.pid),
+                watch_pids: Vec::new(),
                 progress: Progress::new(progress),
             };
             let run = run_scenario(&o.scenario, &ctx).await;
@@ -223,7 +227,7 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
 async fn run_scenario(s: &Scenario, ctx: &Ctx) -> Result<RunOutput> {
     match s {
         Scenario::Idle(o) => idle::run(ctx, o).await,
-        Scenario::Fanout(o) => fanout::run(ctx, o).await,
+        Scenario::Fanout(o) => fanout::run(ctx, o, &ctx.ep).await,
         Scenario::Latency(o) => latency::run(ctx, o, &ctx.ep).await,
         Scenario::Chat(o) => chat::run(ctx, o).await,
     }
