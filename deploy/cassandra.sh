@@ -10,6 +10,8 @@
 #                                 LARACHAT_TEST_CASSANDRA=127.0.0.1:PORT,
 #                                 so `eval "$(deploy/cassandra.sh start)"` sets both
 #   deploy/cassandra.sh stop      stop it (SIGTERM, then SIGKILL) and delete its data
+#   deploy/cassandra.sh restart   start it again on the data and ports of the last `start`,
+#                                 e.g. after a crash or `kill -9` (prints the same variables)
 #   deploy/cassandra.sh url       print the contact point if running (exit 1 otherwise)
 #
 # Every command is idempotent. Diagnostics go to stderr; stdout carries only what the command
@@ -20,6 +22,12 @@
 #   LARACHAT_RUN_DIR        pid, log, contact point and data (default: <repo>/.cache/run)
 #   LARACHAT_CACHE_DIR      where the jars are cached (default: ~/.cache/larachat)
 #   LARACHAT_CASSANDRA_JAVA a Java 17 `java` binary (default: the first /usr/lib/jvm/*17*)
+#   LARACHAT_CASSANDRA_COMMITLOG_SYNC  batch (default: every write is in the synced commit log
+#                           before it is acknowledged), group (synced every 15 ms, writes wait
+#                           for it) or periodic (synced every 10 s, NOT waited for: an
+#                           acknowledged write can be lost when the node dies); for measurements
+#   LARACHAT_CASSANDRA_PAXOS_VARIANT  v2 (default: two round trips per lightweight transaction)
+#                           or v1 (Cassandra's legacy default, four); for measurements
 set -euo pipefail
 
 CASSANDRA_VERSION="5.0.9"
@@ -157,14 +165,54 @@ jvm_flags() {
     printf '%s\n' "${flags[@]}"
 }
 
+# The commit-log settings for $LARACHAT_CASSANDRA_COMMITLOG_SYNC (cassandra.yaml lines).
+commitlog_settings() {
+    case "${LARACHAT_CASSANDRA_COMMITLOG_SYNC:-batch}" in
+    batch) printf '%s\n' "commitlog_sync: batch" ;;
+    group) printf '%s\n' "commitlog_sync: group" "commitlog_sync_group_window: 15ms" ;;
+    periodic) printf '%s\n' "commitlog_sync: periodic" "commitlog_sync_period: 10000ms" ;;
+    *) die "LARACHAT_CASSANDRA_COMMITLOG_SYNC must be batch, group or periodic" ;;
+    esac
+}
+
 # Writes cassandra.yaml for the given native and storage ports.
 write_config() {
-    local native="$1" storage="$2"
+    local native="$1" storage="$2" commitlog paxos="${LARACHAT_CASSANDRA_PAXOS_VARIANT:-v2}"
+    [[ "$paxos" == v1 || "$paxos" == v2 ]] || die "LARACHAT_CASSANDRA_PAXOS_VARIANT must be v1 or v2"
+    commitlog="$(commitlog_settings)"
     mkdir -p "$CONF_DIR" "$DATA_DIR"
     sed -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@NATIVE_PORT@|$native|g" \
-        -e "s|@STORAGE_PORT@|$storage|g" "$TEMPLATE_DIR/cassandra.yaml.template" \
-        >"$CONF_DIR/cassandra.yaml"
+        -e "s|@STORAGE_PORT@|$storage|g" -e "s|@PAXOS_VARIANT@|$paxos|g" \
+        "$TEMPLATE_DIR/cassandra.yaml.template" |
+        awk -v commitlog="$commitlog" '$0 == "@COMMITLOG@" { print commitlog; next } { print }' \
+            >"$CONF_DIR/cassandra.yaml"
     cp "$TEMPLATE_DIR/logback.xml" "$CONF_DIR/logback.xml"
+}
+
+# Starts the JVM on the configuration in $CONF_DIR (native port $1) and waits until it is
+# ready; returns 1 (after killing it) if it never is.
+launch() {
+    local native="$1" java pid
+    java="$(java_bin)"
+    "$java" -version 2>&1 | grep -q '"17\.' || die "$java is not Java 17"
+    local -a flags
+    mapfile -t flags < <(jvm_flags)
+    log "starting Cassandra $CASSANDRA_VERSION (native port $native, log $LOG_FILE)"
+    # Own session and no inherited stdout: Cassandra outlives this script and does not hold
+    # open the pipe of a `$(deploy/cassandra.sh start)` capture.
+    setsid "$java" "${flags[@]}" -cp "$CONF_DIR:$LIB_DIR/*" \
+        org.apache.cassandra.service.CassandraDaemon </dev/null >>"$LOG_FILE" 2>&1 &
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+    if wait_ready "$pid" "$native"; then
+        echo "127.0.0.1:$native" >"$URL_FILE"
+        log "Cassandra running (pid $pid)"
+        return 0
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -f "$PID_FILE"
+    return 1
 }
 
 # Waits until the Cassandra with pid $1 says it listens for CQL clients and port $2 accepts a
@@ -194,42 +242,56 @@ cmd_start() {
         cmd_stop
     fi
     cmd_install
-    local java
-    java="$(java_bin)"
-    "$java" -version 2>&1 | grep -q '"17\.' || die "$java is not Java 17"
     mkdir -p "$BASE_DIR"
     rm -f "$PID_FILE" "$URL_FILE"
-    local attempt native storage pid started=$SECONDS
-    local -a flags
-    mapfile -t flags < <(jvm_flags)
+    local attempt native storage started=$SECONDS
     # The ports are free when chosen but could be taken before Cassandra binds them: retry.
     for attempt in 1 2; do
         native="$(free_port)"
         storage="$(free_port)"
         [[ "$native" != "$storage" ]] || continue
         rm -rf "$DATA_DIR"
+        : >"$LOG_FILE"
         write_config "$native" "$storage"
-        log "starting Cassandra $CASSANDRA_VERSION (native port $native, log $LOG_FILE)"
-        # Own session and no inherited stdout: Cassandra outlives this script and does not hold
-        # open the pipe of a `$(deploy/cassandra.sh start)` capture.
-        setsid "$java" "${flags[@]}" -cp "$CONF_DIR:$LIB_DIR/*" \
-            org.apache.cassandra.service.CassandraDaemon </dev/null >"$LOG_FILE" 2>&1 &
-        pid=$!
-        echo "$pid" >"$PID_FILE"
-        if wait_ready "$pid" "$native"; then
-            echo "127.0.0.1:$native" >"$URL_FILE"
-            log "Cassandra running (pid $pid) after $((SECONDS - started)) s"
+        if launch "$native"; then
+            log "ready after $((SECONDS - started)) s"
             print_env
             return 0
         fi
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        rm -f "$PID_FILE"
         log "start attempt $attempt failed; log:"
         grep -E "ERROR|Exception" "$LOG_FILE" | head -n 20 >&2 || true
         tail -n 20 "$LOG_FILE" >&2 || true
     done
     die "Cassandra did not become ready"
+}
+
+cmd_restart() {
+    if [[ -n "$(running_pid)" && -f "$URL_FILE" ]]; then
+        print_env
+        return 0
+    fi
+    [[ -f "$CONF_DIR/cassandra.yaml" && -d "$DATA_DIR" ]] ||
+        die "nothing to restart in $BASE_DIR (use start)"
+    local native started=$SECONDS
+    native="$(sed -n 's/^native_transport_port: //p' "$CONF_DIR/cassandra.yaml")"
+    rm -f "$PID_FILE" "$URL_FILE"
+    local attempt
+    # The ports must stay the same (clients know them); one may be held for a moment by a
+    # connection that got it as its ephemeral port: try again.
+    for attempt in 1 2 3; do
+        # A fresh log: readiness is read from it.
+        [[ -f "$LOG_FILE" ]] && mv "$LOG_FILE" "$LOG_FILE.$attempt"
+        log "restarting on the data in $DATA_DIR (commit log replay)"
+        if launch "$native"; then
+            log "ready after $((SECONDS - started)) s"
+            print_env
+            return 0
+        fi
+        log "restart attempt $attempt failed; log:"
+        grep -E "ERROR|Exception" "$LOG_FILE" | tail -n 20 >&2 || true
+        sleep 2
+    done
+    die "Cassandra did not become ready again"
 }
 
 cmd_stop() {
@@ -245,10 +307,11 @@ cmd_stop() {
 case "${1:-}" in
 install) cmd_install ;;
 start) cmd_start ;;
+restart) cmd_restart ;;
 stop) cmd_stop ;;
 url) cmd_url ;;
 *)
-    echo "usage: $0 install|start|stop|url" >&2
+    echo "usage: $0 install|start|restart|stop|url" >&2
     exit 2
     ;;
 esac

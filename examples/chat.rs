@@ -8,8 +8,11 @@
 //! JSON line, and sends each line typed on stdin as a message (with a fresh `client_msg_id`).
 //! Lines starting with `/` are sent as raw frames, e.g. `/{"type":"ping","id":1}`.
 //! Optional 4th argument: `after=<message id>` to resume. Exits when stdin ends and every
-//! sent message is acknowledged, or when the server closes the connection.
+//! sent message is acknowledged, or when the server closes the connection; it then prints on
+//! stderr the `after=` to resume with: its contiguous cursor (protocol §7), the newest message
+//! below which it received every `seq`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -36,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tx.send(send(sub)).await?;
 
+    let mut cursor = Cursor::default();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut next_id = 2u64;
@@ -45,7 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !stdin_open && unacked == 0 {
             // Give live events a moment to arrive before leaving.
             match tokio::time::timeout(Duration::from_millis(500), rx.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => println!("{t}"),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    println!("{t}");
+                    cursor.frame(&serde_json::from_str(&t).unwrap_or(Value::Null));
+                }
                 Ok(Some(Ok(_))) => {}
                 _ => break,
             }
@@ -70,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some(Ok(Message::Text(t))) => {
                     println!("{t}");
                     let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    cursor.frame(&v);
                     if v["type"] == "ack" || (v["type"] == "error" && v["id"].as_u64().unwrap_or(0) >= 2) {
                         unacked = unacked.saturating_sub(1);
                     }
@@ -84,5 +92,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         }
     }
+    if let Some((_, id)) = &cursor.at {
+        eprintln!("resume with: after={id}");
+    }
     Ok(())
+}
+
+/// The contiguous resume cursor of protocol §7 for one conversation.
+#[derive(Default)]
+struct Cursor {
+    /// (seq, id) of the newest message with every seq below it received.
+    at: Option<(u64, String)>,
+    /// Messages received above the cursor, waiting for the gap below them: seq → id.
+    ahead: BTreeMap<u64, String>,
+}
+
+impl Cursor {
+    fn frame(&mut self, f: &Value) {
+        let message = match f["type"].as_str() {
+            Some("message") => &f["message"],
+            Some("ack") => &f["message"],
+            // The replay that `subscribe` (id 1, with or without `after`) started is complete:
+            // the cursor jumps to the newest message held.
+            Some("subscribed") if f["id"] == 1 => {
+                if let Some((seq, id)) = self.ahead.pop_last() {
+                    self.ahead.clear();
+                    self.at = Some((seq, id));
+                }
+                return;
+            }
+            _ => return,
+        };
+        let (Some(seq), Some(id)) = (message["seq"].as_u64(), message["id"].as_str()) else {
+            return;
+        };
+        match &self.at {
+            Some((at, _)) if seq <= *at => return,
+            // The first message starts the cursor (this client keeps no older history).
+            None if self.ahead.is_empty() => self.at = Some((seq.saturating_sub(1), String::new())),
+            _ => {}
+        }
+        self.ahead.insert(seq, id.to_owned());
+        while let Some((at, _)) = &self.at {
+            match self.ahead.remove(&(at + 1)) {
+                Some(next) => self.at = Some((at + 1, next)),
+                None => break,
+            }
+        }
+    }
 }

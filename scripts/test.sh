@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. This is the README's test command and what
 # .ci/run calls. It installs and starts what the tests need: curl and python3 (walkthrough),
+# Debian's faketime (a gateway under a shifted clock in tests/faults.rs),
 # a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
 # node (deploy/cassandra.sh, jars from Maven Central, JDK 17), promtool (from Debian's
 # prometheus package), Chromium and the widget's npm packages (scripts/browser-test.sh). Quick
@@ -9,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need curl || ! need python3; then
-  apt-get update -qq && apt-get install -y -qq curl python3 >/dev/null
+if ! need curl || ! need python3 || ! compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null; then
+  # faketime: tests/faults.rs runs a gateway under a shifted clock (libfaketime).
+  apt-get update -qq && apt-get install -y -qq curl python3 faketime >/dev/null
 fi
 
 echo "== services: nats-server, Cassandra 5.0"

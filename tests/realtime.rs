@@ -172,6 +172,14 @@ async fn resume_replays_exactly_the_missed_messages_in_order_then_live() {
         .collect();
     assert_eq!(replayed, missed, "exactly the missed ones, in order");
     assert_eq!(frames.last().unwrap()["replayed"], 7);
+    // Every message carries its position: the cursor's seq, then the next ones, no gap.
+    assert_eq!(first["seq"], 1);
+    let seqs: Vec<Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["message"]["seq"].clone())
+        .collect();
+    assert_eq!(seqs, (2..=8).map(|n| json!(n)).collect::<Vec<_>>());
 
     let live = server.send(&key, &conv, "after resume").await;
     let got = user.messages(1).await;
@@ -477,6 +485,11 @@ async fn messagepack_is_negotiated_by_subprotocol() {
     assert_eq!(f["type"], "message");
     assert_eq!(f["message"]["id"], sent["id"]);
     assert_eq!(f["message"]["text"], "über msgpack");
+    assert_eq!(
+        f["message"]["seq"],
+        json!(sent["seq"].as_u64().unwrap()),
+        "an integer"
+    );
     // A text frame on a msgpack connection is a protocol violation.
     ws.send(WsMessage::Text("{\"type\":\"ping\"}".into()))
         .await

@@ -165,6 +165,16 @@ impl ErrorCode {
         )
     }
 
+    /// Seconds an HTTP client should wait before retrying (`Retry-After`), for the codes that
+    /// mean "the server cannot serve this right now": a dependency outage or a shutdown. `None`
+    /// for the others (a rate limit says its own wait).
+    pub const fn retry_after_secs(self) -> Option<u32> {
+        match self {
+            Self::Unavailable | Self::ShuttingDown => Some(1),
+            _ => None,
+        }
+    }
+
     /// Whether a client should reconnect after a close with this code.
     pub const fn close_means_reconnect(close_code: u16) -> bool {
         close_code >= 4100 && close_code <= 4199 || close_code == 1001 || close_code == 1006

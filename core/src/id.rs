@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
@@ -118,7 +117,8 @@ define_id!(
     ConversationId
 );
 define_id!(
-    /// A message. Always UUIDv7 from [`MessageIdGenerator`], so id order is time order.
+    /// A message. Always UUIDv7 from [`MessageId::following`]: within a conversation, id order
+    /// is `seq` order (and roughly time order).
     MessageId
 );
 
@@ -133,68 +133,55 @@ impl MessageId {
     }
 }
 
-/// Generates UUIDv7 ids that strictly increase within one process, even when the clock stands
-/// still or steps backwards.
-///
-/// Hand-written rather than `Uuid::now_v7()` alone because the guarantee we need is explicit:
-/// every id is strictly greater than the previous one handed out by this generator. When the
-/// clock has not advanced, the previous id is incremented by one in its random bits (the
-/// 74 bits below the timestamp, keeping version and variant intact).
-#[derive(Debug, Default)]
-pub struct MessageIdGenerator {
-    last: Mutex<u128>,
-}
-
-impl MessageIdGenerator {
-    pub const fn new() -> Self {
-        Self {
-            last: Mutex::new(0),
-        }
-    }
-
-    /// The next id, strictly greater than every id this generator returned before.
-    pub fn next(&self) -> MessageId {
-        self.next_after(None)
-    }
-
-    /// The next id, strictly greater than every id this generator returned before and than
-    /// `floor` — the newest id already stored where this one goes, which may come from a
-    /// process whose clock ran ahead (or stepped back across a restart). Stores use it so that
-    /// a conversation's ids keep increasing whatever the clocks do.
-    pub fn next_after(&self, floor: Option<MessageId>) -> MessageId {
+impl MessageId {
+    /// The id of the message that follows `prev` in its conversation:
+    /// `max(now_v7(), prev + δ)`, with δ a random increment of 1 to 2³² in the 74 bits below
+    /// the timestamp (version and variant intact, carrying into the timestamp).
+    ///
+    /// Stores call this with the id of the conversation's newest message, read from the same
+    /// place that decides the message's sequence number (the SQLite writer, the CQL sequencer
+    /// partition), so a conversation's ids strictly increase with its `seq`, whatever the clocks
+    /// of the processes that write it: a process whose clock is behind continues above the
+    /// newest id, one whose clock is ahead only moves the ids forward.
+    ///
+    /// Uniqueness across conversations comes from the random bits: a fresh `now_v7()` id has 74
+    /// of them, and a bumped id is its predecessor (itself random) plus a random δ, so two
+    /// conversations bumping from ids that happen to be equal still diverge. The chance that two
+    /// of a billion ids share a 74-bit value within one millisecond is below 10⁻⁴; within one
+    /// conversation ids never repeat at all, because they strictly increase.
+    ///
+    /// Hand-written rather than `Uuid::now_v7()` alone because the rule it implements (above
+    /// the predecessor, not only above this process's last id) is the product's ordering rule.
+    pub fn following(prev: Option<MessageId>) -> MessageId {
         let candidate = Uuid::now_v7().as_u128();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let at_least = floor.map_or(*last, |f| f.0.as_u128().max(*last));
-        let value = if candidate > at_least {
-            candidate
-        } else {
-            bump_v7(at_least)
+        let Some(prev) = prev else {
+            return MessageId(Uuid::from_u128(candidate));
         };
-        *last = value;
-        MessageId(Uuid::from_u128(value))
+        let prev = prev.0.as_u128();
+        if candidate > prev {
+            return MessageId(Uuid::from_u128(candidate));
+        }
+        let delta = 1 + (Uuid::new_v4().as_u128() & 0xffff_ffff);
+        MessageId(Uuid::from_u128(bump_v7(prev, delta)))
     }
 }
 
-/// Adds one to the "random" part of a v7 UUID, carrying into the timestamp when it overflows.
-/// Layout (RFC 9562): 48 bits ms | 4 bits version | 12 bits rand_a | 2 bits variant | 62 bits rand_b.
-fn bump_v7(v: u128) -> u128 {
-    let ts = v >> 80;
+/// Adds `delta` to the "random" part of a v7 UUID, carrying into the timestamp when it
+/// overflows. Layout (RFC 9562): 48 bits ms | 4 bits version | 12 bits rand_a | 2 bits variant |
+/// 62 bits rand_b. Whatever `v` holds in the version and variant bits, the result is a v7 UUID.
+fn bump_v7(v: u128, delta: u128) -> u128 {
+    let mut ts = v >> 80;
     let rand_a = (v >> 64) & 0xfff;
     let rand_b = v & ((1u128 << 62) - 1);
-    let mut counter = (rand_a << 62) | rand_b; // 74-bit counter
-    let mut ts = ts;
-    counter += 1;
+    let mut counter = ((rand_a << 62) | rand_b) + delta; // 74-bit counter
     if counter >> 74 != 0 {
-        counter = 0;
+        counter &= (1u128 << 74) - 1;
         ts += 1;
     }
     let rand_a = counter >> 62;
     let rand_b = counter & ((1u128 << 62) - 1);
-    (ts << 80) | (0x7u128 << 76) | (rand_a << 64) | (0b10u128 << 62) | rand_b
+    ((ts & 0xffff_ffff_ffff) << 80) | (0x7u128 << 76) | (rand_a << 64) | (0b10u128 << 62) | rand_b
 }
-
-/// The process-wide generator for message ids.
-pub static MESSAGE_IDS: MessageIdGenerator = MessageIdGenerator::new();
 
 #[cfg(test)]
 mod tests {
@@ -217,13 +204,13 @@ mod tests {
     }
 
     #[test]
-    fn generator_is_strictly_monotonic() {
-        let g = MessageIdGenerator::new();
-        let mut prev = g.next();
+    fn following_ids_strictly_increase() {
+        let mut prev = MessageId::following(None);
         for _ in 0..100_000 {
-            let next = g.next();
+            let next = MessageId::following(Some(prev));
             assert!(next > prev, "{next:?} <= {prev:?}");
             assert_eq!(next.as_uuid().get_version_num(), 7);
+            assert_eq!(next.as_uuid().get_variant(), uuid::Variant::RFC4122);
             prev = next;
         }
     }
@@ -235,34 +222,50 @@ mod tests {
             | (0xfffu128 << 64)
             | (0b10u128 << 62)
             | ((1u128 << 62) - 1);
-        let bumped = Uuid::from_u128(bump_v7(max_counter));
+        let bumped = Uuid::from_u128(bump_v7(max_counter, 1));
         assert_eq!(bumped.get_version_num(), 7);
         assert_eq!(bumped.get_variant(), uuid::Variant::RFC4122);
         assert_eq!(bumped.as_u128() >> 80, 0x0123_4567_89ac);
         assert!(bumped.as_u128() > max_counter);
+        let big = Uuid::from_u128(bump_v7(max_counter - 5, 1 << 32));
+        assert!(big.as_u128() > max_counter);
+        assert_eq!(big.get_version_num(), 7);
     }
 
     #[test]
-    fn ids_stay_ahead_of_a_floor_from_a_faster_clock() {
-        let g = MessageIdGenerator::new();
-        // A floor written by a process whose clock was a day ahead.
-        let future = MessageId(Uuid::from_u128(
-            g.next().0.as_u128() + (86_400_000u128 << 80),
-        ));
-        let a = g.next_after(Some(future));
+    fn ids_follow_a_predecessor_from_a_faster_clock() {
+        let now = MessageId::following(None);
+        // The newest id was written by a process whose clock was a day ahead.
+        let future = MessageId(Uuid::from_u128(now.0.as_u128() + (86_400_000u128 << 80)));
+        let a = MessageId::following(Some(future));
         assert!(a > future);
-        assert_eq!(a.as_uuid().get_version_num(), 7);
-        assert!(
-            g.next() > a,
-            "the generator keeps its own order after a bump"
+        assert_eq!(
+            a.timestamp_ms(),
+            future.timestamp_ms(),
+            "a small step above it"
         );
-        let past = g.next();
-        assert!(g.next_after(Some(past)) > past);
+        // A predecessor from a slower clock: the id comes from this clock.
+        let past = MessageId(Uuid::from_u128(now.0.as_u128() - (10_000u128 << 80)));
+        let b = MessageId::following(Some(past));
+        assert!(b.timestamp_ms() >= now.timestamp_ms());
+    }
+
+    #[test]
+    fn bumps_from_one_predecessor_diverge() {
+        // Two conversations whose newest ids are equal (or two writers racing from one head):
+        // the random step makes their next ids differ.
+        let future = MessageId(Uuid::from_u128(
+            MessageId::following(None).0.as_u128() + (60_000u128 << 80),
+        ));
+        let ids: std::collections::HashSet<MessageId> = (0..1000)
+            .map(|_| MessageId::following(Some(future)))
+            .collect();
+        assert!(ids.len() >= 999, "{} distinct of 1000", ids.len());
     }
 
     #[test]
     fn timestamp_is_readable() {
-        let id = MESSAGE_IDS.next();
+        let id = MessageId::following(None);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

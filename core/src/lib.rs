@@ -4,7 +4,7 @@
 //! no clocks other than "now" passed in or read once.
 //!
 //! Modules:
-//! - [`id`]: typed UUID identifiers, and the monotonic UUIDv7 generator for message ids.
+//! - [`id`]: typed UUID identifiers, and the rule that gives a message its UUIDv7 id after its predecessor.
 //! - [`model`]: domain types (projects, API keys, end users, conversations, messages, reads).
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close

@@ -457,6 +457,12 @@ impl fmt::Display for Actor {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub id: MessageId,
+    /// Position in the conversation: 1, 2, 3, … without gaps, in id order. Assigned at commit
+    /// together with the id; a client that has every `seq` up to n has every message up to n
+    /// (the contiguous resume cursor, protocol §7). `0` only for a message written before the
+    /// conversation had sequence numbers and never numbered since (see the migration notes).
+    #[serde(default)]
+    pub seq: u64,
     pub project_id: ProjectId,
     pub conversation_id: ConversationId,
     pub sender: Actor,
@@ -468,8 +474,8 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-/// A message to append. The store assigns `id` and `created_at` at commit, so that id order is
-/// commit order within a conversation.
+/// A message to append. The store assigns `id`, `seq` and `created_at` at commit, so that id
+/// order is `seq` order within a conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub project_id: ProjectId,

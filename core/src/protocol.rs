@@ -363,14 +363,14 @@ impl SharedFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::MESSAGE_IDS;
     use crate::model::ActorKind;
     use proptest::prelude::*;
     use serde_json::json;
 
     fn sample_message(text: String) -> Message {
         Message {
-            id: MESSAGE_IDS.next(),
+            id: MessageId::following(None),
+            seq: 1,
             project_id: ProjectId::new_v7(),
             conversation_id: ConversationId::new_v7(),
             sender: Actor {

@@ -199,7 +199,23 @@ const VISITOR_AUD_PREFIX: &str = "larachat:visitor:";
 /// Lifetime of a visitor token.
 const VISITOR_TOKEN_TTL: chrono::Duration = chrono::Duration::days(180);
 
+/// The answer of a key re-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// The store says the key works.
+    Usable,
+    /// The store says revoked, expired or unknown: refuse it.
+    Refused,
+    /// The store could not be asked (outage): no verdict either way.
+    Unknown,
+}
+
 /// Verifies credentials, with caches for keys and projects.
+///
+/// A credential is refused (401, close 4001) only on a definite answer: a malformed or forged
+/// token, or the store saying revoked, expired or unknown. When the store cannot be reached the
+/// answer is `unavailable` (HTTP 503 with `Retry-After`, close 4102): retrying helps, a new
+/// credential would not.
 pub struct Authenticator {
     store: Arc<dyn Store>,
     pepper: Vec<u8>,
@@ -554,10 +570,19 @@ impl Authenticator {
         });
     }
 
-    /// Re-checks that a key is still usable (revocation, expiry). Used by long-lived
-    /// connections.
-    pub async fn key_still_valid(&self, key_id: ApiKeyId) -> bool {
-        matches!(self.key(key_id).await, Ok(Some(k)) if k.is_usable_at(model::now()))
+    /// Re-checks that a key is still usable (revocation, expiry), for long-lived connections.
+    /// Only a definite answer refuses it: a store that cannot be reached says nothing about the
+    /// key, so the connection goes on (it was authenticated; revocations still arrive as
+    /// control notices, and the next check that reaches the store decides).
+    pub async fn key_status(&self, key_id: ApiKeyId) -> KeyStatus {
+        match self.key(key_id).await {
+            Ok(Some(k)) if k.is_usable_at(model::now()) => KeyStatus::Usable,
+            Ok(_) => KeyStatus::Refused,
+            Err(e) => {
+                tracing::debug!(error = %e.message, "key re-check could not reach the store");
+                KeyStatus::Unknown
+            }
+        }
     }
 
     async fn key(&self, id: ApiKeyId) -> Result<Option<Arc<ApiKeyRecord>>, ApiError> {

@@ -121,18 +121,32 @@ impl Gateway {
     }
 }
 
-/// Closes a project's connections if the project is no longer active.
+/// Closes a project's connections if the project is no longer active. Only the store's answer
+/// closes them: while it cannot be reached the check is retried (with back-off, until the
+/// gateway stops), never taken as "the project is gone".
 async fn check_project(gw: &Gateway, event: &ControlEvent) {
     let ControlEvent::ProjectChanged { project_id } = *event else {
         return;
     };
-    if let Err(e) = gw.auth().require_active_project(project_id).await {
-        let code = if e.code == ErrorCode::ProjectSuspended {
-            ErrorCode::ProjectSuspended
-        } else {
-            ErrorCode::Unauthorized
+    let shutdown = gw.shutdown_token().clone();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let code = match gw.auth().require_active_project(project_id).await {
+            Ok(_) => return,
+            Err(e) if e.code == ErrorCode::ProjectSuspended => ErrorCode::ProjectSuspended,
+            Err(e) if e.code == ErrorCode::Unauthorized => ErrorCode::Unauthorized,
+            Err(e) => {
+                tracing::debug!(%project_id, error = %e.message, "project check postponed: store unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
         };
         let closed = gw.connections().kick_project(project_id, code);
         tracing::info!(%project_id, closed, "project no longer active");
+        return;
     }
 }

@@ -57,12 +57,14 @@ use larachat_core::{ApiError, ErrorCode};
 use larachat_store::MessageRange;
 
 use crate::Gateway;
-use crate::auth::Principal;
+use crate::auth::{KeyStatus, Principal};
 use crate::service::SendInput;
 use crate::socket::{Message, Socket, Upgrade, WsError};
 
 /// Messages replayed per store query during resume.
 const REPLAY_PAGE: u32 = 200;
+/// The heartbeat's key re-check waits at most this long for the store (then: no verdict).
+const KEY_RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A socket write that takes longer than this means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests of one connection in progress at once (`send`, `typing`, `ping`, and errors
@@ -898,12 +900,16 @@ impl Connection {
             }
             // Keys can expire (or their revocation notice can be lost) while a socket is
             // open: re-check on every heartbeat (a cached lookup), beside the connection's
-            // work.
+            // work, so a store that hangs delays neither events nor the peer's pongs.
             if let (Some(key), None) = (s.who.key_id(), &s.recheck) {
                 let gw = self.gw.clone();
-                s.recheck = Some(Box::pin(
-                    async move { !gw.auth().key_still_valid(key).await },
-                ));
+                s.recheck = Some(Box::pin(async move {
+                    // Only the store's answer closes the socket; an outage (or a store that
+                    // does not answer in time) is no verdict.
+                    tokio::time::timeout(KEY_RECHECK_TIMEOUT, gw.auth().key_status(key))
+                        .await
+                        .is_ok_and(|status| status == KeyStatus::Refused)
+                }));
             }
             self.sock.push_ping();
             s.next_heartbeat = now + heartbeat;

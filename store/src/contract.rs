@@ -65,8 +65,22 @@ macro_rules! for_each_store_check {
             messages_concurrent_idempotency,
             messages_paging,
             messages_concurrent_appends,
+            messages_seq,
             read_state,
             tenant_isolation,
+        );
+    };
+}
+
+/// Like [`for_each_store_check!`], for the checks that take TWO stores on the same data (two
+/// processes: two SQLite handles on one file, two CQL sessions on one keyspace). Each backend's
+/// test file opens both and calls every check.
+#[macro_export]
+macro_rules! for_each_two_store_check {
+    ($m:ident) => {
+        $m!(
+            two_processes_race_one_client_msg_id,
+            two_processes_append_concurrently,
         );
     };
 }
@@ -1404,6 +1418,11 @@ pub async fn messages_concurrent_appends(store: &TestStore) {
         .list_messages(project.id, conv.id, MessageRange::Latest, 1000)
         .await
         .expect("list");
+    assert_eq!(
+        ids(&page.items, |x| x.seq),
+        (1..=200).collect::<Vec<u64>>(),
+        "seq is 1..=200 in id order, without gaps"
+    );
     let stored: Vec<MessageId> = ids(&page.items, |x| x.id);
     assert_eq!(
         stored,
@@ -1419,6 +1438,155 @@ pub async fn messages_concurrent_appends(store: &TestStore) {
         c.last_message_id,
         all.last().copied(),
         "last_message_id is the newest"
+    );
+}
+
+/// Every conversation numbers its messages 1, 2, 3, … in id order; a retry takes no number;
+/// the number reads back everywhere a message does.
+pub async fn messages_seq(store: &TestStore) {
+    let project = new_project(store).await;
+    let a = new_conversation(store, project.id, &[]).await;
+    let b = new_conversation(store, project.id, &[]).await;
+    let mut sent = Vec::new();
+    for i in 0..6u64 {
+        let conv = if i % 2 == 0 { &a } else { &b };
+        let cid = unique("seq");
+        let first = store
+            .append_message(&new_message(conv, &format!("{i}"), Some(&cid)))
+            .await
+            .expect("append");
+        assert_eq!(
+            first.message.seq,
+            i / 2 + 1,
+            "each conversation counts on its own"
+        );
+        let retry = store
+            .append_message(&new_message(conv, &format!("{i}"), Some(&cid)))
+            .await
+            .expect("retry");
+        assert_eq!(retry.message.seq, first.message.seq, "a retry takes no seq");
+        sent.push(first.message);
+    }
+    for conv in [&a, &b] {
+        let page = store
+            .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+            .await
+            .expect("list");
+        assert_eq!(ids(&page.items, |m| m.seq), vec![1, 2, 3]);
+        assert!(
+            page.items.windows(2).all(|w| w[0].id < w[1].id),
+            "seq order is id order"
+        );
+        let after = store
+            .list_messages(
+                project.id,
+                conv.id,
+                MessageRange::After(page.items[0].id),
+                100,
+            )
+            .await
+            .expect("list after");
+        assert_eq!(ids(&after.items, |m| m.seq), vec![2, 3]);
+    }
+    for m in &sent {
+        let back = store
+            .message(project.id, m.conversation_id, m.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(back.seq, m.seq);
+    }
+}
+
+/// Two processes append the same `client_msg_id` at the same moment, round after round: each
+/// is stored once, both answers name it, and the conversation's numbering has no gap.
+pub async fn two_processes_race_one_client_msg_id(a: &TestStore, b: &TestStore) {
+    const ROUNDS: usize = 40;
+    let project = new_project(a).await;
+    let conv = new_conversation(a, project.id, &[]).await;
+    for round in 0..ROUNDS {
+        let cid = format!("race-{round}");
+        let mut tasks = JoinSet::new();
+        for (i, store) in [a, b, a, b].into_iter().enumerate() {
+            let store = store.clone();
+            let m = new_message(&conv, &format!("{round} from {i}"), Some(&cid));
+            tasks.spawn(async move { store.append_message(&m).await });
+        }
+        let mut answers = HashSet::new();
+        let mut creations = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let appended = joined.expect("task").expect("append");
+            creations += usize::from(appended.created);
+            answers.insert((appended.message.id, appended.message.seq));
+        }
+        assert_eq!(creations, 1, "round {round}: created once");
+        assert_eq!(
+            answers.len(),
+            1,
+            "round {round}: every answer is the original"
+        );
+    }
+    let page = a
+        .list_messages(project.id, conv.id, MessageRange::Latest, 1000)
+        .await
+        .expect("list");
+    assert_eq!(
+        page.items.len(),
+        ROUNDS,
+        "one stored message per client_msg_id"
+    );
+    assert_eq!(
+        ids(&page.items, |m| m.seq),
+        (1..=ROUNDS as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let cids: HashSet<Option<String>> =
+        page.items.iter().map(|m| m.client_msg_id.clone()).collect();
+    assert_eq!(cids.len(), ROUNDS);
+}
+
+/// Two processes, ten senders each, append into one conversation: every append is stored with
+/// a distinct id, seq is gapless in id order, each sender's messages keep its order.
+pub async fn two_processes_append_concurrently(a: &TestStore, b: &TestStore) {
+    let project = new_project(a).await;
+    let conv = new_conversation(a, project.id, &[]).await;
+    let mut tasks = JoinSet::new();
+    for t in 0..20 {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let conv = conv.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..10 {
+                let m = new_message(&conv, &format!("{t}/{i}"), Some(&format!("{t}-{i}")));
+                let appended = store.append_message(&m).await.expect("append");
+                assert!(appended.created);
+                mine.push(appended.message);
+            }
+            mine
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let mine = joined.expect("task");
+        assert!(
+            mine.windows(2).all(|w| w[0].id < w[1].id),
+            "a sender's messages are in its order"
+        );
+        acked.extend(mine);
+    }
+    acked.sort_by_key(|m| m.id);
+    let page = b
+        .list_messages(project.id, conv.id, MessageRange::Latest, 1000)
+        .await
+        .expect("list");
+    assert_eq!(
+        page.items, acked,
+        "every acknowledged message stored as returned"
+    );
+    assert_eq!(
+        ids(&page.items, |m| m.seq),
+        (1..=200).collect::<Vec<u64>>(),
+        "gapless in id order"
     );
 }
 

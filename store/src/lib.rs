@@ -11,14 +11,19 @@
 //! - `scylla` (cargo feature `scylla`, off by default): `ScyllaStore`, the distributed backend
 //!   on ScyllaDB / Apache Cassandra (bucketed partitions keyed by project, numbered CQL
 //!   migrations); its submodules are private: `schema` (the migrations), `codec` (rows, values
-//!   and driver errors);
-//! - [`contract`]: the generic contract suite that every backend must pass;
+//!   and driver errors), `sequencer` (the lightweight transaction that commits a message's
+//!   `seq` and id and fences its `client_msg_id`; hole repair on read). Cargo feature
+//!   `fault-injection` (tests only) adds hooks that stop an append where a crash would;
+//! - [`contract`]: the generic contract suite that every backend must pass (also with two
+//!   store handles on the same data, as two processes);
 //!   `tests/sqlite_contract.rs` runs it on SQLite, `tests/scylla_contract.rs` on Cassandra
 //!   (`deploy/cassandra.sh start`).
 //!
 //! Conventions every backend follows: timestamps are kept to the millisecond (build them with
 //! `model::now()`); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
-//! order is creation order).
+//! order is creation order); a conversation's messages carry `seq` 1, 2, 3, … in id order,
+//! and no listing ever skips one (a backend that can see a claimed-but-unwritten message
+//! repairs it before answering).
 //!
 //! Tenancy: every method that touches tenant data takes the `ProjectId` first and only ever
 //! returns rows of that project; a row of another project is indistinguishable from a missing
@@ -240,14 +245,19 @@ pub trait Store: Send + Sync + 'static {
     // --- messages ----------------------------------------------------------------------------
 
     /// Appends a message, durably, before returning. Idempotent on
-    /// `(conversation, client_msg_id)`: a repeat returns the original with `created: false`.
-    /// The store assigns `id` (UUIDv7, greater than every id already in the conversation) and
+    /// `(conversation, client_msg_id)`, also across processes sharing the data: a repeat
+    /// returns the original with `created: false` (for at least the backend's idempotency
+    /// window: forever in SQLite, 7 days in CQL). The store assigns `seq` (the conversation's
+    /// previous one + 1), `id` (UUIDv7, [`MessageId::following`] the previous message's, so
+    /// greater than every id already in the conversation whatever the clocks) and
     /// `created_at`, and updates the conversation's `last_message_id`.
     /// `NotFound("conversation")` if the conversation is not in the project.
     async fn append_message(&self, message: &NewMessage) -> StoreResult<Appended>;
-    /// Messages of a conversation, always in ascending id order; `limit` is clamped to
-    /// `1..=1000`. `has_more` is exact in the direction of travel: older messages exist for
+    /// Messages of a conversation, always in ascending id (= `seq`) order; `limit` is clamped
+    /// to `1..=1000`. `has_more` is exact in the direction of travel: older messages exist for
     /// `Latest` and `Before`, newer ones for `After`. An unknown conversation is an empty page.
+    /// Between two returned messages, and between `After(id)` of a stored message and the
+    /// first returned one, no `seq` is missing.
     async fn list_messages(
         &self,
         project: ProjectId,

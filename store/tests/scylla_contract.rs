@@ -16,7 +16,7 @@ use larachat_core::model::{
     ProjectStatus,
 };
 use larachat_store::contract::{self, TestStore};
-use larachat_store::{MessageRange, ScyllaConfig, ScyllaStore, Store};
+use larachat_store::{MessageRange, ScyllaConfig, ScyllaStore, Store, StoreError};
 use serde_json::json;
 
 /// The keyspace of this test run.
@@ -80,6 +80,23 @@ macro_rules! contract_tests {
 }
 
 larachat_store::for_each_store_check!(contract_tests);
+
+macro_rules! two_store_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            /// Two stores with their own sessions (and in-process locks and caches) on one
+            /// keyspace: two gateway processes.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let a = open_store().await;
+                let b = open_store().await;
+                contract::$check(&a, &b).await;
+            }
+        )*
+    };
+}
+
+larachat_store::for_each_two_store_check!(two_store_tests);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_twice_is_idempotent() {
@@ -206,4 +223,350 @@ async fn messages_span_buckets() {
 async fn run_all_on_one_store() {
     let store = open_store().await;
     contract::run_all(&store).await;
+}
+
+/// Appends through `store` after telling it to stop right after its claim, as a writer that
+/// dies between its claim and its message row would.
+async fn crash(store: &ScyllaStore, p: ProjectId, c: ConversationId, text: &str, cmid: &str) {
+    store.crash_after_next_claims(1);
+    let e = store.append_message(&msg(p, c, text, Some(cmid))).await;
+    assert!(matches!(e, Err(StoreError::Unavailable(_))), "{e:?}");
+}
+
+/// A project and an empty conversation, for the sequencer tests.
+async fn fixture(store: &ScyllaStore) -> (ProjectId, ConversationId) {
+    let admin = AdminUser {
+        id: AdminUserId::new_v7(),
+        email: format!("{}@example.com", uuid::Uuid::new_v4().simple()),
+        password_hash: "h".into(),
+        created_at: model::now(),
+    };
+    store.create_admin_user(&admin).await.expect("admin");
+    let t = model::now();
+    let project = Project {
+        id: ProjectId::new_v7(),
+        name: "sequencer".into(),
+        owner_id: admin.id,
+        plan: Plan::Free,
+        status: ProjectStatus::Active,
+        settings: json!({}),
+        created_at: t,
+        updated_at: t,
+    };
+    store.create_project(&project).await.expect("project");
+    let conv = Conversation {
+        id: ConversationId::new_v7(),
+        project_id: project.id,
+        subject: None,
+        status: ConversationStatus::Open,
+        members: vec![],
+        metadata: json!({}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+    };
+    store
+        .create_conversation(&conv)
+        .await
+        .expect("conversation");
+    (project.id, conv.id)
+}
+
+fn msg(p: ProjectId, c: ConversationId, text: &str, cmid: Option<&str>) -> NewMessage {
+    NewMessage {
+        project_id: p,
+        conversation_id: c,
+        sender: Actor {
+            kind: larachat_core::model::ActorKind::Agent,
+            id: "writer".into(),
+            name: Some("W".into()),
+        },
+        text: text.into(),
+        metadata: json!({"text": text}),
+        client_msg_id: cmid.map(str::to_owned),
+    }
+}
+
+async fn seqs_and_texts(
+    store: &ScyllaStore,
+    p: ProjectId,
+    c: ConversationId,
+    range: MessageRange,
+) -> Vec<(u64, String)> {
+    store
+        .list_messages(p, c, range, 100)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|m| (m.seq, m.text))
+        .collect()
+}
+
+/// A writer that dies after claiming its seq (before writing the message row) leaves a hole;
+/// the next reader repairs it, in order and with the content that was sent — in the middle of
+/// a page, right after a resume cursor, and through a retry of the same `client_msg_id` on
+/// another process. A hole at the tail is left alone until a newer message exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holes_left_by_crashed_writers_are_repaired() {
+    let a = connect_with(config()).await;
+    let b = connect_with(config()).await;
+    let (p, c) = fixture(&b).await;
+    let one = b
+        .append_message(&msg(p, c, "one", Some("c1")))
+        .await
+        .unwrap();
+    crash(&a, p, c, "two", "c2").await;
+    let three = b
+        .append_message(&msg(p, c, "three", Some("c3")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (one.message.seq, three.message.seq),
+        (1, 3),
+        "seq 2 is claimed"
+    );
+    // Repaired in the middle of a page, with what was sent.
+    assert_eq!(
+        seqs_and_texts(&b, p, c, MessageRange::Latest).await,
+        vec![(1, "one".into()), (2, "two".into()), (3, "three".into())]
+    );
+    let two = b
+        .list_messages(p, c, MessageRange::After(one.message.id), 1)
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(two.seq, 2);
+    assert_eq!(two.client_msg_id.as_deref(), Some("c2"));
+    assert_eq!(two.metadata, json!({"text": "two"}));
+    assert!(one.message.id < two.id && two.id < three.message.id);
+    assert_eq!(
+        b.message(p, c, two.id).await.unwrap(),
+        Some(two.clone()),
+        "now stored"
+    );
+
+    // A hole right after the resume cursor.
+    crash(&a, p, c, "four", "c4").await;
+    let five = a.append_message(&msg(p, c, "five", None)).await.unwrap();
+    assert_eq!(five.message.seq, 5);
+    assert_eq!(
+        seqs_and_texts(&b, p, c, MessageRange::After(three.message.id)).await,
+        vec![(4, "four".into()), (5, "five".into())]
+    );
+
+    // A retry of the crashed send, on the other process, returns the claimed message.
+    crash(&a, p, c, "six", "c6").await;
+    let retry = b
+        .append_message(&msg(p, c, "six (retried)", Some("c6")))
+        .await
+        .unwrap();
+    assert!(!retry.created);
+    assert_eq!((retry.message.seq, retry.message.text.as_str()), (6, "six"));
+
+    // A tail hole: nothing newer is visible, nothing to repair yet.
+    crash(&a, p, c, "seven", "c7").await;
+    let listed = seqs_and_texts(&b, p, c, MessageRange::Latest).await;
+    assert_eq!(listed.last().map(|x| x.0), Some(6), "{listed:?}");
+    let eight = b.append_message(&msg(p, c, "eight", None)).await.unwrap();
+    assert_eq!(eight.message.seq, 8);
+    let listed = seqs_and_texts(&a, p, c, MessageRange::Latest).await;
+    assert_eq!(
+        listed.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
+        "gapless once repaired: {listed:?}"
+    );
+    assert_eq!(listed[6].1, "seven");
+    let c7 = b
+        .append_message(&msg(p, c, "seven", Some("c7")))
+        .await
+        .unwrap();
+    assert!(
+        !c7.created,
+        "the repaired message is the original of its client_msg_id"
+    );
+}
+
+/// A keyspace written by schema 1 (messages without `seq`, `client_msg_id`s in
+/// `message_client_ids`) is numbered by `migrate`: in id order, per conversation; old
+/// `client_msg_id`s are still recognised; appends continue the numbering. A conversation a
+/// schema-1 process writes after the migration is numbered by its first append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_1_keyspace_is_numbered_by_migrate() {
+    let mut cfg = config();
+    cfg.keyspace = format!("lc_upgrade_{}", uuid::Uuid::new_v4().simple());
+    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store.migrate_to(1).await.expect("schema 1");
+    }
+    let raw = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(contact_point())
+        .build()
+        .await
+        .expect("raw session");
+    raw.use_keyspace(cfg.keyspace.clone(), false)
+        .await
+        .expect("keyspace");
+    let listing = |id: &uuid::Uuid| bucket(id, cfg.listing_bucket);
+    let messages = |id: &uuid::Uuid| bucket(id, cfg.message_bucket);
+
+    // What schema-1 code wrote for a project with two conversations.
+    let project = uuid::Uuid::now_v7();
+    let t = scylla::value::CqlTimestamp(model::now().timestamp_millis());
+    raw.query_unpaged(
+        "INSERT INTO projects (id, name, owner_id, plan, status, settings, created_at, updated_at) \
+         VALUES (?, 'old', ?, 'free', 'active', '{}', ?, ?)",
+        (project, uuid::Uuid::now_v7(), t, t),
+    )
+    .await
+    .unwrap();
+    raw.query_unpaged(
+        "INSERT INTO project_buckets (scope, bucket) VALUES (0, ?)",
+        (listing(&project),),
+    )
+    .await
+    .unwrap();
+    raw.query_unpaged(
+        "INSERT INTO projects_by_bucket (bucket, id) VALUES (?, ?)",
+        (listing(&project), project),
+    )
+    .await
+    .unwrap();
+    let write_conversation = |conv: uuid::Uuid, n: usize| {
+        let raw = &raw;
+        async move {
+            for cql in [
+                "INSERT INTO conversations (project_id, id, status, members, metadata, created_at, \
+                 updated_at) VALUES (?, ?, 'open', {}, '{}', ?, ?)",
+            ] {
+                raw.query_unpaged(cql, (project, conv, t, t)).await.unwrap();
+            }
+            raw.query_unpaged(
+                "INSERT INTO conversation_buckets (project_id, bucket) VALUES (?, ?)",
+                (project, listing(&conv)),
+            )
+            .await
+            .unwrap();
+            raw.query_unpaged(
+                "INSERT INTO conversations_by_project (project_id, bucket, id) VALUES (?, ?, ?)",
+                (project, listing(&conv), conv),
+            )
+            .await
+            .unwrap();
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let id = uuid::Uuid::now_v7();
+                std::thread::sleep(Duration::from_millis(2));
+                raw.query_unpaged(
+                    "INSERT INTO messages (project_id, conversation_id, bucket, id, sender_kind, \
+                     sender_id, text, metadata, client_msg_id, created_at) \
+                     VALUES (?, ?, ?, ?, 'agent', 'writer', ?, '{}', ?, ?)",
+                    (
+                        project,
+                        conv,
+                        messages(&id),
+                        id,
+                        format!("old {i}"),
+                        format!("old-{i}"),
+                        t,
+                    ),
+                )
+                .await
+                .unwrap();
+                raw.query_unpaged(
+                    "INSERT INTO message_buckets (project_id, conversation_id, bucket) \
+                     VALUES (?, ?, ?)",
+                    (project, conv, messages(&id)),
+                )
+                .await
+                .unwrap();
+                raw.query_unpaged(
+                    "INSERT INTO message_client_ids (project_id, conversation_id, client_msg_id, \
+                     message_id) VALUES (?, ?, ?, ?)",
+                    (project, conv, format!("old-{i}"), id),
+                )
+                .await
+                .unwrap();
+                ids.push(id);
+            }
+            ids
+        }
+    };
+    let c1 = uuid::Uuid::now_v7();
+    let c2 = uuid::Uuid::now_v7();
+    let ids1 = write_conversation(c1, 5).await;
+    let ids2 = write_conversation(c2, 3).await;
+
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the current schema");
+        store.migrate().await.expect("again: nothing to do");
+    }
+    let p = ProjectId::from_uuid(project);
+    for (c, ids) in [(c1, &ids1), (c2, &ids2)] {
+        let c = ConversationId::from_uuid(c);
+        let page = store
+            .list_messages(p, c, MessageRange::Latest, 100)
+            .await
+            .expect("list");
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|m| (*m.id.as_uuid(), m.seq))
+                .collect::<Vec<_>>(),
+            ids.iter().copied().zip(1..).collect::<Vec<_>>(),
+            "numbered in id order"
+        );
+        let retry = store
+            .append_message(&msg(p, c, "old 1 again", Some("old-1")))
+            .await
+            .expect("retry");
+        assert!(
+            !retry.created,
+            "a schema-1 client_msg_id is still recognised"
+        );
+        assert_eq!(
+            (*retry.message.id.as_uuid(), retry.message.seq),
+            (ids[1], 2)
+        );
+        let next = store
+            .append_message(&msg(p, c, "new", Some("new-1")))
+            .await
+            .expect("append");
+        assert_eq!(next.message.seq, ids.len() as u64 + 1);
+        assert!(*next.message.id.as_uuid() > *ids.last().unwrap());
+    }
+
+    // A schema-1 process wrote one more conversation after the migration.
+    let c3 = uuid::Uuid::now_v7();
+    let ids3 = write_conversation(c3, 4).await;
+    let c3 = ConversationId::from_uuid(c3);
+    let next = store
+        .append_message(&msg(p, c3, "first of schema 2", None))
+        .await
+        .expect("append");
+    assert_eq!(next.message.seq, 5);
+    let seqs: Vec<(uuid::Uuid, u64)> = store
+        .list_messages(p, c3, MessageRange::Latest, 100)
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|m| (*m.id.as_uuid(), m.seq))
+        .collect();
+    let mut expected: Vec<(uuid::Uuid, u64)> = ids3.iter().copied().zip(1..).collect();
+    expected.push((*next.message.id.as_uuid(), 5));
+    assert_eq!(seqs, expected);
+}
+
+/// The bucket of an id, as `ScyllaStore` computes it (ms of the UUIDv7 / width).
+fn bucket(id: &uuid::Uuid, width: Duration) -> i64 {
+    let b = id.as_bytes();
+    let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    (ms / width.as_millis() as u64) as i64
 }

@@ -41,6 +41,23 @@ macro_rules! contract_tests {
 
 larachat_store::for_each_store_check!(contract_tests);
 
+macro_rules! two_store_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            /// Two handles on one database file: two processes of a single node sharing it.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let a: TestStore = Arc::new(SqliteStore::open(config(&dir)).expect("open a"));
+                let b: TestStore = Arc::new(SqliteStore::open(config(&dir)).expect("open b"));
+                contract::$check(&a, &b).await;
+            }
+        )*
+    };
+}
+
+larachat_store::for_each_two_store_check!(two_store_tests);
+
 /// All checks on one shared store, as a shared Cassandra keyspace would run them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_store() {
@@ -223,6 +240,117 @@ async fn migrations_are_idempotent_on_reopen() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .expect("mode");
     assert_eq!(mode, "wal");
+}
+
+/// A database written by schema 1 (messages without `seq`) is numbered by the migration to
+/// schema 2: in id order, per conversation, and appends continue the numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_1_data_is_numbered_by_the_migration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config(&dir).path;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let project = ProjectId::new_v7();
+    let convs = [ConversationId::new_v7(), ConversationId::new_v7()];
+    // Ids as schema 1 wrote them: UUIDv7, inserted out of order on purpose.
+    let mut ids: Vec<uuid::Uuid> = (0..7).map(|_| uuid::Uuid::now_v7()).collect();
+    ids.sort();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open raw");
+        conn.execute_batch(include_str!("../src/sqlite/migrations/0001_initial.sql"))
+            .expect("schema 1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO projects VALUES (?1, 'p', ?2, 'free', 'active', '{}', 0, 0)",
+            (
+                project.as_uuid().as_bytes(),
+                uuid::Uuid::now_v7().as_bytes(),
+            ),
+        )
+        .expect("project");
+        for c in &convs {
+            conn.execute(
+                "INSERT INTO conversations VALUES (?1, ?2, NULL, 'open', '{}', 0, 0, NULL)",
+                (project.as_uuid().as_bytes(), c.as_uuid().as_bytes()),
+            )
+            .expect("conversation");
+        }
+        for (i, id) in ids.iter().enumerate().rev() {
+            conn.execute(
+                "INSERT INTO messages VALUES (?1, ?2, ?3, 'agent', 'a', NULL, ?4, '{}', ?5, 0)",
+                (
+                    project.as_uuid().as_bytes(),
+                    convs[i % 2].as_uuid().as_bytes(),
+                    id.as_bytes(),
+                    format!("m{i}"),
+                    format!("cmid-{i}"),
+                ),
+            )
+            .expect("message");
+        }
+        conn.execute(
+            "UPDATE conversations SET last_message_id = (SELECT max(id) FROM messages m \
+             WHERE m.conversation_id = conversations.id)",
+            [],
+        )
+        .expect("heads");
+    }
+    let store = SqliteStore::open(config(&dir)).expect("open migrates");
+    for (k, c) in convs.iter().enumerate() {
+        let page = store
+            .list_messages(project, *c, MessageRange::Latest, 100)
+            .await
+            .expect("list");
+        let expected: Vec<uuid::Uuid> = (0..7).filter(|i| i % 2 == k).map(|i| ids[i]).collect();
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|m| *m.id.as_uuid())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let seqs: Vec<u64> = page.items.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=expected.len() as u64).collect::<Vec<_>>(),
+            "numbered in id order"
+        );
+        // An old client_msg_id is still recognised; a new message continues the numbering.
+        let retry = store
+            .append_message(&NewMessage {
+                project_id: project,
+                conversation_id: *c,
+                sender: Actor {
+                    kind: ActorKind::Agent,
+                    id: "a".into(),
+                    name: None,
+                },
+                text: "again".into(),
+                metadata: json!({}),
+                client_msg_id: Some(format!("cmid-{k}")),
+            })
+            .await
+            .expect("retry");
+        assert!(!retry.created);
+        assert_eq!(retry.message.seq, 1);
+        let next = store
+            .append_message(&NewMessage {
+                project_id: project,
+                conversation_id: *c,
+                sender: Actor {
+                    kind: ActorKind::Agent,
+                    id: "a".into(),
+                    name: None,
+                },
+                text: "new".into(),
+                metadata: json!({}),
+                client_msg_id: None,
+            })
+            .await
+            .expect("append");
+        assert_eq!(next.message.seq, expected.len() as u64 + 1);
+        assert!(next.message.id > page.items.last().unwrap().id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

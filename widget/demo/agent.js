@@ -7,7 +7,7 @@
   'use strict';
 
   /** @typedef {{type: string, id: string, name?: string | null}} Actor */
-  /** @typedef {{id: string, conversation_id: string, sender: Actor, text: string, client_msg_id?: string | null, created_at: string}} Message */
+  /** @typedef {{id: string, seq?: number, conversation_id: string, sender: Actor, text: string, client_msg_id?: string | null, created_at: string}} Message */
   /**
    * @typedef {{id: string, subject?: string | null, status: string, members: string[], created_at: string,
    *   updated_at: string, last_message_id?: string | null}} Conversation
@@ -358,13 +358,28 @@
     return true;
   }
 
+  /**
+   * The contiguous resume cursor (docs/protocol.md §7): the newest message below which every
+   * `seq` since the first one shown is held. Resuming after it misses nothing, even a message
+   * that arrived out of order; resuming after the newest one could.
+   */
+  function cursorId() {
+    /** @type {Row | undefined} */
+    let cur;
+    for (const r of rows) {
+      if (!r.id || !r.m) continue;
+      const seq = Number(r.m.seq);
+      if (!cur || !cur.m) cur = r;
+      else if (seq === Number(cur.m.seq) + 1) cur = r;
+      else if (seq > Number(cur.m.seq) + 1) break;
+    }
+    // Nothing shown yet: from the conversation's start.
+    return cur && cur.id ? cur.id : '00000000-0000-0000-0000-000000000000';
+  }
+
   function subscribe() {
     if (!openId || !authed) return;
-    const newest = newestRow();
-    /** @type {Record<string, unknown>} */
-    const f = { type: 'subscribe', id: ++reqSeq, conversation_id: openId };
-    if (newest && newest.id) f.after = newest.id;
-    sendFrame(f);
+    sendFrame({ type: 'subscribe', id: ++reqSeq, conversation_id: openId, after: cursorId() });
   }
 
   async function connect() {

@@ -5,8 +5,9 @@
 
   /** @typedef {{type: string, id: string, name?: string | null}} Actor */
   /**
-   * @typedef {{id: string, project_id?: string, conversation_id: string, sender: Actor, text: string,
-   *   metadata?: Record<string, unknown>, client_msg_id?: string | null, created_at: string}} Message
+   * @typedef {{id: string, seq?: number, project_id?: string, conversation_id: string, sender: Actor,
+   *   text: string, metadata?: Record<string, unknown>, client_msg_id?: string | null,
+   *   created_at: string}} Message
    */
   /** @typedef {{id: string, status?: string, last_message_id?: string | null}} Conversation */
   /**
@@ -191,6 +192,20 @@
   const outbox = [];
   /** In-flight `send` requests of the current socket. @type {Map<number, Rec>} */
   const reqs = new Map();
+  /**
+   * Protocol §7, the contiguous resume cursor: the id and `seq` of the newest message held
+   * such that every message after the first one held is held too. Resuming from it misses
+   * nothing, whatever the gateways' clocks.
+   */
+  let cursorId = '';
+  const NIL_ID = '00000000-0000-0000-0000-000000000000';
+  let cursorSeq = 0;
+  /** Messages held above the cursor (waiting for the gap below them to fill): seq → id. @type {Map<number, string>} */
+  const ahead = new Map();
+  /** When the cursor was first seen stuck behind a held message (0: not stuck). */
+  let gapSince = 0;
+  /** Whether the pending subscribe carries `after` (its `subscribed` then ends a complete replay). */
+  let subResumes = false;
   let seq = 0;
   let posting = false;
   let hasMore = false;
@@ -1002,6 +1017,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       m,
     });
     byId.set(m.id, rec);
+    held(m);
     const stick = nearBottom();
     place(rec);
     if (live) {
@@ -1047,6 +1063,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       rec.m = m;
       rec.ts = Date.parse(m.created_at) || rec.ts;
       byId.set(m.id, rec);
+      held(m);
       if (rec.cmid) byCmid.delete(rec.cmid);
       place(rec);
     }
@@ -1088,28 +1105,6 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     if (ui) ui.input.focus();
   }
 
-  function newestId() {
-    for (let i = recs.length - 1; i >= 0; i--) {
-      const id = recs[i].id;
-      if (id) return id;
-    }
-    return '';
-  }
-
-  /**
-   * Protocol §5: resume a little before the newest id held — a UUIDv7 whose timestamp is 5 s
-   * older, random bits zero — because a message with a slightly smaller id may still have been
-   * in flight (several gateways, concurrent senders). Replays of messages already held are
-   * dropped by id.
-   * @param {string} id
-   */
-  function resumeWindow(id) {
-    const hex = id.replace(/-/g, '');
-    const ms = Math.max(0, parseInt(hex.slice(0, 12), 16) - 5000);
-    const t = ms.toString(16).padStart(12, '0');
-    return `${t.slice(0, 8)}-${t.slice(8, 12)}-7000-8000-000000000000`;
-  }
-
   function clearMessages() {
     for (const r of recs) {
       clearTimeout(r.timer);
@@ -1117,6 +1112,10 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     }
     recs.length = 0;
     historyOk = false;
+    cursorId = '';
+    cursorSeq = 0;
+    ahead.clear();
+    gapSince = 0;
     byId.clear();
     byCmid.clear();
     outbox.length = 0;
@@ -1356,7 +1355,21 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     historyOk = true;
     showError('');
     hasMore = !!r.data.has_more;
-    for (const m of r.data.data || []) upsert(m, false);
+    /** @type {Message[]} */
+    const page = r.data.data || [];
+    for (const m of page) upsert(m, false);
+    // The newest page is complete (the server fills any gap in it): the cursor starts at its
+    // newest message if it has no starting point yet.
+    const last = page[page.length - 1];
+    if (last && !cursorId && Number(last.seq) > 0) {
+      cursorSeq = Number(last.seq) - 1;
+      moveCursor(last.id, Number(last.seq));
+    } else if (!last && !cursorId && !hasMore) {
+      // Nothing stored yet: the cursor is before the first message.
+      cursorId = NIL_ID;
+      cursorSeq = 0;
+      advance();
+    }
     updateOlder();
     scrollBottom();
   }
@@ -1519,14 +1532,80 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const id = ++reqSeq;
     /** @type {Record<string, unknown>} */
     const f = { type: 'subscribe', id, conversation_id: convId };
-    const newest = newestId();
-    if (newest) f.after = resumeWindow(newest);
-    if (sendFrame(f)) subReq = id;
+    if (!cursorId) startCursor();
+    if (cursorId) f.after = cursorId;
+    if (sendFrame(f)) {
+      subReq = id;
+      subResumes = !!cursorId;
+    }
+  }
+
+  /** A held message with a `seq`: the cursor moves over it once everything below it is held. @param {Message} m */
+  function held(m) {
+    const n = Number(m.seq);
+    if (!(n > cursorSeq)) return;
+    ahead.set(n, m.id);
+    advance();
+  }
+
+  function advance() {
+    if (!cursorId) return;
+    for (let id = ahead.get(cursorSeq + 1); id; id = ahead.get(cursorSeq + 1)) {
+      ahead.delete(cursorSeq + 1);
+      cursorSeq += 1;
+      cursorId = id;
+    }
+  }
+
+  /** Sets the cursor to message (id, n) if that moves it forward. @param {string} id @param {number} n */
+  function moveCursor(id, n) {
+    if (!(n > cursorSeq)) return;
+    cursorId = id;
+    cursorSeq = n;
+    for (const k of ahead.keys()) if (k <= n) ahead.delete(k);
+    advance();
+  }
+
+  /** No starting point yet (history did not load): start at the oldest message held. */
+  function startCursor() {
+    let low = 0;
+    for (const k of ahead.keys()) if (!low || k < low) low = k;
+    const id = low && ahead.get(low);
+    if (id) {
+      cursorSeq = low - 1;
+      moveCursor(id, low);
+    }
+  }
+
+  /** A replay that ended (`subscribed` after `after`) is complete: the cursor jumps to the newest message held. */
+  function replayComplete() {
+    let top = 0;
+    for (const k of ahead.keys()) if (k > top) top = k;
+    const id = top && ahead.get(top);
+    if (id) moveCursor(id, top);
+  }
+
+  /**
+   * A live event can be lost while the socket stays up; if the cursor stays behind a held
+   * message for 2 s, subscribe again from it (the server replays what is missing and never
+   * doubles live events). @param {number} now
+   */
+  function healGap(now) {
+    if (!cursorId || ahead.size === 0) {
+      gapSince = 0;
+      return;
+    }
+    if (!gapSince) gapSince = now;
+    else if (now - gapSince >= 2000) {
+      gapSince = 0;
+      subscribe();
+    }
   }
 
   function heartbeat() {
     if (!ws || !authed) return;
     const now = Date.now();
+    healGap(now);
     if (pingAt) {
       if (now - pingAt > 10000) drop(true); // no pong: the connection is dead
     } else if (now - lastRx >= hbMs) {
@@ -1548,7 +1627,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
         reinitUsed = false;
         hbMs = Math.max(5000, Number(f.limits && f.limits.heartbeat_ms) || 25000);
         clearInterval(hbTimer);
-        hbTimer = W.setInterval(guard(heartbeat), Math.min(5000, hbMs / 2));
+        hbTimer = W.setInterval(guard(heartbeat), 1000);
         const a = f.session && f.session.actor;
         if (!userId && a && a.type === 'end_user') userId = String(a.id);
         setStatus('connected');
@@ -1559,7 +1638,10 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
         break;
       }
       case 'subscribed':
-        if (f.id === subReq) maybeRead();
+        if (f.id === subReq) {
+          if (subResumes) replayComplete();
+          maybeRead();
+        }
         break;
       case 'message':
         if (f.message) upsert(f.message, true);

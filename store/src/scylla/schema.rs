@@ -1,104 +1,139 @@
 //! The CQL schema: numbered migrations, applied once each and recorded in `schema_migrations`.
 //!
-//! Every statement is idempotent (`IF NOT EXISTS`), so a migration interrupted half-way is
-//! simply run again. Tables are named in `mod.rs`'s module docs, which explain each key.
+//! Every step is idempotent (`IF NOT EXISTS`, columns added only when missing, data steps
+//! that skip what is done), so a migration interrupted half-way is simply run again; its
+//! version is recorded only once all of it has run. Tables are named in `mod.rs`'s module
+//! docs, which explain each key.
 
-/// One migration: its number, a name, and its statements in order.
+/// One migration: its number, a name, its statements in order, columns to add, and a data
+/// step run after them.
 pub(crate) struct Migration {
     pub(crate) version: i32,
     pub(crate) name: &'static str,
     pub(crate) statements: &'static [&'static str],
+    /// `(table, column, type)`: added unless the column exists (`ALTER TABLE … ADD` is not
+    /// idempotent in CQL).
+    pub(crate) add_columns: &'static [(&'static str, &'static str, &'static str)],
+    pub(crate) data: Option<DataStep>,
+}
+
+/// Data migrations, in Rust, after a migration's DDL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataStep {
+    /// Schema 2: number every conversation's messages and give it a sequencer head.
+    NumberMessages,
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    statements: &[
-        // --- global (admin-plane) tables: keyed by their own ids, not by a project -----------
-        "CREATE TABLE IF NOT EXISTS admin_users (\
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        add_columns: &[],
+        data: None,
+        statements: &[
+            // --- global (admin-plane) tables: keyed by their own ids, not by a project -----------
+            "CREATE TABLE IF NOT EXISTS admin_users (\
             id uuid PRIMARY KEY, email text, password_hash text, created_at timestamp)",
-        // Lower-cased email -> id; claimed with a lightweight transaction (unique emails).
-        "CREATE TABLE IF NOT EXISTS admin_users_by_email (\
+            // Lower-cased email -> id; claimed with a lightweight transaction (unique emails).
+            "CREATE TABLE IF NOT EXISTS admin_users_by_email (\
             email_key text PRIMARY KEY, id uuid)",
-        "CREATE TABLE IF NOT EXISTS projects (\
+            "CREATE TABLE IF NOT EXISTS projects (\
             id uuid PRIMARY KEY, name text, owner_id uuid, plan text, status text, \
             settings text, created_at timestamp, updated_at timestamp)",
-        "CREATE TABLE IF NOT EXISTS projects_by_owner (\
+            "CREATE TABLE IF NOT EXISTS projects_by_owner (\
             owner_id uuid, id uuid, PRIMARY KEY ((owner_id), id)) \
             WITH CLUSTERING ORDER BY (id DESC)",
-        // The time buckets that hold projects (one row per bucket: small), for listing all.
-        "CREATE TABLE IF NOT EXISTS project_buckets (\
+            // The time buckets that hold projects (one row per bucket: small), for listing all.
+            "CREATE TABLE IF NOT EXISTS project_buckets (\
             scope int, bucket bigint, PRIMARY KEY ((scope), bucket)) \
             WITH CLUSTERING ORDER BY (bucket DESC)",
-        "CREATE TABLE IF NOT EXISTS projects_by_bucket (\
+            "CREATE TABLE IF NOT EXISTS projects_by_bucket (\
             bucket bigint, id uuid, PRIMARY KEY ((bucket), id)) \
             WITH CLUSTERING ORDER BY (id DESC)",
-        // A key is found by the id inside the presented key, whatever its project.
-        "CREATE TABLE IF NOT EXISTS api_keys (\
+            // A key is found by the id inside the presented key, whatever its project.
+            "CREATE TABLE IF NOT EXISTS api_keys (\
             id uuid PRIMARY KEY, project_id uuid, name text, kind text, prefix text, \
             scopes set<text>, secret_hash blob, last_used_at timestamp, expires_at timestamp, \
             revoked_at timestamp, created_at timestamp)",
-        // --- project tables: every partition key starts with project_id ----------------------
-        "CREATE TABLE IF NOT EXISTS api_keys_by_project (\
+            // --- project tables: every partition key starts with project_id ----------------------
+            "CREATE TABLE IF NOT EXISTS api_keys_by_project (\
             project_id uuid, created_at timestamp, id uuid, \
             PRIMARY KEY ((project_id), created_at, id)) \
             WITH CLUSTERING ORDER BY (created_at DESC, id DESC)",
-        "CREATE TABLE IF NOT EXISTS end_users (\
+            "CREATE TABLE IF NOT EXISTS end_users (\
             project_id uuid, id uuid, user_identifier text, name text, email text, avatar text, \
             metadata text, is_anonymous boolean, last_seen_at timestamp, created_at timestamp, \
             updated_at timestamp, PRIMARY KEY ((project_id, id)))",
-        // Identifier -> id; claimed with a lightweight transaction (one user per identifier).
-        "CREATE TABLE IF NOT EXISTS end_users_by_identifier (\
+            // Identifier -> id; claimed with a lightweight transaction (one user per identifier).
+            "CREATE TABLE IF NOT EXISTS end_users_by_identifier (\
             project_id uuid, user_identifier text, id uuid, \
             PRIMARY KEY ((project_id, user_identifier)))",
-        // Enumeration of a project's users (for delete_project), bucketed by id time.
-        "CREATE TABLE IF NOT EXISTS end_user_buckets (\
+            // Enumeration of a project's users (for delete_project), bucketed by id time.
+            "CREATE TABLE IF NOT EXISTS end_user_buckets (\
             project_id uuid, bucket bigint, PRIMARY KEY ((project_id), bucket))",
-        "CREATE TABLE IF NOT EXISTS end_users_by_project (\
+            "CREATE TABLE IF NOT EXISTS end_users_by_project (\
             project_id uuid, bucket bigint, id uuid, user_identifier text, \
             PRIMARY KEY ((project_id, bucket), id))",
-        "CREATE TABLE IF NOT EXISTS conversations (\
+            "CREATE TABLE IF NOT EXISTS conversations (\
             project_id uuid, id uuid, subject text, status text, members set<uuid>, \
             metadata text, created_at timestamp, updated_at timestamp, last_message_id uuid, \
             PRIMARY KEY ((project_id, id)))",
-        "CREATE TABLE IF NOT EXISTS conversation_buckets (\
+            "CREATE TABLE IF NOT EXISTS conversation_buckets (\
             project_id uuid, bucket bigint, PRIMARY KEY ((project_id), bucket)) \
             WITH CLUSTERING ORDER BY (bucket DESC)",
-        "CREATE TABLE IF NOT EXISTS conversations_by_project (\
+            "CREATE TABLE IF NOT EXISTS conversations_by_project (\
             project_id uuid, bucket bigint, id uuid, PRIMARY KEY ((project_id, bucket), id)) \
             WITH CLUSTERING ORDER BY (id DESC)",
-        "CREATE TABLE IF NOT EXISTS conversations_by_status (\
+            "CREATE TABLE IF NOT EXISTS conversations_by_status (\
             project_id uuid, status text, bucket bigint, id uuid, \
             PRIMARY KEY ((project_id, status, bucket), id)) \
             WITH CLUSTERING ORDER BY (id DESC)",
-        "CREATE TABLE IF NOT EXISTS conversations_by_member (\
+            "CREATE TABLE IF NOT EXISTS conversations_by_member (\
             project_id uuid, member_id uuid, conversation_id uuid, status text, \
             PRIMARY KEY ((project_id, member_id), conversation_id)) \
             WITH CLUSTERING ORDER BY (conversation_id DESC)",
-        "CREATE TABLE IF NOT EXISTS message_buckets (\
+            "CREATE TABLE IF NOT EXISTS message_buckets (\
             project_id uuid, conversation_id uuid, bucket bigint, \
             PRIMARY KEY ((project_id, conversation_id), bucket)) \
             WITH CLUSTERING ORDER BY (bucket DESC)",
-        "CREATE TABLE IF NOT EXISTS messages (\
+            "CREATE TABLE IF NOT EXISTS messages (\
             project_id uuid, conversation_id uuid, bucket bigint, id uuid, sender_kind text, \
             sender_id text, sender_name text, text text, metadata text, client_msg_id text, \
             created_at timestamp, PRIMARY KEY ((project_id, conversation_id, bucket), id)) \
             WITH CLUSTERING ORDER BY (id ASC)",
-        // Idempotency index: (conversation, client_msg_id) -> message id. Rows expire after
-        // the idempotency window (30 days), which bounds the partition.
-        "CREATE TABLE IF NOT EXISTS message_client_ids (\
+            // Idempotency index: (conversation, client_msg_id) -> message id. Rows expire after
+            // the idempotency window (30 days), which bounds the partition.
+            "CREATE TABLE IF NOT EXISTS message_client_ids (\
             project_id uuid, conversation_id uuid, client_msg_id text, message_id uuid, \
             PRIMARY KEY ((project_id, conversation_id), client_msg_id)) \
             WITH default_time_to_live = 2592000",
-        "CREATE TABLE IF NOT EXISTS read_states (\
+            "CREATE TABLE IF NOT EXISTS read_states (\
             project_id uuid, conversation_id uuid, member_key text, reader_kind text, \
             reader_id text, reader_name text, last_read_message_id uuid, updated_at timestamp, \
             PRIMARY KEY ((project_id, conversation_id), member_key))",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "message sequence numbers",
+        statements: &[
+            // The commit point of every append (see `sequencer`): the static head, and rows
+            // `c:<client_msg_id>` and `s:<seq>` that expire after the idempotency window.
+            // Written by lightweight transactions only.
+            "CREATE TABLE IF NOT EXISTS conversation_sequencer (\
+                project_id uuid, conversation_id uuid, key text, \
+                head_seq bigint static, head_id uuid static, \
+                seq bigint, message_id uuid, sender_kind text, sender_id text, sender_name text, \
+                text text, metadata text, client_msg_id text, created_at timestamp, \
+                PRIMARY KEY ((project_id, conversation_id), key))",
+        ],
+        add_columns: &[("messages", "seq", "bigint")],
+        data: Some(DataStep::NumberMessages),
+    },
+];

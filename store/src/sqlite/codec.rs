@@ -280,7 +280,7 @@ pub(crate) fn conversation(row: &Row<'_>) -> rusqlite::Result<Conversation> {
 }
 
 pub(crate) const MESSAGE_COLS: &str = "id, project_id, conversation_id, sender_kind, sender_id, \
-     sender_name, text, metadata, client_msg_id, created_at";
+     sender_name, text, metadata, client_msg_id, created_at, seq";
 
 pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -296,6 +296,7 @@ pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
         metadata: get_json(row, 7)?,
         client_msg_id: row.get(8)?,
         created_at: get_time(row, 9)?,
+        seq: row.get(10)?,
     })
 }
 

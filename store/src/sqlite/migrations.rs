@@ -11,7 +11,10 @@ use super::codec::sql_error;
 use crate::{StoreError, StoreResult};
 
 /// Every migration, in order.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_message_seq.sql"),
+];
 
 /// The schema version this binary writes and understands.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use uuid::Uuid;
 
-use larachat_core::id::{
-    AdminUserId, ApiKeyId, ConversationId, EndUserId, MESSAGE_IDS, MessageId, ProjectId,
-};
+use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     self, Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
     Message, NewMessage, Project, ProjectPatch, ReadState,
@@ -619,19 +617,22 @@ pub(crate) fn update_conversation(
 
 // --- messages --------------------------------------------------------------------------------
 
-/// The conversation's newest message id, `None` (outer) if the conversation is not in the
-/// project.
+/// The conversation's newest message (id and seq; `None`/0 without messages), `None` (outer)
+/// if the conversation is not in the project.
 fn conversation_head(
     conn: &Connection,
     project: ProjectId,
     id: ConversationId,
-) -> StoreResult<Option<Option<MessageId>>> {
+) -> StoreResult<Option<(Option<MessageId>, u64)>> {
     conn.prepare_cached(
-        "SELECT last_message_id FROM conversations WHERE project_id = ?1 AND id = ?2",
+        "SELECT last_message_id, last_seq FROM conversations WHERE project_id = ?1 AND id = ?2",
     )
     .and_then(|mut s| {
         s.query_row([b(project.as_uuid()), b(id.as_uuid())], |r| {
-            codec::get_opt_uuid(r, 0).map(|u| u.map(MessageId::from_uuid))
+            Ok((
+                codec::get_opt_uuid(r, 0)?.map(MessageId::from_uuid),
+                r.get::<_, u64>(1)?,
+            ))
         })
         .optional()
     })
@@ -640,7 +641,7 @@ fn conversation_head(
 
 pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<Appended> {
     let project = m.project_id;
-    let Some(head) = conversation_head(conn, project, m.conversation_id)? else {
+    let Some((head, last_seq)) = conversation_head(conn, project, m.conversation_id)? else {
         return Err(StoreError::NotFound("conversation"));
     };
     if let Some(client_msg_id) = &m.client_msg_id {
@@ -670,10 +671,13 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
             });
         }
     }
-    // Greater than the conversation's newest id even if that came from a faster clock.
-    let id = MESSAGE_IDS.next_after(head);
+    // The single writer reads the head and writes the message in one transaction: the id
+    // follows the newest one (even if that came from a faster clock) and seq has no gap.
+    let id = MessageId::following(head);
+    let seq = last_seq + 1;
     let message = Message {
         id,
+        seq,
         project_id: project,
         conversation_id: m.conversation_id,
         sender: m.sender.clone(),
@@ -688,8 +692,8 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
     };
     conn.prepare_cached(
         "INSERT INTO messages (project_id, conversation_id, id, sender_kind, sender_id, \
-         sender_name, text, metadata, client_msg_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         sender_name, text, metadata, client_msg_id, created_at, seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -702,20 +706,22 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
             message.text,
             json_text(&message.metadata),
             message.client_msg_id,
-            ms(message.created_at)
+            ms(message.created_at),
+            seq
         ])
     })
     .map_err(sql_error)?;
     conn.prepare_cached(
-        "UPDATE conversations SET last_message_id = ?3, updated_at = max(updated_at, ?4) \
-         WHERE project_id = ?1 AND id = ?2",
+        "UPDATE conversations SET last_message_id = ?3, last_seq = ?5, \
+         updated_at = max(updated_at, ?4) WHERE project_id = ?1 AND id = ?2",
     )
     .and_then(|mut s| {
         s.execute(params![
             b(project.as_uuid()),
             b(message.conversation_id.as_uuid()),
             b(id.as_uuid()),
-            ms(message.created_at)
+            ms(message.created_at),
+            seq
         ])
     })
     .map_err(sql_error)?;
