@@ -20,7 +20,8 @@ pub struct Opts {
     /// Rounds; each runs the scenario once per server, the first server alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Servers to compare (comma-separated): lara, centrifugo, centrifugo-history.
+    /// Servers to compare (comma-separated): lara, centrifugo, centrifugo-history, lara-base
+    /// (another larachat build, --larachat-base-bin).
     #[arg(
         long,
         value_enum,
@@ -238,7 +239,7 @@ fn annotate(v: &mut Value, kind: Kind, round: u32, launch: &Launch, load: &str) 
     v["server"] = json!(kind.name());
     v["round"] = json!(round);
     v["load_average_before"] = json!(load);
-    if kind.is_lara() {
+    if matches!(kind, Kind::Lara | Kind::LaraBase) {
         v["encoding"] = json!(launch.encoding.name());
     }
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
@@ -483,6 +484,7 @@ mod tests {
         let mut v = json!({"missing": 2, "duplicate_deliveries": 1, "rss_kib_after_close": 2048});
         let launch = Launch {
             larachat_bin: None,
+            larachat_base_bin: None,
             centrifugo_bin: None,
             lara_env: vec![],
             encoding: crate::proto::Encoding::Msgpack,
