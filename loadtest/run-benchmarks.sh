@@ -159,11 +159,12 @@ fi
 ECHO_TABLE=""
 if [[ -z "${SKIP_ECHO:-}" && -x "$ECHO_SERVER" ]]; then
   for round in $(seq 1 "$ROUNDS"); do
+    : >"$WORK/echo.log"
     "$ECHO_SERVER" 127.0.0.1:0 >"$WORK/echo.log" 2>&1 &
     ECHO_PID=$!
     ECHO_ADDR=""
     for _ in $(seq 1 100); do
-      ECHO_ADDR=$(sed -n 's/^listening on //p' "$WORK/echo.log")
+      ECHO_ADDR=$(sed -n 's/^listening on //p' "$WORK/echo.log" || true)
       [[ -n "$ECHO_ADDR" ]] && break
       sleep 0.1
     done
