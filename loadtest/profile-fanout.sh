@@ -8,12 +8,13 @@
 #   loadtest/profile-fanout.sh                      # K=1000, N=600, as fast as possible
 #   K=1000 N=1000 RATE=100 loadtest/profile-fanout.sh   # the paced variant
 #   SKIP_BUILD=1 ...                                # use target/release as it is
+#   LARACHAT_BIN=path/to/larachat SKIP_BUILD=1 ...  # profile another server build
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-SERVER=$TARGET_DIR/release/larachat
+SERVER=${LARACHAT_BIN:-$TARGET_DIR/release/larachat}
 LOADTEST=$TARGET_DIR/release/larachat-loadtest
 K=${K:-1000}
 N=${N:-600}
@@ -29,6 +30,7 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/larachat-profile.XXXXXX")
 export LARACHAT_ADMIN_EMAIL=admin@example.com LARACHAT_ADMIN_PASSWORD=change-me-please
 LARACHAT_REALTIME__MAX_FRAMES_PER_SEC=1000000 LARACHAT_STORAGE__SQLITE_SYNCHRONOUS=full \
+LARACHAT_LIMITS__ENABLED=false LARACHAT_SERVER__MAX_CONNECTIONS_PER_IP=0 \
 LARACHAT_DEMO__ENABLED=false LARACHAT_LOG=warn \
   "$SERVER" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!

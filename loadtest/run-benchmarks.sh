@@ -16,6 +16,11 @@
 #   ROUNDS=5 ...                          # comparison rounds (default 3)
 #   IDLE_BIG=1 ...                        # also 19,900 idle connections (4 worker processes)
 #   ENCODING=msgpack ...                  # Lara Chat frames in MessagePack for the comparison
+#   BASE_BIN=/path/to/old/larachat ...    # also that build (server `lara-base`) in every round:
+#                                         # before/after ratios within a round
+#   SERVERS=lara,centrifugo ...           # the servers compared (default below)
+#   SCENARIOS="idle fanout-max" ...       # a subset of: idle fanout-rate fanout-max latency chat
+#   SKIP_ECHO=1                           # no echo-server reference (the 1:1 latency floor)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,7 +31,16 @@ LOADTEST=$TARGET_DIR/release/larachat-loadtest
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   echo "building release binaries..." >&2
-  cargo build --release -p larachat -p larachat-loadtest >&2
+  # One invocation: the same feature set for every target (no rebuild between them).
+  cargo build --release -p larachat -p larachat-loadtest --bins --example echo_server >&2
+fi
+ECHO_SERVER=$TARGET_DIR/release/examples/echo_server
+SERVERS=${SERVERS:-lara,centrifugo,centrifugo-history}
+SCENARIOS=${SCENARIOS:-idle fanout-rate fanout-max latency chat}
+BASE_ARGS=()
+if [[ -n "${BASE_BIN:-}" ]]; then
+  SERVERS="$SERVERS,lara-base"
+  BASE_ARGS=(--larachat-base-bin "$BASE_BIN")
 fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -52,11 +66,11 @@ trap stop_server EXIT
 if [[ -n "${QUICK:-}" ]]; then
   DUR=3; LAT_DUR=5; FAN_K=100; FAN_N=50
   ROUNDS=${ROUNDS:-1}
-  IDLE_N=1000; IDLE_CYCLES=2; CFAN_K=200; CFAN_RATE_N=200; CFAN_MAX_N=100; CLAT_DUR=5; CHAT_DUR=10
+  IDLE_N=1000; IDLE_CYCLES=${IDLE_CYCLES:-2}; CFAN_K=200; CFAN_RATE_N=200; CFAN_MAX_N=100; CLAT_DUR=5; CHAT_DUR=10
 else
   DUR=10; LAT_DUR=20; FAN_K=500; FAN_N=400
   ROUNDS=${ROUNDS:-3}
-  IDLE_N=5000; IDLE_CYCLES=4; CFAN_K=1000; CFAN_RATE_N=1000; CFAN_MAX_N=600; CLAT_DUR=20; CHAT_DUR=30
+  IDLE_N=5000; IDLE_CYCLES=${IDLE_CYCLES:-4}; CFAN_K=1000; CFAN_RATE_N=1000; CFAN_MAX_N=600; CLAT_DUR=20; CHAT_DUR=30
 fi
 
 if [[ -z "${SKIP_STANDARD:-}" ]]; then
@@ -118,7 +132,8 @@ if [[ -z "${SKIP_COMPARE:-}" ]]; then
   compare() {
     local name=$1; shift
     echo "== compare: $*" >&2
-    if ! "$LOADTEST" compare --rounds "$ROUNDS" --servers lara,centrifugo,centrifugo-history \
+    [[ " $SCENARIOS " == *" $name "* ]] || return 0
+    if ! "$LOADTEST" compare --rounds "$ROUNDS" --servers "$SERVERS" "${BASE_ARGS[@]}" \
         --larachat-bin "$SERVER" --encoding "${ENCODING:-json}" --out "$COMPARE_DIR/$name" \
         --no-progress "$@" | sed -u 's/^/   /' >&2; then
       echo "!! comparison failed: $*" >&2
@@ -126,14 +141,40 @@ if [[ -z "${SKIP_COMPARE:-}" ]]; then
     fi
     SUMMARIES+=("$COMPARE_DIR/$name/compare-$1.json")
   }
-  compare idle idle --connections "$IDLE_N" --cycles "$IDLE_CYCLES" --hold-secs 3 --settle-secs 3
+  # 15 s after closing: the server's allocator (jemalloc) returns freed pages after its 10 s
+  # decay time, Centrifugo's Go runtime after its own.
+  compare idle idle --connections "$IDLE_N" --cycles "$IDLE_CYCLES" --hold-secs 3 \
+    --settle-secs "${IDLE_SETTLE:-15}"
   compare fanout-rate fanout --subscribers "$CFAN_K" --messages "$CFAN_RATE_N" --rate 100
   compare fanout-max fanout --subscribers "$CFAN_K" --messages "$CFAN_MAX_N"
   compare latency latency --pairs 10 --rate 20 --duration-secs "$CLAT_DUR"
   compare chat chat --duration-secs "$CHAT_DUR"
   if [[ -n "${IDLE_BIG:-}" ]]; then
-    compare idle-big idle --connections 19900 --cycles 1 --hold-secs 5 --settle-secs 5
+    SCENARIOS="$SCENARIOS idle-big" compare idle-big idle --connections 19900 --cycles 1 \
+      --hold-secs 5 --settle-secs 15
   fi
+fi
+
+# The 1:1 latency floor: the same schedule against a trivial WebSocket echo server.
+ECHO_TABLE=""
+if [[ -z "${SKIP_ECHO:-}" && -x "$ECHO_SERVER" ]]; then
+  for round in $(seq 1 "$ROUNDS"); do
+    : >"$WORK/echo.log"
+    "$ECHO_SERVER" 127.0.0.1:0 >"$WORK/echo.log" 2>&1 &
+    ECHO_PID=$!
+    ECHO_ADDR=""
+    for _ in $(seq 1 100); do
+      ECHO_ADDR=$(sed -n 's/^listening on //p' "$WORK/echo.log" || true)
+      [[ -n "$ECHO_ADDR" ]] && break
+      sleep 0.1
+    done
+    echo "== echo server (round $round, load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    "$LOADTEST" echo --url "http://$ECHO_ADDR" --pairs 10 --rate 20 --duration-secs "$CLAT_DUR" \
+      --server-pid "$ECHO_PID" --out "$WORK/echo" --json | tail -n1 >>"$WORK/echo.jsonl" || true
+    kill "$ECHO_PID" 2>/dev/null || true
+    wait "$ECHO_PID" 2>/dev/null || true
+  done
+  ECHO_TABLE=$("$LOADTEST" report "$WORK/echo.jsonl" || true)
 fi
 
 echo
@@ -150,6 +191,12 @@ if [[ ${#SUMMARIES[@]} -gt 0 ]]; then
   echo "rounds, ratios within a round:"
   echo
   "$LOADTEST" report --compare "${SUMMARIES[@]}"
+fi
+if [[ -n "$ECHO_TABLE" ]]; then
+  echo
+  echo "Trivial WebSocket echo server (examples/echo_server.rs), 10 connections × 20 frames/s:"
+  echo
+  echo "$ECHO_TABLE"
 fi
 echo
 echo "raw results, plots and server logs: $WORK" >&2

@@ -729,3 +729,82 @@ async fn a_key_that_expires_while_connected_is_disconnected() {
     );
     server.stop().await;
 }
+
+/// Requests sent back to back without waiting (protocol §2, pipelining): every reply comes in
+/// request order, a `subscribe` in the middle waits for the sends before it, and each
+/// conversation stores one connection's messages in the order they were sent (the server runs
+/// several sends of a connection at once).
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_stored_in_send_order() {
+    const N: u64 = 60;
+    let server = Server::start().await;
+    let t = server.tenant("pipe").await;
+    let (uid, _) = server.user(&t.key, "visitor-p").await;
+    let a = server.conversation(&t.key, &[&uid]).await;
+    let b = server.conversation(&t.key, &[&uid]).await;
+    let mut agent = server.ws_auth(&t.key).await;
+    let mut sent_to: Vec<(String, String)> = Vec::new();
+    for id in 1..=N {
+        let frame = match id {
+            30 => json!({"type":"subscribe","id":id,"conversation_id":a}),
+            i if i % 10 == 5 => json!({"type":"ping","id":id}),
+            i => {
+                let conv = if i % 3 == 0 { &b } else { &a };
+                sent_to.push((conv.clone(), format!("m{i}")));
+                json!({"type":"send","id":id,"conversation_id":conv,
+                       "client_msg_id":format!("p-{i}"),"text":format!("m{i}")})
+            }
+        };
+        agent.send(frame).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < N as usize {
+        let f = agent.recv().await;
+        if f["type"] != "message" {
+            replies.push(f);
+        }
+    }
+    for (i, r) in replies.iter().enumerate() {
+        let id = i as u64 + 1;
+        assert_eq!(
+            r["id"],
+            json!(id),
+            "replies out of request order: {replies:?}"
+        );
+        let want = match id {
+            30 => "subscribed",
+            i if i % 10 == 5 => "pong",
+            _ => "ack",
+        };
+        assert_eq!(r["type"], want, "{r}");
+    }
+    for conv in [&a, &b] {
+        let (s, page) = server
+            .get(
+                &format!("/api/v1/conversations/{conv}/messages?limit=200"),
+                &t.key,
+            )
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let mut stored: Vec<(u64, String)> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["seq"].as_u64().unwrap(),
+                    m["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        stored.sort();
+        let texts: Vec<String> = stored.into_iter().map(|(_, t)| t).collect();
+        let expected: Vec<String> = sent_to
+            .iter()
+            .filter(|(c, _)| c == conv)
+            .map(|(_, t)| t.clone())
+            .collect();
+        assert_eq!(texts, expected, "stored out of send order");
+    }
+    server.stop().await;
+}

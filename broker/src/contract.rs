@@ -24,11 +24,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use larachat_core::id::{ConversationId, ProjectId};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::{Bus, BusError, BusMessage, BusSubscription, Hub, LocalSink, Subject};
+use crate::{Bus, BusError, BusMessage, BusSubscription, Hub, LocalSink, Outbox, Subject};
 
 /// Bound on any single wait (a receive, a subscribe, a publish).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -355,15 +354,15 @@ pub async fn hub_decodes_once_and_shares_one_arc(bus: Arc<dyn Bus>) {
     );
 }
 
-/// A local subscriber whose queue is full gets its overflow token cancelled; the others keep
-/// receiving everything.
+/// A local subscriber whose queue is full is marked overflowed; the others keep receiving
+/// everything.
 pub async fn hub_cancels_overflow_of_the_full_sink_only(bus: Arc<dyn Bus>) {
     const N: u32 = 10;
     let hub = payload_hub(bus.clone());
     let s = conversation();
     let (slow, _slow_rx) = LocalSink::channel(1);
     let (fast, mut fast_rx) = LocalSink::channel(64);
-    let (slow_token, fast_token) = (slow.overflow.clone(), fast.overflow.clone());
+    let (slow_check, fast_check) = (slow.clone(), fast.clone());
     let _slow = hub_subscribe(&hub, &s, slow).await;
     let _fast = hub_subscribe(&hub, &s, fast).await;
     for i in 0..N {
@@ -373,11 +372,11 @@ pub async fn hub_cancels_overflow_of_the_full_sink_only(bus: Arc<dyn Bus>) {
         assert_eq!(&recv(&mut fast_rx).await[..], &numbered(i)[..]);
     }
     assert!(
-        slow_token.is_cancelled(),
+        slow_check.is_overflowed(),
         "the full sink was not told to close"
     );
     assert!(
-        !fast_token.is_cancelled(),
+        !fast_check.is_overflowed(),
         "a sink that keeps up was told to close"
     );
 }
@@ -661,10 +660,10 @@ async fn hub_subscribe(hub: &Hub<Bytes>, s: &Subject, sink: LocalSink<Bytes>) ->
     }
 }
 
-async fn recv(rx: &mut mpsc::Receiver<Arc<Bytes>>) -> Arc<Bytes> {
+async fn recv(rx: &mut Outbox<Bytes>) -> Arc<Bytes> {
     match timeout(STEP_TIMEOUT, rx.recv()).await {
         Ok(Some(v)) => v,
-        Ok(None) => panic!("local sink closed"),
+        Ok(None) => panic!("local sink overflowed"),
         Err(_) => panic!("local sink received nothing within {STEP_TIMEOUT:?}"),
     }
 }

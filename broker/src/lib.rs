@@ -11,7 +11,8 @@
 //! - [`hub::Hub`]: interest counting on top of any bus — one bus subscription and one fan-out
 //!   task per subject with at least one local subscriber, each received payload decoded once
 //!   and the same `Arc` offered to the bounded queue ([`LocalSink`]) of every local subscriber;
-//!   a full queue cancels that subscriber's `overflow` token instead of waiting.
+//!   a full queue is marked overflowed instead of waiting. The connection drains its queue
+//!   ([`Outbox`]) in batches.
 //! - `nats::NatsBus` (cargo feature `nats`): the distributed backend — core NATS for live
 //!   events (same guarantee; subscriptions resume by themselves after a reconnect, messages
 //!   published meanwhile are lost) and the JetStream stream `LARACHAT_EVENTS` for durable
@@ -36,7 +37,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use events::{DurableSubject, EventKind};
-pub use hub::{Hub, Interest, LocalSink};
+pub use hub::{Hub, Interest, LocalSink, Outbox, Overflowed};
 pub use larachat_core::subject::Subject;
 pub use local::LocalBus;
 #[cfg(feature = "nats")]

@@ -342,11 +342,21 @@ impl SharedFrame {
 
     /// The encoded bytes for `encoding`, computed on first use.
     pub fn bytes(&self, encoding: Encoding) -> Bytes {
+        self.encoded_bytes(encoding).clone()
+    }
+
+    /// The encoded bytes for `encoding` (computed on first use), borrowed: delivering a shared
+    /// frame to many connections touches no reference count.
+    pub fn encoded(&self, encoding: Encoding) -> &[u8] {
+        self.encoded_bytes(encoding)
+    }
+
+    fn encoded_bytes(&self, encoding: Encoding) -> &Bytes {
         let cell = match encoding {
             Encoding::Json => &self.json,
             Encoding::MsgPack => &self.msgpack,
         };
-        cell.get_or_init(|| encode(&self.frame, encoding)).clone()
+        cell.get_or_init(|| encode(&self.frame, encoding))
     }
 }
 
@@ -440,6 +450,8 @@ mod tests {
         let mp1 = shared.bytes(Encoding::MsgPack);
         let mp2 = shared.bytes(Encoding::MsgPack);
         assert_eq!(mp1.as_ptr(), mp2.as_ptr(), "encoded once");
+        assert_eq!(shared.encoded(Encoding::MsgPack).as_ptr(), mp1.as_ptr());
+        assert_eq!(shared.encoded(Encoding::Json).as_ptr(), json.as_ptr());
     }
 
     fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {

@@ -10,7 +10,11 @@
 //! - [`service`]: the edge half of the operations shared by HTTP, widget and realtime
 //!   (transport metrics, the send rate limit, parsing), delegating to `larachat-service`.
 //! - [`realtime`]: the WebSocket endpoint `/realtime/v1` — one task per connection, a bounded
-//!   outbound queue, resume from the store, heartbeats, close codes from the catalog.
+//!   outbound queue drained in batches, pipelined requests answered in order, resume from the
+//!   store, heartbeats, close codes from the catalog.
+//! - `socket` (private): the WebSocket layer under [`realtime`] — the upgrade handshake, a
+//!   frame reader that buffers nothing while idle, and a writer that sends many frames per
+//!   syscall.
 //! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
 //!   identity verification, visitor sessions) and the widget's static files.
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
@@ -28,6 +32,7 @@ pub mod control;
 pub mod policy;
 pub mod realtime;
 pub mod service;
+mod socket;
 pub mod telemetry;
 pub mod widget;
 
@@ -211,6 +216,11 @@ impl Gateway {
     /// `grace` for them and the background tasks to finish.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
+        // Authenticated connections watch a flag of their own, not the token (connections
+        // registering after this see the token; see `realtime`).
+        self.inner
+            .connections
+            .kick_all(larachat_core::ErrorCode::ShuttingDown);
         self.inner.tasks.close();
         if tokio::time::timeout(grace, self.inner.tasks.wait())
             .await

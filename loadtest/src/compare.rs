@@ -20,7 +20,8 @@ pub struct Opts {
     /// Rounds; each runs the scenario once per server, the first server alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Servers to compare (comma-separated): lara, centrifugo, centrifugo-history.
+    /// Servers to compare (comma-separated): lara, centrifugo, centrifugo-history, lara-base
+    /// (another larachat build, --larachat-base-bin).
     #[arg(
         long,
         value_enum,
@@ -118,10 +119,13 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
     if o.servers.is_empty() {
         bail!("--servers needs at least one server");
     }
-    if let Scenario::Latency(l) = &o.scenario {
-        if l.receiver_url.is_some() {
-            bail!("--receiver-url is for a Lara cluster, not for compare");
-        }
+    let receiver_url = match &o.scenario {
+        Scenario::Latency(l) => l.receiver_url.is_some(),
+        Scenario::Fanout(f) => f.receiver_url.is_some(),
+        _ => false,
+    };
+    if receiver_url {
+        bail!("--receiver-url is for a Lara cluster, not for compare");
     }
     let scenario = o.scenario.name();
     let mut done: Vec<Done> = Vec::new();
@@ -143,6 +147,7 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
                 timeout,
                 run_id: crate::new_run_id(),
                 server_pid: Some(server.pid),
+                watch_pids: Vec::new(),
                 progress: Progress::new(progress),
             };
             let run = run_scenario(&o.scenario, &ctx).await;
@@ -223,7 +228,7 @@ pub async fn run(o: &Opts, timeout: Duration, progress: bool, out: &OutDir) -> R
 async fn run_scenario(s: &Scenario, ctx: &Ctx) -> Result<RunOutput> {
     match s {
         Scenario::Idle(o) => idle::run(ctx, o).await,
-        Scenario::Fanout(o) => fanout::run(ctx, o).await,
+        Scenario::Fanout(o) => fanout::run(ctx, o, &ctx.ep).await,
         Scenario::Latency(o) => latency::run(ctx, o, &ctx.ep).await,
         Scenario::Chat(o) => chat::run(ctx, o).await,
     }
@@ -234,7 +239,7 @@ fn annotate(v: &mut Value, kind: Kind, round: u32, launch: &Launch, load: &str) 
     v["server"] = json!(kind.name());
     v["round"] = json!(round);
     v["load_average_before"] = json!(load);
-    if kind.is_lara() {
+    if matches!(kind, Kind::Lara | Kind::LaraBase) {
         v["encoding"] = json!(launch.encoding.name());
     }
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
@@ -479,6 +484,7 @@ mod tests {
         let mut v = json!({"missing": 2, "duplicate_deliveries": 1, "rss_kib_after_close": 2048});
         let launch = Launch {
             larachat_bin: None,
+            larachat_base_bin: None,
             centrifugo_bin: None,
             lara_env: vec![],
             encoding: crate::proto::Encoding::Msgpack,

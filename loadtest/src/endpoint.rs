@@ -71,6 +71,22 @@ impl Endpoint {
         }
     }
 
+    /// The same Lara project and key on another server of its cluster (`target`); a
+    /// Centrifugo endpoint is returned as it is.
+    pub fn with_target(&self, target: Target) -> Endpoint {
+        match self {
+            Endpoint::Lara {
+                api, key, encoding, ..
+            } => Endpoint::Lara {
+                api: api.clone(),
+                key: key.clone(),
+                encoding: *encoding,
+                target,
+            },
+            other => other.clone(),
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         match self {
             Endpoint::Lara { target, .. } => target.addr,

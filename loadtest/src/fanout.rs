@@ -16,6 +16,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::api::Target;
+use crate::endpoint::Endpoint;
 use crate::output::{CpuWatch, RunOutput, merge};
 use crate::progress::Progress;
 use crate::proto::Event;
@@ -45,6 +47,22 @@ pub struct Opts {
     /// Message text size in bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Base URL of the Lara server (gateway) the K subscribers connect to; loopback only.
+    /// Default: --url. Another gateway of the same cluster measures fan-out across gateways
+    /// (the sender's gateway stores and publishes on the bus, the subscribers' gateway fans
+    /// out).
+    #[arg(long)]
+    pub receiver_url: Option<String>,
+}
+
+impl Opts {
+    /// Where the subscribers connect: --receiver-url, or else `sender` (--url).
+    pub fn receiver_target(&self, sender: &Target) -> Result<Target> {
+        match &self.receiver_url {
+            Some(u) => Target::parse_flag("--receiver-url", u),
+            None => Ok(sender.clone()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -56,7 +74,8 @@ struct SubResult {
     problem: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
+/// `receiver`: where the subscribers connect (the same endpoint unless --receiver-url).
+pub async fn run(ctx: &Ctx, o: &Opts, receiver: &Endpoint) -> Result<RunOutput> {
     if o.subscribers == 0 || o.subscribers >= MAX_CONNECTIONS {
         bail!("--subscribers must be 1..{MAX_CONNECTIONS}");
     }
@@ -77,8 +96,8 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
         .map(|i| {
             let (rooms, p) = (&rooms, p.clone());
             async move {
-                let m = ep.agent(&format!("lt-{}-sub-{i}", ctx.run_id))?;
-                let c = ep.open(&m, rooms, None, ctx.timeout).await?;
+                let m = receiver.agent(&format!("lt-{}-sub-{i}", ctx.run_id))?;
+                let c = receiver.open(&m, rooms, None, ctx.timeout).await?;
                 p.add_open(1);
                 anyhow::Ok(c)
             }
@@ -98,7 +117,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     let drain = Duration::from_secs(o.drain_secs);
     // The sender cannot take longer than one timeout per message.
     let hard_end = Instant::now() + ctx.timeout * (o.messages.min(1000) as u32 + 2) + drain;
-    let cpu = CpuWatch::start(ctx.server_pid)?;
+    let cpu = CpuWatch::start(ctx.server_pid)?.watching(&ctx.watch_pids)?;
     let mut readers = Vec::with_capacity(subs.len());
     for c in subs {
         readers.push(tokio::spawn(subscriber(
@@ -237,6 +256,11 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<RunOutput> {
     println!("  send->ack      {ack}");
     if let Some(c) = usage["server_cpu_us_per_delivery"].as_f64() {
         println!("  server CPU {c} us per delivery");
+    }
+    if let Some(by) = usage["cpu_us_per_delivery_by_process"].as_object() {
+        for (name, c) in by {
+            println!("  {name} CPU {c} us per delivery");
+        }
     }
     if closed > 0 {
         println!("  {closed} subscriber(s) ended early");

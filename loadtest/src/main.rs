@@ -11,7 +11,8 @@
 //! - `endpoint`: the server under load: identities, rooms, subscribed connections.
 //! - `servers`: starting `larachat serve` and Centrifugo (install, config) for `compare`.
 //! - scenarios: `throughput`, `latency`, `fanout`, `chat`, `idle` (with its worker processes),
-//!   and `compare` (rounds over servers, ratio table).
+//!   `compare` (rounds over servers, ratio table), and `echo` (the latency floor: a trivial
+//!   WebSocket echo server, `examples/echo_server.rs`).
 //! - `stats` (percentiles, CDFs, sequence sets), `procstat` (server CPU and RSS from /proc),
 //!   `progress` (live line on stderr), `output` (JSON results), `plot` (SVG), `report`
 //!   (markdown tables).
@@ -19,6 +20,7 @@
 mod api;
 mod chat;
 mod compare;
+mod echo;
 mod endpoint;
 mod fanout;
 mod idle;
@@ -122,6 +124,12 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// The latency floor: P connections to a trivial WebSocket echo server (`--example
+    /// echo_server`) at R frames/s each; send→echo latency.
+    Echo {
+        #[command(flatten)]
+        opts: echo::Opts,
+    },
     /// Worker process of `idle` (reads its orders on stdin).
     #[command(hide = true)]
     IdleWorker,
@@ -171,6 +179,10 @@ struct Common {
     /// /proc/<pid>); the server must run on this machine.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another process of the system under test whose CPU per delivery to report (`fanout`;
+    /// e.g. `nats=1234`); repeatable.
+    #[arg(long, value_parser = parse_watch_pid)]
+    watch_pid: Vec<(String, u32)>,
     /// Directory for the JSON result (results.jsonl, <run>.json) and the plot (<run>.svg).
     #[arg(long, default_value = "loadtest-results")]
     out: PathBuf,
@@ -187,7 +199,19 @@ pub struct Ctx {
     pub run_id: String,
     /// The server's pid, for CPU and RSS readings.
     pub server_pid: Option<u32>,
+    /// Other processes to report CPU for (`--watch-pid`).
+    pub watch_pids: Vec<(String, u32)>,
     pub progress: Progress,
+}
+
+/// `NAME=PID` of `--watch-pid`.
+fn parse_watch_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|_| format!("not a pid: {pid}"))?;
+    if name.is_empty() {
+        return Err("expected NAME=PID".into());
+    }
+    Ok((name.to_owned(), pid))
 }
 
 pub fn new_run_id() -> String {
@@ -224,6 +248,7 @@ impl Ctx {
             timeout,
             run_id,
             server_pid: c.server_pid,
+            watch_pids: c.watch_pid.clone(),
             progress: Progress::new(!c.no_progress),
         })
     }
@@ -282,6 +307,24 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Report { files, .. } => return report::run(files),
         Command::IdleWorker => return idle::worker().await,
+        Command::Echo { opts } => {
+            let mut out = echo::run(opts).await?;
+            out.result["load_average"] = json!(compare::loadavg());
+            let dir = OutDir::create(&opts.out)?;
+            let written = dir.write(&format!("echo-{}", new_run_id()), &mut out)?;
+            eprintln!(
+                "wrote {}",
+                written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if opts.json {
+                println!("{}", out.result);
+            }
+            return Ok(());
+        }
         Command::Compare {
             opts,
             timeout_secs,
@@ -322,22 +365,15 @@ async fn run(cli: Cli) -> Result<()> {
             // Checked before any setup work is done.
             let receiver = opts.receiver_target(&Target::parse(&common.url)?)?;
             let ctx = Ctx::new(common).await?;
-            let receiver_ep = match &ctx.ep {
-                Endpoint::Lara {
-                    api, key, encoding, ..
-                } => Endpoint::Lara {
-                    api: api.clone(),
-                    key: key.clone(),
-                    encoding: *encoding,
-                    target: receiver,
-                },
-                other => other.clone(),
-            };
+            let receiver_ep = ctx.ep.with_target(receiver);
             (common, latency::run(&ctx, opts, &receiver_ep).await?)
         }
         Command::Fanout { common, opts } => {
+            // Checked before any setup work is done.
+            let receiver = opts.receiver_target(&Target::parse(&common.url)?)?;
             let ctx = Ctx::new(common).await?;
-            (common, fanout::run(&ctx, opts).await?)
+            let receiver_ep = ctx.ep.with_target(receiver);
+            (common, fanout::run(&ctx, opts, &receiver_ep).await?)
         }
         Command::Chat { common, opts } => {
             let ctx = Ctx::new(common).await?;

@@ -45,6 +45,8 @@ impl RunOutput {
 pub struct CpuWatch {
     server: Option<(u32, Sample)>,
     me: Option<Sample>,
+    /// Other processes of the system under test (`--watch-pid NAME=PID`).
+    others: Vec<(String, u32, Sample)>,
 }
 
 impl CpuWatch {
@@ -57,7 +59,18 @@ impl CpuWatch {
         Ok(Self {
             server,
             me: procstat::sample(std::process::id()).ok(),
+            others: Vec::new(),
         })
+    }
+
+    /// Also measures each of `pids` (name, pid): `finish` then reports
+    /// `cpu_us_per_delivery_by_process`.
+    pub fn watching(mut self, pids: &[(String, u32)]) -> Result<Self> {
+        for (name, pid) in pids {
+            let s = procstat::sample(*pid).with_context(|| format!("--watch-pid {name}={pid}"))?;
+            self.others.push((name.clone(), *pid, s));
+        }
+        Ok(self)
     }
 
     /// JSON fields for a stretch that did `units` deliveries: `server_cpu_s`,
@@ -79,6 +92,18 @@ impl CpuWatch {
                     "server_rss_kib_after": after.rss_kib,
                 });
             }
+        }
+        if !self.others.is_empty() {
+            let mut by = serde_json::Map::new();
+            for (name, pid, before) in &self.others {
+                if let Ok(after) = procstat::sample(*pid) {
+                    by.insert(
+                        name.clone(),
+                        json!(procstat::cpu_us_per(*before, after, units)),
+                    );
+                }
+            }
+            v["cpu_us_per_delivery_by_process"] = Value::Object(by);
         }
         if let (Some(before), Ok(after)) = (self.me, procstat::sample(std::process::id())) {
             v["loadgen_cpu_s"] = json!(round3(after.cpu_s - before.cpu_s));

@@ -92,6 +92,19 @@ fn row(v: &Value) -> Option<String> {
                 n("acked")
             ),
         ),
+        "echo" => (
+            "echo (floor)",
+            format!(
+                "P={} R={}/s {} s",
+                n("pairs"),
+                n("rate_per_pair"),
+                n("duration_s")
+            ),
+            format!("{} frames", n("deliveries")),
+            "send→echo",
+            v.get("delivery_latency")?,
+            format!("{} of {} missing", n("missing"), n("sent")),
+        ),
         "fanout" => (
             "fanout",
             format!("K={} N={}", n("subscribers"), n("messages")),

@@ -33,6 +33,9 @@ pub enum Kind {
     Centrifugo,
     /// Centrifugo, memory engine, with history and recovery in the namespace.
     CentrifugoHistory,
+    /// Another build of `larachat serve` (`--larachat-base-bin`), configured like `lara`:
+    /// before/after comparisons in the same rounds (the table's `lara ÷ lara-base` column).
+    LaraBase,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Lara => "lara",
             Kind::Centrifugo => "centrifugo",
             Kind::CentrifugoHistory => "centrifugo-history",
+            Kind::LaraBase => "lara-base",
         }
     }
 
@@ -55,6 +59,10 @@ pub struct Launch {
     /// The `larachat` binary. Default: `larachat` next to this program.
     #[arg(long)]
     pub larachat_bin: Option<PathBuf>,
+    /// The `larachat` binary of the `lara-base` server (e.g. a build of main, for
+    /// before/after).
+    #[arg(long)]
+    pub larachat_base_bin: Option<PathBuf>,
     /// The Centrifugo binary. Default: ~/.cache/larachat/bin/centrifugo, installed with
     /// `go install github.com/centrifugal/centrifugo/v6@v6.9.1` when missing.
     #[arg(long)]
@@ -88,7 +96,11 @@ pub struct Server {
 impl Server {
     pub async fn start(kind: Kind, launch: &Launch, limit: Duration) -> Result<Self> {
         match kind {
-            Kind::Lara => start_lara(launch, limit).await,
+            Kind::Lara => start_lara(kind, launch.larachat_bin.as_deref(), launch, limit).await,
+            Kind::LaraBase => match &launch.larachat_base_bin {
+                Some(bin) => start_lara(kind, Some(bin), launch, limit).await,
+                None => bail!("--servers lara-base needs --larachat-base-bin"),
+            },
             Kind::Centrifugo | Kind::CentrifugoHistory => {
                 let bin = centrifugo_binary(launch.centrifugo_bin.as_deref()).await?;
                 start_centrifugo(kind, &bin, limit).await
@@ -125,9 +137,14 @@ fn log_files(path: &Path) -> Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
 
-async fn start_lara(launch: &Launch, limit: Duration) -> Result<Server> {
-    let bin = match &launch.larachat_bin {
-        Some(b) => b.clone(),
+async fn start_lara(
+    kind: Kind,
+    bin: Option<&Path>,
+    launch: &Launch,
+    limit: Duration,
+) -> Result<Server> {
+    let bin = match bin {
+        Some(b) => b.to_path_buf(),
         None => std::env::current_exe()?
             .parent()
             .ok_or_else(|| anyhow!("no directory for the current executable"))?
@@ -191,7 +208,7 @@ async fn start_lara(launch: &Launch, limit: Duration) -> Result<Server> {
         .await
         .context("creating the load test project")?;
     Ok(Server {
-        kind: Kind::Lara,
+        kind,
         endpoint: Endpoint::Lara {
             target,
             api,
