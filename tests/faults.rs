@@ -104,16 +104,25 @@ async fn cql_node_sigkill_loses_no_acknowledged_message() {
         .collect();
     let mut missing_by_id = Vec::new();
     for (cmid, id) in &last {
-        // `read` looks the message up by id (404 if it does not exist).
-        let (s, body) = c
-            .client(
-                0,
-                Method::POST,
-                &format!("/api/v1/conversations/{}/read", run.conversation),
-                &run.key,
-                Some(json!({"message_id": id})),
-            )
-            .await;
+        // `read` looks the message up by id (404 if it does not exist). Just after the
+        // restart a request can still meet a store that is not back on every connection:
+        // 503 is "no verdict, retry" (protocol §1.1), so only a definite answer counts.
+        let retry_until = Instant::now() + Duration::from_secs(30);
+        let (s, body) = loop {
+            let (s, body) = c
+                .client(
+                    0,
+                    Method::POST,
+                    &format!("/api/v1/conversations/{}/read", run.conversation),
+                    &run.key,
+                    Some(json!({"message_id": id})),
+                )
+                .await;
+            if s != StatusCode::SERVICE_UNAVAILABLE || Instant::now() >= retry_until {
+                break (s, body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         if s != StatusCode::OK {
             missing_by_id.push(format!("{cmid} ({id}): {s} {body}"));
         }
