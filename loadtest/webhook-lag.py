@@ -14,9 +14,9 @@ delivered (or 120 s), then prints: messages acknowledged, deliveries received (d
 overall, and how long the backlog took to drain after the load stopped.
 
 The receiver answers 204 without verifying signatures (tests/webhooks.rs and
-webhooks/tests/receiver.rs verify them with the `standardwebhooks` package); Python's
-threading HTTP server is itself a limit at a few thousand requests/s, so deliveries/s is a
-lower bound of what the worker can do.
+webhooks/tests/receiver.rs verify them with the `standardwebhooks` package). Python's
+threading HTTP server may itself limit the rate (not measured separately), so deliveries/s is
+a lower bound of what the worker can do.
 
     cargo build --release -p larachat -p larachat-loadtest
     python3 loadtest/webhook-lag.py
