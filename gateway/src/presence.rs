@@ -368,7 +368,8 @@ fn claim(
 /// A project watched here: its bus subscription and the gate that opens once the view has
 /// heard its peers.
 struct Watched {
-    ready: Arc<OnceCell<()>>,
+    /// When the subscription opened and the `sync` went out.
+    ready: Arc<OnceCell<Instant>>,
     stop: CancellationToken,
 }
 
@@ -428,20 +429,43 @@ impl Presence {
         &self.inner.config
     }
 
-    /// An end user's connection opened; the returned guard closes it when dropped.
-    pub fn connected(&self, project: ProjectId, user: EndUserId) -> Connected {
+    /// An end user's connection opened; the returned guard closes it when dropped. The
+    /// gateway also follows the project's presence subject while it has users of it, so it
+    /// hears (and answers) a peer's `sync` at once.
+    pub async fn connected(&self, project: ProjectId, user: EndUserId) -> Connected {
+        let watch = match self.follow(project).await {
+            Ok((w, _)) => Some(w),
+            Err(e) => {
+                // Still counted and announced; only `sync` requests go unheard until the
+                // next connection (peers learn of this gateway's users from its beats).
+                tracing::debug!(error = %e, "presence subscribe failed");
+                None
+            }
+        };
         self.inner.state.lock().connect(project, user);
         self.inner.wake.notify_one();
         Connected {
             presence: self.clone(),
             project,
             user,
+            _watch: watch,
         }
     }
 
     /// Starts watching `project` (its view kept while the guard lives). Returns once the view
-    /// has heard its peers (`sync_wait` after the first watcher subscribed).
+    /// has heard its peers (`sync_wait` after the subscription opened).
     pub async fn watch(&self, project: ProjectId) -> Result<Watch, larachat_broker::BusError> {
+        let (guard, opened) = self.follow(project).await?;
+        tokio::time::sleep_until(opened + self.inner.config.sync_wait).await;
+        Ok(guard)
+    }
+
+    /// Follows `project`'s presence subject (while the guard lives) without waiting for the
+    /// view to fill. Returns when the subscription opened.
+    async fn follow(
+        &self,
+        project: ProjectId,
+    ) -> Result<(Watch, Instant), larachat_broker::BusError> {
         let (ready, stop) = {
             let mut watched = self.inner.watched.lock();
             self.inner.state.lock().watch(project);
@@ -455,8 +479,8 @@ impl Presence {
             presence: self.clone(),
             project,
         };
-        ready.get_or_try_init(|| self.open(project, stop)).await?;
-        Ok(guard)
+        let opened = *ready.get_or_try_init(|| self.open(project, stop)).await?;
+        Ok((guard, opened))
     }
 
     /// Subscribes to the project's presence subject, asks peers to beat, waits for them.
@@ -464,7 +488,7 @@ impl Presence {
         &self,
         project: ProjectId,
         stop: CancellationToken,
-    ) -> Result<(), larachat_broker::BusError> {
+    ) -> Result<Instant, larachat_broker::BusError> {
         let subject = Subject::presence(project);
         let mut stream = self.inner.bus.subscribe(&subject).await?;
         let me = self.clone();
@@ -493,8 +517,7 @@ impl Presence {
         // Beat our own local set too (the bus echoes it into the view).
         self.inner.state.lock().beat_project(project);
         self.inner.wake.notify_one();
-        tokio::time::sleep(self.inner.config.sync_wait).await;
-        Ok(())
+        Ok(Instant::now())
     }
 
     /// Users online in `project`, at most `max_listed`: watches it for the time of the query.
@@ -574,6 +597,7 @@ pub struct Connected {
     presence: Presence,
     project: ProjectId,
     user: EndUserId,
+    _watch: Option<Watch>,
 }
 
 impl Drop for Connected {

@@ -479,9 +479,10 @@ impl Connection {
         };
         let (sink, outbox) = LocalSink::channel(limits.outbound_queue);
         let kick = Arc::new(Kick::default());
-        let online = who
-            .end_user()
-            .map(|user| self.gw.presence().connected(who.project, user));
+        let online = match who.end_user() {
+            Some(user) => Some(self.gw.presence().connected(who.project, user).await),
+            None => None,
+        };
         let session = Session {
             who: Arc::new(who),
             actor,
