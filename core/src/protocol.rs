@@ -565,6 +565,78 @@ mod tests {
     }
 
     #[test]
+    fn feed_frames_have_one_schema_in_both_encodings() {
+        let message = sample_message("a".repeat(200));
+        let preview = ServerFrame::preview(&message);
+        match &preview {
+            ServerFrame::MessagePreview {
+                text, truncated, ..
+            } => {
+                assert_eq!(text.chars().count(), PREVIEW_CHARS);
+                assert!(*truncated);
+            }
+            other => panic!("{other:?}"),
+        }
+        let short = ServerFrame::preview(&sample_message("héllo".into()));
+        assert!(
+            matches!(short, ServerFrame::MessagePreview { truncated: false, ref text, .. } if text == "héllo")
+        );
+        let frames = [
+            preview,
+            ServerFrame::Unread {
+                conversation_id: ConversationId::new_v7(),
+                head_seq: 9,
+                read_seq: 4,
+                unread: 5,
+            },
+            ServerFrame::Presence {
+                user_id: EndUserId::new_v7(),
+                status: PresenceStatus::Online,
+                at: crate::model::now(),
+            },
+            ServerFrame::Watching {
+                id: Some(3),
+                feed: Feed::Inbox,
+            },
+            ServerFrame::Online {
+                id: None,
+                users: vec![OnlineUser {
+                    user_id: EndUserId::new_v7(),
+                    since: crate::model::now(),
+                }],
+                truncated: false,
+            },
+        ];
+        for frame in frames {
+            assert!(frame.event_conversation().is_none());
+            for enc in [Encoding::Json, Encoding::MsgPack] {
+                let back: ServerFrame = decode(&encode(&frame, enc), enc).unwrap();
+                assert_eq!(back, frame);
+            }
+        }
+        let f: ClientFrame =
+            decode(br#"{"type":"watch","id":1,"feed":"user"}"#, Encoding::Json).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Watch {
+                id: Some(1),
+                feed: Feed::User
+            }
+        );
+        assert!(
+            decode::<ClientFrame>(br#"{"type":"watch","feed":"all"}"#, Encoding::Json).is_err()
+        );
+        let v = serde_json::to_value(&ServerFrame::Unread {
+            conversation_id: ConversationId::new_v7(),
+            head_seq: 2,
+            read_seq: 1,
+            unread: 1,
+        })
+        .unwrap();
+        assert_eq!(v["type"], "unread");
+    }
+
+    #[test]
     fn shared_frame_reuses_bus_bytes() {
         let frame = ServerFrame::Pong { id: None };
         let json = encode(&frame, Encoding::Json);
