@@ -211,6 +211,13 @@ pub struct RealtimeSection {
     pub outbound_queue: usize,
     pub max_subscriptions: usize,
     pub max_frames_per_sec: u32,
+    /// An end user stays online this long after their last connection closed.
+    pub presence_debounce_ms: u64,
+    /// Interval of each gateway's presence beats (and of the expiry sweep).
+    pub presence_heartbeat_ms: u64,
+    /// A gateway's presence claims expire this long after it was last heard (a dead
+    /// gateway's users go offline within this plus one heartbeat).
+    pub presence_ttl_ms: u64,
 }
 
 /// The first platform admin, created on start if no admin with this email exists.
@@ -299,8 +306,15 @@ impl Default for RealtimeSection {
             outbound_queue: d.outbound_queue,
             max_subscriptions: d.max_subscriptions,
             max_frames_per_sec: d.max_frames_per_sec,
+            presence_debounce_ms: millis(d.presence.debounce),
+            presence_heartbeat_ms: millis(d.presence.heartbeat),
+            presence_ttl_ms: millis(d.presence.ttl),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for LogConfig {
@@ -528,6 +542,12 @@ impl Config {
         if r.max_frames_per_sec == 0 {
             return bad("realtime.max_frames_per_sec must be at least 1".into());
         }
+        if r.presence_heartbeat_ms < 10 || r.presence_ttl_ms <= r.presence_heartbeat_ms {
+            return bad(
+                "realtime.presence_heartbeat_ms must be at least 10 and presence_ttl_ms greater than it"
+                    .into(),
+            );
+        }
         if self.admin.email.is_empty() != self.admin.password.is_empty() {
             return bad("admin.email and admin.password must be set together".into());
         }
@@ -583,6 +603,12 @@ impl Config {
             outbound_queue: r.outbound_queue,
             max_subscriptions: r.max_subscriptions,
             max_frames_per_sec: r.max_frames_per_sec,
+            presence: larachat_gateway::presence::PresenceConfig {
+                debounce: Duration::from_millis(r.presence_debounce_ms),
+                heartbeat: Duration::from_millis(r.presence_heartbeat_ms),
+                ttl: Duration::from_millis(r.presence_ttl_ms),
+                ..Default::default()
+            },
         }
     }
 }

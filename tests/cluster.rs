@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use harness::*;
 
@@ -545,4 +545,171 @@ fn split_processes_refuse_a_configuration_that_cannot_work() {
     ]);
     let err = run("gateway", &unmigrated);
     assert!(err.contains("larachat migrate"), "{err}");
+}
+
+/// Presence settings short enough for tests (debounce, beats, claim TTL).
+fn fast_presence_env() -> Vec<(String, String)> {
+    vars(&[
+        ("LARACHAT_REALTIME__PRESENCE_DEBOUNCE_MS", "500"),
+        ("LARACHAT_REALTIME__PRESENCE_HEARTBEAT_MS", "200"),
+        ("LARACHAT_REALTIME__PRESENCE_TTL_MS", "1500"),
+    ])
+}
+
+async fn watch_feed(ws: &mut Socket, feed: &str) {
+    send(ws, json!({"type": "watch", "id": 5, "feed": feed}))
+        .await
+        .unwrap();
+    let (w, _) = expect_type(ws, "watching").await;
+    assert_eq!(w["feed"], json!(feed), "{w}");
+}
+
+/// Feeds and presence across two gateways over NATS: an end user on gateway A hears of a
+/// conversation started and a message sent through gateway B (created, unread); an agent on
+/// B sees the user come online, the conversation and the message preview; the user with one
+/// connection on each gateway stays online until both are closed; who-is-online answers the
+/// same on both gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_and_presence_across_two_gateways() {
+    let c = Cluster::start_with(
+        &Backends::shared(),
+        vec![fast_presence_env(), fast_presence_env()],
+    )
+    .await;
+    let t = c.tenant("feeds").await;
+    let (alice, alice_token) = c.user(0, &t.key, "alice").await;
+    let mut agent = connect(&c.gateways[1].ws_url(), &t.key, None)
+        .await
+        .unwrap();
+    watch_feed(&mut agent, "inbox").await;
+
+    let mut on_a = connect(&c.gateways[0].ws_url(), &alice_token, None)
+        .await
+        .unwrap();
+    watch_feed(&mut on_a, "user").await;
+    let (p, _) = expect_type(&mut agent, "presence").await;
+    assert_eq!(
+        (p["user_id"].clone(), p["status"].clone()),
+        (json!(alice), json!("online")),
+        "{p}"
+    );
+    for i in 0..2 {
+        let (s, list) = c
+            .client(i, Method::GET, "/api/v1/presence", &t.key, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let ids: Vec<&Value> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| &u["user_id"])
+            .collect();
+        assert_eq!(ids, vec![&json!(alice)], "gateway {i}: {list}");
+    }
+
+    // Through gateway B: a conversation, then a message.
+    let conv = c.conversation(1, &t.key, &[&alice]).await;
+    let (f, _) = expect_type(&mut on_a, "conversation_created").await;
+    assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
+    let (f, _) = expect_type(&mut agent, "conversation_created").await;
+    assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
+    let (s, m) = c
+        .client(
+            1,
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/messages"),
+            &t.key,
+            Some(json!({"text": "hello from B"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    let (f, _) = expect_type(&mut agent, "message_preview").await;
+    assert_eq!(
+        (f["text"].clone(), f["seq"].clone()),
+        (json!("hello from B"), json!(1)),
+        "{f}"
+    );
+    let (f, _) = expect_type(&mut on_a, "unread").await;
+    assert_eq!(
+        (
+            f["head_seq"].clone(),
+            f["read_seq"].clone(),
+            f["unread"].clone()
+        ),
+        (json!(1), json!(0), json!(1)),
+        "{f}"
+    );
+    // Read on gateway B (a second device): the device on A hears its count drop.
+    let mut on_b = connect(&c.gateways[1].ws_url(), &alice_token, None)
+        .await
+        .unwrap();
+    send(
+        &mut on_b,
+        json!({"type": "read", "id": 6, "conversation_id": conv, "message_id": m["message"]["id"]}),
+    )
+    .await
+    .unwrap();
+    expect_type(&mut on_b, "ok").await;
+    let (f, _) = expect_type(&mut on_a, "unread").await;
+    assert_eq!(f["unread"], json!(0), "{f}");
+
+    // Close the device on A: alice stays online (B still holds her), for longer than the
+    // debounce plus the claim TTL.
+    drop(on_a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send(&mut agent, json!({"type": "who_is_online", "id": 7}))
+        .await
+        .unwrap();
+    let (o, before) = expect_type(&mut agent, "online").await;
+    assert!(
+        before.iter().all(|f| f["type"] != "presence"),
+        "no presence change while one connection is left: {before:?}"
+    );
+    assert_eq!(o["users"][0]["user_id"], json!(alice), "{o}");
+    // Close the last one: offline.
+    drop(on_b);
+    let (p, _) = expect_type(&mut agent, "presence").await;
+    assert_eq!(
+        (p["user_id"].clone(), p["status"].clone()),
+        (json!(alice), json!("offline")),
+        "{p}"
+    );
+}
+
+/// A gateway that is killed (SIGKILL: no `down`, no close) takes its users offline within the
+/// claim TTL plus one beat, as seen by an agent on the other gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {
+    let mut c = Cluster::start_with(
+        &Backends::shared(),
+        vec![fast_presence_env(), fast_presence_env()],
+    )
+    .await;
+    let t = c.tenant("presence-kill").await;
+    let (bob, bob_token) = c.user(0, &t.key, "bob").await;
+    let mut agent = connect(&c.gateways[1].ws_url(), &t.key, None)
+        .await
+        .unwrap();
+    watch_feed(&mut agent, "inbox").await;
+    let _bob = connect(&c.gateways[0].ws_url(), &bob_token, None)
+        .await
+        .unwrap();
+    let (p, _) = expect_type(&mut agent, "presence").await;
+    assert_eq!(
+        (p["user_id"].clone(), p["status"].clone()),
+        (json!(bob), json!("online")),
+        "{p}"
+    );
+
+    let killed = Instant::now();
+    c.gateways[0].kill();
+    let (p, _) = expect_type(&mut agent, "presence").await;
+    let took = killed.elapsed();
+    assert_eq!(
+        (p["user_id"].clone(), p["status"].clone()),
+        (json!(bob), json!("offline")),
+        "{p}"
+    );
+    println!("bob offline {took:?} after his gateway was killed (ttl 1.5 s, beats 0.2 s)");
+    assert!(took < Duration::from_secs(10), "offline after {took:?}");
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::id::{ConversationId, MessageId, ProjectId};
+use crate::id::{ConversationId, EndUserId, MessageId, ProjectId};
 use crate::model::{Actor, ActorKind, Conversation, Message};
 
 /// Protocol version spoken by this crate.
@@ -53,6 +53,36 @@ impl Encoding {
 pub enum TypingState {
     Start,
     Stop,
+}
+
+/// A feed a connection can watch (`watch` frame, protocol §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Feed {
+    /// An end user's own feed: their conversations created and changed, unread counts.
+    User,
+    /// The agents' feed of a whole project: new conversations, message previews, changes,
+    /// presence of end users.
+    Inbox,
+}
+
+/// Online or offline, in `presence` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+/// An end user online now (`online` reply, `GET /api/v1/presence`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OnlineUser {
+    pub user_id: EndUserId,
+    /// Since when this gateway has seen them online (its view; approximate across gateways).
+    pub since: DateTime<Utc>,
 }
 
 /// An agent or bot identity chosen by a secret-key connection (end users cannot choose).
@@ -121,6 +151,18 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Start receiving a feed: `user` (end users: their own feed) or `inbox` (agents: the
+    /// project's inbox, presence included). Answered with `watching`.
+    Watch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        feed: Feed,
+    },
+    /// Who is online now (agents only). Answered with `online`.
+    WhoIsOnline {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
 }
 
 impl ClientFrame {
@@ -132,7 +174,9 @@ impl ClientFrame {
             | Self::Unsubscribe { id, .. }
             | Self::Send { id, .. }
             | Self::Read { id, .. }
-            | Self::Ping { id } => *id,
+            | Self::Ping { id }
+            | Self::Watch { id, .. }
+            | Self::WhoIsOnline { id } => *id,
             Self::Typing { .. } => None,
         }
     }
@@ -227,7 +271,56 @@ pub enum ServerFrame {
     },
     /// The conversation changed (status, subject, members).
     Conversation { conversation: Conversation },
+    /// A `watch` succeeded: the feed's events follow.
+    Watching {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        feed: Feed,
+    },
+    /// Answer to `who_is_online`: end users online now, at most `limit` of them.
+    Online {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        users: Vec<OnlineUser>,
+        /// More users are online than listed.
+        truncated: bool,
+    },
+    /// Feed event (user, inbox): a conversation was started.
+    ConversationCreated { conversation: Conversation },
+    /// Feed event (user, inbox): a conversation changed (status, subject, members, metadata).
+    ConversationUpdated { conversation: Conversation },
+    /// Feed event (user): the end user's unread count of one conversation:
+    /// `unread = head_seq - read_seq`.
+    Unread {
+        conversation_id: ConversationId,
+        /// `seq` of the newest message of the conversation.
+        head_seq: u64,
+        /// `seq` of the message the end user's read marker points at (0: none).
+        read_seq: u64,
+        unread: u64,
+    },
+    /// Feed event (inbox): a new message, previewed.
+    MessagePreview {
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        seq: u64,
+        sender: Actor,
+        /// The first [`PREVIEW_CHARS`] characters of the text.
+        text: String,
+        /// `text` was cut.
+        truncated: bool,
+        created_at: DateTime<Utc>,
+    },
+    /// Feed event (inbox): an end user came online or went offline.
+    Presence {
+        user_id: EndUserId,
+        status: PresenceStatus,
+        at: DateTime<Utc>,
+    },
 }
+
+/// Characters of a message kept in a `message_preview`.
+pub const PREVIEW_CHARS: usize = 140;
 
 impl ServerFrame {
     /// An `error` frame for a failed request.
@@ -255,6 +348,36 @@ impl ServerFrame {
             } => Some(*conversation_id),
             Self::Conversation { conversation } => Some(conversation.id),
             _ => None,
+        }
+    }
+
+    /// Whether this is a feed event (delivered to connections watching a feed, not tied to a
+    /// conversation subscription).
+    pub fn is_feed_event(&self) -> bool {
+        matches!(
+            self,
+            Self::ConversationCreated { .. }
+                | Self::ConversationUpdated { .. }
+                | Self::Unread { .. }
+                | Self::MessagePreview { .. }
+                | Self::Presence { .. }
+        )
+    }
+
+    /// A `message_preview` of `message`: its text cut to [`PREVIEW_CHARS`] characters.
+    pub fn preview(message: &Message) -> Self {
+        let (text, truncated) = match message.text.char_indices().nth(PREVIEW_CHARS) {
+            Some((at, _)) => (message.text[..at].to_owned(), true),
+            None => (message.text.clone(), false),
+        };
+        Self::MessagePreview {
+            conversation_id: message.conversation_id,
+            message_id: message.id,
+            seq: message.seq,
+            sender: message.sender.clone(),
+            text,
+            truncated,
+            created_at: message.created_at,
         }
     }
 
@@ -439,6 +562,78 @@ mod tests {
         let mp = encode(&ServerFrame::Pong { id: Some(1) }, Encoding::MsgPack);
         let v: serde_json::Value = rmp_serde::from_slice(&mp).unwrap();
         assert_eq!(v, json!({"type": "pong", "id": 1}));
+    }
+
+    #[test]
+    fn feed_frames_have_one_schema_in_both_encodings() {
+        let message = sample_message("a".repeat(200));
+        let preview = ServerFrame::preview(&message);
+        match &preview {
+            ServerFrame::MessagePreview {
+                text, truncated, ..
+            } => {
+                assert_eq!(text.chars().count(), PREVIEW_CHARS);
+                assert!(*truncated);
+            }
+            other => panic!("{other:?}"),
+        }
+        let short = ServerFrame::preview(&sample_message("héllo".into()));
+        assert!(
+            matches!(short, ServerFrame::MessagePreview { truncated: false, ref text, .. } if text == "héllo")
+        );
+        let frames = [
+            preview,
+            ServerFrame::Unread {
+                conversation_id: ConversationId::new_v7(),
+                head_seq: 9,
+                read_seq: 4,
+                unread: 5,
+            },
+            ServerFrame::Presence {
+                user_id: EndUserId::new_v7(),
+                status: PresenceStatus::Online,
+                at: crate::model::now(),
+            },
+            ServerFrame::Watching {
+                id: Some(3),
+                feed: Feed::Inbox,
+            },
+            ServerFrame::Online {
+                id: None,
+                users: vec![OnlineUser {
+                    user_id: EndUserId::new_v7(),
+                    since: crate::model::now(),
+                }],
+                truncated: false,
+            },
+        ];
+        for frame in frames {
+            assert!(frame.event_conversation().is_none());
+            for enc in [Encoding::Json, Encoding::MsgPack] {
+                let back: ServerFrame = decode(&encode(&frame, enc), enc).unwrap();
+                assert_eq!(back, frame);
+            }
+        }
+        let f: ClientFrame =
+            decode(br#"{"type":"watch","id":1,"feed":"user"}"#, Encoding::Json).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Watch {
+                id: Some(1),
+                feed: Feed::User
+            }
+        );
+        assert!(
+            decode::<ClientFrame>(br#"{"type":"watch","feed":"all"}"#, Encoding::Json).is_err()
+        );
+        let v = serde_json::to_value(&ServerFrame::Unread {
+            conversation_id: ConversationId::new_v7(),
+            head_seq: 2,
+            read_seq: 1,
+            unread: 1,
+        })
+        .unwrap();
+        assert_eq!(v["type"], "unread");
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   syscall.
 //! - [`widget`]: the Widget API `/widget/v1/*` (publishable key + origin allow-list, CORS,
 //!   identity verification, visitor sessions) and the widget's static files.
+//! - [`presence`]: which end users are online, across gateways (local connection counts,
+//!   beats on `lc.v1.<project>.presence`, per-project views for watchers, debounce, expiry).
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
 //! - [`policy`]: which rate-limit buckets (`larachat-limits`) a request, a widget session
 //!   start or a message takes, per principal, end user, project and sender.
@@ -30,6 +32,7 @@ pub mod api;
 pub mod auth;
 pub mod control;
 pub mod policy;
+pub mod presence;
 pub mod realtime;
 pub mod service;
 mod socket;
@@ -87,6 +90,8 @@ pub struct RealtimeConfig {
     pub max_subscriptions: usize,
     /// Inbound frames per second per connection (token bucket, burst = 2 s worth).
     pub max_frames_per_sec: u32,
+    /// Presence of end users (debounce, beats, expiry).
+    pub presence: presence::PresenceConfig,
 }
 
 impl Default for GatewayConfig {
@@ -114,6 +119,7 @@ impl Default for RealtimeConfig {
             outbound_queue: 1024,
             max_subscriptions: 100,
             max_frames_per_sec: 200,
+            presence: presence::PresenceConfig::default(),
         }
     }
 }
@@ -132,6 +138,7 @@ struct Inner {
     config: GatewayConfig,
     auth: auth::Authenticator,
     connections: realtime::Registry,
+    presence: presence::Presence,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -148,6 +155,14 @@ impl Gateway {
             SharedFrame::from_json(m.payload.clone()).ok()
         });
         let auth = auth::Authenticator::new(store.clone(), &config);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let presence = presence::Presence::start(
+            bus.clone(),
+            config.realtime.presence.clone(),
+            &tasks,
+            shutdown.clone(),
+        );
         let gw = Self {
             inner: Arc::new(Inner {
                 service: larachat_service::Service::new(store.clone(), bus.clone()),
@@ -156,8 +171,9 @@ impl Gateway {
                 hub,
                 auth,
                 connections: realtime::Registry::default(),
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                presence,
+                shutdown,
+                tasks,
                 config,
             }),
         };
@@ -196,6 +212,10 @@ impl Gateway {
     }
     pub fn limits(&self) -> &Arc<larachat_limits::Limits> {
         &self.inner.config.limits
+    }
+    /// Presence of end users (online/offline, who is online).
+    pub fn presence(&self) -> &presence::Presence {
+        &self.inner.presence
     }
     pub(crate) fn connections(&self) -> &realtime::Registry {
         &self.inner.connections

@@ -49,7 +49,7 @@ use larachat_core::http::ApiQuery;
 use larachat_core::id::{ApiKeyId, ConversationId, MessageId, ProjectId};
 use larachat_core::model::{Actor, ActorKind};
 use larachat_core::protocol::{
-    ClientFrame, Encoding, Limits, PROTOCOL_VERSION, ServerFrame, SessionInfo, SharedFrame,
+    ClientFrame, Encoding, Feed, Limits, PROTOCOL_VERSION, ServerFrame, SessionInfo, SharedFrame,
     TypingState, decode, encode,
 };
 use larachat_core::subject::Subject;
@@ -325,6 +325,10 @@ enum Barrier {
         conversation_id: ConversationId,
         message_id: MessageId,
     },
+    Watch {
+        id: Option<u64>,
+        feed: Feed,
+    },
 }
 
 /// What the poll loop hands to the async part of the connection.
@@ -340,6 +344,12 @@ struct Session {
     who: Arc<Principal>,
     actor: Actor,
     subs: HashMap<ConversationId, Sub>,
+    /// Feeds watched (`watch`), with their registrations (an inbox has two: the bus subject
+    /// and this gateway's presence events) and the presence view it keeps.
+    feeds: Vec<(Feed, Vec<Interest>)>,
+    presence_watch: Option<crate::presence::Watch>,
+    /// An end user's connection counts for their presence while it lives.
+    _online: Option<crate::presence::Connected>,
     sink: LocalSink<SharedFrame>,
     outbox: Outbox<SharedFrame>,
     kick: Arc<Kick>,
@@ -469,10 +479,17 @@ impl Connection {
         };
         let (sink, outbox) = LocalSink::channel(limits.outbound_queue);
         let kick = Arc::new(Kick::default());
+        let online = match who.end_user() {
+            Some(user) => Some(self.gw.presence().connected(who.project, user).await),
+            None => None,
+        };
         let session = Session {
             who: Arc::new(who),
             actor,
             subs: HashMap::new(),
+            feeds: Vec::new(),
+            presence_watch: None,
+            _online: online,
             sink,
             outbox,
             kick,
@@ -728,6 +745,13 @@ impl Connection {
         match frame {
             ClientFrame::Auth { .. } => s.barrier = Some(Barrier::Auth),
             ClientFrame::Ping { id } => s.push_ready(id, Ok(Some(ServerFrame::Pong { id }))),
+            ClientFrame::Watch { id, feed } => s.barrier = Some(Barrier::Watch { id, feed }),
+            ClientFrame::WhoIsOnline { id } => {
+                let (gw, who) = (self.gw.clone(), s.who.clone());
+                s.push(Either::Right(Box::pin(async move {
+                    (id, who_is_online(&gw, &who, id).await, None)
+                })));
+            }
             ClientFrame::Subscribe {
                 id,
                 conversation_id,
@@ -863,6 +887,7 @@ impl Connection {
                     })),
                 )
             }
+            Barrier::Watch { id, feed } => (id, self.watch(s, id, feed).await),
             Barrier::Read {
                 id,
                 conversation_id,
@@ -1018,11 +1043,84 @@ impl Connection {
         }))
     }
 
+    /// Starts delivering a feed: the end user's own feed, or (agents) the project's inbox
+    /// and its presence events. Watching a feed again answers `watching` again.
+    async fn watch(
+        &mut self,
+        s: &mut Session,
+        id: Option<u64>,
+        feed: Feed,
+    ) -> Result<Option<ServerFrame>, ApiError> {
+        if s.feeds.iter().any(|(f, _)| *f == feed) {
+            return Ok(Some(ServerFrame::Watching { id, feed }));
+        }
+        let unavailable = |e: larachat_broker::BusError| {
+            tracing::warn!(error = %e, "bus subscribe failed");
+            ApiError::unavailable()
+        };
+        let project = s.who.project;
+        let interests = match (feed, s.who.end_user()) {
+            (Feed::User, Some(user)) => vec![
+                self.gw
+                    .hub()
+                    .subscribe(Subject::user(project, user), s.sink.clone())
+                    .await
+                    .map_err(unavailable)?,
+            ],
+            (Feed::User, None) => {
+                return Err(ApiError::forbidden(
+                    "the user feed is an end user's own; agents watch the inbox",
+                ));
+            }
+            (Feed::Inbox, Some(_)) => {
+                return Err(ApiError::forbidden(
+                    "the inbox feed needs a secret key or an agent token",
+                ));
+            }
+            (Feed::Inbox, None) => {
+                s.who.require_read()?;
+                let inbox = self
+                    .gw
+                    .hub()
+                    .subscribe(Subject::inbox(project), s.sink.clone())
+                    .await
+                    .map_err(unavailable)?;
+                let presence = self
+                    .gw
+                    .presence()
+                    .events()
+                    .subscribe(Subject::presence(project), s.sink.clone())
+                    .await
+                    .map_err(unavailable)?;
+                s.presence_watch = Some(
+                    self.gw
+                        .presence()
+                        .watch(project)
+                        .await
+                        .map_err(unavailable)?,
+                );
+                vec![inbox, presence]
+            }
+        };
+        s.feeds.push((feed, interests));
+        Ok(Some(ServerFrame::Watching { id, feed }))
+    }
+
     /// Appends a live event unless it is for an unsubscribed conversation, already replayed,
     /// or this connection's own typing.
     fn deliver(&mut self, s: &Session, event: &SharedFrame) {
         let frame = event.frame();
         let Some(conv) = frame.event_conversation() else {
+            // Feed events reach only connections that watch the feed (only they registered
+            // for its subjects).
+            if frame.is_feed_event() {
+                EVENTS_SENT.increment(1);
+                let bytes = event.encoded(self.encoding);
+                match self.encoding {
+                    Encoding::Json => self.sock.push_text(bytes),
+                    Encoding::MsgPack => self.sock.push_binary(bytes),
+                }
+            }
             return;
         };
         let Some(sub) = s.subs.get(&conv) else {
@@ -1075,6 +1173,29 @@ impl Connection {
         // socket ends the connection (the client sees an abnormal close and reconnects).
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sock.shutdown()).await;
     }
+}
+
+/// The answer to `who_is_online` (agents only).
+async fn who_is_online(
+    gw: &Gateway,
+    who: &Principal,
+    id: Option<u64>,
+) -> Result<Option<ServerFrame>, ApiError> {
+    if who.end_user().is_some() {
+        return Err(ApiError::forbidden(
+            "presence needs a secret key or an agent token",
+        ));
+    }
+    who.require_read()?;
+    let (users, truncated) = gw.presence().online(who.project).await.map_err(|e| {
+        tracing::warn!(error = %e, "presence query failed");
+        ApiError::unavailable()
+    })?;
+    Ok(Some(ServerFrame::Online {
+        id,
+        users,
+        truncated,
+    }))
 }
 
 /// How a kicked connection ends.

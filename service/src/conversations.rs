@@ -60,6 +60,13 @@ impl Service {
             last_message_id: None,
         };
         self.store().create_conversation(&conv).await?;
+        self.publish_to(
+            &feed_subjects(&conv),
+            &ServerFrame::ConversationCreated {
+                conversation: conv.clone(),
+            },
+        )
+        .await;
         Ok(conv)
     }
 
@@ -90,6 +97,13 @@ impl Service {
             },
         )
         .await;
+        self.publish_to(
+            &feed_subjects(&conv),
+            &ServerFrame::ConversationUpdated {
+                conversation: conv.clone(),
+            },
+        )
+        .await;
         Ok(conv)
     }
 
@@ -109,4 +123,15 @@ impl Service {
         )
         .await
     }
+}
+
+/// The feeds a change of `conv` goes to: the project's inbox and each member's own feed.
+fn feed_subjects(conv: &Conversation) -> Vec<Subject> {
+    std::iter::once(Subject::inbox(conv.project_id))
+        .chain(
+            conv.members
+                .iter()
+                .map(|m| Subject::user(conv.project_id, *m)),
+        )
+        .collect()
 }

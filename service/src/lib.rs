@@ -77,12 +77,21 @@ impl Service {
     /// Publishes a live frame. The change is already durable when this is called, so a bus
     /// failure is logged, not returned: subscribers catch up by resume.
     pub async fn publish(&self, subject: &Subject, frame: &ServerFrame) {
-        if let Err(e) = self
-            .inner
-            .bus
-            .publish(subject, encode(frame, Encoding::Json))
-            .await
-        {
+        self.publish_bytes(subject, encode(frame, Encoding::Json))
+            .await;
+    }
+
+    /// Publishes one frame on several subjects (a change for the inbox and each member's
+    /// feed), encoded once.
+    pub async fn publish_to(&self, subjects: &[Subject], frame: &ServerFrame) {
+        let bytes = encode(frame, Encoding::Json);
+        for subject in subjects {
+            self.publish_bytes(subject, bytes.clone()).await;
+        }
+    }
+
+    async fn publish_bytes(&self, subject: &Subject, bytes: bytes::Bytes) {
+        if let Err(e) = self.inner.bus.publish(subject, bytes).await {
             metrics::counter!("larachat_gateway_publish_failures_total").increment(1);
             // While the bus is away every send fails to publish: not one line per message.
             if let Some(total) = self.inner.publish_failures.add(1) {

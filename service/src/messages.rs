@@ -6,7 +6,7 @@ use larachat_core::id::{ConversationId, EndUserId, MessageId};
 use larachat_core::model::{self, Actor, ActorKind, Conversation, NewMessage, ReadState};
 use larachat_core::protocol::{ActorInput, ServerFrame, TypingState};
 use larachat_core::subject::Subject;
-use larachat_store::Appended;
+use larachat_store::{Appended, MessageRange};
 
 use crate::input::{ClientMsgId, Identifier, MessageText, Metadata, Name};
 use crate::{Principal, PrincipalKind, Service};
@@ -169,6 +169,13 @@ impl Service {
             },
         )
         .await;
+        self.publish(
+            &Subject::inbox(who.project),
+            &ServerFrame::preview(&appended.message),
+        )
+        .await;
+        self.publish_unread_after_send(&conv, appended.message.seq)
+            .await;
         Ok(appended)
     }
 
@@ -182,8 +189,9 @@ impl Service {
         message_id: MessageId,
     ) -> Result<ReadState, ApiError> {
         who.require_write()?;
-        self.conversation_for(who, conversation).await?;
-        self.store()
+        let conv = self.conversation_for(who, conversation).await?;
+        let read = self
+            .store()
             .message(who.project, conversation, message_id)
             .await?
             .ok_or_else(|| ApiError::not_found("message"))?;
@@ -201,7 +209,91 @@ impl Service {
             },
         )
         .await;
+        if let Some(user) = end_user_of(&state.reader) {
+            self.publish_unread_after_read(&conv, user, &state, &read)
+                .await;
+        }
         Ok(state)
+    }
+
+    /// Unread counts after a new message with `head_seq`: one `unread` event on the feed of
+    /// each end-user member, `head_seq` minus the `seq` of their read marker. Costs one read
+    /// of the conversation's markers and one message lookup per member marker; no scan.
+    /// Best effort like every live event: a store error skips the events (logged).
+    async fn publish_unread_after_send(&self, conv: &Conversation, head_seq: u64) {
+        if conv.members.is_empty() {
+            return;
+        }
+        let markers = match self.store().read_states(conv.project_id, conv.id).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "unread: read markers unavailable");
+                return;
+            }
+        };
+        for member in &conv.members {
+            let marker = markers
+                .iter()
+                .find(|r| end_user_of(&r.reader) == Some(*member))
+                .map(|r| r.last_read_message_id);
+            let read_seq = match marker {
+                None => 0,
+                Some(id) => match self.store().message(conv.project_id, conv.id, id).await {
+                    Ok(Some(m)) => m.seq,
+                    Ok(None) => 0,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "unread: marker lookup failed");
+                        continue;
+                    }
+                },
+            };
+            self.publish(
+                &Subject::user(conv.project_id, *member),
+                &unread(conv.id, head_seq, read_seq),
+            )
+            .await;
+        }
+    }
+
+    /// The reader's unread count after they read (on any device): to their own feed.
+    async fn publish_unread_after_read(
+        &self,
+        conv: &Conversation,
+        user: EndUserId,
+        state: &ReadState,
+        requested: &model::Message,
+    ) {
+        if !conv.members.contains(&user) {
+            return;
+        }
+        // The marker only moves forward: it is the requested message or a newer one.
+        let read_seq = if state.last_read_message_id == requested.id {
+            requested.seq
+        } else {
+            match self
+                .store()
+                .message(conv.project_id, conv.id, state.last_read_message_id)
+                .await
+            {
+                Ok(Some(m)) => m.seq,
+                _ => return,
+            }
+        };
+        // The head: the newest message (the conversation as read just before may be behind
+        // a message sent since; the newest page of one message is exact).
+        let head_seq = match self
+            .store()
+            .list_messages(conv.project_id, conv.id, MessageRange::Latest, 1)
+            .await
+        {
+            Ok(page) => page.items.last().map_or(read_seq, |m| m.seq),
+            Err(_) => return,
+        };
+        self.publish(
+            &Subject::user(conv.project_id, user),
+            &unread(conv.id, head_seq.max(read_seq), read_seq),
+        )
+        .await;
     }
 
     /// Publishes a typing indicator (ephemeral: never stored, no domain event).
@@ -224,5 +316,22 @@ impl Service {
         )
         .await;
         Ok(())
+    }
+}
+
+/// The end user an actor is, if it is one.
+fn end_user_of(actor: &Actor) -> Option<EndUserId> {
+    match actor.kind {
+        ActorKind::EndUser => actor.id.parse().ok(),
+        _ => None,
+    }
+}
+
+fn unread(conversation_id: ConversationId, head_seq: u64, read_seq: u64) -> ServerFrame {
+    ServerFrame::Unread {
+        conversation_id,
+        head_seq,
+        read_seq,
+        unread: head_seq.saturating_sub(read_seq),
     }
 }

@@ -1,7 +1,8 @@
 // @ts-check
 // Lara Chat demo agent inbox: the Client API for lists and history, the realtime socket as
 // {type: "agent", id: "demo-agent", name: "Demo Agent"} for live messages, typing, read markers
-// and replies. Both with a short-lived agent token from the server (POST tokenUrl, renewed a
+// and replies, and the project's inbox feed (new conversations, message previews, changes and
+// end users' presence: no polling). Both with a short-lived agent token from the server (POST tokenUrl, renewed a
 // minute before it expires, or when refused): no secret key is ever in the page.
 (() => {
   'use strict';
@@ -49,6 +50,8 @@
   let rows = [];
   /** @type {Map<string, string>} end user id → name */
   const names = new Map();
+  /** @type {Set<string>} end users online now (inbox feed presence) */
+  const online = new Set();
   /** @type {Map<string, string>} conversation id → newest message id seen here */
   const seenUpTo = new Map();
   /** @type {WebSocket | null} */
@@ -163,7 +166,7 @@
     try {
       const page = await api('GET', '/conversations?limit=50');
       convs = /** @type {Conversation[]} */ (page.data || []);
-      convs.sort((a, b) => (b.last_message_id || b.id).localeCompare(a.last_message_id || a.id));
+      sortList();
       for (const c of convs) if (c.members[0]) loadName(c.members[0]);
       renderList();
       if (!openId && convs[0]) openConversation(convs[0].id);
@@ -190,7 +193,16 @@
           'aria-current': c.id === openId ? 'true' : 'false',
         },
         [
-          h('span', { class: 'avatar', 'aria-hidden': 'true' }, [label(c).charAt(0).toUpperCase()]),
+          h(
+            'span',
+            {
+              class: `avatar${c.members.some((m) => online.has(m)) ? ' online' : ''}`,
+              'data-lc': 'agent-avatar',
+              'data-online': c.members.some((m) => online.has(m)) ? 'true' : 'false',
+              'aria-hidden': 'true',
+            },
+            [label(c).charAt(0).toUpperCase()]
+          ),
           h('span', { class: 'ct' }, [
             h('span', { class: 'cn' }, [label(c)]),
             h('span', { class: 'cs' }, [`${c.status === 'closed' ? 'Closed · ' : ''}${time(c.updated_at)}`]),
@@ -438,6 +450,11 @@
         authed = true;
         attempt = 0;
         setStatus(`Connected as ${ACTOR.name}`);
+        // The inbox feed replaces polling; after every (re)connect, catch up once through the
+        // API (feed events are live only, docs/protocol.md §3.4) and ask who is online.
+        sendFrame({ type: 'watch', id: ++reqSeq, feed: 'inbox' });
+        sendFrame({ type: 'who_is_online', id: ++reqSeq });
+        refreshList();
         subscribe();
         for (const r of rows) if (!r.id) transmit(r);
         markRead();
@@ -449,7 +466,6 @@
             markRead();
           }
         }
-        refreshSoon();
         break;
       case 'ack': {
         const row = pending.get(f.id);
@@ -475,11 +491,56 @@
           if (f.state === 'start') visitorTyping = window.setTimeout(() => (typingEl.hidden = true), 6000);
         }
         break;
+      case 'conversation_created':
+      case 'conversation_updated':
       case 'conversation':
-        refreshSoon();
+        upsert(f.conversation);
+        break;
+      case 'message_preview': {
+        const c = convs.find((x) => x.id === f.conversation_id);
+        if (!c) {
+          // Started before this page knew of it (e.g. a lost event): fetch the list once.
+          refreshSoon();
+          break;
+        }
+        c.last_message_id = f.message_id;
+        c.updated_at = f.created_at;
+        sortList();
+        renderList();
+        break;
+      }
+      case 'presence':
+        if (f.status === 'online') online.add(f.user_id);
+        else online.delete(f.user_id);
+        renderList();
+        break;
+      case 'online':
+        online.clear();
+        for (const u of f.users || []) online.add(u.user_id);
+        renderList();
         break;
       default:
     }
+  }
+
+  /**
+   * A conversation from the feed: added or replaced, the list re-sorted.
+   * @param {Conversation} c
+   */
+  function upsert(c) {
+    if (!c || !c.id) return;
+    const i = convs.findIndex((x) => x.id === c.id);
+    if (i >= 0) convs[i] = c;
+    else convs.unshift(c);
+    if (c.members[0]) loadName(c.members[0]);
+    sortList();
+    renderList();
+    if (c.id === openId) renderHeader();
+    if (!openId) openConversation(c.id);
+  }
+
+  function sortList() {
+    convs.sort((a, b) => (b.last_message_id || b.id).localeCompare(a.last_message_id || a.id));
   }
 
   /** @type {number | undefined} */
@@ -518,6 +579,4 @@
     return;
   }
   connect();
-  refreshList();
-  window.setInterval(refreshList, 3000);
 })();

@@ -35,9 +35,17 @@ test('demo: visitor and agent inbox talk; the inbox holds an agent token, never 
   });
   const inbox = await context.newPage();
   const rec = recordPage(inbox);
+  // Every time the inbox fetches its conversation list (it must not poll: the feed is live).
+  const listFetches = [];
+  inbox.on('request', (r) => {
+    if (r.method() === 'GET' && /\/api\/v1\/conversations\?/.test(r.url())) listFetches.push(Date.now());
+  });
   try {
     await inbox.goto(`${server.base}/demo/agent`);
     await inbox.locator('[data-lc=agent-status][data-status=connected]').waitFor({ timeout: 15_000 });
+    // The catch-up fetch after connecting, then nothing more.
+    await inbox.waitForTimeout(500);
+    const fetchesBefore = listFetches.length;
 
     const visitor = await context.newPage();
     await visitor.goto(`${server.base}/demo`);
@@ -45,8 +53,14 @@ test('demo: visitor and agent inbox talk; the inbox holds an agent token, never 
     await visitor.locator('[data-lc=input]').fill('Hello demo agent');
     await visitor.locator('[data-lc=send]').click();
 
-    // The inbox lists the conversation (it polls every 3 s), opens it and shows the message.
-    await inbox.locator('[data-lc=agent-messages]', { hasText: 'Hello demo agent' }).waitFor({ timeout: 20_000 });
+    // The inbox lists the conversation live from its feed (no reload, no poll: the list was
+    // not fetched again), opens it and shows the message; the visitor shows as online.
+    await inbox.locator('[data-lc=agent-conversation]').first().waitFor({ timeout: 10_000 });
+    await inbox.locator('[data-lc=agent-messages]', { hasText: 'Hello demo agent' }).waitFor({ timeout: 10_000 });
+    await inbox.locator('[data-lc=agent-avatar][data-online=true]').first().waitFor({ timeout: 10_000 });
+    // Longer than the old 3 s poll: still no list fetch.
+    await inbox.waitForTimeout(3500);
+    assert.equal(listFetches.length, fetchesBefore, 'the inbox fetched its list again: it polls');
     await inbox.locator('[data-lc=agent-input]').fill('Hi, Demo Agent here');
     await inbox.locator('[data-lc=agent-send]').click();
     await visitor.locator('[data-lc=message]', { hasText: 'Hi, Demo Agent here' }).waitFor({ timeout: 15_000 });

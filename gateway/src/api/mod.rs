@@ -5,6 +5,7 @@
 mod agents;
 mod conversations;
 mod messages;
+mod presence;
 mod users;
 mod webhooks;
 
@@ -37,7 +38,7 @@ use crate::auth::{AuthRejection, Principal};
         conversations::get_conversation, conversations::update_conversation,
         conversations::close_conversation,
         messages::send_message, messages::list_messages, messages::mark_read,
-        messages::list_reads, messages::typing,
+        messages::list_reads, messages::typing, presence::get_presence,
         crate::realtime::upgrade,
         crate::widget::init, crate::widget::list_messages, crate::widget::send_message,
         crate::widget::event,
@@ -51,7 +52,8 @@ use crate::auth::{AuthRejection, Principal};
         agents::CreateAgentToken, agents::AgentRef, agents::AgentTokenView,
         conversations::CreateConversation, conversations::UpdateConversation, ConversationList,
         messages::SendMessage, messages::Sent, messages::MarkRead, messages::Typing, MessageList,
-        ReadList, EndUser, Conversation, Message, ReadState,
+        ReadList, EndUser, Conversation, Message, ReadState, presence::PresenceList,
+        larachat_core::protocol::OnlineUser,
         crate::widget::InitRequest, crate::widget::InitUser, crate::widget::InitResponse,
         crate::widget::Session, crate::widget::PublicSettings, crate::widget::WidgetMessages,
         crate::widget::WidgetSend, crate::widget::WidgetSent, crate::widget::WidgetEvent,
@@ -125,6 +127,7 @@ pub fn router(gw: Gateway) -> Router {
         )
         .route("/api/v1/conversations/{id}/typing", post(messages::typing))
         .route("/api/v1/agent-tokens", post(agents::create_agent_token))
+        .route("/api/v1/presence", get(presence::get_presence))
         .route(
             "/api/v1/webhooks",
             post(webhooks::create_webhook).get(webhooks::list_webhooks),
