@@ -13,12 +13,13 @@ delivered (or 120 s), then prints: messages acknowledged, deliveries received (d
 `webhook-id`s and duplicates), lag p50 / p90 / p99 / max, deliveries/s while the load ran and
 overall, and how long the backlog took to drain after the load stopped.
 
-The receiver answers 204 without verifying signatures (tests/webhooks.rs and
-webhooks/tests/receiver.rs verify them with the `standardwebhooks` package). Python's
-threading HTTP server may itself limit the rate (not measured separately), so deliveries/s is
-a lower bound of what the worker can do.
+The receiver answers 204 without verifying signatures (tests/webhooks.rs, tests/durability.rs
+and webhooks/tests/receiver.rs verify them with the `standardwebhooks` package). RECEIVER=rust
+(the default) uses `target/release/examples/webhook_receiver` (axum, in its own process);
+RECEIVER=python the threading HTTP server in this script, which is slower than the worker (see
+docs/webhooks.md for both measured alone: `webhook_receiver --flood`).
 
-    cargo build --release -p larachat -p larachat-loadtest
+    cargo build --release -p larachat -p larachat-loadtest --examples
     python3 loadtest/webhook-lag.py
 """
 import json
@@ -39,6 +40,8 @@ LOADTEST = os.environ.get("LOADTEST_BIN") or os.path.join(
     ROOT, "target", "release", "larachat-loadtest")
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 DURATION = int(os.environ.get("DURATION", "10"))
+RECEIVER = os.environ.get("RECEIVER", "rust")
+RUST_RECEIVER = os.path.join(ROOT, "target", "release", "examples", "webhook_receiver")
 ADMIN = ("lag@example.com", "lag-password-0123")
 
 lock = threading.Lock()
@@ -82,10 +85,31 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def start_rust_receiver():
+    """Starts the axum receiver; a thread reads its lines into `received`."""
+    proc = subprocess.Popen([RUST_RECEIVER, "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline().split()[1])
+
+    def read():
+        for line in proc.stdout:
+            at_ms, ts_ms, wid = line.split()
+            with lock:
+                received.append((float(at_ms) / 1000, float(ts_ms) / 1000, wid))
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, port
+
+
 def main():
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    receiver.daemon_threads = True
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    if RECEIVER == "python":
+        receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        receiver.daemon_threads = True
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        port = receiver.server_address[1]
+        stop_receiver = receiver.shutdown
+    else:
+        proc, port = start_rust_receiver()
+        stop_receiver = proc.terminate
     data = tempfile.TemporaryDirectory()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LARACHAT_")}
     env.update(LARACHAT_ADMIN_EMAIL=ADMIN[0], LARACHAT_ADMIN_PASSWORD=ADMIN[1],
@@ -104,7 +128,7 @@ def main():
         key = call("POST", base + f"/api/admin/projects/{project['id']}/api-keys", admin,
                    {"name": "load"})["key"]
         call("POST", base + "/api/v1/webhooks", key,
-             {"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+             {"url": f"http://127.0.0.1:{port}/hook",
               "events": ["message.sent"]})
         start = time.time()
         out = subprocess.run(
@@ -128,6 +152,7 @@ def main():
         lags = [(now - at) * 1000 for now, at, _ in rows]
         during = [r for r in rows if r[0] <= load_end]
         last = max((r[0] for r in rows), default=load_end)
+        print(f"receiver: {RECEIVER}")
         print(f"load: {CONNECTIONS} connections x window 1 for {DURATION} s, "
               f"{acked} messages acknowledged ({acked / (load_end - start):.0f} msg/s)")
         print(f"deliveries: {len(rows)} received, {len(ids)} distinct webhook-ids, "
@@ -143,7 +168,7 @@ def main():
     finally:
         server.terminate()
         server.wait()
-        receiver.shutdown()
+        stop_receiver()
         data.cleanup()
 
 

@@ -1,15 +1,20 @@
 //! Durability through the real binary: every message acknowledged before a `SIGKILL` is there
-//! after a restart, with exactly one `message.sent` event in the outbox.
+//! after a restart, with exactly one `message.sent` event in the outbox; and `serve` killed
+//! while it delivers webhooks to a real receiver (signatures verified by the `standardwebhooks`
+//! PyPI package, `webhooks/tests/receiver.py`, `LARACHAT_WEBHOOKS_PYTHON`) delivers every
+//! stored message's event after its restart.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use larachat_core::event::{ConsumerName, ConsumerOptions, EventData, EventLog};
@@ -19,9 +24,15 @@ use common::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
 /// Starts `larachat serve` on a free port over `data_dir`; returns the child and base URL.
 fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+    spawn_server_with(data_dir, &[])
+}
+
+/// [`spawn_server`] with extra environment (configuration) variables.
+fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_larachat"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(env.iter().copied())
         .env("LARACHAT_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("LARACHAT_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("LARACHAT_LOG", "warn")
@@ -236,4 +247,273 @@ async fn acknowledged_messages_survive_sigkill() {
         "an event for a message that was not stored"
     );
     assert_eq!(doubled, 0, "a message has two events");
+}
+
+/// What the receiver has verified so far: per `webhook-id`, the message id of its body and how
+/// many times it came.
+#[derive(Default)]
+struct Received {
+    by_id: HashMap<String, (String, usize)>,
+    lines: usize,
+    bad: Vec<String>,
+}
+
+/// `serve` is SIGKILLed while it delivers `message.sent` webhooks to a real receiver under a
+/// send load, and restarted on the same data directory: every stored message's event is
+/// delivered (each acknowledged message is stored, see above), each `webhook-id` at least
+/// once, and after de-duplication by `webhook-id` exactly once per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_survive_sigkill() {
+    use tokio::io::AsyncBufReadExt;
+
+    // Loopback http receiver; a 1 s attempt timeout keeps the lease of a delivery that was
+    // in flight at the kill short (3 × timeout + 30 s), so the test waits ~35 s, not ~60 s.
+    // Rate limits off: the load must outrun the deliveries.
+    let env = [
+        ("LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS", "true"),
+        ("LARACHAT_WEBHOOKS__TIMEOUT_SECS", "1"),
+        ("LARACHAT_LIMITS__ENABLED", "false"),
+        ("LARACHAT_REALTIME__MAX_FRAMES_PER_SEC", "1000000"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server_with(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let login = json_post(
+        &http,
+        format!("{base}/api/admin/login"),
+        "",
+        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+    )
+    .await;
+    let admin = login["token"].as_str().unwrap().to_owned();
+    let project = json_post(
+        &http,
+        format!("{base}/api/admin/projects"),
+        &admin,
+        json!({"name":"w"}),
+    )
+    .await;
+    let pid = project["id"].as_str().unwrap();
+    let key = json_post(
+        &http,
+        format!("{base}/api/admin/projects/{pid}/api-keys"),
+        &admin,
+        json!({"name":"k"}),
+    )
+    .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Register the endpoint (the secret is shown once), then start the receiver with it and
+    // point the endpoint at it.
+    let created = json_post(
+        &http,
+        format!("{base}/api/v1/webhooks"),
+        &key,
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["message.sent"]}),
+    )
+    .await;
+    let hook = created["webhook"]["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let python = std::env::var("LARACHAT_WEBHOOKS_PYTHON").expect(
+        "LARACHAT_WEBHOOKS_PYTHON is not set: a python with `standardwebhooks` \
+         (scripts/test.sh creates ~/.cache/larachat/webhooks-venv)",
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/tests/receiver.py");
+    let mut receiver = tokio::process::Command::new(python)
+        .args([script, "0", &secret, "bodies"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the python receiver");
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("receiver started");
+    let port: u16 = first["listening ".len()..].parse().expect("port");
+    let r = http
+        .patch(format!("{base}/api/v1/webhooks/{hook}"))
+        .bearer_auth(&key)
+        .json(&json!({"url": format!("http://127.0.0.1:{port}/hook")}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let received = Arc::new(Mutex::new(Received::default()));
+    let arrived = Arc::new(Notify::new());
+    let reader = {
+        let (received, arrived) = (received.clone(), arrived.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut r = received.lock().unwrap();
+                r.lines += 1;
+                match line.strip_prefix("ok ").and_then(|l| l.split_once(' ')) {
+                    Some((id, body)) => {
+                        let body: Value = serde_json::from_str(body).expect("a JSON body");
+                        let message = body["data"]["message_id"].as_str().unwrap().to_owned();
+                        let entry = r.by_id.entry(id.to_owned()).or_insert((message.clone(), 0));
+                        assert_eq!(entry.0, message, "one webhook-id, two messages");
+                        entry.1 += 1;
+                    }
+                    None => r.bad.push(line),
+                }
+                drop(r);
+                arrived.notify_waiters();
+            }
+        })
+    };
+
+    let user = json_post(
+        &http,
+        format!("{base}/api/v1/users"),
+        &key,
+        json!({"user_identifier":"u"}),
+    )
+    .await;
+    let uid = user["user"]["id"].as_str().unwrap().to_owned();
+    let conv = json_post(
+        &http,
+        format!("{base}/api/v1/conversations"),
+        &key,
+        json!({"members":[uid]}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Send over a socket; once the receiver is receiving, kill the server mid-delivery while
+    // acks are still arriving.
+    let ws_url = format!("{}/realtime/v1", base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    ws.send(WsMessage::Text(
+        json!({"type":"auth","token":key}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let conv2 = conv.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..100_000u64 {
+            let f = json!({"type":"send","id":i,"conversation_id":conv2,
+                "client_msg_id":format!("k{i}"),"text":format!("hooked {i}")});
+            if sink
+                .send(WsMessage::Text(f.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if i % 16 == 15 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let mut acked = 0usize;
+    let mut at_kill = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if let WsMessage::Text(t) = msg {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            if f["type"] == "ack" {
+                acked += 1;
+                let got = received.lock().unwrap().by_id.len();
+                if at_kill.is_none() && acked >= 2000 && got >= 200 {
+                    child.kill().expect("SIGKILL"); // std's kill() sends SIGKILL on Unix
+                    at_kill = Some((acked, got));
+                }
+            }
+        }
+    }
+    writer.abort();
+    let Some((acked_at_kill, received_at_kill)) = at_kill else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("never killed: {acked} acks");
+    };
+    let _ = child.wait();
+
+    // Restart on the same data directory; list what was stored.
+    let (mut child, base) = spawn_server_with(dir.path(), &env);
+    let mut stored = std::collections::HashSet::new();
+    let mut after = "00000000-0000-0000-0000-000000000000".to_owned();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{base}/api/v1/conversations/{conv}/messages?limit=200&after={after}"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["data"].as_array().expect("data");
+        for m in items {
+            stored.insert(m["id"].as_str().unwrap().to_owned());
+        }
+        match items.last() {
+            Some(last) if page["has_more"] == true => {
+                after = last["id"].as_str().unwrap().to_owned()
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        stored.len() >= acked,
+        "stored {} < acked {acked}",
+        stored.len()
+    );
+
+    // Wait (on the receiver's lines) until every stored message's event has arrived.
+    let restarted = std::time::Instant::now();
+    let missing = |r: &Received| {
+        let delivered: std::collections::HashSet<&String> =
+            r.by_id.values().map(|(m, _)| m).collect();
+        stored.iter().filter(|m| !delivered.contains(m)).count()
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if missing(&received.lock().unwrap()) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    let r = received.lock().unwrap();
+    let unique = r.by_id.len();
+    let duplicates = r.lines - r.bad.len() - unique;
+    let missing_now = missing(&r);
+    let messages: std::collections::HashSet<&String> = r.by_id.values().map(|(m, _)| m).collect();
+    let unknown = messages.iter().filter(|m| !stored.contains(**m)).count();
+    println!(
+        "webhooks across SIGKILL: sent (acked) {acked} ({acked_at_kill} at the kill, \
+         {received_at_kill} delivered by then), stored {}, received {} deliveries, unique \
+         webhook-ids {unique}, duplicates {duplicates}, missing {missing_now}, bad signatures \
+         {}; all delivered {:.1} s after the restart",
+        stored.len(),
+        r.lines,
+        r.bad.len(),
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(
+        r.bad.is_empty(),
+        "deliveries that failed verification: {:?}",
+        r.bad
+    );
+    assert!(
+        waited.is_ok(),
+        "{missing_now} stored messages never delivered"
+    );
+    assert_eq!(missing_now, 0);
+    assert_eq!(unknown, 0, "a delivery for a message that was not stored");
+    assert_eq!(unique, stored.len(), "one webhook-id per stored message");
+    drop(r);
+    reader.abort();
+    let _ = child.kill();
+    let _ = child.wait();
 }

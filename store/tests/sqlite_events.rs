@@ -169,3 +169,99 @@ async fn trimming_keeps_what_a_consumer_has_not_handled() {
         0
     );
 }
+
+/// Migration 0004 rebuilds the outbox without the `UNIQUE` index on `id`: events, their
+/// positions and the consumers' checkpoints are kept, and positions of trimmed events are never
+/// handed out again (checkpoints refer to them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_4_keeps_positions_and_drops_the_id_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = fresh_consumer();
+    let (project, handled) = {
+        let (store, log) = open(&dir);
+        let project = new_project(&store).await;
+        let mut consumer = log
+            .consumer(&name, ConsumerOptions::default())
+            .await
+            .unwrap();
+        let m1 = marker(&store, project).await;
+        let handled = acked_until_marker(consumer.as_mut(), project, m1).await;
+        // The next fetch writes the checkpoint.
+        assert!(consumer.fetch(1, Duration::ZERO).await.unwrap().is_empty());
+        marker(&store, project).await;
+        (project, handled)
+    };
+    // Back to the version-3 shape: the UNIQUE id index, and the newest event trimmed (its
+    // position stays used in `sqlite_sequence`).
+    let (max_before, seq_before) = {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE events_v3 (
+                 position INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL UNIQUE,
+                 project_id BLOB NOT NULL, kind TEXT NOT NULL, occurred_at INTEGER NOT NULL,
+                 body BLOB NOT NULL);
+             INSERT INTO events_v3 SELECT position, id, project_id, kind, occurred_at, body FROM events;
+             UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'events')
+                 WHERE name = 'events_v3';
+             DROP TABLE events;
+             ALTER TABLE events_v3 RENAME TO events;
+             DELETE FROM events WHERE position = (SELECT max(position) FROM events);
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .expect("v3 shape");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list('events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1, "the v3 shape has its UNIQUE index");
+        let max: i64 = conn
+            .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(seq > max, "the trimmed position is above the rest");
+        (max, seq)
+    };
+    let (store, log) = open(&dir);
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list('events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0, "no index on events after migration 4");
+        let max: i64 = conn
+            .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max, max_before, "every event kept");
+    }
+    let m3 = marker(&store, project).await;
+    let mut consumer = log
+        .consumer(&name, ConsumerOptions::default())
+        .await
+        .unwrap();
+    let got = acked_until_marker(consumer.as_mut(), project, m3).await;
+    assert_eq!(users(&got), vec![m3], "resumed after the checkpoint");
+    assert!(handled.iter().all(|h| h.event.id != got[0].event.id));
+    let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+    let newest: i64 = conn
+        .query_row("SELECT max(position) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        newest > seq_before,
+        "position {newest} reuses a trimmed one (≤ {seq_before})"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Two loops share a [`Dispatcher`]:
 //! - [`run_consumer`] reads the durable consumer `webhooks` of the event log, turns each event
-//!   into one delivery row per enabled endpoint whose filter matches ([`Dispatcher::fan_out`]),
+//!   into one delivery row per enabled endpoint whose filter matches, a fetched batch at a
+//!   time ([`Dispatcher::fan_out_batch`]),
 //!   and acknowledges the event only once those rows are stored. A crash before the ack
 //!   redelivers the event; the (endpoint, event) row is inserted only once, so the
 //!   redelivery adds nothing. Several workers of the consumer share the log (work queue).
@@ -28,10 +29,10 @@ use larachat_core::id::{EventId, ProjectId};
 
 use crate::client::{DeliveryClient, Outgoing};
 use crate::clock::Clock;
-use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, TEST_EVENT};
+use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, EndpointId, TEST_EVENT};
 use crate::retry::{RetryPolicy, Verdict};
 use crate::ssrf::TargetUrl;
-use crate::store::{WebhookStore, WebhookStoreResult};
+use crate::store::{WebhookStore, WebhookStoreError, WebhookStoreResult};
 
 /// The name of the event-log consumer that feeds webhooks.
 pub const CONSUMER: &str = "webhooks";
@@ -115,26 +116,52 @@ impl Dispatcher {
     /// Queues `event` for every enabled endpoint of its project whose filter matches;
     /// returns how many deliveries were new.
     pub async fn fan_out(&self, event: &DomainEvent) -> WebhookStoreResult<usize> {
-        let endpoints = self.store.list_endpoints(event.project_id).await?;
-        let body = String::from_utf8_lossy(&event.to_json()).into_owned();
+        self.fan_out_batch(&[event]).await
+    }
+
+    /// [`fan_out`](Self::fan_out) for a batch of events: each project's endpoints are read
+    /// once for the batch, and every delivery of the batch is stored in one call (one
+    /// transaction on the single node). Returns how many deliveries were new.
+    ///
+    /// The endpoints are not cached beyond the batch: a batch is read a few milliseconds
+    /// after its events committed, so a registration, change or deletion made anywhere
+    /// (another process, another worker sharing the store) is seen by the next batch, as it
+    /// was when every event read them; nothing needs invalidating.
+    pub async fn fan_out_batch(&self, events: &[&DomainEvent]) -> WebhookStoreResult<usize> {
+        // At most one entry per distinct project of the batch (bounded by the batch size).
+        let mut endpoints: Vec<(ProjectId, Vec<Endpoint>)> = Vec::new();
         let now = self.clock.now();
-        let mut new = 0;
-        for e in endpoints
-            .iter()
-            .filter(|e| e.enabled && e.filter.matches(event.kind()))
-        {
-            let d = Delivery::new(
-                event.project_id,
-                e.id,
-                event.id,
-                event.kind().name(),
-                body.clone(),
-                now,
-            );
-            if self.store.enqueue(&d).await? {
-                new += 1;
+        let mut deliveries = Vec::new();
+        for event in events {
+            let i = match endpoints.iter().position(|(p, _)| *p == event.project_id) {
+                Some(i) => i,
+                None => {
+                    let list = self.store.list_endpoints(event.project_id).await?;
+                    endpoints.push((event.project_id, list));
+                    endpoints.len() - 1
+                }
+            };
+            let mut matching = endpoints[i]
+                .1
+                .iter()
+                .filter(|e| e.enabled && e.filter.matches(event.kind()))
+                .peekable();
+            if matching.peek().is_none() {
+                continue;
+            }
+            let body = String::from_utf8_lossy(&event.to_json()).into_owned();
+            for e in matching {
+                deliveries.push(Delivery::new(
+                    event.project_id,
+                    e.id,
+                    event.id,
+                    event.kind().name(),
+                    body.clone(),
+                    now,
+                ));
             }
         }
+        let new = self.store.enqueue_many(&deliveries).await?;
         if new > 0 {
             self.wake.notify_one();
         }
@@ -197,9 +224,21 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, mut d: Delivery) -> WebhookStoreResult<()> {
-        let now = self.clock.now();
+    async fn attempt(&self, d: Delivery) -> WebhookStoreResult<()> {
         let endpoint = self.store.get_endpoint(d.project_id, d.endpoint_id).await?;
+        let (attempt, state) = self.try_delivery(d, endpoint).await?;
+        self.store.record_attempt(&attempt, &state).await
+    }
+
+    /// Makes one attempt of `d` to `endpoint` (as read for it; `None` if deleted) and returns
+    /// the attempt and the delivery's new state, for the caller to record (which releases
+    /// the lease). A `410 Gone` disables the endpoint here.
+    async fn try_delivery(
+        &self,
+        mut d: Delivery,
+        endpoint: Option<Endpoint>,
+    ) -> WebhookStoreResult<(Attempt, Delivery)> {
+        let now = self.clock.now();
         let mut attempt = Attempt {
             project_id: d.project_id,
             endpoint_id: d.endpoint_id,
@@ -297,7 +336,7 @@ impl Dispatcher {
             "result" => if attempt.succeeded { "delivered" } else { "failed" }
         )
         .increment(1);
-        self.store.record_attempt(&attempt, &d).await
+        Ok((attempt, d))
     }
 }
 
@@ -355,19 +394,17 @@ pub async fn run_consumer(
                 continue;
             }
         };
-        // Fan out in log order, then acknowledge the whole batch at once: on the single node
-        // an ack moves a checkpoint through the chat database's writer, whose group commit
-        // turns concurrent acks into one transaction (acknowledged one by one, the consumer
-        // fell behind any real send load, one synced commit per event).
-        let mut handled = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            match dispatcher.fan_out(&delivery.event).await {
-                Ok(_) => handled.push(delivery),
-                // Not acknowledged: the log delivers it again after its ack wait.
-                Err(e) => tracing::warn!("webhooks fan-out: {e}"),
-            }
+        // Fan out the whole batch at once (each project's endpoints read once, every
+        // delivery stored in one transaction), then acknowledge it: the acks move the
+        // consumer's checkpoint in memory, written once at the next fetch. If the fan-out
+        // fails nothing is acknowledged and the log delivers the batch again after its ack
+        // wait (deliveries already stored are not stored twice).
+        let events: Vec<&DomainEvent> = batch.iter().map(|d| &d.event).collect();
+        if let Err(e) = dispatcher.fan_out_batch(&events).await {
+            tracing::warn!("webhooks fan-out: {e}");
+            continue;
         }
-        for r in futures::future::join_all(handled.into_iter().map(|d| d.ack())).await {
+        for r in futures::future::join_all(batch.into_iter().map(|d| d.ack())).await {
             if let Err(e) = r {
                 tracing::warn!("webhooks consumer ack: {e}");
             }
@@ -376,41 +413,77 @@ pub async fn run_consumer(
 }
 
 /// Attempts due deliveries until `shutdown`, as a pipeline: up to `CONCURRENCY` attempts are
-/// in flight at any time and a freed slot is refilled at once, so one slow endpoint (up to the
-/// 10 s timeout per attempt) holds one slot instead of stalling a whole pass of other
-/// deliveries. Claims again whenever something is enqueued, and at least every `poll` for
-/// retries that became due.
+/// in flight at any time and freed slots are refilled as soon as half of them are free (one
+/// claim per several deliveries), so one slow endpoint (up to the 10 s timeout per attempt)
+/// holds one slot instead of stalling a whole pass of other deliveries. Claims again whenever
+/// something is enqueued, and at least every `poll` for retries that became due.
+///
+/// Each claim reads the endpoints of its deliveries once (one read per distinct endpoint, a
+/// few milliseconds before the attempts, as fresh as a read per attempt was). Finished
+/// attempts go to a recorder task that logs them in batches (one transaction for whatever
+/// finished meanwhile, see [`WebhookStore::record_attempts`]); until its attempt is recorded a
+/// delivery stays leased, so it is not attempted twice, and a crash before the record only
+/// makes it due again when the lease runs out (at least once).
 pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: CancellationToken) {
+    let (done, results) = tokio::sync::mpsc::channel(RECORD_BATCH);
+    let recorder = tokio::spawn(record_attempts(dispatcher.store.clone(), results));
     let mut in_flight = FuturesUnordered::new();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing more was due at the last claim: wait for an enqueue or the next tick.
     let mut idle = false;
     loop {
-        if !idle && in_flight.len() < CONCURRENCY {
+        if !idle && in_flight.len() <= CONCURRENCY / 2 {
             let want = CONCURRENCY - in_flight.len();
             let now = dispatcher.clock.now();
-            match dispatcher
+            let due = match dispatcher
                 .store
                 .claim_due(now, now + dispatcher.lease, want)
                 .await
             {
-                Ok(due) => {
-                    idle = due.len() < want;
-                    for d in due {
-                        let dispatcher = dispatcher.clone();
-                        in_flight.push(async move { dispatcher.attempt(d).await });
-                    }
-                }
+                Ok(due) => due,
                 Err(e) => {
                     tracing::warn!("webhook deliveries: {e}");
                     idle = true;
+                    continue;
                 }
+            };
+            idle = due.len() < want;
+            // At most one entry per distinct endpoint of the claim (≤ CONCURRENCY).
+            let mut endpoints: Vec<(EndpointId, Option<Endpoint>)> = Vec::new();
+            for d in due {
+                let endpoint = match endpoints.iter().find(|(id, _)| *id == d.endpoint_id) {
+                    Some((_, e)) => e.clone(),
+                    None => match dispatcher
+                        .store
+                        .get_endpoint(d.project_id, d.endpoint_id)
+                        .await
+                    {
+                        Ok(e) => {
+                            endpoints.push((d.endpoint_id, e.clone()));
+                            e
+                        }
+                        Err(e) => {
+                            // Leased: attempted when the lease runs out.
+                            tracing::warn!("webhook deliveries: {e}");
+                            idle = true;
+                            continue;
+                        }
+                    },
+                };
+                let dispatcher = dispatcher.clone();
+                let done = done.clone();
+                in_flight.push(async move {
+                    let result = dispatcher.try_delivery(d, endpoint).await?;
+                    done.send(result).await.map_err(|_| {
+                        WebhookStoreError::Unavailable("the attempt recorder stopped".into())
+                    })
+                });
             }
             continue;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(e) = r {
                     tracing::warn!("webhook delivery: {e}");
@@ -419,5 +492,36 @@ pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: Ca
             _ = dispatcher.wake.notified() => idle = false,
             _ = tick.tick() => idle = false,
         }
+    }
+    // Attempts still in flight are abandoned (their leases run out); what finished is
+    // recorded before returning.
+    drop(in_flight);
+    drop(done);
+    let _ = recorder.await;
+}
+
+/// Attempts recorded per transaction, at most.
+const RECORD_BATCH: usize = 256;
+
+/// Records finished attempts: waits for one, takes whatever else has finished meanwhile, and
+/// stores them together. Returns when every sender is gone and all is recorded.
+async fn record_attempts(
+    store: Arc<dyn WebhookStore>,
+    mut results: tokio::sync::mpsc::Receiver<(Attempt, Delivery)>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = results.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match results.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.record_attempts(&batch).await {
+            // Still leased: attempted again when their leases run out (at least once).
+            tracing::warn!(attempts = batch.len(), "recording webhook attempts: {e}");
+        }
+        batch.clear();
     }
 }

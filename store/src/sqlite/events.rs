@@ -1,9 +1,14 @@
 //! [`EventLog`] over the outbox: durable consumers with checkpoints, work-queue workers.
 //!
 //! A consumer group (one [`ConsumerName`]) keeps, in memory and shared by its workers:
-//! - `checkpoint`: every event at or below it is handled; durable in `event_consumers`,
-//!   loaded (a new consumer registered at 0) when the group is first opened, written (through the writer, so committed) when an
-//!   ack moves it;
+//! - `checkpoint`: every event at or below it is handled; loaded from `event_consumers` (a new
+//!   consumer registered at 0) when the group is first opened;
+//! - `saved`: the checkpoint as last written to `event_consumers` (≤ `checkpoint`). An ack only
+//!   moves `checkpoint` in memory; the next `fetch` of any worker writes it (through the
+//!   writer, so committed) before claiming more, and a trim writes every group's first. So
+//!   a consumer that fetches batch after batch costs one checkpoint write per batch, not one
+//!   per event, and a kill loses at most the acks since the last fetch: those events are
+//!   delivered again (at least once, as for any ack above the checkpoint);
 //! - `delivered`: the highest position handed out so far (≥ checkpoint);
 //! - `in_flight`: positions handed out and not acknowledged, with their redelivery deadline
 //!   and attempt count.
@@ -42,6 +47,7 @@ const PAGE: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Group {
     checkpoint: i64,
+    saved: i64,
     delivered: i64,
     in_flight: BTreeMap<i64, InFlight>,
 }
@@ -67,6 +73,35 @@ pub(crate) struct Groups {
     pub(crate) by_name: Mutex<HashMap<ConsumerName, Arc<Mutex<Group>>>>,
     /// Signalled after every committed write (new events may be visible) and every ack.
     pub(crate) changed: Notify,
+}
+
+impl Groups {
+    /// The checkpoints that acks moved past what is written: (name, checkpoint).
+    pub(crate) fn unsaved(&self) -> Vec<(String, i64)> {
+        self.by_name
+            .lock()
+            .iter()
+            .filter_map(|(name, g)| {
+                let g = g.lock();
+                (g.checkpoint > g.saved).then(|| (name.as_str().to_owned(), g.checkpoint))
+            })
+            .collect()
+    }
+
+    /// Records that `saved` were written.
+    pub(crate) fn mark_saved(&self, saved: &[(String, i64)]) {
+        let by_name = self.by_name.lock();
+        for (name, position) in saved {
+            if let Some(g) = by_name
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, g)| g)
+            {
+                let mut g = g.lock();
+                g.saved = g.saved.max(*position);
+            }
+        }
+    }
 }
 
 fn log_error(e: StoreError) -> EventLogError {
@@ -98,6 +133,7 @@ impl EventLog for SqliteStore {
                     .or_insert_with(|| {
                         Arc::new(Mutex::new(Group {
                             checkpoint,
+                            saved: checkpoint,
                             delivered: checkpoint,
                             in_flight: BTreeMap::new(),
                         }))
@@ -168,13 +204,30 @@ impl SqliteConsumer {
         }
     }
 
+    /// Writes the group's checkpoint if acks moved it since it was last written.
+    async fn save_checkpoint(&self) -> Result<(), EventLogError> {
+        let position = {
+            let group = self.group.lock();
+            if group.checkpoint <= group.saved {
+                return Ok(());
+            }
+            group.checkpoint
+        };
+        let name = self.name.as_str().to_owned();
+        self.store
+            .write(move |c| outbox::save_checkpoint(c, &name, position))
+            .await
+            .map_err(log_error)?;
+        let mut group = self.group.lock();
+        group.saved = group.saved.max(position);
+        Ok(())
+    }
+
     fn delivery(&self, position: i64, event: DomainEvent, attempt: u64) -> Delivery {
         Delivery::new(
             event,
             attempt,
             Box::new(SqliteAck {
-                store: self.store.clone(),
-                name: self.name.clone(),
                 group: self.group.clone(),
                 position,
                 attempt,
@@ -188,6 +241,7 @@ impl EventConsumer for SqliteConsumer {
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EventLogError> {
         let max = max.max(1);
         let until = Instant::now() + wait;
+        self.save_checkpoint().await?;
         loop {
             let changed = self.store.inner.groups.changed.notified();
             tokio::pin!(changed);
@@ -209,8 +263,6 @@ impl EventConsumer for SqliteConsumer {
 }
 
 struct SqliteAck {
-    store: SqliteStore,
-    name: ConsumerName,
     group: Arc<Mutex<Group>>,
     position: i64,
     attempt: u64,
@@ -219,30 +271,19 @@ struct SqliteAck {
 #[async_trait]
 impl Acker for SqliteAck {
     async fn ack(self: Box<Self>) -> Result<(), EventLogError> {
-        let moved_to = {
-            let mut group = self.group.lock();
-            // A late ack of a delivery that was since handed out again: the newer attempt
-            // owns the event now.
-            match group.in_flight.get(&self.position) {
-                Some(f) if f.attempt == self.attempt => {
-                    group.in_flight.remove(&self.position);
-                }
-                _ => return Ok(()),
+        let mut group = self.group.lock();
+        // A late ack of a delivery that was since handed out again: the newer attempt
+        // owns the event now.
+        match group.in_flight.get(&self.position) {
+            Some(f) if f.attempt == self.attempt => {
+                group.in_flight.remove(&self.position);
             }
-            let checkpoint = group.current_checkpoint();
-            if checkpoint > group.checkpoint {
-                group.checkpoint = checkpoint;
-                Some(checkpoint)
-            } else {
-                None
-            }
-        };
-        if let Some(position) = moved_to {
-            let name = self.name.as_str().to_owned();
-            self.store
-                .write(move |c| outbox::save_checkpoint(c, &name, position))
-                .await
-                .map_err(log_error)?;
+            _ => return Ok(()),
+        }
+        // In memory only: the next fetch (or a trim) makes it durable.
+        let checkpoint = group.current_checkpoint();
+        if checkpoint > group.checkpoint {
+            group.checkpoint = checkpoint;
         }
         Ok(())
     }

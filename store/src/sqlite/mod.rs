@@ -257,7 +257,20 @@ impl SqliteStore {
             return Ok(0);
         };
         let cutoff = cutoff.timestamp_millis();
-        self.write(move |c| outbox::trim(c, cutoff)).await
+        // Acks move checkpoints in memory (written at the consumer's next fetch): write them
+        // first, in the same transaction, so what was acknowledged can go.
+        let unsaved = self.inner.groups.unsaved();
+        let checkpoints = unsaved.clone();
+        let deleted = self
+            .write(move |c| {
+                for (name, position) in &checkpoints {
+                    outbox::save_checkpoint(c, name, *position)?;
+                }
+                outbox::trim(c, cutoff)
+            })
+            .await?;
+        self.inner.groups.mark_saved(&unsaved);
+        Ok(deleted)
     }
 
     /// Runs `f` on a pooled read-only connection, in a read transaction (one snapshot).

@@ -68,6 +68,18 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Records a new delivery unless one exists for (endpoint, event): `true` if inserted.
     /// This is the de-duplication point between workers and across event redeliveries.
     async fn enqueue(&self, d: &Delivery) -> WebhookStoreResult<bool>;
+    /// [`enqueue`](Self::enqueue) for several deliveries (the fan-out of a batch of events);
+    /// returns how many were new. Backends that can store them in one transaction override
+    /// it; either way a failure may leave some stored, and a retry adds only the rest.
+    async fn enqueue_many(&self, ds: &[Delivery]) -> WebhookStoreResult<usize> {
+        let mut new = 0;
+        for d in ds {
+            if self.enqueue(d).await? {
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
     /// Leases up to `limit` pending deliveries due at `now` until `lease_until`; a delivery
     /// is leased to one caller at a time, so it is attempted by one worker at a time. A
     /// lease that runs out (its worker died) makes the delivery claimable again.
@@ -79,6 +91,14 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> WebhookStoreResult<Vec<Delivery>>;
     /// Logs an attempt and stores the delivery's new state (which releases the lease).
     async fn record_attempt(&self, attempt: &Attempt, state: &Delivery) -> WebhookStoreResult<()>;
+    /// [`record_attempt`](Self::record_attempt) for several attempts (of different
+    /// deliveries). Backends that can store them in one transaction override it.
+    async fn record_attempts(&self, batch: &[(Attempt, Delivery)]) -> WebhookStoreResult<()> {
+        for (attempt, state) in batch {
+            self.record_attempt(attempt, state).await?;
+        }
+        Ok(())
+    }
     async fn get_delivery(
         &self,
         project: ProjectId,

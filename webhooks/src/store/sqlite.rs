@@ -356,31 +356,44 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn enqueue(&self, d: &Delivery) -> WebhookStoreResult<bool> {
-        let d = d.clone();
+        Ok(self.enqueue_many(std::slice::from_ref(d)).await? == 1)
+    }
+
+    async fn enqueue_many(&self, ds: &[Delivery]) -> WebhookStoreResult<usize> {
+        if ds.is_empty() {
+            return Ok(0);
+        }
+        let ds = ds.to_vec();
         self.with(move |c| {
-            let n = c.execute(
-                &format!(
+            // One transaction (one WAL commit) for the whole fan-out.
+            let tx = c.transaction()?;
+            let mut new = 0;
+            {
+                let mut st = tx.prepare_cached(&format!(
                     "INSERT INTO deliveries ({DELIVERY_COLS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                      ON CONFLICT DO NOTHING"
-                ),
-                params![
-                    b(d.project_id.as_uuid()),
-                    b(d.endpoint_id.as_uuid()),
-                    b(d.event_id.as_uuid()),
-                    d.event,
-                    d.payload,
-                    d.status.as_str(),
-                    d.attempts,
-                    d.series_attempts,
-                    ms(d.series_started_at),
-                    d.next_attempt_at.map(ms),
-                    d.last_response_code,
-                    ms(d.created_at),
-                    ms(d.updated_at),
-                ],
-            )?;
-            Ok(n == 1)
+                ))?;
+                for d in &ds {
+                    new += st.execute(params![
+                        b(d.project_id.as_uuid()),
+                        b(d.endpoint_id.as_uuid()),
+                        b(d.event_id.as_uuid()),
+                        d.event,
+                        d.payload,
+                        d.status.as_str(),
+                        d.attempts,
+                        d.series_attempts,
+                        ms(d.series_started_at),
+                        d.next_attempt_at.map(ms),
+                        d.last_response_code,
+                        ms(d.created_at),
+                        ms(d.updated_at),
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
         })
         .await
     }
@@ -409,57 +422,67 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn record_attempt(&self, a: &Attempt, d: &Delivery) -> WebhookStoreResult<()> {
-        let (a, d) = (a.clone(), d.clone());
+        self.record_attempts(&[(a.clone(), d.clone())]).await
+    }
+
+    async fn record_attempts(&self, batch: &[(Attempt, Delivery)]) -> WebhookStoreResult<()> {
+        let Some(at) = batch.iter().map(|(a, _)| ms(a.at)).max() else {
+            return Ok(());
+        };
+        let batch = batch.to_vec();
         let retention_ms = i64::from(self.retention_days) * 86_400_000;
         let last = self.last_trim.load(Ordering::Relaxed);
-        let trim = ms(a.at) - last >= 60_000
+        let trim = at - last >= 60_000
             && self
                 .last_trim
-                .compare_exchange(last, ms(a.at), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         self.with(move |c| {
+            // One transaction (one WAL commit) for the batch.
             let tx = c.transaction()?;
-            tx.execute(
-                &format!(
+            {
+                let mut insert = tx.prepare_cached(&format!(
                     "INSERT OR REPLACE INTO attempts ({ATTEMPT_COLS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ),
-                params![
-                    b(a.project_id.as_uuid()),
-                    b(a.endpoint_id.as_uuid()),
-                    b(a.event_id.as_uuid()),
-                    a.attempt,
-                    ms(a.at),
-                    a.succeeded,
-                    a.response_code,
-                    a.response_body,
-                    a.duration_ms,
-                    a.error,
-                    a.next_attempt_at.map(ms),
-                ],
-            )?;
-            tx.execute(
-                "UPDATE deliveries SET status = ?4, attempts = ?5, series_attempts = ?6, \
-                 series_started_at = ?7, next_attempt_at = ?8, last_response_code = ?9, \
-                 updated_at = ?10, lease_until = 0 \
-                 WHERE project_id = ?1 AND endpoint_id = ?2 AND event_id = ?3",
-                params![
-                    b(d.project_id.as_uuid()),
-                    b(d.endpoint_id.as_uuid()),
-                    b(d.event_id.as_uuid()),
-                    d.status.as_str(),
-                    d.attempts,
-                    d.series_attempts,
-                    ms(d.series_started_at),
-                    d.next_attempt_at.map(ms),
-                    d.last_response_code,
-                    ms(d.updated_at),
-                ],
-            )?;
+                ))?;
+                let mut update = tx.prepare_cached(
+                    "UPDATE deliveries SET status = ?4, attempts = ?5, series_attempts = ?6, \
+                     series_started_at = ?7, next_attempt_at = ?8, last_response_code = ?9, \
+                     updated_at = ?10, lease_until = 0 \
+                     WHERE project_id = ?1 AND endpoint_id = ?2 AND event_id = ?3",
+                )?;
+                for (a, d) in &batch {
+                    insert.execute(params![
+                        b(a.project_id.as_uuid()),
+                        b(a.endpoint_id.as_uuid()),
+                        b(a.event_id.as_uuid()),
+                        a.attempt,
+                        ms(a.at),
+                        a.succeeded,
+                        a.response_code,
+                        a.response_body,
+                        a.duration_ms,
+                        a.error,
+                        a.next_attempt_at.map(ms),
+                    ])?;
+                    update.execute(params![
+                        b(d.project_id.as_uuid()),
+                        b(d.endpoint_id.as_uuid()),
+                        b(d.event_id.as_uuid()),
+                        d.status.as_str(),
+                        d.attempts,
+                        d.series_attempts,
+                        ms(d.series_started_at),
+                        d.next_attempt_at.map(ms),
+                        d.last_response_code,
+                        ms(d.updated_at),
+                    ])?;
+                }
+            }
             // The TTL of the log: attempts and finished deliveries past the retention
             // (both through an index; at most once a minute).
             if trim {
-                let horizon = ms(a.at) - retention_ms;
+                let horizon = at - retention_ms;
                 tx.execute("DELETE FROM attempts WHERE at < ?1", [horizon])?;
                 tx.execute(
                     "DELETE FROM deliveries WHERE status != 'pending' AND updated_at < ?1",
