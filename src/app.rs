@@ -133,7 +133,10 @@ impl App {
                     queue,
                     background.clone(),
                 ));
-                events = Some(Arc::new(larachat_broker::JetStreamLog::new(&nats)));
+                events = Some(Arc::new(
+                    larachat_broker::JetStreamLog::new(&nats)
+                        .scoped(&config.storage.scylla.keyspace),
+                ));
                 Some((scylla, nats))
             }
             _ => None,

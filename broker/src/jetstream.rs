@@ -35,6 +35,7 @@ use crate::{BusError, DurableSubject};
 pub struct JetStreamLog {
     jetstream: jetstream::Context,
     inactive_threshold: Option<Duration>,
+    scope: Option<String>,
 }
 
 impl JetStreamLog {
@@ -43,7 +44,24 @@ impl JetStreamLog {
         Self {
             jetstream: bus.jetstream.clone(),
             inactive_threshold: None,
+            scope: None,
         }
+    }
+
+    /// Names the durable consumers `<scope>_<name>`: deployments that share one NATS account
+    /// (the product passes its keyspace) each keep their own consumer position, instead of
+    /// taking each other's events off one shared consumer. `scope` is `[a-z0-9_]`.
+    pub fn scoped(mut self, scope: &str) -> Self {
+        let ok = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            self.scope = Some(scope.to_owned());
+        } else {
+            tracing::warn!(scope, "invalid consumer scope ignored");
+        }
+        self
     }
 
     /// Consumers created through this log are deleted by the server after `idle` without a
@@ -117,8 +135,12 @@ impl EventLog for JetStreamLog {
             .get_stream(EVENTS_STREAM)
             .await
             .map_err(unavailable)?;
+        let durable = match &self.scope {
+            Some(scope) => format!("{scope}_{name}"),
+            None => name.as_str().to_owned(),
+        };
         let config = consumer::pull::Config {
-            durable_name: Some(name.as_str().to_owned()),
+            durable_name: Some(durable.clone()),
             description: Some("Lara Chat event consumer".to_owned()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: options.ack_wait,
@@ -130,7 +152,7 @@ impl EventLog for JetStreamLog {
             ..Default::default()
         };
         let consumer = stream
-            .get_or_create_consumer(name.as_str(), config)
+            .get_or_create_consumer(&durable, config)
             .await
             .map_err(unavailable)?;
         Ok(Box::new(JetStreamConsumer { consumer }))
