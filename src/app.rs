@@ -133,10 +133,14 @@ impl App {
                     queue,
                     background.clone(),
                 ));
-                events = Some(Arc::new(
-                    larachat_broker::JetStreamLog::new(&nats)
-                        .scoped(&config.storage.scylla.keyspace),
-                ));
+                let mut log =
+                    larachat_broker::JetStreamLog::new(&nats).scoped(&config.storage.scylla.keyspace);
+                // This deployment's events start when its outbox was created (a minute of
+                // margin for clock differences between the migrating process and NATS).
+                if let Some(t) = scylla.outbox_created_at().await? {
+                    log = log.since((t - chrono::Duration::minutes(1)).into());
+                }
+                events = Some(Arc::new(log));
                 Some((scylla, nats))
             }
             _ => None,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use larachat::outbox::{self, SweeperConfig};
 use larachat_broker::{JetStreamLog, NatsBus, NatsOptions};
-use larachat_core::event::{ConsumerOptions, EventData, EventLog};
+use larachat_core::event::{ConsumerOptions, EventData};
 use larachat_core::id::EndUserId;
 use larachat_store::event_contract::{
     self, TestLog, TestStore, acked_until_marker, fresh_consumer, marker, new_project,
@@ -86,8 +86,14 @@ async fn setup(publish: bool) -> Setup {
             stop.clone(),
         ));
     }
-    let log: TestLog =
-        Arc::new(JetStreamLog::new(&bus).with_inactive_threshold(Duration::from_secs(120)));
+    // Fresh consumers start a minute back, not at the beginning of a stream other test
+    // binaries have filled.
+    let since = std::time::SystemTime::now() - Duration::from_secs(60);
+    let log: TestLog = Arc::new(
+        JetStreamLog::new(&bus)
+            .with_inactive_threshold(Duration::from_secs(120))
+            .since(since),
+    );
     Setup {
         store,
         bus,

@@ -6,7 +6,7 @@
 //! de-duplication window drops a republish of the same event). Each [`ConsumerName`] is one
 //! durable JetStream pull consumer (`AckPolicy::Explicit`, `ack_wait` from
 //! [`ConsumerOptions`], `DeliverPolicy::All`: a new consumer starts at the beginning of the
-//! retained stream). Several workers of one name pull from the same durable consumer, so the
+//! retained stream — or at [`JetStreamLog::since`]). Several workers of one name pull from the same durable consumer, so the
 //! server hands each message to one of them and redelivers it after `ack_wait` without an ack:
 //! a work queue, across processes. `attempt` is JetStream's delivery count. Acks are
 //! double acks (confirmed by the server), so an acknowledged event does not come back.
@@ -36,6 +36,7 @@ pub struct JetStreamLog {
     jetstream: jetstream::Context,
     inactive_threshold: Option<Duration>,
     scope: Option<String>,
+    since: Option<std::time::SystemTime>,
 }
 
 impl JetStreamLog {
@@ -45,7 +46,17 @@ impl JetStreamLog {
             jetstream: bus.jetstream.clone(),
             inactive_threshold: None,
             scope: None,
+            since: None,
         }
+    }
+
+    /// A new consumer starts at the first event stored at or after `t` instead of the
+    /// beginning of the stream: the product passes the time its keyspace got its outbox, so a
+    /// deployment's first worker does not walk through events of other deployments that share
+    /// the NATS account and were stored before it existed (none of them can be its own).
+    pub fn since(mut self, t: std::time::SystemTime) -> Self {
+        self.since = Some(t);
+        self
     }
 
     /// Names the durable consumers `<scope>_<name>`: deployments that share one NATS account
@@ -144,7 +155,12 @@ impl EventLog for JetStreamLog {
             description: Some("Lara Chat event consumer".to_owned()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: options.ack_wait,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: match self.since {
+                Some(t) => DeliverPolicy::ByStartTime {
+                    start_time: time::OffsetDateTime::from(t),
+                },
+                None => DeliverPolicy::All,
+            },
             filter_subject: EVENTS_SUBJECTS.to_owned(),
             // Bounded work in flight per consumer; a full window makes fetches wait.
             max_ack_pending: 10_000,

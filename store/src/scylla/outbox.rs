@@ -232,18 +232,24 @@ impl ScyllaStore {
         if let Some((Some(w),)) = row {
             return Ok(w);
         }
+        let at = self.outbox_created_at().await?.unwrap_or_else(model::now);
+        // The migration's clock and the writers' may differ a little.
+        Ok(bucket_at(at) - 6)
+    }
+
+    /// When the keyspace got its outbox (the migration to schema 3): no event of this
+    /// deployment is older. `None` if the keyspace is not at schema 3.
+    pub async fn outbox_created_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let migrated: Option<(Option<scylla::value::CqlTimestamp>,)> = self
             .row(
                 "SELECT applied_at FROM schema_migrations WHERE version = 3",
                 (),
             )
             .await?;
-        let at = match migrated {
-            Some((Some(t),)) => from_ts(t)?,
-            _ => model::now(),
-        };
-        // The migration's clock and the writers' may differ a little.
-        Ok(bucket_at(at) - 6)
+        migrated
+            .and_then(|(t,)| t)
+            .map(from_ts)
+            .transpose()
     }
 
     /// Moves the watermark. Written by the lease holder only; a stale holder's write is still
