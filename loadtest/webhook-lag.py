@@ -20,6 +20,13 @@ a lower bound of what the worker can do.
 
     cargo build --release -p larachat -p larachat-loadtest
     python3 loadtest/webhook-lag.py
+
+Distributed target: with GATEWAY_URL and ADMIN_URL set (e.g. from `deploy/local-cluster.sh
+start`; its control plane must run with LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS=true and
+LARACHAT_LIMITS__ENABLED=false, and its admin be LARACHAT_ADMIN_EMAIL / _PASSWORD, default
+admin@example.com / change-me-please) no server is started: the load goes to the gateway, the
+events go gateway → CQL outbox → JetStream → the control plane's (or a worker's) webhooks
+consumer → the receiver (docs/events.md).
 """
 import json
 import os
@@ -82,11 +89,27 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+class External:
+    """A distributed cluster started elsewhere (GATEWAY_URL, ADMIN_URL)."""
+    pid = None
+
+    def terminate(self):
+        pass
+
+    def wait(self):
+        pass
+
+
 def main():
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     receiver.daemon_threads = True
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     data = tempfile.TemporaryDirectory()
+    if os.environ.get("GATEWAY_URL"):
+        return run(receiver, data, External(), os.environ["GATEWAY_URL"],
+                   os.environ["ADMIN_URL"],
+                   (os.environ.get("LARACHAT_ADMIN_EMAIL", "admin@example.com"),
+                    os.environ.get("LARACHAT_ADMIN_PASSWORD", "change-me-please")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LARACHAT_")}
     env.update(LARACHAT_ADMIN_EMAIL=ADMIN[0], LARACHAT_ADMIN_PASSWORD=ADMIN[1],
                LARACHAT_LOG="error", LARACHAT_DEMO__ENABLED="false",
@@ -96,12 +119,16 @@ def main():
     server = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data.name],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
+    base = re.search(r"(http://\S+)", server.stdout.readline()).group(1)
+    run(receiver, data, server, base, base, ADMIN)
+
+
+def run(receiver, data, server, base, admin_base, credentials):
     try:
-        base = re.search(r"(http://\S+)", server.stdout.readline()).group(1)
-        admin = call("POST", base + "/api/admin/login",
-                     body={"email": ADMIN[0], "password": ADMIN[1]})["token"]
-        project = call("POST", base + "/api/admin/projects", admin, {"name": "lag"})
-        key = call("POST", base + f"/api/admin/projects/{project['id']}/api-keys", admin,
+        admin = call("POST", admin_base + "/api/admin/login",
+                     body={"email": credentials[0], "password": credentials[1]})["token"]
+        project = call("POST", admin_base + "/api/admin/projects", admin, {"name": "lag"})
+        key = call("POST", admin_base + f"/api/admin/projects/{project['id']}/api-keys", admin,
                    {"name": "load"})["key"]
         call("POST", base + "/api/v1/webhooks", key,
              {"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
@@ -110,8 +137,8 @@ def main():
         out = subprocess.run(
             [LOADTEST, "throughput", "--url", base, "--key", key, "--connections",
              str(CONNECTIONS), "--window", "1", "--duration-secs", str(DURATION), "--json",
-             "--no-progress", "--server-pid", str(server.pid), "--out",
-             os.path.join(data.name, "results")],
+             "--no-progress"] + (["--server-pid", str(server.pid)] if server.pid else [])
+            + ["--out", os.path.join(data.name, "results")],
             check=True, capture_output=True, text=True)
         load_end = time.time()
         result = json.loads(out.stdout.strip().splitlines()[-1])
