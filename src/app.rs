@@ -133,8 +133,8 @@ impl App {
                     queue,
                     background.clone(),
                 ));
-                let mut log =
-                    larachat_broker::JetStreamLog::new(&nats).scoped(&config.storage.scylla.keyspace);
+                let mut log = larachat_broker::JetStreamLog::new(&nats)
+                    .scoped(&config.storage.scylla.keyspace);
                 // This deployment's events start when its outbox was created (a minute of
                 // margin for clock differences between the migrating process and NATS).
                 if let Some(t) = scylla.outbox_created_at().await? {

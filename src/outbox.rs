@@ -231,6 +231,26 @@ pub async fn sweep_once(
     Ok(published)
 }
 
+/// HELP text of the outbox's metric families.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter};
+    describe_counter!(
+        EVENTS_PUBLISHED_TOTAL,
+        Unit::Count,
+        "Domain events published to JetStream from the CQL outbox, by who published them (publisher, sweeper)."
+    );
+    describe_counter!(
+        EVENTS_PUBLISH_FAILED_TOTAL,
+        Unit::Count,
+        "Domain event publishes that failed or were not acknowledged in time (left to the sweeper)."
+    );
+    describe_counter!(
+        OUTBOX_QUEUE_FULL_TOTAL,
+        Unit::Count,
+        "Domain events not offered to the publisher because its queue was full (left to the sweeper)."
+    );
+}
+
 /// The queue's receiver for a store, re-exported for the wiring.
 pub fn queue(store: &ScyllaStore) -> mpsc::Receiver<OutboxEntry> {
     store.outbox_queue(PUBLISH_QUEUE)

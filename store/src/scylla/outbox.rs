@@ -246,10 +246,7 @@ impl ScyllaStore {
                 (),
             )
             .await?;
-        migrated
-            .and_then(|(t,)| t)
-            .map(from_ts)
-            .transpose()
+        migrated.and_then(|(t,)| t).map(from_ts).transpose()
     }
 
     /// Moves the watermark. Written by the lease holder only; a stale holder's write is still
