@@ -833,7 +833,10 @@ impl ScyllaStore {
             ],
         )];
         if !event {
-            return self.batch_of(BatchType::Unlogged, items).await;
+            // A heartbeat: one statement, no batch.
+            let (cql, values) = items.remove(0);
+            self.exec(cql, values).await?;
+            return Ok(());
         }
         let (insert, entry) = outbox::insert(&DomainEvent::user_updated(u), model::now());
         items.push(insert);
