@@ -21,6 +21,13 @@ docs/webhooks.md for both measured alone: `webhook_receiver --flood`).
 
     cargo build --release -p larachat -p larachat-loadtest --examples
     python3 loadtest/webhook-lag.py
+
+Distributed target: with GATEWAY_URL and ADMIN_URL set (e.g. from `deploy/local-cluster.sh
+start`; its control plane must run with LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS=true and
+LARACHAT_LIMITS__ENABLED=false, and its admin be LARACHAT_ADMIN_EMAIL / _PASSWORD, default
+admin@example.com / change-me-please) no server is started: the load goes to the gateway, the
+events go gateway → CQL outbox → JetStream → the control plane's (or a worker's) webhooks
+consumer → the receiver (docs/events.md).
 """
 import json
 import os
@@ -100,6 +107,17 @@ def start_rust_receiver():
     return proc, port
 
 
+class External:
+    """A distributed cluster started elsewhere (GATEWAY_URL, ADMIN_URL)."""
+    pid = None
+
+    def terminate(self):
+        pass
+
+    def wait(self):
+        pass
+
+
 def main():
     if RECEIVER == "python":
         receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
@@ -111,6 +129,11 @@ def main():
         proc, port = start_rust_receiver()
         stop_receiver = proc.terminate
     data = tempfile.TemporaryDirectory()
+    if os.environ.get("GATEWAY_URL"):
+        return run(port, stop_receiver, data, External(), os.environ["GATEWAY_URL"],
+                   os.environ["ADMIN_URL"],
+                   (os.environ.get("LARACHAT_ADMIN_EMAIL", "admin@example.com"),
+                    os.environ.get("LARACHAT_ADMIN_PASSWORD", "change-me-please")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LARACHAT_")}
     env.update(LARACHAT_ADMIN_EMAIL=ADMIN[0], LARACHAT_ADMIN_PASSWORD=ADMIN[1],
                LARACHAT_LOG="error", LARACHAT_DEMO__ENABLED="false",
@@ -120,12 +143,16 @@ def main():
     server = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data.name],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
+    base = re.search(r"(http://\S+)", server.stdout.readline()).group(1)
+    run(port, stop_receiver, data, server, base, base, ADMIN)
+
+
+def run(port, stop_receiver, data, server, base, admin_base, credentials):
     try:
-        base = re.search(r"(http://\S+)", server.stdout.readline()).group(1)
-        admin = call("POST", base + "/api/admin/login",
-                     body={"email": ADMIN[0], "password": ADMIN[1]})["token"]
-        project = call("POST", base + "/api/admin/projects", admin, {"name": "lag"})
-        key = call("POST", base + f"/api/admin/projects/{project['id']}/api-keys", admin,
+        admin = call("POST", admin_base + "/api/admin/login",
+                     body={"email": credentials[0], "password": credentials[1]})["token"]
+        project = call("POST", admin_base + "/api/admin/projects", admin, {"name": "lag"})
+        key = call("POST", admin_base + f"/api/admin/projects/{project['id']}/api-keys", admin,
                    {"name": "load"})["key"]
         call("POST", base + "/api/v1/webhooks", key,
              {"url": f"http://127.0.0.1:{port}/hook",
@@ -134,8 +161,8 @@ def main():
         out = subprocess.run(
             [LOADTEST, "throughput", "--url", base, "--key", key, "--connections",
              str(CONNECTIONS), "--window", "1", "--duration-secs", str(DURATION), "--json",
-             "--no-progress", "--server-pid", str(server.pid), "--out",
-             os.path.join(data.name, "results")],
+             "--no-progress"] + (["--server-pid", str(server.pid)] if server.pid else [])
+            + ["--out", os.path.join(data.name, "results")],
             check=True, capture_output=True, text=True)
         load_end = time.time()
         result = json.loads(out.stdout.strip().splitlines()[-1])

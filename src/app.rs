@@ -38,6 +38,9 @@ pub enum Role {
     Gateway,
     /// Admin API and background work (`larachat control-plane`): NATS and ScyllaDB.
     ControlPlane,
+    /// Background work only (`larachat worker`): webhook deliveries from the event log and
+    /// the outbox sweeper; health and metrics over HTTP, no API. NATS and ScyllaDB.
+    Worker,
 }
 
 impl Role {
@@ -47,11 +50,16 @@ impl Role {
     fn serves_control_plane(self) -> bool {
         matches!(self, Role::All | Role::ControlPlane)
     }
+    /// Runs the webhook workers (and, distributed, the outbox sweeper).
+    fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::ControlPlane | Role::Worker)
+    }
     fn name(self) -> &'static str {
         match self {
             Role::All => "larachat",
             Role::Gateway => "larachat-gateway",
             Role::ControlPlane => "larachat-control-plane",
+            Role::Worker => "larachat-worker",
         }
     }
 }
@@ -66,8 +74,13 @@ pub struct App {
     pub gateway: Option<Gateway>,
     pub store: Arc<dyn Store>,
     /// The durable event log over the same data (docs/events.md): the SQLite outbox in
-    /// single-node mode; `None` on CQL, which has no event log yet.
+    /// single-node mode; JetStream `LARACHAT_EVENTS` in distributed mode.
     pub events: Option<Arc<dyn EventLog>>,
+    /// Distributed mode: the CQL store and the NATS connection, for the outbox publisher and
+    /// sweeper ([`crate::outbox`]).
+    pub distributed: Option<(Arc<ScyllaStore>, NatsBus)>,
+    /// Stops the outbox publisher started by [`App::build_role`] (distributed mode).
+    pub background: tokio_util::sync::CancellationToken,
     pub bus: Arc<dyn Bus>,
     /// Webhooks: their store and dispatcher (the API queues through it; processes that
     /// serve the control plane also run its delivery loop, see [`run_role`]).
@@ -105,8 +118,33 @@ impl App {
         }
         // `serve` migrates its own store; split processes expect `larachat migrate` to have
         // run once, so that several of them never race on schema changes.
-        let (store, events) = open_store(&config, role == Role::All).await?;
-        let bus = open_bus(&config, role).await?;
+        let opened = open_store(&config, role == Role::All).await?;
+        let (store, mut events) = (opened.store, opened.events);
+        let (bus, nats) = open_bus(&config, role).await?;
+        let background = tokio_util::sync::CancellationToken::new();
+        // Distributed mode: every writer publishes its changes' events off the ack path; the
+        // log is JetStream (docs/events.md).
+        let distributed = match (opened.scylla, nats) {
+            (Some(scylla), Some(nats)) => {
+                let queue = crate::outbox::queue(&scylla);
+                tokio::spawn(crate::outbox::run_publisher(
+                    scylla.clone(),
+                    nats.clone(),
+                    queue,
+                    background.clone(),
+                ));
+                let mut log = larachat_broker::JetStreamLog::new(&nats)
+                    .scoped(&config.storage.scylla.keyspace);
+                // This deployment's events start when its outbox was created (a minute of
+                // margin for clock differences between the migrating process and NATS).
+                if let Some(t) = scylla.outbox_created_at().await? {
+                    log = log.since((t - chrono::Duration::minutes(1)).into());
+                }
+                events = Some(Arc::new(log));
+                Some((scylla, nats))
+            }
+            _ => None,
+        };
         let webhooks = open_webhooks(&config, role == Role::All).await?;
 
         if role.serves_control_plane() && !config.admin.email.is_empty() {
@@ -225,6 +263,8 @@ impl App {
             gateway,
             store,
             events,
+            distributed,
+            background,
             bus,
             webhooks,
             config,
@@ -251,7 +291,9 @@ fn check_role(config: &Config, role: Role) -> anyhow::Result<()> {
              LARACHAT_STORAGE__SCYLLA__CONTACT_POINTS)"
         );
     }
-    if config.security.jwt_secret.is_empty() || config.security.key_pepper.is_empty() {
+    if role != Role::Worker
+        && (config.security.jwt_secret.is_empty() || config.security.key_pepper.is_empty())
+    {
         bail!(
             "{what} needs security.jwt_secret and security.key_pepper, the same in every \
              process (they are generated only for `larachat serve`)"
@@ -275,12 +317,16 @@ pub fn scylla_config(config: &Config) -> ScyllaConfig {
 /// How long the single-node outbox keeps events that every consumer has handled.
 const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// A store as opened: the trait object, the event log over it (SQLite), the concrete CQL store.
+struct Opened {
+    store: Arc<dyn Store>,
+    events: Option<Arc<dyn EventLog>>,
+    scylla: Option<Arc<ScyllaStore>>,
+}
+
 /// Opens the configured store. `migrate`: apply schema migrations (single process) instead of
 /// requiring them to be applied already.
-async fn open_store(
-    config: &Config,
-    migrate: bool,
-) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn EventLog>>)> {
+async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Opened> {
     match config.storage.backend.as_str() {
         "scylla" => {
             let cfg = scylla_config(config);
@@ -295,7 +341,12 @@ async fn open_store(
             } else {
                 store.check_schema().await?;
             }
-            Ok((Arc::new(store), None))
+            let store = Arc::new(store);
+            Ok(Opened {
+                store: store.clone(),
+                events: None,
+                scylla: Some(store),
+            })
         }
         _ => {
             let data_dir = &config.storage.data_dir;
@@ -310,7 +361,11 @@ async fn open_store(
             .context("opening the embedded database")?;
             // Events every consumer has handled are kept a week (docs/events.md).
             store.spawn_event_trimmer(EVENT_RETENTION, Duration::from_secs(3600));
-            Ok((Arc::new(store.clone()), Some(Arc::new(store))))
+            Ok(Opened {
+                store: Arc::new(store.clone()),
+                events: Some(Arc::new(store)),
+                scylla: None,
+            })
         }
     }
 }
@@ -357,7 +412,7 @@ async fn open_webhooks(config: &Config, migrate: bool) -> anyhow::Result<Dispatc
     )))
 }
 
-async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
+async fn open_bus(config: &Config, role: Role) -> anyhow::Result<(Arc<dyn Bus>, Option<NatsBus>)> {
     match config.bus.backend.as_str() {
         "nats" => {
             let n = &config.bus.nats;
@@ -370,9 +425,9 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Bus>> {
             let bus = NatsBus::connect(&n.url, options)
                 .await
                 .context("connecting to NATS")?;
-            Ok(Arc::new(bus))
+            Ok((Arc::new(bus.clone()), Some(bus)))
         }
-        _ => Ok(Arc::new(LocalBus::new())),
+        _ => Ok((Arc::new(LocalBus::new()), None)),
     }
 }
 
@@ -472,16 +527,24 @@ pub async fn run_role(
     );
     on_ready(bound);
 
-    // Webhook deliveries: `serve` and the control plane run the worker (several control-plane
-    // processes share the work through the store's leases). Where the process has an event
-    // log (`serve`: the SQLite outbox, docs/events.md) the `webhooks` consumer turns every
-    // domain event into deliveries to the project's matching endpoints; it acknowledges an
-    // event only once its deliveries are stored, so a kill between the two redelivers it.
-    // The distributed event log (JetStream) is not built yet: there, only test events and
-    // redeliveries are delivered (docs/webhooks.md).
+    // Webhook deliveries: `serve`, the control plane and `larachat worker` run the worker
+    // (several processes share the work: the deliveries through the webhook store's leases,
+    // the events through the log's consumer). The `webhooks` consumer of the event log
+    // (`serve`: the SQLite outbox; distributed: JetStream, docs/events.md) turns every domain
+    // event into deliveries to the project's matching endpoints; it acknowledges an event only
+    // once its deliveries are stored, so a kill between the two redelivers it. In distributed
+    // mode these processes also run the outbox sweeper (one at a time, under its lease).
     let webhook_stop = tokio_util::sync::CancellationToken::new();
     let mut webhook_workers = Vec::new();
-    if role.serves_control_plane() {
+    if let (true, Some((scylla, nats))) = (role.runs_workers(), app.distributed.clone()) {
+        webhook_workers.push(tokio::spawn(crate::outbox::run_sweeper(
+            scylla,
+            nats,
+            crate::outbox::SweeperConfig::default(),
+            webhook_stop.clone(),
+        )));
+    }
+    if role.runs_workers() {
         webhook_workers.push(tokio::spawn(larachat_webhooks::worker::run_deliveries(
             app.webhooks.clone(),
             Duration::from_secs(1),
@@ -528,6 +591,7 @@ pub async fn run_role(
     for w in webhook_workers {
         let _ = w.await;
     }
+    app.background.cancel();
     tracing::info!(force_closed = forced, "stopped");
     Ok(())
 }
@@ -582,8 +646,8 @@ fn random_hex(bytes: usize) -> String {
 
 /// `larachat admin create-user`: creates a platform admin in the configured store.
 pub async fn create_admin(config: Config, email: &str, password: &str) -> anyhow::Result<()> {
-    let (store, _) = open_store(&config, config.storage.backend == "sqlite").await?;
-    let outcome = larachat_control_plane::bootstrap_admin(store.as_ref(), email, password)
+    let opened = open_store(&config, config.storage.backend == "sqlite").await?;
+    let outcome = larachat_control_plane::bootstrap_admin(opened.store.as_ref(), email, password)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{outcome:?}: {email}");

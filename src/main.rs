@@ -60,6 +60,14 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Run a worker: webhook deliveries from the event log (JetStream) and the event outbox
+    /// sweeper, with `/live`, `/ready` and `/metrics` only (distributed mode; run several:
+    /// they share the events, each delivered to an endpoint once except on retry).
+    Worker {
+        /// Address of the health and metrics listener (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Create the keyspace and apply pending schema migrations (idempotent; run once per
     /// upgrade, from one process, before starting gateways and the control plane).
     Migrate,
@@ -108,7 +116,9 @@ fn main() -> ExitCode {
                 flags.push(("storage.data_dir", Value::String(d.display().to_string())));
             }
         }
-        Command::Gateway { listen: Some(l) } | Command::ControlPlane { listen: Some(l) } => {
+        Command::Gateway { listen: Some(l) }
+        | Command::ControlPlane { listen: Some(l) }
+        | Command::Worker { listen: Some(l) } => {
             flags.push(("server.listen", Value::String(l.clone())));
         }
         Command::Admin {
@@ -158,6 +168,13 @@ fn main() -> ExitCode {
                         "larachat control-plane listening on http://{}",
                         bound.public
                     );
+                    print_admin(bound);
+                })
+                .await
+            }
+            Command::Worker { .. } => {
+                larachat::app::run_role(config, Role::Worker, shutdown_signal(), |bound| {
+                    println!("larachat worker listening on http://{}", bound.public);
                     print_admin(bound);
                 })
                 .await

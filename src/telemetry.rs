@@ -103,6 +103,7 @@ fn describe() {
     );
     larachat_gateway::telemetry::describe();
     larachat_control_plane::describe_metrics();
+    crate::outbox::describe_metrics();
     process_collector().describe();
 }
 

@@ -16,7 +16,9 @@
 //! - `nats::NatsBus` (cargo feature `nats`): the distributed backend — core NATS for live
 //!   events (same guarantee; subscriptions resume by themselves after a reconnect, messages
 //!   published meanwhile are lost) and the JetStream stream `LARACHAT_EVENTS` for durable
-//!   events (`publish_durable`, acknowledged).
+//!   events (`publish_durable`, acknowledged; domain events with `publish_event`).
+//! - `jetstream::JetStreamLog` (cargo feature `nats`): the distributed durable event log —
+//!   one JetStream pull consumer per consumer name, shared by its workers (docs/events.md).
 //! - [`events`]: names of durable events ([`DurableSubject`] `lc.v1.events.<project>.<kind>`,
 //!   [`EventKind`]), consumed by webhooks and usage metering; backend-neutral.
 //! - [`contract`]: the contract suite every bus backend must pass (bus and hub checks, each a
@@ -28,6 +30,8 @@
 pub mod contract;
 pub mod events;
 pub mod hub;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 pub mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -38,6 +42,8 @@ use futures::stream::BoxStream;
 
 pub use events::{DurableSubject, EventKind};
 pub use hub::{Hub, Interest, LocalSink, Outbox, Overflowed};
+#[cfg(feature = "nats")]
+pub use jetstream::JetStreamLog;
 pub use larachat_core::subject::Subject;
 pub use local::LocalBus;
 #[cfg(feature = "nats")]

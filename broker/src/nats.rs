@@ -90,10 +90,10 @@ pub struct NatsOptions {
 #[derive(Clone)]
 pub struct NatsBus {
     client: Client,
-    jetstream: jetstream::Context,
+    pub(crate) jetstream: jetstream::Context,
     shared: Arc<Shared>,
     timeout: Duration,
-    durable_timeout: Duration,
+    pub(crate) durable_timeout: Duration,
 }
 
 /// State updated from the client's event callback.
@@ -238,7 +238,7 @@ impl NatsBus {
         self.shared.dropped.total()
     }
 
-    fn ensure_connected(&self) -> Result<(), BusError> {
+    pub(crate) fn ensure_connected(&self) -> Result<(), BusError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
             state => Err(BusError::Unavailable(format!("NATS connection is {state}"))),

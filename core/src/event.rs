@@ -252,6 +252,17 @@ impl DomainEvent {
         )
     }
 
+    /// `message.sent` whose id is derived from the message id ([`EventId::of_message`]) rather
+    /// than drawn at random: every writer of the same claimed message — its own writer, a
+    /// reader repairing it, a retry of its `client_msg_id` — builds the same event, id
+    /// included (the CQL store, where all three may write it).
+    pub fn message_sent_derived(m: &Message) -> Self {
+        Self {
+            id: EventId::of_message(m.id),
+            ..Self::message_sent(m)
+        }
+    }
+
     /// `message.read`, from the read state after the marker moved.
     pub fn message_read(project: ProjectId, r: &ReadState) -> Self {
         Self::new(
@@ -589,6 +600,26 @@ mod tests {
             assert_eq!(EventKind::from_token(e.kind().token()), Some(e.kind()));
             assert_eq!(DomainEvent::from_json(&e.to_json()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn derived_message_ids_are_stable_distinct_v7() {
+        let m = message();
+        let a = DomainEvent::message_sent_derived(&m);
+        let b = DomainEvent::message_sent_derived(&m);
+        assert_eq!(a, b);
+        assert_ne!(a.id.as_uuid(), m.id.as_uuid());
+        assert_eq!(a.id.as_uuid().get_version_num(), 7);
+        assert_eq!(
+            a.id.as_uuid().get_variant(),
+            uuid::Variant::RFC4122,
+            "still an RFC 9562 UUID"
+        );
+        let other = Message {
+            id: MessageId::following(Some(m.id)),
+            ..m
+        };
+        assert_ne!(DomainEvent::message_sent_derived(&other).id, a.id);
     }
 
     #[test]

@@ -127,6 +127,23 @@ define_id!(
     MessageId
 );
 
+impl EventId {
+    /// The id of the `message.sent` event of message `m`: a UUIDv7 with the message id's
+    /// timestamp and random bits XOR-ed with a fixed mask (version and variant kept). The same
+    /// for every writer of the message, different from the message id itself.
+    pub fn of_message(m: MessageId) -> Self {
+        // "message.sent" in the spare bits; bytes 6 and 8 keep their version / variant bits.
+        const MASK: [u8; 16] = [
+            0, 0, 0, 0, 0, 0, 0x0e, 0x5a, 0x3f, 0x73, 0x65, 0x6e, 0x74, 0x2e, 0x6d, 0x73,
+        ];
+        let mut bytes = *m.as_uuid().as_bytes();
+        for (b, k) in bytes.iter_mut().zip(MASK) {
+            *b ^= k;
+        }
+        Self(Uuid::from_bytes(bytes))
+    }
+}
+
 impl MessageId {
     /// The smallest possible id: everything sorts after it.
     pub const MIN: MessageId = MessageId(Uuid::nil());

@@ -5,7 +5,8 @@
 //! Submodules (private): `schema` (numbered migrations, recorded in `schema_migrations`),
 //! `codec` (rows, values and driver errors), `sequencer` (the commit point of a message: its
 //! `seq` and id claimed by one lightweight transaction, which is also the idempotency fence;
-//! hole repair on read).
+//! hole repair on read); public: `outbox` (the event outbox written in each change's batch,
+//! and the storage side of its publisher and sweeper).
 //!
 //! # Layout
 //!
@@ -28,6 +29,7 @@
 //! | `end_users_by_project` + `end_user_buckets` | `((project_id, bucket), id)` | enumeration for `delete_project` |
 //! | `read_states` | `((project_id, conversation_id), member_key)` | one marker per reader |
 //! | `api_keys_by_project` | `((project_id), created_at DESC, id DESC)` | key listing |
+//! | `event_outbox` (+ `_lease`, `_state`) | `((bucket, shard), id)` | every change's domain event, in the change's batch (see `outbox`) |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.
@@ -57,6 +59,7 @@
 //! writes here: a failure part-way is repaired by repeating the call.
 
 mod codec;
+pub mod outbox;
 mod schema;
 mod sequencer;
 
@@ -83,6 +86,7 @@ use uuid::Uuid;
 pub use schema::SCHEMA_VERSION;
 pub use scylla::statement::{Consistency, SerialConsistency};
 
+use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
@@ -167,6 +171,8 @@ pub struct ScyllaStore {
     conversation_locks: Stripes<sequencer::HeadCache>,
     /// Identify per (project, identifier) and read markers per (conversation, reader).
     key_locks: Stripes,
+    /// The publisher's queue of written events (see `outbox`), once set.
+    outbox_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<outbox::OutboxEntry>>,
     #[cfg(feature = "fault-injection")]
     faults: sequencer::Faults,
 }
@@ -313,6 +319,7 @@ impl ScyllaStore {
             prepared: parking_lot::Mutex::new(HashMap::new()),
             conversation_locks: Stripes::new(4096),
             key_locks: Stripes::new(1024),
+            outbox_tx: std::sync::OnceLock::new(),
             #[cfg(feature = "fault-injection")]
             faults: sequencer::Faults::default(),
         })
@@ -808,30 +815,43 @@ impl ScyllaStore {
             .map(Option::flatten)
     }
 
-    async fn write_end_user_profile(&self, u: &EndUser) -> StoreResult<()> {
-        self.exec(
+    /// Writes a profile; with `event` (a profile change, not a heartbeat), `user.updated` in
+    /// the same logged batch.
+    async fn write_end_user_profile(&self, u: &EndUser, event: bool) -> StoreResult<()> {
+        let mut items: Vec<(&'static str, Values)> = vec![(
             "UPDATE end_users SET name = ?, email = ?, avatar = ?, metadata = ?, \
              last_seen_at = ?, updated_at = ? WHERE project_id = ? AND id = ?",
-            (
-                u.name.as_deref(),
-                u.email.as_deref(),
-                u.avatar.as_deref(),
-                json_text(&u.metadata),
-                u.last_seen_at.map(ts),
-                ts(u.updated_at),
-                u.project_id.as_uuid(),
-                u.id.as_uuid(),
-            ),
-        )
-        .await?;
+            vec![
+                vot(u.name.as_deref()),
+                vot(u.email.as_deref()),
+                vot(u.avatar.as_deref()),
+                vt(&json_text(&u.metadata)),
+                vots(u.last_seen_at),
+                vts(u.updated_at),
+                vu(*u.project_id.as_uuid()),
+                vu(*u.id.as_uuid()),
+            ],
+        )];
+        if !event {
+            // A heartbeat: one statement, no batch.
+            let (cql, values) = items.remove(0);
+            self.exec(cql, values).await?;
+            return Ok(());
+        }
+        let (insert, entry) = outbox::insert(&DomainEvent::user_updated(u), model::now());
+        items.push(insert);
+        self.batch(items).await?;
+        self.enqueue(vec![entry]);
         Ok(())
     }
 
-    /// Inserts a new end user's row and its enumeration rows.
-    async fn insert_end_user(&self, u: &EndUser) -> StoreResult<()> {
+    /// Inserts a new end user's row, its enumeration rows and its `user.created` outbox row
+    /// (returned, not queued yet: an identified user is created only once its claim wins).
+    async fn insert_end_user(&self, u: &EndUser) -> StoreResult<outbox::OutboxEntry> {
         let p = *u.project_id.as_uuid();
         let id = *u.id.as_uuid();
         let bucket = self.listing_bucket(&id);
+        let (insert, entry) = outbox::insert(&DomainEvent::user_created(u), model::now());
         self.batch(vec![
             (
                 "INSERT INTO end_users (project_id, id, user_identifier, name, email, avatar, \
@@ -859,8 +879,10 @@ impl ScyllaStore {
                  VALUES (?, ?, ?, ?)",
                 vec![vu(p), vi(bucket), vu(id), vot(u.user_identifier.as_deref())],
             ),
+            insert,
         ])
-        .await
+        .await?;
+        Ok(entry)
     }
 
     async fn remove_end_user_rows(&self, project: ProjectId, id: Uuid) -> StoreResult<()> {
@@ -1385,7 +1407,8 @@ impl Store for ScyllaStore {
         };
         let Some(identifier) = u.user_identifier.clone() else {
             let user = fresh(None);
-            self.insert_end_user(&user).await?;
+            let entry = self.insert_end_user(&user).await?;
+            self.enqueue(vec![entry]);
             return Ok((user, true));
         };
         // Concurrent identifications in this process queue here; across processes the
@@ -1407,7 +1430,7 @@ impl Store for ScyllaStore {
                 if let Some(mut user) = self.load_end_user(project, id).await? {
                     if apply_identify(&mut user, u) {
                         user.updated_at = model::now().max(user.updated_at);
-                        self.write_end_user_profile(&user).await?;
+                        self.write_end_user_profile(&user, true).await?;
                     }
                     return Ok((user, false));
                 }
@@ -1422,7 +1445,7 @@ impl Store for ScyllaStore {
             }
             let user = fresh(Some(identifier.clone()));
             // The row first, then the claim: a claim never points at nothing.
-            self.insert_end_user(&user).await?;
+            let entry = self.insert_end_user(&user).await?;
             let won = self
                 .lwt(
                     "INSERT INTO end_users_by_identifier (project_id, user_identifier, id) \
@@ -1431,8 +1454,16 @@ impl Store for ScyllaStore {
                 )
                 .await?;
             if won {
+                self.enqueue(vec![entry]);
                 return Ok((user, true));
             }
+            // Lost the race: the user was not created, nor is its event. (A process killed
+            // right here leaves both, an orphan row and its event, consistently.)
+            self.exec(
+                "DELETE FROM event_outbox WHERE bucket = ? AND shard = ? AND id = ?",
+                (entry.bucket, entry.shard, *entry.event.id.as_uuid()),
+            )
+            .await?;
             self.remove_end_user_rows(project, *user.id.as_uuid())
                 .await?;
         }
@@ -1455,7 +1486,9 @@ impl Store for ScyllaStore {
             return Ok(None);
         };
         patch.apply(&mut user);
-        self.write_end_user_profile(&user).await?;
+        // A heartbeat (`last_seen_at` only) is not a profile change: no event.
+        self.write_end_user_profile(&user, patch.has_profile_fields())
+            .await?;
         Ok(Some(user))
     }
 
@@ -1567,7 +1600,15 @@ impl Store for ScyllaStore {
                 ],
             ));
         }
+        let stored = Conversation {
+            members: members.clone(),
+            ..c.clone()
+        };
+        let (insert, entry) =
+            outbox::insert(&DomainEvent::conversation_created(&stored), model::now());
+        items.push(insert);
         self.batch(items).await?;
+        self.enqueue(vec![entry]);
         // The sequencer starts at seq 0. Should this fail, the first append does it.
         self.set_initial_head(p, id, sequencer::Head { seq: 0, id: None })
             .await?;
@@ -1741,7 +1782,13 @@ impl Store for ScyllaStore {
                 ));
             }
         }
+        let (insert, entry) = outbox::insert(
+            &DomainEvent::conversation_changed(old_status, &c),
+            model::now(),
+        );
+        items.push(insert);
         self.batch(items).await?;
+        self.enqueue(vec![entry]);
         Ok(Some(c))
     }
 
@@ -1901,28 +1948,35 @@ impl Store for ScyllaStore {
                 }
             }
         }
-        self.exec(
-            "INSERT INTO read_states (project_id, conversation_id, member_key, reader_kind, \
-             reader_id, reader_name, last_read_message_id, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                p,
-                c,
-                &member_key,
-                reader.kind.as_str(),
-                &reader.id,
-                reader.name.as_deref(),
-                message_id.as_uuid(),
-                ts(at),
-            ),
-        )
-        .await?;
-        Ok(ReadState {
+        let state = ReadState {
             conversation_id: conversation,
             reader: reader.clone(),
             last_read_message_id: message_id,
             updated_at: at,
-        })
+        };
+        let (insert, entry) =
+            outbox::insert(&DomainEvent::message_read(project, &state), model::now());
+        self.batch(vec![
+            (
+                "INSERT INTO read_states (project_id, conversation_id, member_key, \
+                 reader_kind, reader_id, reader_name, last_read_message_id, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vu(c),
+                    vt(&member_key),
+                    vt(reader.kind.as_str()),
+                    vt(&reader.id),
+                    vot(reader.name.as_deref()),
+                    vu(*message_id.as_uuid()),
+                    vts(at),
+                ],
+            ),
+            insert,
+        ])
+        .await?;
+        self.enqueue(vec![entry]);
+        Ok(state)
     }
 
     async fn read_states(

@@ -25,7 +25,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -135,5 +135,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         add_columns: &[("messages", "seq", "bigint")],
         data: Some(DataStep::NumberMessages),
+    },
+    Migration {
+        version: 3,
+        name: "event outbox",
+        statements: &[
+            // Every change's domain event, written in the change's batch (see `outbox`).
+            // Partition = 10 s of writes x one of 4 shards; rows live 3 days.
+            "CREATE TABLE IF NOT EXISTS event_outbox (\
+                bucket bigint, shard int, id uuid, project_id uuid, kind text, body blob, \
+                written_at timestamp, published boolean, \
+                PRIMARY KEY ((bucket, shard), id)) \
+                WITH default_time_to_live = 259200",
+            // The sweeper's lease (LWT only; the holder's row expires unless renewed).
+            "CREATE TABLE IF NOT EXISTS event_outbox_lease (name text PRIMARY KEY, holder uuid)",
+            // The sweeper's watermark: every bucket below it is fully published.
+            "CREATE TABLE IF NOT EXISTS event_outbox_state (\
+                name text PRIMARY KEY, watermark bigint)",
+        ],
+        add_columns: &[],
+        data: None,
     },
 ];

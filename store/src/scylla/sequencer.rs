@@ -58,13 +58,14 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 use uuid::Uuid;
 
+use larachat_core::event::DomainEvent;
 use larachat_core::id::{ConversationId, MessageId, ProjectId};
 use larachat_core::model::{self, Message, NewMessage};
 
 use super::codec::{
     Values, corrupt, exec_error, from_ts, internal, json_text, parse_json, vi, vot, vt, vts, vu,
 };
-use super::{Consistency, ScyllaStore, head_timestamp};
+use super::{Consistency, ScyllaStore, head_timestamp, outbox};
 use crate::{Appended, StoreError, StoreResult};
 
 /// How long a `client_msg_id` is remembered (a retry within it returns the original), and how
@@ -404,16 +405,22 @@ impl ScyllaStore {
     /// The message row, its bucket index and the conversation's newest id: what a writer
     /// writes after its claim, and a repairer for a hole. Idempotent: same key, same content.
     ///
-    /// An unlogged batch: the claim is the commit point, so these writes need no batch log of
-    /// their own (which would cost two more writes and syncs per message). If only some of
-    /// them land before the writer dies, the message was never acknowledged, and a reader that
-    /// finds its seq missing below a newer message writes all three again.
+    /// With the message's `message.sent` outbox row, as one **logged** batch: the message
+    /// becomes visible if and only if its event is in the outbox (an unlogged batch could
+    /// leave a visible message without its event, which no reader would notice: readers
+    /// repair missing rows, not missing events). The claim remains the commit point; if the
+    /// batch does not land before the writer dies, the message was never acknowledged, and a
+    /// reader that finds its seq missing below a newer message writes all of it again.
     pub(super) async fn write_message_row(&self, m: &Message) -> StoreResult<()> {
         let p = *m.project_id.as_uuid();
         let c = *m.conversation_id.as_uuid();
         let uid = *m.id.as_uuid();
         let bucket = self.message_bucket(&uid);
-        self.batch_of(BatchType::Unlogged, vec![
+        // Its event's id comes from the message id: the writer, a repairer and a retry all
+        // write the same event (at most in two outbox buckets; JetStream's de-duplication
+        // window and the consumers' de-duplication by id absorb the second publish).
+        let (event, entry) = outbox::insert(&DomainEvent::message_sent_derived(m), model::now());
+        self.batch_of(BatchType::Logged, vec![
             (
                 "INSERT INTO messages (project_id, conversation_id, bucket, id, sender_kind, \
                  sender_id, sender_name, text, metadata, client_msg_id, created_at, seq) \
@@ -450,8 +457,11 @@ impl ScyllaStore {
                     vu(c),
                 ],
             ),
+            event,
         ])
-        .await
+        .await?;
+        self.enqueue(vec![entry]);
+        Ok(())
     }
 
     /// The message a repeated `client_msg_id` names, written again in full (from its row, or
