@@ -56,7 +56,12 @@ struct Inner {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     publish_failures: larachat_core::throttle::PowersOfTwo,
+    /// Bounds the live-feed work run beside requests ([`Service::beside`]).
+    beside: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most live-feed tasks (unread counts) running beside requests at once, per process.
+const BESIDE_TASKS: usize = 1024;
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
@@ -65,6 +70,7 @@ impl Service {
                 store,
                 bus,
                 publish_failures: Default::default(),
+                beside: Arc::new(tokio::sync::Semaphore::new(BESIDE_TASKS)),
             }),
         }
     }
@@ -87,6 +93,23 @@ impl Service {
         let bytes = encode(frame, Encoding::Json);
         for subject in subjects {
             self.publish_bytes(subject, bytes.clone()).await;
+        }
+    }
+
+    /// Runs live-feed work that needs store reads (unread counts) beside the request rather
+    /// than before its reply, so the sender's ack never waits for it. At most
+    /// [`BESIDE_TASKS`] run at once; beyond that the work runs inline, slowing the caller
+    /// instead of queueing without bound. Live events are at most once and may arrive out of
+    /// order (protocol §3.4 says how clients combine them).
+    pub(crate) async fn beside(&self, work: impl Future<Output = ()> + Send + 'static) {
+        match self.inner.beside.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => work.await,
         }
     }
 

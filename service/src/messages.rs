@@ -174,7 +174,8 @@ impl Service {
             &ServerFrame::preview(&appended.message),
         )
         .await;
-        self.publish_unread_after_send(&conv, appended.message.seq)
+        let (service, seq) = (self.clone(), appended.message.seq);
+        self.beside(async move { service.publish_unread_after_send(&conv, seq).await })
             .await;
         Ok(appended)
     }
@@ -210,8 +211,13 @@ impl Service {
         )
         .await;
         if let Some(user) = end_user_of(&state.reader) {
-            self.publish_unread_after_read(&conv, user, &state, &read)
-                .await;
+            let (service, state) = (self.clone(), state.clone());
+            self.beside(async move {
+                service
+                    .publish_unread_after_read(&conv, user, &state, &read)
+                    .await
+            })
+            .await;
         }
         Ok(state)
     }
