@@ -20,7 +20,6 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -44,11 +43,6 @@ use crate::model::{
 use crate::signing::Secret;
 
 const SHARDS: i32 = 16;
-/// Round trips one call keeps in flight over independent delivery rows (a fan-out batch, a
-/// claim, a batch of attempts). Each delivery costs a few lightweight transactions; one at a
-/// time, a worker's throughput is bounded by their latency (about 20 deliveries/s on a loaded
-/// single-node Cassandra), in flight together by the cluster's capacity.
-const IN_FLIGHT: usize = 32;
 const DAY_MS: i64 = 86_400_000;
 
 const SCHEMA: &[&str] = &[
@@ -410,41 +404,6 @@ impl ScyllaWebhookStore {
     }
 }
 
-impl ScyllaWebhookStore {
-    /// Leases one due row's delivery if it is still pending and due at that time (deletes the
-    /// row when stale). `Some` when this caller won the lease.
-    async fn claim_one(
-        &self,
-        shard: i32,
-        (at, p, e, ev): (CqlTimestamp, Uuid, Uuid, Uuid),
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> WebhookStoreResult<Option<Delivery>> {
-        let (project, endpoint, event) = (
-            ProjectId::from_uuid(p),
-            EndpointId::from_uuid(e),
-            EventId::from_uuid(ev),
-        );
-        let current = self.read_delivery(project, endpoint, event).await?;
-        let live = current.as_ref().is_some_and(|d| {
-            d.status == DeliveryStatus::Pending && d.next_attempt_at == Some(time(at))
-        });
-        let Some(d) = current.filter(|_| live) else {
-            self.remove_due(shard, at, p, e, ev).await?;
-            return Ok(None);
-        };
-        let won = self
-            .lwt(
-                "UPDATE webhook_deliveries SET lease_until = ? WHERE project_id = ? \
-                 AND endpoint_id = ? AND day = ? AND event_id = ? \
-                 IF lease_until <= ? AND status = 'pending' AND next_attempt_at = ?",
-                (ts(lease_until), p, e, day_of(&event), ev, ts(now), at),
-            )
-            .await?;
-        Ok(won.then_some(d))
-    }
-}
-
 #[async_trait]
 impl WebhookStore for ScyllaWebhookStore {
     async fn create_endpoint(&self, e: &Endpoint) -> WebhookStoreResult<()> {
@@ -566,18 +525,6 @@ impl WebhookStore for ScyllaWebhookStore {
         .await
     }
 
-    async fn enqueue_many(&self, ds: &[Delivery]) -> WebhookStoreResult<usize> {
-        // One row per (endpoint, event): independent, so in flight together. (The futures are
-        // built first, lazily: a closure inside the stream trips the `Send` check of
-        // `async_trait` over borrowed items.)
-        let each: Vec<_> = ds.iter().map(|d| self.enqueue(d)).collect();
-        let new: Vec<bool> = stream::iter(each)
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(new.into_iter().filter(|n| *n).count())
-    }
-
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -600,20 +547,34 @@ impl WebhookStore for ScyllaWebhookStore {
                     (shard, ts(now), (limit - out.len()) as i32 * 2),
                 )
                 .await?;
-            // Claimed in rounds of at most what is still wanted, each round's rows in flight
-            // together, so a call never leases more than `limit`.
-            let mut due = due.into_iter();
-            while out.len() < limit {
-                let round: Vec<_> = due.by_ref().take(limit - out.len()).collect();
-                if round.is_empty() {
+            for (at, p, e, ev) in due {
+                if out.len() >= limit {
                     break;
                 }
-                let won: Vec<Option<Delivery>> = stream::iter(round)
-                    .map(|row| self.claim_one(shard, row, now, lease_until))
-                    .buffer_unordered(IN_FLIGHT)
-                    .try_collect()
+                let (project, endpoint, event) = (
+                    ProjectId::from_uuid(p),
+                    EndpointId::from_uuid(e),
+                    EventId::from_uuid(ev),
+                );
+                let current = self.read_delivery(project, endpoint, event).await?;
+                let live = current.as_ref().is_some_and(|d| {
+                    d.status == DeliveryStatus::Pending && d.next_attempt_at == Some(time(at))
+                });
+                let Some(d) = current.filter(|_| live) else {
+                    self.remove_due(shard, at, p, e, ev).await?;
+                    continue;
+                };
+                let won = self
+                    .lwt(
+                        "UPDATE webhook_deliveries SET lease_until = ? WHERE project_id = ? \
+                         AND endpoint_id = ? AND day = ? AND event_id = ? \
+                         IF lease_until <= ? AND status = 'pending' AND next_attempt_at = ?",
+                        (ts(lease_until), p, e, day_of(&event), ev, ts(now), at),
+                    )
                     .await?;
-                out.extend(won.into_iter().flatten());
+                if won {
+                    out.push(d);
+                }
             }
         }
         Ok(out)
@@ -649,19 +610,6 @@ impl WebhookStore for ScyllaWebhookStore {
         {
             self.reschedule(&old, d).await?;
         }
-        Ok(())
-    }
-
-    async fn record_attempts(&self, batch: &[(Attempt, Delivery)]) -> WebhookStoreResult<()> {
-        // Attempts of different deliveries: independent rows, in flight together.
-        let each: Vec<_> = batch
-            .iter()
-            .map(|(attempt, state)| self.record_attempt(attempt, state))
-            .collect();
-        stream::iter(each)
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
         Ok(())
     }
 
