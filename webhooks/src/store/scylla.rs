@@ -43,6 +43,9 @@ use crate::model::{
 use crate::signing::Secret;
 
 const SHARDS: i32 = 16;
+/// How long a due row may point at a delivery that does not exist yet before a claim deletes
+/// it as an orphan: far longer than an enqueue's two writes take.
+const ENQUEUE_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 const DAY_MS: i64 = 86_400_000;
 
 const SCHEMA: &[&str] = &[
@@ -493,8 +496,8 @@ impl WebhookStore for ScyllaWebhookStore {
 
     async fn enqueue(&self, d: &Delivery) -> WebhookStoreResult<bool> {
         // The due row first: if the process dies between the two writes, a due row without
-        // a delivery is dropped by the next claim; the reverse would be a delivery never
-        // attempted.
+        // a delivery is dropped by a claim once it is older than `ENQUEUE_GRACE` (younger
+        // ones may be mid-enqueue); the reverse would be a delivery never attempted.
         if let Some(at) = d.next_attempt_at {
             self.add_due(d, at).await?;
         }
@@ -560,8 +563,16 @@ impl WebhookStore for ScyllaWebhookStore {
                 let live = current.as_ref().is_some_and(|d| {
                     d.status == DeliveryStatus::Pending && d.next_attempt_at == Some(time(at))
                 });
+                let missing = current.is_none();
                 let Some(d) = current.filter(|_| live) else {
-                    self.remove_due(shard, at, p, e, ev).await?;
+                    // `enqueue` writes the due row before the delivery: a missing delivery
+                    // may be one another worker is enqueuing right now, and deleting its due
+                    // row would leave it pending forever (seen in tests/dist_events.rs with
+                    // three workers). Only a row older than the grace is an orphan of an
+                    // enqueuer that died between the two writes.
+                    if !(missing && time(at) > now - ENQUEUE_GRACE) {
+                        self.remove_due(shard, at, p, e, ev).await?;
+                    }
                     continue;
                 };
                 let won = self
