@@ -22,13 +22,37 @@ use larachat_store::{SqliteConfig, SqliteStore};
 
 use common::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
+/// A `larachat serve` child that is killed when dropped, so a failing test never leaves a
+/// server behind (one holding the test's stderr would keep a CI pipe open).
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `larachat serve` on a free port over `data_dir`; returns the child and base URL.
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
     spawn_server_with(data_dir, &[])
 }
 
 /// [`spawn_server`] with extra environment (configuration) variables.
-fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
+fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_larachat"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -50,7 +74,7 @@ fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Child
         .strip_prefix("larachat listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_owned();
-    (child, base)
+    (Server(child), base)
 }
 
 async fn json_post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
@@ -65,13 +89,10 @@ async fn json_post(http: &reqwest::Client, url: String, token: &str, body: Value
     r.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn acknowledged_messages_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_server(dir.path());
-    let http = reqwest::Client::new();
+/// Logs in as the platform admin, creates a project and returns a secret key of it.
+async fn secret_key(http: &reqwest::Client, base: &str, project: &str) -> String {
     let login = json_post(
-        &http,
+        http,
         format!("{base}/api/admin/login"),
         "",
         json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
@@ -79,15 +100,15 @@ async fn acknowledged_messages_survive_sigkill() {
     .await;
     let admin = login["token"].as_str().unwrap().to_owned();
     let project = json_post(
-        &http,
+        http,
         format!("{base}/api/admin/projects"),
         &admin,
-        json!({"name":"d"}),
+        json!({ "name": project }),
     )
     .await;
     let pid = project["id"].as_str().unwrap();
-    let key = json_post(
-        &http,
+    json_post(
+        http,
         format!("{base}/api/admin/projects/{pid}/api-keys"),
         &admin,
         json!({"name":"k"}),
@@ -95,27 +116,46 @@ async fn acknowledged_messages_survive_sigkill() {
     .await["key"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// A conversation with one end user as its member; returns its id.
+async fn conversation_with_a_member(http: &reqwest::Client, base: &str, key: &str) -> String {
     let user = json_post(
-        &http,
+        http,
         format!("{base}/api/v1/users"),
-        &key,
+        key,
         json!({"user_identifier":"u"}),
     )
     .await;
     let uid = user["user"]["id"].as_str().unwrap().to_owned();
-    let conv = json_post(
-        &http,
+    json_post(
+        http,
         format!("{base}/api/v1/conversations"),
-        &key,
+        key,
         json!({"members":[uid]}),
     )
     .await["id"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
 
-    // Pipeline sends over a socket and kill the server while acks are still arriving.
+/// Opens a socket with `key` and pipelines sends (`client_msg_id` `k<i>`, text `<label> <i>`)
+/// into `conv` until the socket breaks; returns the writer task and the socket's frames.
+async fn pipelined_sends(
+    base: &str,
+    key: &str,
+    conv: &str,
+    label: &'static str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    futures::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+) {
     let ws_url = format!("{}/realtime/v1", base.replacen("http", "ws", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
     ws.send(WsMessage::Text(
@@ -123,12 +163,12 @@ async fn acknowledged_messages_survive_sigkill() {
     ))
     .await
     .unwrap();
-    let (mut sink, mut stream) = ws.split();
-    let conv2 = conv.clone();
+    let (mut sink, stream) = ws.split();
+    let conv = conv.to_owned();
     let writer = tokio::spawn(async move {
         for i in 0..100_000u64 {
-            let f = json!({"type":"send","id":i,"conversation_id":conv2,
-                "client_msg_id":format!("k{i}"),"text":format!("durable {i}")});
+            let f = json!({"type":"send","id":i,"conversation_id":conv,
+                "client_msg_id":format!("k{i}"),"text":format!("{label} {i}")});
             if sink
                 .send(WsMessage::Text(f.to_string().into()))
                 .await
@@ -141,6 +181,54 @@ async fn acknowledged_messages_survive_sigkill() {
             }
         }
     });
+    (writer, stream)
+}
+
+/// The ids of every message stored in `conv`, paged through the Client API.
+async fn stored_message_ids(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    conv: &str,
+) -> std::collections::HashSet<String> {
+    let mut stored = std::collections::HashSet::new();
+    let mut after = "00000000-0000-0000-0000-000000000000".to_owned();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{base}/api/v1/conversations/{conv}/messages?limit=200&after={after}"
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["data"].as_array().expect("data");
+        for m in items {
+            stored.insert(m["id"].as_str().unwrap().to_owned());
+        }
+        match items.last() {
+            Some(last) if page["has_more"] == true => {
+                after = last["id"].as_str().unwrap().to_owned()
+            }
+            _ => break,
+        }
+    }
+    stored
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server(dir.path());
+    let http = reqwest::Client::new();
+    let key = secret_key(&http, &base, "d").await;
+    let conv = conversation_with_a_member(&http, &base, &key).await;
+
+    // Pipeline sends over a socket and kill the server while acks are still arriving.
+    let (writer, mut stream) = pipelined_sends(&base, &key, &conv, "durable").await;
     let mut acked = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, stream.next()).await {
@@ -164,31 +252,7 @@ async fn acknowledged_messages_survive_sigkill() {
 
     // Restart on the same data directory; every acked message must be there.
     let (mut child, base) = spawn_server(dir.path());
-    let mut stored = std::collections::HashSet::new();
-    let mut after = "00000000-0000-0000-0000-000000000000".to_owned();
-    loop {
-        let page: Value = http
-            .get(format!(
-                "{base}/api/v1/conversations/{conv}/messages?limit=200&after={after}"
-            ))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["data"].as_array().expect("data");
-        for m in items {
-            stored.insert(m["id"].as_str().unwrap().to_owned());
-        }
-        match items.last() {
-            Some(last) if page["has_more"] == true => {
-                after = last["id"].as_str().unwrap().to_owned()
-            }
-            _ => break,
-        }
-    }
+    let stored = stored_message_ids(&http, &base, &key, &conv).await;
     let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     println!(
         "acked before SIGKILL: {}, stored after restart: {}, acked but missing: {}",
@@ -278,32 +342,7 @@ async fn webhook_deliveries_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server_with(dir.path(), &env);
     let http = reqwest::Client::new();
-    let login = json_post(
-        &http,
-        format!("{base}/api/admin/login"),
-        "",
-        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-    )
-    .await;
-    let admin = login["token"].as_str().unwrap().to_owned();
-    let project = json_post(
-        &http,
-        format!("{base}/api/admin/projects"),
-        &admin,
-        json!({"name":"w"}),
-    )
-    .await;
-    let pid = project["id"].as_str().unwrap();
-    let key = json_post(
-        &http,
-        format!("{base}/api/admin/projects/{pid}/api-keys"),
-        &admin,
-        json!({"name":"k"}),
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = secret_key(&http, &base, "w").await;
 
     // Register the endpoint (the secret is shown once), then start the receiver with it and
     // point the endpoint at it.
@@ -362,52 +401,11 @@ async fn webhook_deliveries_survive_sigkill() {
         })
     };
 
-    let user = json_post(
-        &http,
-        format!("{base}/api/v1/users"),
-        &key,
-        json!({"user_identifier":"u"}),
-    )
-    .await;
-    let uid = user["user"]["id"].as_str().unwrap().to_owned();
-    let conv = json_post(
-        &http,
-        format!("{base}/api/v1/conversations"),
-        &key,
-        json!({"members":[uid]}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conv = conversation_with_a_member(&http, &base, &key).await;
 
     // Send over a socket; once the receiver is receiving, kill the server mid-delivery while
     // acks are still arriving.
-    let ws_url = format!("{}/realtime/v1", base.replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
-    ws.send(WsMessage::Text(
-        json!({"type":"auth","token":key}).to_string().into(),
-    ))
-    .await
-    .unwrap();
-    let (mut sink, mut stream) = ws.split();
-    let conv2 = conv.clone();
-    let writer = tokio::spawn(async move {
-        for i in 0..100_000u64 {
-            let f = json!({"type":"send","id":i,"conversation_id":conv2,
-                "client_msg_id":format!("k{i}"),"text":format!("hooked {i}")});
-            if sink
-                .send(WsMessage::Text(f.to_string().into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            if i % 16 == 15 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
+    let (writer, mut stream) = pipelined_sends(&base, &key, &conv, "hooked").await;
     let mut acked = 0usize;
     let mut at_kill = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -434,31 +432,7 @@ async fn webhook_deliveries_survive_sigkill() {
 
     // Restart on the same data directory; list what was stored.
     let (mut child, base) = spawn_server_with(dir.path(), &env);
-    let mut stored = std::collections::HashSet::new();
-    let mut after = "00000000-0000-0000-0000-000000000000".to_owned();
-    loop {
-        let page: Value = http
-            .get(format!(
-                "{base}/api/v1/conversations/{conv}/messages?limit=200&after={after}"
-            ))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["data"].as_array().expect("data");
-        for m in items {
-            stored.insert(m["id"].as_str().unwrap().to_owned());
-        }
-        match items.last() {
-            Some(last) if page["has_more"] == true => {
-                after = last["id"].as_str().unwrap().to_owned()
-            }
-            _ => break,
-        }
-    }
+    let stored = stored_message_ids(&http, &base, &key, &conv).await;
     assert!(
         stored.len() >= acked,
         "stored {} < acked {acked}",
@@ -472,7 +446,8 @@ async fn webhook_deliveries_survive_sigkill() {
             r.by_id.values().map(|(m, _)| m).collect();
         stored.iter().filter(|m| !delivered.contains(m)).count()
     };
-    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+    // Generous: a delivery in flight at the kill waits out its lease (~33 s here) first.
+    let waited = tokio::time::timeout(Duration::from_secs(240), async {
         loop {
             let notified = arrived.notified();
             tokio::pin!(notified);
