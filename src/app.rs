@@ -194,6 +194,15 @@ impl App {
                     key_pepper: config.security.key_pepper.clone().into_bytes(),
                     admin_token_ttl: admin_ttl,
                     limits: limits.clone(),
+                    default_plan: config.plans.default.clone(),
+                    platform_admins: config
+                        .plans
+                        .platform_admins
+                        .iter()
+                        .chain(std::iter::once(&config.admin.email))
+                        .filter(|e| !e.is_empty())
+                        .cloned()
+                        .collect(),
                 },
             )
             .context("configuring the control plane")?;

@@ -29,6 +29,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub realtime: RealtimeSection,
     pub admin: AdminBootstrap,
+    pub plans: PlansConfig,
     pub log: LogConfig,
     pub demo: DemoConfig,
     pub limits: larachat_limits::LimitsConfig,
@@ -220,6 +221,17 @@ pub struct RealtimeSection {
     pub presence_ttl_ms: u64,
 }
 
+/// Plans: the default plan of new projects and who may edit plans.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlansConfig {
+    /// Plan of a project created without one (`DEFAULT_PROJECT_PLAN`; `free` by default).
+    pub default: larachat_core::plan::PlanId,
+    /// Emails of the platform admins: they edit plans and choose projects' plans. The
+    /// bootstrap admin (`admin.email`) is always one.
+    pub platform_admins: Vec<String>,
+}
+
 /// The first platform admin, created on start if no admin with this email exists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -353,6 +365,9 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("LARACHAT_ADMIN_EMAIL", "admin.email"),
     ("LARACHAT_ADMIN_PASSWORD", "admin.password"),
     ("LARACHAT_LOG", "log.level"),
+    // The seed's name and ours.
+    ("DEFAULT_PROJECT_PLAN", "plans.default"),
+    ("LARACHAT_DEFAULT_PROJECT_PLAN", "plans.default"),
     // The seed's name (no LARACHAT_ prefix) and ours.
     ("WEBHOOK_RETRY_ATTEMPTS", "webhooks.retry_attempts"),
     ("LARACHAT_WEBHOOK_RETRY_ATTEMPTS", "webhooks.retry_attempts"),

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use larachat_core::id::{AdminUserId, ProjectId};
 use larachat_core::keys;
-use larachat_core::model::{Actor, ActorKind, KeyKind, Plan, Scope, WidgetSettings};
+use larachat_core::model::{Actor, ActorKind, KeyKind, PlanId, Scope, WidgetSettings};
 use larachat_gateway::Gateway;
 use larachat_service::Service;
 use larachat_service::input::Name;
@@ -91,7 +91,8 @@ async fn create(service: &Service, pepper: &[u8], path: &Path) -> anyhow::Result
             DEMO_OWNER,
             NewProject {
                 name: Name::parse("Demo".into(), "name")?,
-                plan: Plan::Free,
+                // Unlimited: the demo is local and must not stop after 100 visitors.
+                plan: PlanId::parse("enterprise")?,
                 settings: ProjectSettings::parse(json!({"widget": {
                     "identity_verification": "enforce",
                     "title": "Acme Support",

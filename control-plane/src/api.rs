@@ -17,7 +17,9 @@ use utoipa::{IntoParams, ToSchema};
 use larachat_core::control::ControlEvent;
 use larachat_core::error::ErrorBody;
 use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
-use larachat_core::model::{AdminUser, ApiKeyRecord, KeyKind, Plan, Project, ProjectStatus, Scope};
+use larachat_core::model::{
+    AdminUser, ApiKeyRecord, KeyKind, PlanId, Project, ProjectStatus, Scope,
+};
 use larachat_core::subject::Subject;
 use larachat_core::{AdminUserId, ApiError, ApiKeyId, ProjectId, validate};
 use larachat_service::input::Name;
@@ -74,9 +76,10 @@ pub struct AdminView {
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
     pub name: String,
-    /// Defaults to `free`.
+    /// Defaults to the server's default plan (`DEFAULT_PROJECT_PLAN`, `free` unless
+    /// configured). Only a platform admin may choose another.
     #[serde(default)]
-    pub plan: Option<Plan>,
+    pub plan: Option<PlanId>,
     /// A JSON object (theme, widget config, …); defaults to `{}`.
     #[serde(default)]
     pub settings: Option<serde_json::Value>,
@@ -88,8 +91,9 @@ pub struct CreateProjectRequest {
 pub struct UpdateProjectRequest {
     #[serde(default)]
     pub name: Option<String>,
+    /// Only a platform admin may change a project's plan.
     #[serde(default)]
-    pub plan: Option<Plan>,
+    pub plan: Option<PlanId>,
     #[serde(default)]
     pub status: Option<ProjectStatus>,
     /// Replaces the whole settings object.
@@ -272,6 +276,7 @@ pub async fn me(AdminAuth(admin): AdminAuth) -> ApiJson<AdminView> {
         (status = 201, description = "Created", body = Project),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "forbidden: a plan other than the default chosen by an admin who is not a platform admin; quota_exceeded: the owner has as many projects as the plan allows", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
     )
 )]
@@ -280,9 +285,17 @@ pub async fn create_project(
     AdminAuth(admin): AdminAuth,
     ApiJson(body): ApiJson<CreateProjectRequest>,
 ) -> Result<(StatusCode, ApiJson<Project>), ApiError> {
+    let default_plan = &cp.config().default_plan;
+    if body.plan.as_ref().is_some_and(|p| p != default_plan)
+        && !cp.config().is_platform_admin(&admin)
+    {
+        return Err(ApiError::forbidden(
+            "only a platform admin may choose a project's plan",
+        ));
+    }
     let input = NewProject {
         name: Name::parse(body.name, "name")?,
-        plan: body.plan.unwrap_or_default(),
+        plan: body.plan.unwrap_or_else(|| default_plan.clone()),
         settings: body
             .settings
             .map_or_else(|| Ok(ProjectSettings::empty()), ProjectSettings::parse)?,
@@ -370,6 +383,7 @@ pub async fn get_project(
         (status = 200, description = "The updated project", body = Project),
         (status = 400, description = "Malformed body or id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "A plan change by an admin who is not a platform admin", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
     )
@@ -380,6 +394,14 @@ pub async fn update_project(
     ApiPath(id): ApiPath<ProjectId>,
     ApiJson(body): ApiJson<UpdateProjectRequest>,
 ) -> Result<ApiJson<Project>, ApiError> {
+    if let Some(plan) = &body.plan {
+        let current = owned_project(&cp, &admin, id).await?;
+        if *plan != current.plan && !cp.config().is_platform_admin(&admin) {
+            return Err(ApiError::forbidden(
+                "only a platform admin may change a project's plan",
+            ));
+        }
+    }
     let change = ProjectChange {
         name: body.name.map(|n| Name::parse(n, "name")).transpose()?,
         plan: body.plan,

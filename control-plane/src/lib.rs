@@ -17,6 +17,8 @@
 //!   extractor that guards every route but login.
 //! - [`password`]: argon2id password hashing, login verification without user enumeration
 //!   through a bounded pool of argon2 slots, and [`bootstrap_admin`] for the first admin.
+//! - [`plans`]: plans (listed by every admin, edited by platform admins, announced to the
+//!   gateways) and a project's usage against its plan.
 //! - [`widget`]: widget settings of a project (allowed origins, identity verification, look)
 //!   and its identity secret.
 //! - [`openapi`]: [`AdminApiDoc`], the OpenAPI description the binary merges into
@@ -33,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod openapi;
 pub mod password;
+pub mod plans;
 mod telemetry;
 pub mod widget;
 
@@ -81,6 +84,11 @@ pub struct ControlPlaneConfig {
     /// The process's rate limits: the per-IP limit of every Admin API request, and login
     /// attempts per IP and per account (shared with the gateway in a single-node process).
     pub limits: Arc<larachat_limits::Limits>,
+    /// Plan of a project created without one (`DEFAULT_PROJECT_PLAN`).
+    pub default_plan: larachat_core::plan::PlanId,
+    /// Emails (compared ignoring case) of the platform admins: only they edit plans and set a
+    /// project's plan to anything but the default. Every other admin is a project owner.
+    pub platform_admins: Vec<String>,
 }
 
 /// Why a [`ControlPlaneConfig`] was refused.
@@ -128,7 +136,16 @@ impl ControlPlaneConfig {
             key_pepper: key_pepper.into(),
             admin_token_ttl: DEFAULT_ADMIN_TOKEN_TTL,
             limits: Arc::new(larachat_limits::Limits::default()),
+            default_plan: larachat_core::plan::PlanId::free(),
+            platform_admins: Vec::new(),
         }
+    }
+
+    /// Whether `admin` is a platform admin.
+    pub fn is_platform_admin(&self, admin: &larachat_core::model::AdminUser) -> bool {
+        self.platform_admins
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(&admin.email))
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -235,6 +252,8 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("key_pepper", &"<redacted>")
             .field("admin_token_ttl", &self.admin_token_ttl)
             .field("limits", &self.limits)
+            .field("default_plan", &self.default_plan)
+            .field("platform_admins", &self.platform_admins)
             .finish()
     }
 }
@@ -268,6 +287,16 @@ pub fn router(cp: ControlPlane) -> Router {
             post(api::create_api_key).get(api::list_api_keys),
         )
         .route("/api/admin/api-keys/{id}", delete(api::revoke_api_key))
+        .route("/api/admin/plans", get(plans::list_plans))
+        .route(
+            "/api/admin/plans/{id}",
+            get(plans::get_plan).patch(plans::update_plan),
+        )
+        .route("/api/admin/projects/{id}/usage", get(plans::get_usage))
+        .route(
+            "/api/admin/projects/{id}/usage/history",
+            get(plans::usage_history),
+        )
         .route(
             "/api/admin/projects/{id}/widget",
             get(widget::get_widget).put(widget::put_widget),

@@ -25,6 +25,11 @@ use crate::api;
         crate::widget::get_widget,
         crate::widget::put_widget,
         crate::widget::rotate_identity_secret,
+        crate::plans::list_plans,
+        crate::plans::get_plan,
+        crate::plans::update_plan,
+        crate::plans::get_usage,
+        crate::plans::usage_history,
     ),
     components(schemas(
         crate::widget::WidgetSettingsRequest,
@@ -40,7 +45,15 @@ use crate::api;
         api::CreatedApiKey,
         api::ApiKeyList,
         larachat_core::model::Project,
-        larachat_core::model::Plan,
+        larachat_core::plan::PlanId,
+        larachat_core::plan::Plan,
+        larachat_core::plan::PlanLimits,
+        larachat_core::plan::Period,
+        crate::plans::PlanList,
+        crate::plans::UpdatePlanRequest,
+        crate::plans::Metric,
+        crate::plans::UsageView,
+        crate::plans::UsageHistory,
         larachat_core::model::ProjectStatus,
         larachat_core::model::KeyKind,
         larachat_core::model::Scope,
@@ -49,7 +62,7 @@ use crate::api;
         larachat_core::error::ErrorCode,
     )),
     modifiers(&BearerSecurity, &StandardErrors),
-    tags((name = "admin", description = "Admin API: admin login, projects and API keys"))
+    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans and usage"))
 )]
 pub struct AdminApiDoc;
 

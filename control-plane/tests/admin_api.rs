@@ -16,6 +16,7 @@ use larachat_control_plane::{
 };
 use larachat_core::control::ControlEvent;
 use larachat_core::keys;
+use larachat_core::plan::PlanId;
 use larachat_core::subject::Subject;
 use larachat_core::{AdminUserId, ApiKeyId, ErrorCode, ProjectId};
 use larachat_store::{SqliteConfig, SqliteStore, Store};
@@ -48,7 +49,12 @@ impl Server {
         let cp = ControlPlane::new(
             store.clone(),
             bus.clone(),
-            ControlPlaneConfig::new(SECRET, PEPPER),
+            ControlPlaneConfig {
+                // ADMIN is a platform admin (it may choose plans); OTHER owns projects only.
+                platform_admins: vec![ADMIN.0.to_owned()],
+                default_plan: PlanId::parse("enterprise").unwrap(),
+                ..ControlPlaneConfig::new(SECRET, PEPPER)
+            },
         )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -946,4 +952,227 @@ async fn malformed_requests_get_catalog_errors() {
         ErrorCode::MethodNotAllowed,
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans and usage
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn plans_are_listed_to_admins_and_changed_by_platform_admins_only() {
+    let s = Server::start().await;
+    let platform = s.token(ADMIN).await;
+    let owner = s.token(OTHER).await;
+
+    let r = s
+        .send(reqwest::Method::GET, "/api/admin/plans", &owner, None)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let list: Value = r.json().await.unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["enterprise", "free", "pro", "starter"]);
+    let r = s
+        .send(reqwest::Method::GET, "/api/admin/plans/free", &owner, None)
+        .await;
+    let free: Value = r.json().await.unwrap();
+    assert_eq!(
+        free["limits"],
+        json!({"monthly_active_users": 100, "messages_per_month": 1000, "projects_per_owner": 1})
+    );
+    let r = s
+        .send(reqwest::Method::GET, "/api/admin/plans/nope", &owner, None)
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    let r = s
+        .send(reqwest::Method::GET, "/api/admin/plans/No.Pe", &owner, None)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A project owner may neither edit plans nor give its project another plan.
+    let change = json!({"limits": {"monthly_active_users": null, "messages_per_month": null,
+                        "projects_per_owner": null}});
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/admin/plans/free",
+            &owner,
+            Some(change.clone()),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+    let r = s
+        .send(
+            reqwest::Method::POST,
+            "/api/admin/projects",
+            &owner,
+            Some(json!({"name": "Mine", "plan": "pro"})),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+    let mine = s.create_project(&owner, "Mine").await;
+    assert_eq!(mine["plan"], "enterprise", "the configured default plan");
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/projects/{}", mine["id"].as_str().unwrap()),
+            &owner,
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+
+    // A platform admin changes a plan; gateways are told.
+    let mut control = s.bus.subscribe(&Subject::control()).await.unwrap();
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/admin/plans/starter",
+            &platform,
+            Some(
+                json!({"name": "Starter 2027", "features": ["custom_branding"],
+                        "limits": {"monthly_active_users": 5, "messages_per_month": null,
+                                   "projects_per_owner": 2}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let starter: Value = r.json().await.unwrap();
+    assert_eq!(starter["name"], "Starter 2027");
+    assert_eq!(starter["features"], json!(["custom_branding"]));
+    assert_eq!(starter["limits"]["messages_per_month"], Value::Null);
+    assert_eq!(
+        next_control_event(&mut control).await,
+        ControlEvent::PlanChanged {
+            plan_id: PlanId::parse("starter").unwrap()
+        }
+    );
+    let stored = s
+        .store
+        .plan(&PlanId::parse("starter").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.limits.monthly_active_users, Some(5));
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/admin/plans/starter",
+            &platform,
+            Some(json!({"features": ["Not A Feature"]})),
+        )
+        .await;
+    assert_error(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::ValidationFailed,
+    )
+    .await;
+    let r = s
+        .send(
+            reqwest::Method::POST,
+            "/api/admin/projects",
+            &platform,
+            Some(json!({"name": "Ghost", "plan": "no-such-plan"})),
+        )
+        .await;
+    assert_error(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::ValidationFailed,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn usage_is_shown_to_the_owner_with_limits_and_reset() {
+    let s = Server::start().await;
+    let platform = s.token(ADMIN).await;
+    let intruder = s.token(OTHER).await;
+    let r = s
+        .send(
+            reqwest::Method::POST,
+            "/api/admin/projects",
+            &platform,
+            Some(json!({"name": "Metered", "plan": "free"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let project: Value = r.json().await.unwrap();
+    let id: ProjectId = project["id"].as_str().unwrap().parse().unwrap();
+    // Usage made through the store (the write path counts it), read through the API.
+    s.store
+        .upsert_end_user(
+            id,
+            &larachat_store::NewEndUser {
+                user_identifier: None,
+                name: None,
+                email: None,
+                avatar: None,
+                metadata: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+
+    let path = format!("/api/admin/projects/{id}/usage");
+    let r = s.send(reqwest::Method::GET, &path, &platform, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let usage: Value = r.json().await.unwrap();
+    let period = larachat_core::plan::Period::of(chrono::Utc::now());
+    assert_eq!(usage["period"], period.to_string());
+    assert_eq!(usage["plan"], "free");
+    assert_eq!(
+        usage["monthly_active_users"],
+        json!({"used": 1, "limit": 100})
+    );
+    assert_eq!(usage["messages"], json!({"used": 0, "limit": 1000}));
+    assert_eq!(usage["conversations"], json!({"used": 0, "limit": null}));
+    let resets: chrono::DateTime<chrono::Utc> =
+        usage["resets_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(resets, period.resets_at());
+
+    let r = s
+        .send(
+            reqwest::Method::GET,
+            &format!("{path}?period=2001-02"),
+            &platform,
+            None,
+        )
+        .await;
+    let old: Value = r.json().await.unwrap();
+    assert_eq!(old["messages"]["used"], 0);
+    assert_eq!(old["monthly_active_users"]["used"], 0);
+    assert_eq!(old["resets_at"], "2001-03-01T00:00:00Z");
+    let r = s
+        .send(
+            reqwest::Method::GET,
+            &format!("{path}?period=2001-13"),
+            &platform,
+            None,
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload).await;
+
+    let r = s
+        .send(
+            reqwest::Method::GET,
+            &format!("{path}/history"),
+            &platform,
+            None,
+        )
+        .await;
+    let history: Value = r.json().await.unwrap();
+    assert_eq!(history["data"].as_array().unwrap().len(), 1);
+    assert_eq!(history["data"][0]["period"], period.to_string());
+
+    // Another admin's project answers like a missing one.
+    for p in [path.clone(), format!("{path}/history")] {
+        let r = s.send(reqwest::Method::GET, &p, &intruder, None).await;
+        assert_error(r, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    }
 }

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ApiKeyId, ProjectId};
+use crate::plan::PlanId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -18,6 +19,8 @@ pub enum ControlEvent {
     },
     /// The project changed (status, plan, settings) or was deleted: reload it.
     ProjectChanged { project_id: ProjectId },
+    /// A plan's limits or features changed: forget cached plan limits.
+    PlanChanged { plan_id: PlanId },
 }
 
 impl ControlEvent {
@@ -39,6 +42,14 @@ mod tests {
             key_id: ApiKeyId::new_v7(),
             project_id: ProjectId::new_v7(),
         };
+        assert_eq!(ControlEvent::from_json(&e.to_json()), Some(e));
+        let e = ControlEvent::PlanChanged {
+            plan_id: PlanId::free(),
+        };
+        assert_eq!(
+            String::from_utf8(e.to_json()).unwrap(),
+            r#"{"type":"plan_changed","plan_id":"free"}"#
+        );
         assert_eq!(ControlEvent::from_json(&e.to_json()), Some(e));
         assert_eq!(ControlEvent::from_json(b"{\"type\":\"nope\"}"), None);
     }

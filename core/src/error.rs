@@ -55,11 +55,15 @@ pub enum ErrorCode {
     /// The request (its body, or the work it asked for) was not complete within the server's
     /// request timeout.
     RequestTimeout,
+    /// The change would go past a limit of the project's plan (monthly active end users,
+    /// messages per month, projects per owner). The message names the limit and when it
+    /// resets. Not retryable: the same request fails until the reset or a plan upgrade.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::InvalidPayload,
         Self::ValidationFailed,
         Self::Unauthorized,
@@ -78,6 +82,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::UnsupportedMediaType,
         Self::RequestTimeout,
+        Self::QuotaExceeded,
     ];
 
     /// The stable string code.
@@ -101,6 +106,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RequestTimeout => "request_timeout",
+            Self::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -125,6 +131,10 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::UnsupportedMediaType => 415,
             Self::RequestTimeout => 408,
+            // 403, not 429: a monthly quota does not clear by backing off for seconds, and
+            // clients (and proxies) retry 429s automatically; Stripe and GitHub likewise keep
+            // 429 for short-window rate limits.
+            Self::QuotaExceeded => 403,
         }
     }
 
@@ -149,6 +159,7 @@ impl ErrorCode {
             Self::Internal => 4103,
             Self::RateLimited => 4129,
             Self::RequestTimeout => 4108,
+            Self::QuotaExceeded => 4031,
         }
     }
 

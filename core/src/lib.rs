@@ -6,6 +6,8 @@
 //! Modules:
 //! - [`id`]: typed UUID identifiers, and the rule that gives a message its UUIDv7 id after its predecessor.
 //! - [`model`]: domain types (projects, API keys, end users, conversations, messages, reads).
+//! - [`plan`]: plans as data (limits, features), usage periods (calendar months, UTC) and
+//!   the quota refusal.
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
@@ -29,6 +31,7 @@ pub mod event;
 pub mod id;
 pub mod keys;
 pub mod model;
+pub mod plan;
 pub mod protocol;
 pub mod subject;
 pub mod throttle;

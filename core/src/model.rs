@@ -32,17 +32,8 @@ pub struct AdminUser {
     pub created_at: DateTime<Utc>,
 }
 
-/// A project's plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum Plan {
-    #[default]
-    Free,
-    Starter,
-    Pro,
-    Enterprise,
-}
+/// A project's plan: the id of a [`Plan`](crate::plan::Plan) row (`"free"`, …).
+pub use crate::plan::PlanId;
 
 /// A project's lifecycle status. Only `Active` projects are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -62,7 +53,7 @@ pub struct Project {
     pub id: ProjectId,
     pub name: String,
     pub owner_id: AdminUserId,
-    pub plan: Plan,
+    pub plan: PlanId,
     pub status: ProjectStatus,
     /// Free-form JSON object (theme, widget config, …).
     pub settings: serde_json::Value,
@@ -74,7 +65,7 @@ pub struct Project {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProjectPatch {
     pub name: Option<String>,
-    pub plan: Option<Plan>,
+    pub plan: Option<PlanId>,
     pub status: Option<ProjectStatus>,
     pub settings: Option<serde_json::Value>,
 }
@@ -86,8 +77,8 @@ impl ProjectPatch {
         if let Some(name) = &self.name {
             p.name = name.clone();
         }
-        if let Some(plan) = self.plan {
-            p.plan = plan;
+        if let Some(plan) = &self.plan {
+            p.plan = plan.clone();
         }
         if let Some(status) = self.status {
             p.status = status;
@@ -592,7 +583,7 @@ mod tests {
             id: ProjectId::new_v7(),
             name: "p".into(),
             owner_id: AdminUserId::new_v7(),
-            plan: Plan::Free,
+            plan: PlanId::free(),
             status: ProjectStatus::Active,
             settings: empty_object(),
             created_at: t,

@@ -18,7 +18,7 @@ use utoipa::openapi::{ContentBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Respon
 /// |---|---|---|
 /// | 400 | `invalid_payload` | operations with parameters or a body |
 /// | 401 | `unauthorized` | every API operation (not the socket upgrade: it authenticates in-band) |
-/// | 403 | `forbidden`, `project_suspended` | the Client and Widget APIs |
+/// | 403 | `forbidden`, `project_suspended`, `quota_exceeded` | the Client and Widget APIs |
 /// | 404 | `not_found` | operations with path parameters, and the Widget API |
 /// | 409 | `conflict` | `POST`, `PUT`, `PATCH` |
 /// | 413, 415 | `payload_too_large`, `unsupported_media_type` | operations with a body |
@@ -75,7 +75,7 @@ fn add(op: &mut Operation, method: &str, widget: bool, client_or_widget: bool, s
     if client_or_widget {
         wanted.push((
             403,
-            "forbidden (scope, credential kind, origin) or project_suspended",
+            "forbidden (scope, credential kind, origin), project_suspended, or quota_exceeded (a change past a limit of the project's plan; the message names the limit and its reset time)",
         ));
     }
     if has_path || widget {

@@ -111,11 +111,17 @@ impl Gateway {
             }
             ControlEvent::ProjectChanged { project_id } => {
                 self.auth().invalidate_project(project_id);
+                // Its plan may have changed.
+                self.store().plans_changed();
                 // Whether its connections must go needs a store read: see `check_project`.
                 let gw = self.clone();
                 let event = event.clone();
                 self.tasks()
                     .spawn(async move { check_project(&gw, &event).await });
+            }
+            ControlEvent::PlanChanged { .. } => {
+                // The store applies plan limits; a backend that caches them re-reads now.
+                self.store().plans_changed();
             }
         }
     }

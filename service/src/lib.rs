@@ -12,9 +12,10 @@
 //! Handlers only translate: HTTP bodies or socket frames into typed values and a service call,
 //! results into responses. Edge concerns stay at the edge: authentication (who the principal
 //! is), rate limits (`larachat-limits`, applied by the gateway before calling), transport
-//! metrics. Per-operation policy that is about the tenant (quotas, plan limits, usage
-//! counting — issue 12) belongs at the top of each operation here: one function per
-//! operation, each the only way to make its change.
+//! metrics. Per-operation policy that is about the tenant belongs here: one function per
+//! operation, each the only way to make its change. Plan limits and usage counting are the
+//! exception that proves the rule: they must be atomic with the change, so the store applies
+//! them inside the write (see [`plans`]).
 //!
 //! Modules:
 //! - [`principal`]: [`Principal`], who is calling (project, credential kind, scopes).
@@ -26,6 +27,10 @@
 //! - [`projects`]: the control plane's changes — projects, widget settings, API keys — for the
 //!   admin who owns the project (no domain events yet; the control plane announces them to
 //!   gateways).
+//! - [`plans`]: plans (read; edited by platform admins) and a project's usage against its
+//!   plan. Quotas are enforced by the store inside each change's write (the only place a
+//!   check and its change are atomic), so every operation here that creates end users,
+//!   conversations, messages or projects refuses with `quota_exceeded` on every path.
 //!
 //! Depends on `core`, `store`, `broker` and `limits` (the shape of a project's rate-limit
 //! settings); the gateway and the control plane depend on it, never the other way round.
@@ -33,6 +38,7 @@
 pub mod conversations;
 pub mod input;
 pub mod messages;
+pub mod plans;
 pub mod principal;
 pub mod projects;
 pub mod users;

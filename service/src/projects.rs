@@ -14,7 +14,8 @@ use larachat_core::ApiError;
 use larachat_core::id::{AdminUserId, ApiKeyId, ProjectId};
 use larachat_core::keys;
 use larachat_core::model::{
-    self, ApiKeyRecord, KeyKind, Plan, Project, ProjectPatch, ProjectStatus, Scope, WidgetSettings,
+    self, ApiKeyRecord, KeyKind, PlanId, Project, ProjectPatch, ProjectStatus, Scope,
+    WidgetSettings,
 };
 
 use crate::Service;
@@ -58,7 +59,7 @@ impl ProjectSettings {
 #[derive(Debug, Clone)]
 pub struct NewProject {
     pub name: Name,
-    pub plan: Plan,
+    pub plan: PlanId,
     pub settings: ProjectSettings,
 }
 
@@ -66,7 +67,7 @@ pub struct NewProject {
 #[derive(Debug, Clone, Default)]
 pub struct ProjectChange {
     pub name: Option<Name>,
-    pub plan: Option<Plan>,
+    pub plan: Option<PlanId>,
     pub status: Option<ProjectStatus>,
     pub settings: Option<ProjectSettings>,
 }
@@ -149,6 +150,7 @@ impl Service {
         owner: AdminUserId,
         input: NewProject,
     ) -> Result<Project, ApiError> {
+        self.known_plan(&input.plan).await?;
         let t = model::now();
         let project = Project {
             id: ProjectId::new_v7(),
@@ -173,6 +175,9 @@ impl Service {
         change: ProjectChange,
     ) -> Result<(Project, bool), ApiError> {
         let current = self.owned_project(owner, id).await?;
+        if let Some(plan) = &change.plan {
+            self.known_plan(plan).await?;
+        }
         let patch = ProjectPatch {
             name: change.name.map(Name::into_inner),
             plan: change.plan,

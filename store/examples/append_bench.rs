@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
 use larachat_core::model::{
-    self, Actor, ActorKind, Conversation, ConversationStatus, NewMessage, Plan, Project,
+    self, Actor, ActorKind, Conversation, ConversationStatus, NewMessage, PlanId, Project,
     ProjectStatus,
 };
 use larachat_store::{SqliteConfig, SqliteStore, Store};
@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         id: ProjectId::new_v7(),
         name: "bench".into(),
         owner_id: AdminUserId::new_v7(),
-        plan: Plan::Pro,
+        plan: PlanId::parse("pro").unwrap(),
         status: ProjectStatus::Active,
         settings: json!({}),
         created_at: t,

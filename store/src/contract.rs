@@ -27,9 +27,11 @@ use uuid::Uuid;
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
-    ConversationStatus, EndUser, EndUserPatch, KeyKind, NewMessage, Plan, Project, ProjectPatch,
+    ConversationStatus, EndUser, EndUserPatch, KeyKind, NewMessage, PlanId, Project, ProjectPatch,
     ProjectStatus, Scope,
 };
+
+use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts};
 
 use crate::{ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
 
@@ -68,6 +70,11 @@ macro_rules! for_each_store_check {
             messages_seq,
             read_state,
             tenant_isolation,
+            plans_seeded_and_editable,
+            quota_messages_exact,
+            quota_active_users_exact,
+            quota_projects_per_owner,
+            usage_matches_the_store,
         );
     };
 }
@@ -108,7 +115,8 @@ fn project_value(owner: AdminUserId, name: &str) -> Project {
         id: ProjectId::new_v7(),
         name: name.to_owned(),
         owner_id: owner,
-        plan: Plan::Starter,
+        // Unlimited: only the quota checks below are about plan limits.
+        plan: PlanId::parse("enterprise").unwrap(),
         status: ProjectStatus::Active,
         settings: json!({"theme": {"color": "#123456"}, "allowed_origins": ["https://a.example"]}),
         created_at: t,
@@ -386,7 +394,7 @@ pub async fn projects(store: &TestStore) {
     let before = created[1].clone();
     let patch = ProjectPatch {
         name: Some("Renamed".into()),
-        plan: Some(Plan::Pro),
+        plan: Some(PlanId::parse("pro").unwrap()),
         status: None,
         settings: Some(json!({"theme": "dark"})),
     };
@@ -396,7 +404,7 @@ pub async fn projects(store: &TestStore) {
         .expect("update")
         .expect("project exists");
     assert_eq!(updated.name, "Renamed");
-    assert_eq!(updated.plan, Plan::Pro);
+    assert_eq!(updated.plan, PlanId::parse("pro").unwrap());
     assert_eq!(updated.status, before.status, "unpatched field unchanged");
     assert_eq!(updated.settings, json!({"theme": "dark"}));
     assert_eq!(updated.created_at, before.created_at);
@@ -1915,4 +1923,313 @@ pub async fn tenant_isolation(store: &TestStore) {
     );
     assert_eq!(store.list_api_keys(a.id).await.expect("keys"), vec![key_a]);
     assert!(store.project(a.id).await.expect("get").is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans, usage and quotas
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh plan with these limits (its own id, so checks never share a plan).
+async fn custom_plan(store: &TestStore, limits: PlanLimits) -> Plan {
+    let plan = Plan {
+        id: PlanId::parse(&unique("t").to_lowercase()[..20]).expect("plan id"),
+        name: "Test plan".into(),
+        limits,
+        features: BTreeSet::new(),
+        updated_at: model::now(),
+    };
+    store.put_plan(&plan).await.expect("put plan");
+    plan
+}
+
+/// A fresh admin and a project it owns on `plan`.
+async fn project_on(store: &TestStore, plan: &Plan) -> Project {
+    let admin = admin_user_value(&format!("{}@example.com", unique("owner")));
+    store.create_admin_user(&admin).await.expect("admin");
+    let mut project = project_value(admin.id, &unique("project"));
+    project.plan = plan.id.clone();
+    store.create_project(&project).await.expect("project");
+    project
+}
+
+fn quota_of(e: StoreError) -> larachat_core::plan::QuotaExceeded {
+    match e {
+        StoreError::QuotaExceeded(q) => q,
+        other => panic!("expected quota_exceeded, got {other:?}"),
+    }
+}
+
+fn this_month() -> Period {
+    Period::of(model::now())
+}
+
+/// The seed's four plans exist; a plan can be written and read back, and changed.
+pub async fn plans_seeded_and_editable(store: &TestStore) {
+    let plans = store.list_plans().await.expect("plans");
+    let seeded = |id: &str| {
+        plans
+            .iter()
+            .find(|p| p.id.as_str() == id)
+            .unwrap_or_else(|| panic!("seeded plan {id} missing"))
+            .clone()
+    };
+    let free = seeded("free");
+    assert_eq!(free.limits.monthly_active_users, Some(100));
+    assert_eq!(free.limits.messages_per_month, Some(1_000));
+    assert_eq!(free.limits.projects_per_owner, Some(1));
+    assert_eq!(seeded("starter").limits.projects_per_owner, Some(3));
+    assert!(seeded("pro").has_feature("custom_branding"));
+    assert_eq!(seeded("enterprise").limits, PlanLimits::default());
+    assert!(plans.windows(2).all(|w| w[0].id < w[1].id), "listed by id");
+
+    let mut plan = custom_plan(
+        store,
+        PlanLimits {
+            monthly_active_users: Some(7),
+            messages_per_month: None,
+            projects_per_owner: Some(2),
+        },
+    )
+    .await;
+    assert_eq!(store.plan(&plan.id).await.expect("get"), Some(plan.clone()));
+    plan.limits.messages_per_month = Some(10);
+    plan.features = ["custom_branding".to_owned()].into();
+    plan.name = "Renamed".into();
+    store.put_plan(&plan).await.expect("update");
+    assert_eq!(store.plan(&plan.id).await.expect("get"), Some(plan.clone()));
+    assert_eq!(
+        store
+            .plan(&PlanId::parse("no-such-plan").unwrap())
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+/// The message limit is exact: the last allowed message passes, the next is refused with the
+/// limit and its reset time and stores nothing; a retry of a stored message still gets its
+/// original and counts nothing.
+pub async fn quota_messages_exact(store: &TestStore) {
+    const LIMIT: u64 = 5;
+    let plan = custom_plan(
+        store,
+        PlanLimits {
+            messages_per_month: Some(LIMIT),
+            ..PlanLimits::default()
+        },
+    )
+    .await;
+    let project = project_on(store, &plan).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let first_cid = unique("cid");
+    for i in 0..LIMIT {
+        let cid = if i == 0 {
+            first_cid.clone()
+        } else {
+            unique("cid")
+        };
+        let a = store
+            .append_message(&new_message(&conv, &format!("m{i}"), Some(&cid)))
+            .await
+            .unwrap_or_else(|e| panic!("message {} of {LIMIT}: {e}", i + 1));
+        assert!(a.created);
+    }
+    let refused = store
+        .append_message(&new_message(&conv, "one too many", Some(&unique("cid"))))
+        .await
+        .expect_err("the message after the limit is refused");
+    let q = quota_of(refused);
+    assert_eq!(q.metric, QuotaMetric::MessagesPerMonth);
+    assert_eq!(q.limit, LIMIT);
+    assert_eq!(q.plan, plan.id);
+    assert_eq!(q.resets_at, Some(this_month().resets_at()));
+
+    let retry = store
+        .append_message(&new_message(&conv, "m0 again", Some(&first_cid)))
+        .await
+        .expect("a retry of a stored message is answered at the limit too");
+    assert!(!retry.created, "the retry returns the original");
+    assert_eq!(retry.message.text, "m0");
+
+    let stored = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        stored.items.len() as u64,
+        LIMIT,
+        "nothing stored past the limit"
+    );
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.messages, LIMIT, "the retry counted nothing");
+    assert_eq!(used.conversations, 1);
+
+    // Raising the limit lets the project go on.
+    let mut raised = plan.clone();
+    raised.limits.messages_per_month = Some(LIMIT + 1);
+    store.put_plan(&raised).await.expect("raise");
+    store.plans_changed();
+    store
+        .append_message(&new_message(&conv, "after the raise", None))
+        .await
+        .expect("allowed after the limit is raised");
+}
+
+/// The monthly-active-user limit is exact, and a user counts once per month however often
+/// it is active.
+pub async fn quota_active_users_exact(store: &TestStore) {
+    const LIMIT: u64 = 3;
+    let plan = custom_plan(
+        store,
+        PlanLimits {
+            monthly_active_users: Some(LIMIT),
+            ..PlanLimits::default()
+        },
+    )
+    .await;
+    let project = project_on(store, &plan).await;
+    let ident = unique("ada");
+    let (ada, created) = store
+        .upsert_end_user(project.id, &identified(&ident))
+        .await
+        .expect("user 1");
+    assert!(created);
+    let bob = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect("user 2")
+        .0;
+    let carol = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect("user 3")
+        .0;
+    let refused = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect_err("the 4th active user is refused");
+    let q = quota_of(refused);
+    assert_eq!(q.metric, QuotaMetric::MonthlyActiveUsers);
+    assert_eq!(q.limit, LIMIT);
+    assert_eq!(q.resets_at, Some(this_month().resets_at()));
+
+    // Users already counted this month stay active: identify, converse, send.
+    let (again, created) = store
+        .upsert_end_user(project.id, &identified(&ident))
+        .await
+        .expect("identifying a counted user");
+    assert!(!created);
+    assert_eq!(again.id, ada.id);
+    let conv = new_conversation(store, project.id, &[ada.id, bob.id, carol.id]).await;
+    let mut m = new_message(&conv, "hello", None);
+    m.sender = Actor {
+        kind: ActorKind::EndUser,
+        id: bob.id.to_string(),
+        name: None,
+    };
+    store
+        .append_message(&m)
+        .await
+        .expect("a counted user sends");
+
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.active_users, LIMIT);
+    assert_eq!(used.messages, 1);
+    // No user was created by the refused call.
+    assert_eq!(used.conversations, 1);
+}
+
+/// An owner may have as many projects as the plan of the new project allows; unlimited plans
+/// have no such limit.
+pub async fn quota_projects_per_owner(store: &TestStore) {
+    let plan = custom_plan(
+        store,
+        PlanLimits {
+            projects_per_owner: Some(2),
+            ..PlanLimits::default()
+        },
+    )
+    .await;
+    let owner = admin_user_value(&format!("{}@example.com", unique("owner")));
+    store.create_admin_user(&owner).await.expect("admin");
+    for i in 0..2 {
+        let mut p = project_value(owner.id, &format!("p{i}"));
+        p.plan = plan.id.clone();
+        store.create_project(&p).await.expect("within the limit");
+    }
+    let mut third = project_value(owner.id, "p2");
+    third.plan = plan.id.clone();
+    let q = quota_of(
+        store
+            .create_project(&third)
+            .await
+            .expect_err("the third project is refused"),
+    );
+    assert_eq!(q.metric, QuotaMetric::ProjectsPerOwner);
+    assert_eq!(q.limit, 2);
+    assert_eq!(q.resets_at, None, "a project count does not reset");
+    assert!(store.project(third.id).await.expect("get").is_none());
+    // Enterprise is unlimited.
+    let unlimited = project_value(owner.id, "p3");
+    store
+        .create_project(&unlimited)
+        .await
+        .expect("an enterprise project");
+}
+
+/// Usage equals what the store holds, and appears in the history.
+pub async fn usage_matches_the_store(store: &TestStore) {
+    let project = new_project(store).await;
+    assert_eq!(
+        store.usage(project.id, this_month()).await.expect("usage"),
+        UsageCounts::default(),
+        "a new project used nothing"
+    );
+    let users = [
+        new_end_user(store, project.id).await,
+        new_end_user(store, project.id).await,
+    ];
+    let _silent = store
+        .upsert_end_user(project.id, &anonymous())
+        .await
+        .expect("user");
+    let conv = new_conversation(store, project.id, &[users[0].id]).await;
+    let conv2 = new_conversation(store, project.id, &[users[0].id, users[1].id]).await;
+    for (i, c) in [&conv, &conv2, &conv].into_iter().enumerate() {
+        let mut m = new_message(c, &format!("m{i}"), Some(&format!("cid-{i}")));
+        m.sender = Actor {
+            kind: ActorKind::EndUser,
+            id: users[0].id.to_string(),
+            name: None,
+        };
+        store.append_message(&m).await.expect("send");
+        // Retried: the same client_msg_id is no new message and no new count.
+        store.append_message(&m).await.expect("retry");
+    }
+    let mut stored = 0;
+    for c in [&conv, &conv2] {
+        stored += store
+            .list_messages(project.id, c.id, MessageRange::Latest, 100)
+            .await
+            .expect("list")
+            .items
+            .len() as u64;
+    }
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(
+        used,
+        UsageCounts {
+            messages: stored,
+            conversations: 2,
+            active_users: 3,
+        }
+    );
+    assert_eq!(stored, 3);
+    let history = store.usage_history(project.id, 12).await.expect("history");
+    assert_eq!(history, vec![(this_month(), used)]);
+    let last = Period::parse("2000-01").unwrap();
+    assert_eq!(
+        store.usage(project.id, last).await.expect("usage"),
+        UsageCounts::default()
+    );
 }

@@ -20,7 +20,7 @@ use larachat_core::event::{
 use larachat_core::id::{AdminUserId, ConversationId, EndUserId, EventId, MessageId, ProjectId};
 use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, Conversation, ConversationPatch, ConversationStatus,
-    EndUserPatch, NewMessage, Plan, Project, ProjectStatus,
+    EndUserPatch, NewMessage, PlanId, Project, ProjectStatus,
 };
 
 use crate::{NewEndUser, Store, StoreError};
@@ -65,7 +65,7 @@ pub async fn new_project(store: &TestStore) -> ProjectId {
         id: ProjectId::new_v7(),
         name: "events".into(),
         owner_id: admin.id,
-        plan: Plan::Starter,
+        plan: PlanId::parse("starter").unwrap(),
         status: ProjectStatus::Active,
         settings: json!({}),
         created_at: t,

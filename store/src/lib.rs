@@ -49,6 +49,7 @@ use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, ConversationStatus, EndUser,
     EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
+use larachat_core::plan::{Period, Plan, PlanId, QuotaExceeded, UsageCounts};
 
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
@@ -70,6 +71,9 @@ pub enum StoreError {
     /// Anything else (corruption, bug). Logged; clients see `internal`.
     #[error("store error: {0}")]
     Internal(String),
+    /// The change would go past a limit of the project's plan; nothing was written.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(QuotaExceeded),
 }
 
 impl From<StoreError> for larachat_core::ApiError {
@@ -80,6 +84,7 @@ impl From<StoreError> for larachat_core::ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Unavailable(_) => ApiError::unavailable(),
             StoreError::Internal(_) => ApiError::internal(),
+            StoreError::QuotaExceeded(q) => q.into(),
         }
     }
 }
@@ -297,6 +302,38 @@ pub trait Store: Send + Sync + 'static {
         project: ProjectId,
         conversation: ConversationId,
     ) -> StoreResult<Vec<ReadState>>;
+
+    // --- plans and usage ---------------------------------------------------------------------
+
+    /// Every plan, ordered by id. The migrations seed the four of [`Plan::seed`].
+    async fn list_plans(&self) -> StoreResult<Vec<Plan>>;
+    async fn plan(&self, id: &PlanId) -> StoreResult<Option<Plan>>;
+    /// Creates or replaces a plan. Limits apply to the changes that follow (in a
+    /// distributed deployment within the backend's plan cache time, see `docs/usage.md`).
+    async fn put_plan(&self, plan: &Plan) -> StoreResult<()>;
+    /// What the project used in `period`: zeros when nothing was counted. Usage is counted
+    /// by the changes themselves, exactly once per counted thing (a retried send that returns
+    /// the original message counts nothing):
+    /// - `messages`: messages appended;
+    /// - `conversations`: conversations created;
+    /// - `active_users`: distinct end users created or identified, sending a message, or
+    ///   members of a conversation created in the period.
+    ///
+    /// The same changes enforce the project's plan limits (monthly active users, messages
+    /// per month) and `create_project` the owner's project count: a change that would go past
+    /// a limit fails with [`StoreError::QuotaExceeded`] and writes nothing.
+    async fn usage(&self, project: ProjectId, period: Period) -> StoreResult<UsageCounts>;
+    /// The periods in which the project used anything, newest first, at most `limit`
+    /// (clamped to `1..=120`).
+    async fn usage_history(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> StoreResult<Vec<(Period, UsageCounts)>>;
+
+    /// A plan was changed (by another process): forget cached plan limits, if this backend
+    /// caches them. The SQLite store reads them inside each write and has nothing to forget.
+    fn plans_changed(&self) {}
 
     // --- health ------------------------------------------------------------------------------
 

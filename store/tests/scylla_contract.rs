@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
 use larachat_core::model::{
-    self, Actor, AdminUser, Conversation, ConversationStatus, NewMessage, Plan, Project,
+    self, Actor, AdminUser, Conversation, ConversationStatus, NewMessage, PlanId, Project,
     ProjectStatus,
 };
 use larachat_store::contract::{self, TestStore};
@@ -135,7 +135,7 @@ async fn messages_span_buckets() {
         id: ProjectId::new_v7(),
         name: "buckets".into(),
         owner_id: admin.id,
-        plan: Plan::Free,
+        plan: PlanId::free(),
         status: ProjectStatus::Active,
         settings: json!({}),
         created_at: t,
@@ -247,7 +247,7 @@ async fn fixture(store: &ScyllaStore) -> (ProjectId, ConversationId) {
         id: ProjectId::new_v7(),
         name: "sequencer".into(),
         owner_id: admin.id,
-        plan: Plan::Free,
+        plan: PlanId::free(),
         status: ProjectStatus::Active,
         settings: json!({}),
         created_at: t,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
 use larachat_core::model::{
-    self, Actor, ActorKind, AdminUser, Conversation, ConversationStatus, NewMessage, Plan, Project,
-    ProjectStatus,
+    self, Actor, ActorKind, AdminUser, Conversation, ConversationStatus, NewMessage, PlanId,
+    Project, ProjectStatus,
 };
 use larachat_store::contract::{self, TestStore};
 use larachat_store::sqlite::SCHEMA_VERSION;
@@ -86,7 +86,7 @@ async fn seed(store: &SqliteStore) -> Seeded {
         id: ProjectId::new_v7(),
         name: "Acme".into(),
         owner_id: admin.id,
-        plan: Plan::Pro,
+        plan: PlanId::parse("pro").unwrap(),
         status: ProjectStatus::Active,
         settings: json!({"color": "blue"}),
         created_at: t,

@@ -54,6 +54,9 @@ impl Server {
         config.admin.email = ADMIN_EMAIL.into();
         config.admin.password = ADMIN_PASSWORD.into();
         config.server.shutdown_grace_secs = 2;
+        // Tests create many projects per admin and send beyond Free's monthly limits; the
+        // quota tests set the plan they test.
+        config.plans.default = larachat_core::plan::PlanId::parse("enterprise").expect("plan id");
         tweak(&mut config);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();

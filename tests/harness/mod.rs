@@ -493,6 +493,9 @@ impl Cluster {
         let mut control_env = env.clone();
         control_env.push(("LARACHAT_ADMIN_EMAIL".into(), email.clone()));
         control_env.push(("LARACHAT_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()));
+        // Tests create many projects per admin and send beyond Free's monthly limits; the
+        // quota tests choose their plans themselves.
+        control_env.push(("LARACHAT_DEFAULT_PROJECT_PLAN".into(), "enterprise".into()));
         let control = Proc::start("control-plane", control_env);
         let gateways = gateway_env
             .into_iter()

@@ -3,7 +3,8 @@
 //! the SQLite store (`tests/scylla_contract.rs`, against `deploy/cassandra.sh start`).
 //!
 //! Submodules (private): `schema` (numbered migrations, recorded in `schema_migrations`),
-//! `codec` (rows, values and driver errors), `sequencer` (the commit point of a message: its
+//! `codec` (rows, values and driver errors), `usage` (plans, usage rows keyed by what they
+//! count, the per-process quota estimate), `sequencer` (the commit point of a message: its
 //! `seq` and id claimed by one lightweight transaction, which is also the idempotency fence;
 //! hole repair on read); public: `outbox` (the event outbox written in each change's batch,
 //! and the storage side of its publisher and sweeper).
@@ -30,6 +31,10 @@
 //! | `read_states` | `((project_id, conversation_id), member_key)` | one marker per reader |
 //! | `api_keys_by_project` | `((project_id), created_at DESC, id DESC)` | key listing |
 //! | `event_outbox` (+ `_lease`, `_state`) | `((bucket, shard), id)` | every change's domain event, in the change's batch (see `outbox`) |
+//! | `plans` | `((id))` | plans as data |
+//! | `usage_items` | `((project_id, period, kind, shard), id)` | one row per message / conversation of a month, in the change's batch (see `usage`) |
+//! | `usage_active_users` | `((project_id, period, shard), end_user_id)` | one row per end user active in a month |
+//! | `usage_periods` | `((project_id), period DESC)` | the months with usage |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.
@@ -62,6 +67,7 @@ mod codec;
 pub mod outbox;
 mod schema;
 mod sequencer;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -93,6 +99,7 @@ use larachat_core::model::{
     ConversationStatus, EndUser, EndUserPatch, Message, NewMessage, Project, ProjectPatch,
     ReadState,
 };
+use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 
 use crate::{
     Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
@@ -173,6 +180,8 @@ pub struct ScyllaStore {
     key_locks: Stripes,
     /// The publisher's queue of written events (see `outbox`), once set.
     outbox_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<outbox::OutboxEntry>>,
+    /// Plan limits and usage estimates of the quota checks (see `usage`).
+    quota: usage::QuotaCache,
     #[cfg(feature = "fault-injection")]
     faults: sequencer::Faults,
 }
@@ -320,6 +329,7 @@ impl ScyllaStore {
             conversation_locks: Stripes::new(4096),
             key_locks: Stripes::new(1024),
             outbox_tx: std::sync::OnceLock::new(),
+            quota: usage::QuotaCache::default(),
             #[cfg(feature = "fault-injection")]
             faults: sequencer::Faults::default(),
         })
@@ -852,35 +862,45 @@ impl ScyllaStore {
         let id = *u.id.as_uuid();
         let bucket = self.listing_bucket(&id);
         let (insert, entry) = outbox::insert(&DomainEvent::user_created(u), model::now());
-        self.batch(vec![
-            (
-                "INSERT INTO end_users (project_id, id, user_identifier, name, email, avatar, \
+        self.batch(
+            vec![
+                (
+                    "INSERT INTO end_users (project_id, id, user_identifier, name, email, avatar, \
                  metadata, is_anonymous, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                vec![
-                    vu(p),
-                    vu(id),
-                    vot(u.user_identifier.as_deref()),
-                    vot(u.name.as_deref()),
-                    vot(u.email.as_deref()),
-                    vot(u.avatar.as_deref()),
-                    vt(&json_text(&u.metadata)),
-                    vbool(u.is_anonymous),
-                    vts(u.created_at),
-                    vts(u.updated_at),
-                ],
-            ),
-            (
-                "INSERT INTO end_user_buckets (project_id, bucket) VALUES (?, ?)",
-                vec![vu(p), vi(bucket)],
-            ),
-            (
-                "INSERT INTO end_users_by_project (project_id, bucket, id, user_identifier) \
+                    vec![
+                        vu(p),
+                        vu(id),
+                        vot(u.user_identifier.as_deref()),
+                        vot(u.name.as_deref()),
+                        vot(u.email.as_deref()),
+                        vot(u.avatar.as_deref()),
+                        vt(&json_text(&u.metadata)),
+                        vbool(u.is_anonymous),
+                        vts(u.created_at),
+                        vts(u.updated_at),
+                    ],
+                ),
+                (
+                    "INSERT INTO end_user_buckets (project_id, bucket) VALUES (?, ?)",
+                    vec![vu(p), vi(bucket)],
+                ),
+                (
+                    "INSERT INTO end_users_by_project (project_id, bucket, id, user_identifier) \
                  VALUES (?, ?, ?, ?)",
-                vec![vu(p), vi(bucket), vu(id), vot(u.user_identifier.as_deref())],
-            ),
-            insert,
-        ])
+                    vec![vu(p), vi(bucket), vu(id), vot(u.user_identifier.as_deref())],
+                ),
+                insert,
+            ]
+            .into_iter()
+            .chain(usage::rows(
+                u.project_id,
+                Period::of(u.created_at),
+                &[],
+                &[u.id],
+            ))
+            .collect(),
+        )
         .await?;
         Ok(entry)
     }
@@ -1028,6 +1048,7 @@ impl Store for ScyllaStore {
         if self.load_project(p.id).await?.is_some() {
             return Err(StoreError::Conflict("project id exists".into()));
         }
+        self.check_new_project(p.owner_id, &p.plan).await?;
         let id = *p.id.as_uuid();
         let bucket = self.listing_bucket(&id);
         self.batch(vec![
@@ -1243,6 +1264,7 @@ impl Store for ScyllaStore {
         }
         self.exec("DELETE FROM end_user_buckets WHERE project_id = ?", (p,))
             .await?;
+        self.delete_usage(id).await?;
 
         self.batch(vec![
             ("DELETE FROM projects WHERE id = ?", vec![vu(p)]),
@@ -1407,8 +1429,10 @@ impl Store for ScyllaStore {
         };
         let Some(identifier) = u.user_identifier.clone() else {
             let user = fresh(None);
+            let ticket = self.check_quota(project, 0, &[user.id]).await?;
             let entry = self.insert_end_user(&user).await?;
             self.enqueue(vec![entry]);
+            self.counted(ticket, 0);
             return Ok((user, true));
         };
         // Concurrent identifications in this process queue here; across processes the
@@ -1428,6 +1452,11 @@ impl Store for ScyllaStore {
                 .await?;
             if let Some((Some(id),)) = claimed {
                 if let Some(mut user) = self.load_end_user(project, id).await? {
+                    // Identified this month: an active user (counted once per month).
+                    let ticket = self.check_quota(project, 0, &[user.id]).await?;
+                    self.batch(usage::rows(project, Period::of(now), &[], &[user.id]))
+                        .await?;
+                    self.counted(ticket, 0);
                     if apply_identify(&mut user, u) {
                         user.updated_at = model::now().max(user.updated_at);
                         self.write_end_user_profile(&user, true).await?;
@@ -1444,6 +1473,7 @@ impl Store for ScyllaStore {
                 continue;
             }
             let user = fresh(Some(identifier.clone()));
+            let ticket = self.check_quota(project, 0, &[user.id]).await?;
             // The row first, then the claim: a claim never points at nothing.
             let entry = self.insert_end_user(&user).await?;
             let won = self
@@ -1455,6 +1485,7 @@ impl Store for ScyllaStore {
                 .await?;
             if won {
                 self.enqueue(vec![entry]);
+                self.counted(ticket, 0);
                 return Ok((user, true));
             }
             // Lost the race: the user was not created, nor is its event. (A process killed
@@ -1465,6 +1496,8 @@ impl Store for ScyllaStore {
             )
             .await?;
             self.remove_end_user_rows(project, *user.id.as_uuid())
+                .await?;
+            self.delete_usage_user(project, Period::of(user.created_at), user.id)
                 .await?;
         }
         Err(StoreError::Unavailable(
@@ -1548,6 +1581,7 @@ impl Store for ScyllaStore {
         if self.load_conversation(c.project_id, c.id).await?.is_some() {
             return Err(StoreError::Conflict("conversation id exists".into()));
         }
+        let ticket = self.check_quota(c.project_id, 0, &members).await?;
         let p = *c.project_id.as_uuid();
         let id = *c.id.as_uuid();
         let bucket = self.listing_bucket(&id);
@@ -1607,8 +1641,15 @@ impl Store for ScyllaStore {
         let (insert, entry) =
             outbox::insert(&DomainEvent::conversation_created(&stored), model::now());
         items.push(insert);
+        items.extend(usage::rows(
+            c.project_id,
+            Period::of(model::now()),
+            &[(usage::KIND_CONVERSATION, id)],
+            &members,
+        ));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
+        self.counted(ticket, 1);
         // The sequencer starts at seq 0. Should this fail, the first append does it.
         self.set_initial_head(p, id, sequencer::Head { seq: 0, id: None })
             .await?;
@@ -1795,7 +1836,29 @@ impl Store for ScyllaStore {
     // --- messages --------------------------------------------------------------------------
 
     async fn append_message(&self, m: &NewMessage) -> StoreResult<Appended> {
-        self.append(m).await
+        let sender: Vec<EndUserId> = match m.sender.kind {
+            ActorKind::EndUser => m.sender.id.parse().ok().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let ticket = match self.check_quota(m.project_id, 1, &sender).await {
+            Ok(t) => t,
+            Err(StoreError::QuotaExceeded(q)) => {
+                // A retry of a send that was stored gets its original, as below the limit.
+                return match self.previous_append(m).await? {
+                    Some(message) => Ok(Appended {
+                        message,
+                        created: false,
+                    }),
+                    None => Err(StoreError::QuotaExceeded(q)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let appended = self.append(m).await?;
+        if appended.created {
+            self.counted(ticket, 0);
+        }
+        Ok(appended)
     }
 
     async fn list_messages(
@@ -2001,6 +2064,38 @@ impl Store for ScyllaStore {
     }
 
     // --- health ----------------------------------------------------------------------------
+
+    async fn list_plans(&self) -> StoreResult<Vec<Plan>> {
+        self.load_plans().await
+    }
+
+    async fn plan(&self, id: &PlanId) -> StoreResult<Option<Plan>> {
+        self.load_plan(id).await
+    }
+
+    async fn put_plan(&self, plan: &Plan) -> StoreResult<()> {
+        self.write_plan(plan).await
+    }
+
+    async fn usage(&self, project: ProjectId, period: Period) -> StoreResult<UsageCounts> {
+        self.count_usage(project, period).await
+    }
+
+    async fn usage_history(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> StoreResult<Vec<(Period, UsageCounts)>> {
+        let mut out = Vec::new();
+        for period in self.usage_periods(project, limit).await? {
+            out.push((period, self.count_usage(project, period).await?));
+        }
+        Ok(out)
+    }
+
+    fn plans_changed(&self) {
+        self.forget_limits();
+    }
 
     async fn ping(&self) -> StoreResult<()> {
         self.exec("SELECT release_version FROM system.local", ())

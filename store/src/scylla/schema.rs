@@ -25,7 +25,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -152,6 +152,47 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             // The sweeper's watermark: every bucket below it is fully published.
             "CREATE TABLE IF NOT EXISTS event_outbox_state (\
                 name text PRIMARY KEY, watermark bigint)",
+        ],
+        add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 4,
+        name: "plans and usage",
+        statements: &[
+            // Plans as data; a null limit is unlimited (see `usage`).
+            "CREATE TABLE IF NOT EXISTS plans (\
+                id text PRIMARY KEY, name text, monthly_active_users bigint, \
+                messages_per_month bigint, projects_per_owner bigint, features set<text>, \
+                updated_at timestamp)",
+            // The seed's four plans; IF NOT EXISTS keeps an admin's edits on a re-run.
+            "INSERT INTO plans (id, name, monthly_active_users, messages_per_month, \
+                projects_per_owner, features, updated_at) \
+                VALUES ('free', 'Free', 100, 1000, 1, {}, toTimestamp(now())) IF NOT EXISTS",
+            "INSERT INTO plans (id, name, monthly_active_users, messages_per_month, \
+                projects_per_owner, features, updated_at) \
+                VALUES ('starter', 'Starter', 1000, 10000, 3, {}, toTimestamp(now())) \
+                IF NOT EXISTS",
+            "INSERT INTO plans (id, name, monthly_active_users, messages_per_month, \
+                projects_per_owner, features, updated_at) \
+                VALUES ('pro', 'Pro', 10000, 100000, 10, {'custom_branding'}, \
+                toTimestamp(now())) IF NOT EXISTS",
+            "INSERT INTO plans (id, name, features, updated_at) \
+                VALUES ('enterprise', 'Enterprise', {'custom_branding'}, toTimestamp(now())) \
+                IF NOT EXISTS",
+            // One row per counted thing (message or conversation id) of a project's month,
+            // written in the change's logged batch: rewriting it is a no-op.
+            "CREATE TABLE IF NOT EXISTS usage_items (\
+                project_id uuid, period text, kind text, shard bigint, id uuid, \
+                PRIMARY KEY ((project_id, period, kind, shard), id))",
+            // One row per end user active in a project's month.
+            "CREATE TABLE IF NOT EXISTS usage_active_users (\
+                project_id uuid, period text, shard bigint, end_user_id uuid, \
+                PRIMARY KEY ((project_id, period, shard), end_user_id))",
+            // The months of a project with usage (history, deletion): 12 rows a year.
+            "CREATE TABLE IF NOT EXISTS usage_periods (\
+                project_id uuid, period text, PRIMARY KEY ((project_id), period)) \
+                WITH CLUSTERING ORDER BY (period DESC)",
         ],
         add_columns: &[],
         data: None,

@@ -458,10 +458,44 @@ impl ScyllaStore {
                 ],
             ),
             event,
-        ])
+        ]
+        .into_iter()
+        .chain(super::usage::message_rows(m))
+        .collect())
         .await?;
         self.enqueue(vec![entry]);
         Ok(())
+    }
+
+    /// The message stored earlier under `m`'s `client_msg_id`, if any (for a retry that
+    /// would otherwise be refused by a quota).
+    pub(super) async fn previous_append(&self, m: &NewMessage) -> StoreResult<Option<Message>> {
+        let Some(cmid) = m.client_msg_id.as_deref() else {
+            return Ok(None);
+        };
+        let row: Option<(Option<i64>, Option<Uuid>)> = self
+            .row(
+                "SELECT seq, message_id FROM conversation_sequencer WHERE project_id = ? \
+                 AND conversation_id = ? AND key = ?",
+                (
+                    *m.project_id.as_uuid(),
+                    *m.conversation_id.as_uuid(),
+                    cmid_key(cmid),
+                ),
+            )
+            .await?;
+        match row {
+            Some((Some(seq), Some(id))) => self
+                .original(
+                    m.project_id,
+                    m.conversation_id,
+                    u64::try_from(seq).unwrap_or(0),
+                    id,
+                )
+                .await
+                .map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The message a repeated `client_msg_id` names, written again in full (from its row, or

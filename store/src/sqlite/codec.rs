@@ -11,7 +11,7 @@ use uuid::Uuid;
 use larachat_core::id::{ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationStatus, EndUser, KeyKind,
-    Message, Plan, Project, ProjectStatus, ReadState,
+    Message, PlanId, Project, ProjectStatus, ReadState,
 };
 
 use crate::StoreError;
@@ -128,22 +128,35 @@ fn get_enum<T>(
     parse(&s).ok_or_else(|| corrupt(idx, Type::Text, what))
 }
 
-pub(crate) fn plan_str(p: Plan) -> &'static str {
-    match p {
-        Plan::Free => "free",
-        Plan::Starter => "starter",
-        Plan::Pro => "pro",
-        Plan::Enterprise => "enterprise",
-    }
+fn parse_plan(s: &str) -> Option<PlanId> {
+    PlanId::parse(s).ok()
 }
 
-fn parse_plan(s: &str) -> Option<Plan> {
-    Some(match s {
-        "free" => Plan::Free,
-        "starter" => Plan::Starter,
-        "pro" => Plan::Pro,
-        "enterprise" => Plan::Enterprise,
-        _ => return None,
+pub(crate) const PLAN_COLS: &str =
+    "id, name, monthly_active_users, messages_per_month, projects_per_owner, features, updated_at";
+
+pub(crate) fn plan(row: &Row<'_>) -> rusqlite::Result<larachat_core::plan::Plan> {
+    let limit = |idx: usize| -> rusqlite::Result<Option<u64>> {
+        match row.get::<_, Option<i64>>(idx)? {
+            None => Ok(None),
+            Some(n) => u64::try_from(n)
+                .map(Some)
+                .map_err(|_| corrupt(idx, Type::Integer, "plan limit")),
+        }
+    };
+    let features: String = row.get(5)?;
+    let features: std::collections::BTreeSet<String> =
+        serde_json::from_str(&features).map_err(|_| corrupt(5, Type::Text, "plan features"))?;
+    Ok(larachat_core::plan::Plan {
+        id: get_enum(row, 0, "plan id", parse_plan)?,
+        name: row.get(1)?,
+        limits: larachat_core::plan::PlanLimits {
+            monthly_active_users: limit(2)?,
+            messages_per_month: limit(3)?,
+            projects_per_owner: limit(4)?,
+        },
+        features,
+        updated_at: get_time(row, 6)?,
     })
 }
 
@@ -331,13 +344,8 @@ mod tests {
 
     #[test]
     fn enums_round_trip() {
-        for p in [Plan::Free, Plan::Starter, Plan::Pro, Plan::Enterprise] {
-            assert_eq!(parse_plan(plan_str(p)), Some(p));
-            assert_eq!(
-                serde_json::to_value(p).unwrap(),
-                plan_str(p),
-                "same as the wire form"
-            );
+        for p in ["free", "starter", "pro", "enterprise"] {
+            assert_eq!(parse_plan(p).map(|p| p.to_string()).as_deref(), Some(p));
         }
         for s in [
             ProjectStatus::Active,

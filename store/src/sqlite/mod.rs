@@ -9,6 +9,8 @@
 //! - embedded, numbered **migrations** tracked with `PRAGMA user_version` (see `migrations`);
 //! - `codec` maps rows to domain types and SQLite errors to [`StoreError`]; `queries` holds
 //!   the SQL of every operation;
+//! - **plans and usage** (`usage`): plan rows, and usage counted (and plan limits checked)
+//!   by each change inside its own transaction, so counts are exact and limits exact;
 //! - the **event outbox**: every change with a domain event inserts it in its own savepoint
 //!   (`outbox`, called from `queries`), and `events` implements the durable
 //!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
@@ -22,6 +24,7 @@ mod events;
 mod migrations;
 mod outbox;
 mod queries;
+mod usage;
 mod writer;
 
 use std::path::PathBuf;
@@ -41,6 +44,7 @@ use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
     Message, NewMessage, Project, ProjectPatch, ReadState,
 };
+use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 
 use crate::{
     Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
@@ -545,6 +549,33 @@ impl Store for SqliteStore {
         conversation: ConversationId,
     ) -> StoreResult<Vec<ReadState>> {
         self.read(move |c| queries::read_states(c, project, conversation))
+            .await
+    }
+
+    async fn list_plans(&self) -> StoreResult<Vec<Plan>> {
+        self.read(usage::list_plans).await
+    }
+
+    async fn plan(&self, id: &PlanId) -> StoreResult<Option<Plan>> {
+        let id = id.clone();
+        self.read(move |c| usage::plan(c, &id)).await
+    }
+
+    async fn put_plan(&self, plan: &Plan) -> StoreResult<()> {
+        let plan = plan.clone();
+        self.write(move |c| usage::put_plan(c, &plan)).await
+    }
+
+    async fn usage(&self, project: ProjectId, period: Period) -> StoreResult<UsageCounts> {
+        self.read(move |c| usage::usage(c, project, period)).await
+    }
+
+    async fn usage_history(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> StoreResult<Vec<(Period, UsageCounts)>> {
+        self.read(move |c| usage::usage_history(c, project, limit))
             .await
     }
 

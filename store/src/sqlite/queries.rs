@@ -10,14 +10,15 @@ use uuid::Uuid;
 
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
-    self, Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
-    Message, NewMessage, Project, ProjectPatch, ReadState,
+    self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser,
+    EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 
 use larachat_core::event::DomainEvent;
 
 use super::codec::{self, json_text, ms, opt_ms, sql_error};
 use super::outbox;
+use super::usage::{self, Count};
 use crate::{Appended, ConversationQuery, MessageRange, NewEndUser, Page, StoreError, StoreResult};
 
 /// Largest page any listing returns; smaller requests are honoured, 0 means 1.
@@ -98,6 +99,7 @@ pub(crate) fn count_admin_users(conn: &Connection) -> StoreResult<u64> {
 // --- projects --------------------------------------------------------------------------------
 
 pub(crate) fn create_project(conn: &Connection, p: &Project) -> StoreResult<()> {
+    usage::check_new_project(conn, p.owner_id, &p.plan)?;
     conn.prepare_cached(
         "INSERT INTO projects (id, name, owner_id, plan, status, settings, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -107,7 +109,7 @@ pub(crate) fn create_project(conn: &Connection, p: &Project) -> StoreResult<()> 
             b(p.id.as_uuid()),
             p.name,
             b(p.owner_id.as_uuid()),
-            codec::plan_str(p.plan),
+            p.plan.as_str(),
             codec::project_status_str(p.status),
             json_text(&p.settings),
             ms(p.created_at),
@@ -170,7 +172,7 @@ pub(crate) fn update_project(
         s.execute(params![
             b(p.id.as_uuid()),
             p.name,
-            codec::plan_str(p.plan),
+            p.plan.as_str(),
             codec::project_status_str(p.status),
             json_text(&p.settings),
             ms(p.updated_at)
@@ -190,6 +192,8 @@ pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bo
         "conversations",
         "end_users",
         "api_keys",
+        "usage_active_users",
+        "usage",
     ] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE project_id = ?1"))
             .and_then(|mut s| s.execute([pid]))
@@ -317,6 +321,15 @@ pub(crate) fn upsert_end_user(
                 write_end_user(conn, &user)?;
                 outbox::insert(conn, &DomainEvent::user_updated(&user))?;
             }
+            usage::count(
+                conn,
+                project,
+                model::now(),
+                Count {
+                    active: &[user.id],
+                    ..Count::default()
+                },
+            )?;
             return Ok((user, false));
         }
     }
@@ -360,6 +373,15 @@ pub(crate) fn upsert_end_user(
     })
     .map_err(sql_error)?;
     outbox::insert(conn, &DomainEvent::user_created(&user))?;
+    usage::count(
+        conn,
+        project,
+        user.created_at,
+        Count {
+            active: &[user.id],
+            ..Count::default()
+        },
+    )?;
     Ok((user, true))
 }
 
@@ -507,7 +529,17 @@ pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreR
     add_members(conn, c.project_id, c.id, &c.members)?;
     let stored = conversation(conn, c.project_id, c.id)?
         .ok_or(StoreError::Internal("conversation vanished".into()))?;
-    outbox::insert(conn, &DomainEvent::conversation_created(&stored))
+    outbox::insert(conn, &DomainEvent::conversation_created(&stored))?;
+    usage::count(
+        conn,
+        c.project_id,
+        model::now(),
+        Count {
+            conversations: 1,
+            active: &stored.members,
+            ..Count::default()
+        },
+    )
 }
 
 fn members(
@@ -740,6 +772,20 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
     })
     .map_err(sql_error)?;
     outbox::insert(conn, &DomainEvent::message_sent(&message))?;
+    let sender: Vec<EndUserId> = match message.sender.kind {
+        ActorKind::EndUser => message.sender.id.parse().ok().into_iter().collect(),
+        _ => Vec::new(),
+    };
+    usage::count(
+        conn,
+        project,
+        message.created_at,
+        Count {
+            messages: 1,
+            active: &sender,
+            ..Count::default()
+        },
+    )?;
     Ok(Appended {
         message,
         created: true,

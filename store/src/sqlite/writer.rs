@@ -126,6 +126,7 @@ fn duplicate(e: &StoreError) -> StoreError {
         StoreError::NotFound(w) => StoreError::NotFound(w),
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Internal(m) => StoreError::Internal(m.clone()),
+        StoreError::QuotaExceeded(q) => StoreError::QuotaExceeded(q.clone()),
     }
 }
 

@@ -1,0 +1,263 @@
+//! Plans and usage in the Admin API.
+//!
+//! Every admin may list and read plans (to choose one). Only platform admins
+//! ([`ControlPlaneConfig::platform_admins`](crate::ControlPlaneConfig::platform_admins))
+//! change them; a change is announced to every gateway (`plan_changed`), so the stores that
+//! cache plan limits re-read them at once (and within their cache time, one second, if the
+//! notice is lost). A project's owner reads its usage against its plan.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use larachat_core::control::ControlEvent;
+use larachat_core::error::ErrorBody;
+use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
+use larachat_core::plan::{Period, Plan, PlanId, PlanLimits, UsageCounts};
+use larachat_core::{ApiError, ProjectId};
+use larachat_service::input::Name;
+use larachat_service::plans::{PlanChange, PlanFeatures, UsageReport};
+
+use crate::ControlPlane;
+use crate::api::publish;
+use crate::auth::AdminAuth;
+
+/// All plans.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanList {
+    pub data: Vec<Plan>,
+}
+
+/// `PATCH /api/admin/plans/{id}`: absent fields are left as they are. `limits` replaces all
+/// three limits (`null` = unlimited).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlanRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub limits: Option<PlanLimits>,
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+}
+
+/// Query of `GET /api/admin/projects/{id}/usage`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// The month, `YYYY-MM` (UTC); the current one by default.
+    pub period: Option<String>,
+}
+
+/// Query of `GET /api/admin/projects/{id}/usage/history`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageHistoryQuery {
+    /// Most months returned, 1 to 120 (default 12).
+    pub limit: Option<u32>,
+}
+
+/// One metered quantity and the plan's limit on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Metric {
+    pub used: u64,
+    /// `null`: unlimited (or not limited by plans).
+    pub limit: Option<u64>,
+}
+
+/// A project's usage in one month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub project_id: ProjectId,
+    /// `YYYY-MM`, UTC.
+    pub period: Period,
+    pub plan: PlanId,
+    /// When the month's quotas reset (the first instant of the next month, UTC).
+    pub resets_at: DateTime<Utc>,
+    /// Distinct end users created or identified, sending a message, or members of a
+    /// conversation created in the month.
+    pub monthly_active_users: Metric,
+    pub messages: Metric,
+    pub conversations: Metric,
+}
+
+/// Past and current months with usage, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageHistory {
+    pub data: Vec<UsageView>,
+}
+
+fn view(project: ProjectId, plan: &Plan, period: Period, used: UsageCounts) -> UsageView {
+    UsageView {
+        project_id: project,
+        period,
+        plan: plan.id.clone(),
+        resets_at: period.resets_at(),
+        monthly_active_users: Metric {
+            used: used.active_users,
+            limit: plan.limits.monthly_active_users,
+        },
+        messages: Metric {
+            used: used.messages,
+            limit: plan.limits.messages_per_month,
+        },
+        conversations: Metric {
+            used: used.conversations,
+            limit: None,
+        },
+    }
+}
+
+impl From<&UsageReport> for UsageView {
+    fn from(r: &UsageReport) -> Self {
+        view(r.project.id, &r.plan, r.period, r.used)
+    }
+}
+
+/// Every plan.
+#[utoipa::path(
+    get,
+    path = "/api/admin/plans",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The plans, by id", body = PlanList),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    )
+)]
+pub async fn list_plans(
+    State(cp): State<ControlPlane>,
+    AdminAuth(_admin): AdminAuth,
+) -> Result<ApiJson<PlanList>, ApiError> {
+    Ok(ApiJson(PlanList {
+        data: cp.service().plans().await?,
+    }))
+}
+
+/// One plan.
+#[utoipa::path(
+    get,
+    path = "/api/admin/plans/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Plan id, e.g. `free`")),
+    responses(
+        (status = 200, description = "The plan", body = Plan),
+        (status = 400, description = "Not a valid plan id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody),
+    )
+)]
+pub async fn get_plan(
+    State(cp): State<ControlPlane>,
+    AdminAuth(_admin): AdminAuth,
+    ApiPath(id): ApiPath<PlanId>,
+) -> Result<ApiJson<Plan>, ApiError> {
+    cp.service().plan(&id).await.map(ApiJson)
+}
+
+/// Change a plan's name, limits or features (platform admins only). Takes effect on every
+/// gateway at once (a `plan_changed` notice), for the changes that follow.
+#[utoipa::path(
+    patch,
+    path = "/api/admin/plans/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Plan id, e.g. `free`")),
+    request_body = UpdatePlanRequest,
+    responses(
+        (status = 200, description = "The updated plan", body = Plan),
+        (status = 400, description = "Malformed body or id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+    )
+)]
+pub async fn update_plan(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<PlanId>,
+    ApiJson(body): ApiJson<UpdatePlanRequest>,
+) -> Result<ApiJson<Plan>, ApiError> {
+    if !cp.config().is_platform_admin(&admin) {
+        return Err(ApiError::forbidden(
+            "only a platform admin may change plans",
+        ));
+    }
+    let change = PlanChange {
+        name: body.name.map(|n| Name::parse(n, "name")).transpose()?,
+        limits: body.limits,
+        features: body.features.map(PlanFeatures::parse).transpose()?,
+    };
+    let (plan, changed) = cp.service().update_plan(&id, change).await?;
+    if changed {
+        tracing::info!(admin_id = %admin.id, plan_id = %id, "plan updated");
+        publish(&cp, ControlEvent::PlanChanged { plan_id: id }).await;
+    }
+    Ok(ApiJson(plan))
+}
+
+/// A project's usage in one month (the current one by default) against its plan's limits.
+#[utoipa::path(
+    get,
+    path = "/api/admin/projects/{id}/usage",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id"), UsageQuery),
+    responses(
+        (status = 200, description = "Usage in the month", body = UsageView),
+        (status = 400, description = "Not a valid id or period", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+    )
+)]
+pub async fn get_usage(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<ProjectId>,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<ApiJson<UsageView>, ApiError> {
+    let period = match query.period.as_deref() {
+        None | Some("") => None,
+        Some(p) => Some(Period::parse(p).map_err(|e| ApiError::invalid(e.to_string()))?),
+    };
+    let report = cp.service().usage(admin.id, id, period).await?;
+    Ok(ApiJson(UsageView::from(&report)))
+}
+
+/// The months in which a project used anything, newest first, against its current plan.
+#[utoipa::path(
+    get,
+    path = "/api/admin/projects/{id}/usage/history",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Project id"), UsageHistoryQuery),
+    responses(
+        (status = 200, description = "Usage by month", body = UsageHistory),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such project for this admin", body = ErrorBody),
+        (status = 422, description = "limit out of range", body = ErrorBody),
+    )
+)]
+pub async fn usage_history(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiPath(id): ApiPath<ProjectId>,
+    ApiQuery(query): ApiQuery<UsageHistoryQuery>,
+) -> Result<ApiJson<UsageHistory>, ApiError> {
+    let limit = query.limit.unwrap_or(12);
+    if !(1..=120).contains(&limit) {
+        return Err(ApiError::validation("limit must be between 1 and 120"));
+    }
+    let current = cp.service().usage(admin.id, id, None).await?;
+    let months = cp.service().usage_history(admin.id, id, limit).await?;
+    Ok(ApiJson(UsageHistory {
+        data: months
+            .into_iter()
+            .map(|(period, used)| view(id, &current.plan, period, used))
+            .collect(),
+    }))
+}

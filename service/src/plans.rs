@@ -1,0 +1,149 @@
+//! Plans and usage: reading and editing plans (platform admins), and a project's usage
+//! against its plan.
+//!
+//! Quotas themselves are enforced by the store, inside each change's write (SQLite: in the
+//! writer's transaction, exact; CQL: against a per-process estimate, see `docs/usage.md`):
+//! only there can a check and the change it guards be atomic. Every operation of this crate
+//! that creates end users, conversations, messages or projects therefore refuses with
+//! `quota_exceeded` on every path (REST, widget, socket, control plane); this module only
+//! reads and edits the plans the store applies.
+
+use std::collections::BTreeSet;
+
+use larachat_core::ApiError;
+use larachat_core::id::{AdminUserId, ProjectId};
+use larachat_core::model::{self, Project};
+use larachat_core::plan::{Period, Plan, PlanId, PlanLimits, UsageCounts, valid_feature};
+
+use crate::Service;
+use crate::input::Name;
+
+/// Most features one plan may list.
+pub const MAX_FEATURES: usize = 32;
+
+/// A change to a plan, parsed. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PlanChange {
+    pub name: Option<Name>,
+    pub limits: Option<PlanLimits>,
+    pub features: Option<PlanFeatures>,
+}
+
+/// A plan's feature set: at most [`MAX_FEATURES`] names of `[a-z0-9_]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanFeatures(BTreeSet<String>);
+
+impl PlanFeatures {
+    pub fn parse(features: Vec<String>) -> Result<Self, ApiError> {
+        if features.len() > MAX_FEATURES {
+            return Err(ApiError::validation(format!(
+                "a plan has at most {MAX_FEATURES} features"
+            )));
+        }
+        if let Some(bad) = features.iter().find(|f| !valid_feature(f)) {
+            return Err(ApiError::validation(format!(
+                "feature {bad:?} is not 1 to 64 characters a-z, 0-9 or '_'"
+            )));
+        }
+        Ok(Self(features.into_iter().collect()))
+    }
+}
+
+/// A project's usage in one period, with the plan it is measured against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageReport {
+    pub project: Project,
+    pub period: Period,
+    pub plan: Plan,
+    pub used: UsageCounts,
+}
+
+impl Service {
+    /// Every plan, by id.
+    pub async fn plans(&self) -> Result<Vec<Plan>, ApiError> {
+        Ok(self.store().list_plans().await?)
+    }
+
+    /// One plan; 404 if unknown.
+    pub async fn plan(&self, id: &PlanId) -> Result<Plan, ApiError> {
+        self.store()
+            .plan(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("plan"))
+    }
+
+    /// Checks that a plan exists, for a project that names it (422 otherwise: the id is in
+    /// the body, not the path).
+    pub async fn known_plan(&self, id: &PlanId) -> Result<(), ApiError> {
+        match self.store().plan(id).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::validation(format!("unknown plan {id:?}"))),
+        }
+    }
+
+    /// Changes a plan (the caller has checked that a platform admin asks). Returns the plan
+    /// and whether anything changed.
+    pub async fn update_plan(
+        &self,
+        id: &PlanId,
+        change: PlanChange,
+    ) -> Result<(Plan, bool), ApiError> {
+        let mut plan = self.plan(id).await?;
+        let before = plan.clone();
+        if let Some(name) = change.name {
+            plan.name = name.into_inner();
+        }
+        if let Some(limits) = change.limits {
+            plan.limits = limits;
+        }
+        if let Some(features) = change.features {
+            plan.features = features.0;
+        }
+        if plan == before {
+            return Ok((plan, false));
+        }
+        plan.updated_at = model::now().max(before.updated_at);
+        self.store().put_plan(&plan).await?;
+        Ok((plan, true))
+    }
+
+    /// The usage of a project `owner` owns in `period` (the current month by default).
+    pub async fn usage(
+        &self,
+        owner: AdminUserId,
+        project: ProjectId,
+        period: Option<Period>,
+    ) -> Result<UsageReport, ApiError> {
+        let project = self.owned_project(owner, project).await?;
+        let period = period.unwrap_or_else(|| Period::of(model::now()));
+        let used = self.store().usage(project.id, period).await?;
+        let plan = match self.store().plan(&project.plan).await? {
+            Some(p) => p,
+            // Plans are never deleted; a project naming an unknown one has no limits.
+            None => Plan {
+                id: project.plan.clone(),
+                name: project.plan.to_string(),
+                limits: PlanLimits::default(),
+                features: BTreeSet::new(),
+                updated_at: project.updated_at,
+            },
+        };
+        Ok(UsageReport {
+            project,
+            period,
+            plan,
+            used,
+        })
+    }
+
+    /// The months in which a project `owner` owns used anything, newest first.
+    pub async fn usage_history(
+        &self,
+        owner: AdminUserId,
+        project: ProjectId,
+        limit: u32,
+    ) -> Result<Vec<(Period, UsageCounts)>, ApiError> {
+        let project = self.owned_project(owner, project).await?;
+        Ok(self.store().usage_history(project.id, limit).await?)
+    }
+}

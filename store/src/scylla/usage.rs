@@ -1,0 +1,476 @@
+//! Plans, usage metering and quota checks of the CQL store (see `docs/usage.md`).
+//!
+//! **Metering is idempotent by key, not by counter.** A counted thing is a row keyed by what
+//! it counts, written in the same logged batch as the change:
+//! - `usage_items ((project_id, period, kind, shard), id)`: one row per message (`kind`
+//!   `message`, id = message id) or conversation (`conversation`) created in the period;
+//! - `usage_active_users ((project_id, period, shard), end_user_id)`: one row per end user
+//!   active in the period;
+//! - `usage_periods ((project_id), period)`: the periods with usage (history, deletion).
+//!
+//! Writing a row again (a retried send that rewrites its message, a repair, a redelivered
+//! batch) changes nothing, so no count is ever doubled, and the count exists exactly when the
+//! change does (same logged batch). Counts are `COUNT(*)` over the [`SHARDS`] partitions of a
+//! (project, period, kind): a partition holds 1/[`SHARDS`] of one month of one project's
+//! messages (Pro: ~3,100 rows) and is never written after its month.
+//!
+//! **Quota checks are approximate across processes.** Each process caches a project's plan
+//! limits and its usage estimate for [`CACHE_TTL`]: the estimate is the store's count when
+//! loaded plus what this process counted since. A change is refused when the estimate says it
+//! would pass the limit. Changes made by other processes within the TTL are not in the
+//! estimate, so the overshoot is bounded by what the other processes write in one TTL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use uuid::Uuid;
+
+use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
+use larachat_core::model::{self, Message};
+use larachat_core::plan::{
+    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, UsageCounts,
+};
+
+use super::ScyllaStore;
+use super::codec::{Values, corrupt, from_opt_ts, vi, vt, vts, vu};
+use crate::{StoreError, StoreResult};
+
+/// Partitions per (project, period, kind). Part of the data layout: never change it for an
+/// existing keyspace.
+pub(crate) const SHARDS: i64 = 32;
+
+/// How long a process trusts its cached plan limits and usage estimate.
+pub(crate) const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Most projects whose limits / estimates a process keeps.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// Most periods of history returned.
+const MAX_HISTORY: u32 = 120;
+
+pub(crate) const KIND_MESSAGE: &str = "message";
+pub(crate) const KIND_CONVERSATION: &str = "conversation";
+
+type PlanRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<String>>,
+    Option<scylla::value::CqlTimestamp>,
+);
+
+/// The per-process caches of the quota checks.
+pub(crate) struct QuotaCache {
+    limits: moka::sync::Cache<ProjectId, (PlanId, PlanLimits)>,
+    estimates: moka::sync::Cache<(ProjectId, Period), Arc<parking_lot::Mutex<UsageCounts>>>,
+}
+
+impl Default for QuotaCache {
+    fn default() -> Self {
+        Self {
+            limits: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            estimates: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+}
+
+fn shard(id: &Uuid) -> i64 {
+    // The last byte of a UUIDv7 (and v4) is random.
+    i64::from(id.as_bytes()[15]) % SHARDS
+}
+
+fn limit_value(l: Option<u64>) -> Option<scylla::value::CqlValue> {
+    l.map(|n| scylla::value::CqlValue::BigInt(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+fn decode_plan(r: PlanRow) -> StoreResult<Plan> {
+    let (id, name, mau, msgs, projects, features, updated_at) = r;
+    let limit = |v: Option<i64>| -> StoreResult<Option<u64>> {
+        v.map(|n| u64::try_from(n).map_err(|_| corrupt("plan limit")))
+            .transpose()
+    };
+    Ok(Plan {
+        id: PlanId::parse(&id).map_err(|_| corrupt("plan id"))?,
+        name: name.unwrap_or_default(),
+        limits: PlanLimits {
+            monthly_active_users: limit(mau)?,
+            messages_per_month: limit(msgs)?,
+            projects_per_owner: limit(projects)?,
+        },
+        features: features.unwrap_or_default().into_iter().collect(),
+        updated_at: from_opt_ts(updated_at)?.unwrap_or_else(model::now),
+    })
+}
+
+/// The rows that count `items` (kind, id) and `users` of `project` in `period`.
+pub(crate) fn rows(
+    project: ProjectId,
+    period: Period,
+    items: &[(&'static str, Uuid)],
+    users: &[EndUserId],
+) -> Vec<(&'static str, Values)> {
+    let p = *project.as_uuid();
+    let key = period.to_string();
+    let mut out: Vec<(&'static str, Values)> = vec![(
+        "INSERT INTO usage_periods (project_id, period) VALUES (?, ?)",
+        vec![vu(p), vt(&key)],
+    )];
+    for (kind, id) in items {
+        out.push((
+            "INSERT INTO usage_items (project_id, period, kind, shard, id) VALUES (?, ?, ?, ?, ?)",
+            vec![vu(p), vt(&key), vt(kind), vi(shard(id)), vu(*id)],
+        ));
+    }
+    for u in users {
+        let u = *u.as_uuid();
+        out.push((
+            "INSERT INTO usage_active_users (project_id, period, shard, end_user_id) \
+             VALUES (?, ?, ?, ?)",
+            vec![vu(p), vt(&key), vi(shard(&u)), vu(u)],
+        ));
+    }
+    out
+}
+
+/// The rows counting a message (its sender, when an end user).
+pub(crate) fn message_rows(m: &Message) -> Vec<(&'static str, Values)> {
+    rows(
+        m.project_id,
+        Period::of(m.created_at),
+        &[(KIND_MESSAGE, *m.id.as_uuid())],
+        &end_user_sender(m),
+    )
+}
+
+pub(crate) fn end_user_sender(m: &Message) -> Vec<EndUserId> {
+    match m.sender.kind {
+        model::ActorKind::EndUser => m.sender.id.parse().ok().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ScyllaStore {
+    /// Forgets every cached plan limit (a plan changed).
+    pub(super) fn forget_limits(&self) {
+        self.quota.limits.invalidate_all();
+    }
+
+    pub(super) async fn load_plans(&self) -> StoreResult<Vec<Plan>> {
+        let rows: Vec<PlanRow> = self
+            .all_rows(
+                "SELECT id, name, monthly_active_users, messages_per_month, projects_per_owner, \
+                 features, updated_at FROM plans",
+                (),
+            )
+            .await?;
+        let mut plans = rows
+            .into_iter()
+            .map(decode_plan)
+            .collect::<StoreResult<Vec<_>>>()?;
+        plans.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(plans)
+    }
+
+    pub(super) async fn load_plan(&self, id: &PlanId) -> StoreResult<Option<Plan>> {
+        let row: Option<PlanRow> = self
+            .row(
+                "SELECT id, name, monthly_active_users, messages_per_month, projects_per_owner, \
+                 features, updated_at FROM plans WHERE id = ?",
+                (id.as_str(),),
+            )
+            .await?;
+        row.map(decode_plan).transpose()
+    }
+
+    pub(super) async fn write_plan(&self, plan: &Plan) -> StoreResult<()> {
+        let features: Vec<&str> = plan.features.iter().map(String::as_str).collect();
+        self.exec(
+            "INSERT INTO plans (id, name, monthly_active_users, messages_per_month, \
+             projects_per_owner, features, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                plan.id.as_str(),
+                plan.name.as_str(),
+                limit_value(plan.limits.monthly_active_users),
+                limit_value(plan.limits.messages_per_month),
+                limit_value(plan.limits.projects_per_owner),
+                features,
+                vts(plan.updated_at),
+            ),
+        )
+        .await?;
+        self.quota.limits.invalidate_all();
+        Ok(())
+    }
+
+    /// The usage of `project` in `period`, counted from the usage rows.
+    pub(super) async fn count_usage(
+        &self,
+        project: ProjectId,
+        period: Period,
+    ) -> StoreResult<UsageCounts> {
+        let p = *project.as_uuid();
+        let key = period.to_string();
+        let items = |kind: &'static str| {
+            let key = key.clone();
+            try_join_all((0..SHARDS).map(move |s| {
+                let key = key.clone();
+                async move {
+                    self.row::<(i64,)>(
+                        "SELECT COUNT(*) FROM usage_items WHERE project_id = ? AND period = ? \
+                         AND kind = ? AND shard = ?",
+                        (p, key, kind, s),
+                    )
+                    .await
+                }
+            }))
+        };
+        let users = try_join_all((0..SHARDS).map(|s| {
+            let key = key.clone();
+            async move {
+                self.row::<(i64,)>(
+                    "SELECT COUNT(*) FROM usage_active_users WHERE project_id = ? \
+                     AND period = ? AND shard = ?",
+                    (p, key, s),
+                )
+                .await
+            }
+        }));
+        let (messages, conversations, users) =
+            futures::try_join!(items(KIND_MESSAGE), items(KIND_CONVERSATION), users)?;
+        let sum = |v: Vec<Option<(i64,)>>| -> u64 {
+            v.into_iter()
+                .map(|r| r.map_or(0, |(n,)| n.max(0) as u64))
+                .sum()
+        };
+        Ok(UsageCounts {
+            messages: sum(messages),
+            conversations: sum(conversations),
+            active_users: sum(users),
+        })
+    }
+
+    pub(super) async fn usage_periods(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> StoreResult<Vec<Period>> {
+        let limit = limit.clamp(1, MAX_HISTORY);
+        let rows: Vec<(String,)> = self
+            .rows(
+                "SELECT period FROM usage_periods WHERE project_id = ? LIMIT ?",
+                (*project.as_uuid(), limit as i32),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(p,)| Period::parse(&p).map_err(|_| corrupt("usage period")))
+            .collect()
+    }
+
+    /// Deletes every usage row of the project (part of `delete_project`).
+    pub(super) async fn delete_usage(&self, project: ProjectId) -> StoreResult<()> {
+        let p = *project.as_uuid();
+        for period in self.usage_periods(project, MAX_HISTORY).await? {
+            let key = period.to_string();
+            for s in 0..SHARDS {
+                for kind in [KIND_MESSAGE, KIND_CONVERSATION] {
+                    self.exec(
+                        "DELETE FROM usage_items WHERE project_id = ? AND period = ? \
+                         AND kind = ? AND shard = ?",
+                        (p, key.as_str(), kind, s),
+                    )
+                    .await?;
+                }
+                self.exec(
+                    "DELETE FROM usage_active_users WHERE project_id = ? AND period = ? \
+                     AND shard = ?",
+                    (p, key.as_str(), s),
+                )
+                .await?;
+            }
+        }
+        self.exec("DELETE FROM usage_periods WHERE project_id = ?", (p,))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes one user's active row (an identification that lost its race created no user).
+    pub(super) async fn delete_usage_user(
+        &self,
+        project: ProjectId,
+        period: Period,
+        user: EndUserId,
+    ) -> StoreResult<()> {
+        let u = *user.as_uuid();
+        self.exec(
+            "DELETE FROM usage_active_users WHERE project_id = ? AND period = ? AND shard = ? \
+             AND end_user_id = ?",
+            (*project.as_uuid(), period.to_string(), shard(&u), u),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The project's plan and limits, cached for [`CACHE_TTL`].
+    async fn limits_of(&self, project: ProjectId) -> StoreResult<(PlanId, PlanLimits)> {
+        if let Some(l) = self.quota.limits.get(&project) {
+            return Ok(l);
+        }
+        let limits = match self.load_project(project).await? {
+            Some(p) => match self.load_plan(&p.plan).await? {
+                Some(plan) => (plan.id, plan.limits),
+                None => (p.plan, PlanLimits::default()),
+            },
+            None => (PlanId::free(), PlanLimits::default()),
+        };
+        self.quota.limits.insert(project, limits.clone());
+        Ok(limits)
+    }
+
+    async fn estimate(
+        &self,
+        project: ProjectId,
+        period: Period,
+    ) -> StoreResult<Arc<parking_lot::Mutex<UsageCounts>>> {
+        if let Some(e) = self.quota.estimates.get(&(project, period)) {
+            return Ok(e);
+        }
+        let counted = Arc::new(parking_lot::Mutex::new(
+            self.count_usage(project, period).await?,
+        ));
+        // Another task may have loaded it meanwhile: keep the first (it may hold increments).
+        Ok(self
+            .quota
+            .estimates
+            .entry((project, period))
+            .or_insert(counted)
+            .into_value())
+    }
+
+    /// Whether each of `users` is not yet counted active in `period`.
+    async fn new_users(
+        &self,
+        project: ProjectId,
+        period: Period,
+        users: &[EndUserId],
+    ) -> StoreResult<u64> {
+        let key = period.to_string();
+        let mut n = 0;
+        for u in users {
+            let u = *u.as_uuid();
+            let found: Option<(Uuid,)> = self
+                .row(
+                    "SELECT end_user_id FROM usage_active_users WHERE project_id = ? \
+                     AND period = ? AND shard = ? AND end_user_id = ?",
+                    (*project.as_uuid(), key.as_str(), shard(&u), u),
+                )
+                .await?;
+            n += u64::from(found.is_none());
+        }
+        Ok(n)
+    }
+
+    /// Refuses a change adding `messages` messages and making `users` active in `project`
+    /// now, if this process's estimate says it would pass a limit of the plan. On `Ok` the
+    /// caller makes the change and then calls [`ScyllaStore::counted`].
+    pub(super) async fn check_quota(
+        &self,
+        project: ProjectId,
+        messages: u64,
+        users: &[EndUserId],
+    ) -> StoreResult<Ticket> {
+        let period = Period::of(model::now());
+        let (plan, limits) = self.limits_of(project).await?;
+        let mut ticket = Ticket {
+            project,
+            period,
+            messages,
+            new_users: 0,
+        };
+        if limits.messages_per_month.is_none() && limits.monthly_active_users.is_none() {
+            return Ok(ticket);
+        }
+        if limits.monthly_active_users.is_some() && !users.is_empty() {
+            ticket.new_users = self.new_users(project, period, users).await?;
+        }
+        let estimate = *self.estimate(project, period).await?.lock();
+        let refuse = |metric, limit| {
+            Err(StoreError::QuotaExceeded(QuotaExceeded {
+                metric,
+                limit,
+                plan: plan.clone(),
+                resets_at: Some(period.resets_at()),
+            }))
+        };
+        if let Some(limit) = limits.monthly_active_users {
+            if ticket.new_users > 0 && estimate.active_users + ticket.new_users > limit {
+                return refuse(QuotaMetric::MonthlyActiveUsers, limit);
+            }
+        }
+        if let Some(limit) = limits.messages_per_month {
+            if messages > 0 && estimate.messages + messages > limit {
+                return refuse(QuotaMetric::MessagesPerMonth, limit);
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Adds a change that was made to this process's estimate.
+    pub(super) fn counted(&self, ticket: Ticket, conversations: u64) {
+        if let Some(e) = self.quota.estimates.get(&(ticket.project, ticket.period)) {
+            let mut e = e.lock();
+            e.messages += ticket.messages;
+            e.conversations += conversations;
+            e.active_users += ticket.new_users;
+        }
+    }
+
+    /// Refuses a new project of `owner` on `plan` when the owner already has as many
+    /// projects as the plan allows (read from `projects_by_owner`; concurrent creations by
+    /// one owner on several nodes can both pass).
+    pub(super) async fn check_new_project(
+        &self,
+        owner: AdminUserId,
+        plan: &PlanId,
+    ) -> StoreResult<()> {
+        let Some(limit) = self
+            .load_plan(plan)
+            .await?
+            .and_then(|p| p.limits.projects_per_owner)
+        else {
+            return Ok(());
+        };
+        let owned: Option<(i64,)> = self
+            .row(
+                "SELECT COUNT(*) FROM projects_by_owner WHERE owner_id = ?",
+                (*owner.as_uuid(),),
+            )
+            .await?;
+        if owned.map_or(0, |(n,)| n.max(0) as u64) >= limit {
+            return Err(StoreError::QuotaExceeded(QuotaExceeded {
+                metric: QuotaMetric::ProjectsPerOwner,
+                limit,
+                plan: plan.clone(),
+                resets_at: None,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// A change that passed [`ScyllaStore::check_quota`], to add to the estimate once made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    project: ProjectId,
+    period: Period,
+    messages: u64,
+    new_users: u64,
+}

@@ -1,0 +1,156 @@
+//! Plans and quotas through the real server: the message limit is exact at its edge over HTTP
+//! and over the socket, the MAU and project limits refuse with `quota_exceeded`, retries count
+//! nothing, and a plan change is picked up by the running gateway.
+
+mod common;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use common::Server;
+
+/// Lowers the Free plan (the default of new projects here) to small limits.
+async fn small_free(server: &Server, mau: u64, messages: u64) {
+    let (s, plan) = server
+        .call(
+            Method::PATCH,
+            "/api/admin/plans/free",
+            &server.admin_token,
+            Some(
+                json!({"limits": {"monthly_active_users": mau, "messages_per_month": messages,
+                                   "projects_per_owner": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{plan}");
+}
+
+async fn free_server() -> Server {
+    Server::start_with(|c| {
+        c.plans.default = larachat_core::plan::PlanId::free();
+    })
+    .await
+}
+
+fn assert_quota(status: StatusCode, body: &Value, what: &str) {
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(body["error"]["retryable"], false, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(what), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_after_the_limit_is_refused_and_the_last_one_passes() {
+    const LIMIT: u64 = 20;
+    let server = free_server().await;
+    small_free(&server, 100, LIMIT).await;
+    let tenant = server.tenant("metered").await;
+    let (user, token) = server.user(&tenant.key, "ada").await;
+    let conv = server.conversation(&tenant.key, &[&user]).await;
+    let path = format!("/api/v1/conversations/{conv}/messages");
+
+    for i in 0..LIMIT {
+        let (s, m) = server
+            .post(
+                &path,
+                &tenant.key,
+                json!({"text": format!("m{i}"), "client_msg_id": format!("c{i}")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "message {} of {LIMIT}: {m}", i + 1);
+    }
+    let (s, refused) = server
+        .post(&path, &tenant.key, json!({"text": "one too many"}))
+        .await;
+    assert_quota(s, &refused, &format!("allows {LIMIT} messages per month"));
+    let reset = larachat_core::plan::Period::of(chrono::Utc::now()).resets_at();
+    let reset = reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&reset),
+        "{refused}"
+    );
+
+    // A retry of a stored message is answered with it, and counts nothing.
+    let (s, retry) = server
+        .post(
+            &path,
+            &tenant.key,
+            json!({"text": "m3 again", "client_msg_id": "c3"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{retry}");
+    assert_eq!(retry["duplicate"], true);
+
+    // The socket refuses with an error frame and keeps the connection.
+    let mut ws = server.ws_auth(&token).await;
+    ws.send(json!({"type": "send", "id": 7, "conversation_id": conv,
+                   "client_msg_id": "ws-1", "text": "over the socket"}))
+        .await;
+    let err = ws.recv().await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], "quota_exceeded", "{err}");
+
+    // Usage equals what is stored.
+    let (s, page) = server.get(&format!("{path}?limit=100"), &tenant.key).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let stored = page["data"].as_array().unwrap().len() as u64;
+    assert_eq!(stored, LIMIT);
+    let (s, usage) = server
+        .get(
+            &format!("/api/admin/projects/{}/usage", tenant.project_id),
+            &server.admin_token,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{usage}");
+    assert_eq!(usage["messages"], json!({"used": stored, "limit": LIMIT}));
+    assert_eq!(usage["conversations"]["used"], 1);
+    assert_eq!(usage["monthly_active_users"]["used"], 1);
+
+    // Raising the limit takes effect on the running gateway at once.
+    small_free(&server, 100, LIMIT + 1).await;
+    ws.send(json!({"type": "send", "id": 8, "conversation_id": conv,
+                   "client_msg_id": "ws-2", "text": "after the raise"}))
+        .await;
+    let frames = ws.recv_until("ack").await;
+    let ack = frames.last().unwrap();
+    assert_eq!(ack["id"], 8, "{frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_users_and_projects_are_limited() {
+    const MAU: u64 = 3;
+    let server = free_server().await;
+    small_free(&server, MAU, 1000).await;
+    let tenant = server.tenant("small").await;
+    for i in 0..MAU {
+        server.user(&tenant.key, &format!("user-{i}")).await;
+    }
+    // Identifying a counted user again is fine; a new one is not.
+    server.user(&tenant.key, "user-0").await;
+    let (s, refused) = server
+        .post(
+            "/api/v1/users",
+            &tenant.key,
+            json!({"user_identifier": "one-too-many"}),
+        )
+        .await;
+    assert_quota(
+        s,
+        &refused,
+        &format!("allows {MAU} monthly active end users"),
+    );
+
+    // Free allows one project per owner.
+    let (s, second) = server
+        .post(
+            "/api/admin/projects",
+            &server.admin_token,
+            json!({"name": "second"}),
+        )
+        .await;
+    assert_quota(s, &second, "allows 1 projects per owner");
+}
