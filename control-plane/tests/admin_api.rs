@@ -456,10 +456,25 @@ async fn project_crud_and_paging() {
             reqwest::Method::PATCH,
             &path,
             &token,
-            Some(json!({"plan": "platinum"})),
+            Some(json!({"plan": "Plat.inum"})),
         )
         .await;
     assert_error(bad, StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload).await;
+    // Plans are data: a well-formed id that names no plan breaks a rule.
+    let bad = s
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            &token,
+            Some(json!({"plan": "platinum"})),
+        )
+        .await;
+    assert_error(
+        bad,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::ValidationFailed,
+    )
+    .await;
 
     // Paging: 4 more projects, newest first, pages of 2.
     let mut created = vec![id.clone()];
