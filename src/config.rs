@@ -5,7 +5,8 @@
 //! underscore between levels), e.g. `LARACHAT_SERVER__LISTEN=0.0.0.0:8080`. A few common ones
 //! have short aliases: `LARACHAT_LISTEN`, `LARACHAT_DATA_DIR`, `LARACHAT_ADMIN_EMAIL`,
 //! `LARACHAT_ADMIN_PASSWORD`, `LARACHAT_LOG`, and the seed's `WEBHOOK_RETRY_ATTEMPTS` (also
-//! `LARACHAT_WEBHOOK_RETRY_ATTEMPTS`). Unknown keys in the file and unknown
+//! `LARACHAT_WEBHOOK_RETRY_ATTEMPTS`) and `DEFAULT_PROJECT_PLAN` (also
+//! `LARACHAT_DEFAULT_PROJECT_PLAN`). Unknown keys in the file and unknown
 //! `SECTION__KEY` variables are errors, not silently ignored; other `LARACHAT_*` variables
 //! (no `__`, not an alias) belong to tools and are ignored.
 //!
@@ -824,6 +825,19 @@ mod tests {
         assert!(matches!(bad, Err(ConfigError::Invalid(m)) if m.contains("retry_attempts")));
         // Other unprefixed variables are not configuration.
         assert!(Config::load(None, env(&[("WEBHOOK_SIGNATURE_SECRET", "x")]), []).is_ok());
+    }
+
+    #[test]
+    fn default_plan_from_the_seed_variable() {
+        assert_eq!(Config::default().plans.default.as_str(), "free");
+        let c = Config::load(None, env(&[("DEFAULT_PROJECT_PLAN", "pro")]), []).unwrap();
+        assert_eq!(c.plans.default.as_str(), "pro");
+        let file = "[plans]\ndefault = \"starter\"\nplatform_admins = [\"ops@example.com\"]\n";
+        let c = Config::load(Some(file), env(&[]), []).unwrap();
+        assert_eq!(c.plans.default.as_str(), "starter");
+        assert_eq!(c.plans.platform_admins, ["ops@example.com"]);
+        let bad = Config::load(None, env(&[("DEFAULT_PROJECT_PLAN", "Not A Plan")]), []);
+        assert!(matches!(bad, Err(ConfigError::Parse(_))), "{bad:?}");
     }
 
     #[test]

@@ -191,8 +191,8 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
         marker(&store, project).await;
         (project, handled)
     };
-    // Back to the version-3 shape: the UNIQUE id index, and the newest event trimmed (its
-    // position stays used in `sqlite_sequence`).
+    // Back to the version-3 shape: the UNIQUE id index, no schema-5 tables, and the newest
+    // event trimmed (its position stays used in `sqlite_sequence`).
     let (max_before, seq_before) = {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
         conn.execute_batch(
@@ -207,6 +207,9 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
              DROP TABLE events;
              ALTER TABLE events_v3 RENAME TO events;
              DELETE FROM events WHERE position = (SELECT max(position) FROM events);
+             DROP TABLE plans;
+             DROP TABLE usage;
+             DROP TABLE usage_active_users;
              PRAGMA user_version = 3;
              COMMIT;",
         )
