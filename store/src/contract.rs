@@ -72,6 +72,7 @@ macro_rules! for_each_store_check {
             tenant_isolation,
             plans_seeded_and_editable,
             quota_messages_exact,
+            quota_messages_exact_under_concurrency,
             quota_active_users_exact,
             quota_projects_per_owner,
             usage_matches_the_store,
@@ -2073,6 +2074,52 @@ pub async fn quota_messages_exact(store: &TestStore) {
         .append_message(&new_message(&conv, "after the raise", None))
         .await
         .expect("allowed after the limit is raised");
+}
+
+/// Concurrent sends at the edge of the limit: exactly the limit passes, in one process.
+pub async fn quota_messages_exact_under_concurrency(store: &TestStore) {
+    const LIMIT: u64 = 10;
+    const SENDS: u64 = 24;
+    let plan = custom_plan(
+        store,
+        PlanLimits {
+            messages_per_month: Some(LIMIT),
+            ..PlanLimits::default()
+        },
+    )
+    .await;
+    let project = project_on(store, &plan).await;
+    let mut convs = Vec::new();
+    for _ in 0..4 {
+        convs.push(new_conversation(store, project.id, &[]).await);
+    }
+    let mut tasks = JoinSet::new();
+    for i in 0..SENDS {
+        let store = store.clone();
+        let m = new_message(
+            &convs[(i % 4) as usize],
+            &format!("m{i}"),
+            Some(&unique("c")),
+        );
+        tasks.spawn(async move { store.append_message(&m).await });
+    }
+    let (mut passed, mut refused) = (0u64, 0u64);
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(a) => {
+                assert!(a.created);
+                passed += 1;
+            }
+            Err(e) => {
+                assert_eq!(quota_of(e).metric, QuotaMetric::MessagesPerMonth);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(passed, LIMIT, "exactly the limit passes");
+    assert_eq!(refused, SENDS - LIMIT);
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.messages, LIMIT);
 }
 
 /// The monthly-active-user limit is exact, and a user counts once per month however often

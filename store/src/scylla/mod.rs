@@ -1432,7 +1432,7 @@ impl Store for ScyllaStore {
             let ticket = self.check_quota(project, 0, &[user.id]).await?;
             let entry = self.insert_end_user(&user).await?;
             self.enqueue(vec![entry]);
-            self.counted(ticket, 0);
+            ticket.commit(0);
             return Ok((user, true));
         };
         // Concurrent identifications in this process queue here; across processes the
@@ -1456,7 +1456,7 @@ impl Store for ScyllaStore {
                     let ticket = self.check_quota(project, 0, &[user.id]).await?;
                     self.batch(usage::rows(project, Period::of(now), &[], &[user.id]))
                         .await?;
-                    self.counted(ticket, 0);
+                    ticket.commit(0);
                     if apply_identify(&mut user, u) {
                         user.updated_at = model::now().max(user.updated_at);
                         self.write_end_user_profile(&user, true).await?;
@@ -1485,7 +1485,7 @@ impl Store for ScyllaStore {
                 .await?;
             if won {
                 self.enqueue(vec![entry]);
-                self.counted(ticket, 0);
+                ticket.commit(0);
                 return Ok((user, true));
             }
             // Lost the race: the user was not created, nor is its event. (A process killed
@@ -1649,7 +1649,7 @@ impl Store for ScyllaStore {
         ));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
-        self.counted(ticket, 1);
+        ticket.commit(1);
         // The sequencer starts at seq 0. Should this fail, the first append does it.
         self.set_initial_head(p, id, sequencer::Head { seq: 0, id: None })
             .await?;
@@ -1856,7 +1856,7 @@ impl Store for ScyllaStore {
         };
         let appended = self.append(m).await?;
         if appended.created {
-            self.counted(ticket, 0);
+            ticket.commit(0);
         }
         Ok(appended)
     }

@@ -14,11 +14,14 @@
 //! (project, period, kind): a partition holds 1/[`SHARDS`] of one month of one project's
 //! messages (Pro: ~3,100 rows) and is never written after its month.
 //!
-//! **Quota checks are approximate across processes.** Each process caches a project's plan
-//! limits and its usage estimate for [`CACHE_TTL`]: the estimate is the store's count when
-//! loaded plus what this process counted since. A change is refused when the estimate says it
-//! would pass the limit. Changes made by other processes within the TTL are not in the
-//! estimate, so the overshoot is bounded by what the other processes write in one TTL.
+//! **Quota checks are exact within a process, approximate across processes.** Each process
+//! caches a project's plan limits and its usage estimate for [`CACHE_TTL`]: the estimate is
+//! the store's count when loaded plus what this process has reserved since. A change is
+//! refused when the estimate says it would pass the limit; otherwise it is reserved in the
+//! estimate under its lock before it is made (and given back if it fails), so concurrent
+//! changes in one process never pass the same check. Changes made by other processes within
+//! the TTL are not in the estimate, so the overshoot is bounded by what the other processes
+//! write in one TTL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -379,8 +382,11 @@ impl ScyllaStore {
     }
 
     /// Refuses a change adding `messages` messages and making `users` active in `project`
-    /// now, if this process's estimate says it would pass a limit of the plan. On `Ok` the
-    /// caller makes the change and then calls [`ScyllaStore::counted`].
+    /// now, if this process's estimate says it would pass a limit of the plan; otherwise
+    /// reserves the change in the estimate (so that concurrent changes in this process never
+    /// pass the same check) and returns the reservation. The caller makes the change and
+    /// [`Ticket::commit`]s it; a ticket dropped uncommitted (the change failed, or was a
+    /// retry) gives its reservation back.
     pub(super) async fn check_quota(
         &self,
         project: ProjectId,
@@ -390,10 +396,10 @@ impl ScyllaStore {
         let period = Period::of(model::now());
         let (plan, limits) = self.limits_of(project).await?;
         let mut ticket = Ticket {
-            project,
-            period,
+            estimate: None,
             messages,
             new_users: 0,
+            committed: false,
         };
         if limits.messages_per_month.is_none() && limits.monthly_active_users.is_none() {
             return Ok(ticket);
@@ -401,7 +407,7 @@ impl ScyllaStore {
         if limits.monthly_active_users.is_some() && !users.is_empty() {
             ticket.new_users = self.new_users(project, period, users).await?;
         }
-        let estimate = *self.estimate(project, period).await?.lock();
+        let estimate = self.estimate(project, period).await?;
         let refuse = |metric, limit| {
             Err(StoreError::QuotaExceeded(QuotaExceeded {
                 metric,
@@ -410,27 +416,23 @@ impl ScyllaStore {
                 resets_at: Some(period.resets_at()),
             }))
         };
-        if let Some(limit) = limits.monthly_active_users {
-            if ticket.new_users > 0 && estimate.active_users + ticket.new_users > limit {
-                return refuse(QuotaMetric::MonthlyActiveUsers, limit);
+        {
+            let mut e = estimate.lock();
+            if let Some(limit) = limits.monthly_active_users {
+                if ticket.new_users > 0 && e.active_users + ticket.new_users > limit {
+                    return refuse(QuotaMetric::MonthlyActiveUsers, limit);
+                }
             }
-        }
-        if let Some(limit) = limits.messages_per_month {
-            if messages > 0 && estimate.messages + messages > limit {
-                return refuse(QuotaMetric::MessagesPerMonth, limit);
+            if let Some(limit) = limits.messages_per_month {
+                if messages > 0 && e.messages + messages > limit {
+                    return refuse(QuotaMetric::MessagesPerMonth, limit);
+                }
             }
-        }
-        Ok(ticket)
-    }
-
-    /// Adds a change that was made to this process's estimate.
-    pub(super) fn counted(&self, ticket: Ticket, conversations: u64) {
-        if let Some(e) = self.quota.estimates.get(&(ticket.project, ticket.period)) {
-            let mut e = e.lock();
             e.messages += ticket.messages;
-            e.conversations += conversations;
             e.active_users += ticket.new_users;
         }
+        ticket.estimate = Some(estimate);
+        Ok(ticket)
     }
 
     /// Refuses a new project of `owner` on `plan` when the owner already has as many
@@ -466,11 +468,36 @@ impl ScyllaStore {
     }
 }
 
-/// A change that passed [`ScyllaStore::check_quota`], to add to the estimate once made.
-#[derive(Debug, Clone, Copy)]
+/// A change that passed [`ScyllaStore::check_quota`], reserved in this process's estimate
+/// until it is committed or dropped.
+#[derive(Debug)]
 pub(crate) struct Ticket {
-    project: ProjectId,
-    period: Period,
+    /// The estimate the reservation was made in (none when the plan has no limits).
+    estimate: Option<Arc<parking_lot::Mutex<UsageCounts>>>,
     messages: u64,
     new_users: u64,
+    committed: bool,
+}
+
+impl Ticket {
+    /// The change was made (`conversations` created with it): keep the reservation.
+    pub(crate) fn commit(mut self, conversations: u64) {
+        self.committed = true;
+        if let Some(e) = &self.estimate {
+            e.lock().conversations += conversations;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some(e) = &self.estimate {
+            let mut e = e.lock();
+            e.messages = e.messages.saturating_sub(self.messages);
+            e.active_users = e.active_users.saturating_sub(self.new_users);
+        }
+    }
 }
