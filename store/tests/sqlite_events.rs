@@ -192,7 +192,8 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
         (project, handled)
     };
     // Back to the version-3 shape: the UNIQUE id index, and the newest event trimmed (its
-    // position stays used in `sqlite_sequence`).
+    // position stays used in `sqlite_sequence`); without migration 5's assignee column, which
+    // is applied again after 4.
     let (max_before, seq_before) = {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
         conn.execute_batch(
@@ -207,6 +208,8 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
              DROP TABLE events;
              ALTER TABLE events_v3 RENAME TO events;
              DELETE FROM events WHERE position = (SELECT max(position) FROM events);
+             DROP INDEX conversations_by_assignee;
+             ALTER TABLE conversations DROP COLUMN assignee;
              PRAGMA user_version = 3;
              COMMIT;",
         )
