@@ -357,8 +357,8 @@ pub struct Conversation {
     /// Id of the newest message, if any.
     pub last_message_id: Option<MessageId>,
     /// The agent the conversation is assigned to: the tenant's agent identifier (the `id` of
-    /// an [`ActorKind::Agent`] actor), `None` when unassigned. Agents exist only as the
-    /// tenant's identifiers, so any valid identifier may be assigned.
+    /// an `agent` actor), or null when unassigned. Agents exist only as the tenant's
+    /// identifiers, so any valid identifier may be assigned.
     #[serde(default)]
     pub assignee: Option<String>,
 }
