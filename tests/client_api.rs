@@ -1584,6 +1584,141 @@ async fn end_user_tokens_act_only_on_themselves() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn conversations_are_assigned_by_agents_only_and_listed_by_assignee() {
+    let srv = Server::start().await;
+    let t = srv.tenant("assign").await;
+    let other = srv.tenant("assign-other").await;
+    let (user, user_token) = srv.user(&t.key, "assign-user").await;
+    let first = srv.conversation(&t.key, &[&user]).await;
+    let second = srv.conversation(&t.key, &[&user]).await;
+    let foreign = srv.conversation(&other.key, &[]).await;
+    let path = |c: &str| format!("/api/v1/conversations/{c}");
+    let patch = |token: &str, c: &str, body: Value| {
+        let (srv, token, p) = (&srv, token.to_owned(), path(c));
+        async move { srv.call(Method::PATCH, &p, &token, Some(body)).await }
+    };
+
+    let (s, c) = srv.get(&path(&first), &t.key).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        c["assignee"],
+        Value::Null,
+        "new conversations are unassigned: {c}"
+    );
+
+    // Set, with another field: the response carries it, a GET reads it back.
+    let (s, c) = patch(
+        &t.key,
+        &first,
+        json!({"assignee": "ana@acme.com", "subject": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["assignee"], "ana@acme.com");
+    assert_eq!(c["subject"], "x");
+    // Absent: unchanged.
+    let (s, c) = patch(&t.key, &first, json!({"status": "closed"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(
+        c["assignee"], "ana@acme.com",
+        "an absent assignee is left as it is"
+    );
+    // Change (an agent token assigning to itself, as an inbox does).
+    let (s, issued) = srv
+        .post(
+            "/api/v1/agent-tokens",
+            &t.key,
+            json!({"agent": {"id": "bo"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{issued}");
+    let bo = issued["token"].as_str().unwrap().to_owned();
+    let (s, c) = patch(&bo, &second, json!({"assignee": "bo"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["assignee"], "bo");
+
+    // Listing: by agent, unassigned (none), combined with status.
+    let list = |q: &str| {
+        let (srv, key, q) = (&srv, t.key.clone(), q.to_owned());
+        async move {
+            let (s, page) = srv.get(&format!("/api/v1/conversations?{q}"), &key).await;
+            assert_eq!(s, StatusCode::OK, "{q}: {page}");
+            ids(page["data"].as_array().unwrap())
+        }
+    };
+    assert_eq!(list("assignee=ana@acme.com").await, vec![first.clone()]);
+    assert_eq!(list("assignee=bo").await, vec![second.clone()]);
+    assert_eq!(list("assignee=none").await, Vec::<String>::new());
+    assert_eq!(
+        list("assignee=bo&status=closed").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        list("assignee=ana@acme.com&status=closed").await,
+        vec![first.clone()]
+    );
+
+    // Clear.
+    let (s, c) = patch(&bo, &second, json!({"assignee": null})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["assignee"], Value::Null);
+    let (_, c) = srv.get(&path(&second), &t.key).await;
+    assert_eq!(c["assignee"], Value::Null, "cleared for good: {c}");
+    assert_eq!(list("assignee=none").await, vec![second.clone()]);
+    assert_eq!(list("assignee=bo").await, Vec::<String>::new());
+
+    // End users may not assign, not even to an agent of their project.
+    let r = patch(&user_token, &first, json!({"assignee": "mallory"})).await;
+    expect_error(&r, StatusCode::FORBIDDEN, "forbidden", "end user assigning");
+    // Another project's conversation answers like an unknown one.
+    let r = patch(&t.key, &foreign, json!({"assignee": "ana"})).await;
+    let unknown = patch(
+        &t.key,
+        &uuid::Uuid::now_v7().to_string(),
+        json!({"assignee": "ana"}),
+    )
+    .await;
+    expect_error(
+        &r,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "another project's conversation",
+    );
+    assert_eq!(r, unknown);
+    let (_, f) = srv.get(&path(&foreign), &other.key).await;
+    assert_eq!(f["assignee"], Value::Null, "untouched: {f}");
+    // Bad identifiers: 422 (the catalog's validation_failed), and nothing changes.
+    for bad in [
+        json!("a b"),
+        json!(""),
+        json!("none"),
+        json!("x".repeat(129)),
+    ] {
+        let r = patch(&t.key, &first, json!({"assignee": bad})).await;
+        expect_error(
+            &r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            &format!("assignee {bad}"),
+        );
+    }
+    let r = patch(&t.key, &first, json!({"assignee": 7})).await;
+    expect_error(&r, StatusCode::BAD_REQUEST, "invalid_payload", "assignee 7");
+    let (_, c) = srv.get(&path(&first), &t.key).await;
+    assert_eq!(
+        c["assignee"], "ana@acme.com",
+        "a refused change changes nothing"
+    );
+    for bad in ["assignee=a%20b", "assignee="] {
+        let (s, e) = srv
+            .get(&format!("/api/v1/conversations?{bad}"), &t.key)
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {e}");
+        assert_error(&e, "validation_failed");
+    }
+}
+
+#[tokio::test]
 async fn history_and_conversation_paging_visit_everything_once_in_order() {
     let srv = Server::start().await;
     let t = srv.tenant("paging").await;

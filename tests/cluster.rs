@@ -566,7 +566,8 @@ async fn watch_feed(ws: &mut Socket, feed: &str) {
 
 /// Feeds and presence across two gateways over NATS: an end user on gateway A hears of a
 /// conversation started and a message sent through gateway B (created, unread); an agent on
-/// B sees the user come online, the conversation and the message preview; the user with one
+/// B sees the user come online, the conversation, its assignment through gateway A and the
+/// message preview; the user with one
 /// connection on each gateway stays online until both are closed; who-is-online answers the
 /// same on both gateways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,6 +614,49 @@ async fn feeds_and_presence_across_two_gateways() {
     assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
     let (f, _) = expect_type(&mut agent, "conversation_created").await;
     assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
+    // Assigned through gateway A: the inbox on B hears it, and B lists it by assignee (the
+    // CQL assignee index).
+    let (s, body) = c
+        .client(
+            0,
+            Method::PATCH,
+            &format!("/api/v1/conversations/{conv}"),
+            &t.key,
+            Some(json!({"assignee": "ana@acme"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (f, _) = expect_type(&mut agent, "conversation_updated").await;
+    assert_eq!(
+        (
+            f["conversation"]["id"].clone(),
+            f["conversation"]["assignee"].clone()
+        ),
+        (json!(conv), json!("ana@acme")),
+        "{f}"
+    );
+    for (q, want) in [
+        ("assignee=ana@acme", json!([conv])),
+        ("assignee=none", json!([])),
+    ] {
+        let (s, list) = c
+            .client(
+                1,
+                Method::GET,
+                &format!("/api/v1/conversations?{q}"),
+                &t.key,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let ids: Vec<Value> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect();
+        assert_eq!(json!(ids), want, "{q}: {list}");
+    }
     let (s, m) = c
         .client(
             1,

@@ -1,7 +1,7 @@
 //! Live feeds and presence on a single node (`serve`: SQLite + the in-process bus): an end
 //! user's own feed (conversations created and changed, unread counts), the agents' inbox feed
-//! (new conversations, message previews, changes, presence), who may watch what, and
-//! presence with its debounce (protocol §3.4, §3.5). Across two gateways over NATS:
+//! (new conversations, message previews, changes and assignments, presence), who may watch
+//! what, and presence with its debounce (protocol §3.4, §3.5). Across two gateways over NATS:
 //! tests/cluster.rs.
 
 mod common;
@@ -195,6 +195,62 @@ async fn inbox_feed_previews_messages_and_changes_and_only_agents_of_the_project
     let own = s.conversation(&other.key, &[&carol]).await;
     let f = next_of(&mut foreign, "conversation_created").await;
     assert_eq!(f["conversation"]["id"], json!(own), "{f}");
+}
+
+#[tokio::test]
+async fn inbox_and_member_feeds_see_assignment_changes_live() {
+    let s = Server::start().await;
+    let t = s.tenant("assign").await;
+    let (alice, alice_token) = s.user(&t.key, "alice").await;
+    let conv = s.conversation(&t.key, &[&alice]).await;
+    let mut inbox = s.ws_auth(&t.key).await;
+    assert_eq!(watch(&mut inbox, "inbox").await["type"], "watching");
+    let mut phone = s.ws_auth(&alice_token).await;
+    assert_eq!(watch(&mut phone, "user").await["type"], "watching");
+
+    // An agent (with its own token, as an inbox page holds) assigns the conversation to itself.
+    let (st, issued) = s
+        .post(
+            "/api/v1/agent-tokens",
+            &t.key,
+            json!({"agent": {"id": "ana@acme", "name": "Ana"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{issued}");
+    let ana = issued["token"].as_str().unwrap().to_owned();
+    let patch = |body: Value| {
+        let (s, conv, ana) = (&s, conv.clone(), ana.clone());
+        async move {
+            s.call(
+                Method::PATCH,
+                &format!("/api/v1/conversations/{conv}"),
+                &ana,
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (st, body) = patch(json!({"assignee": "ana@acme"})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    for ws in [&mut inbox, &mut phone] {
+        let f = next_of(ws, "conversation_updated").await;
+        assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
+        assert_eq!(f["conversation"]["assignee"], "ana@acme", "{f}");
+    }
+
+    // Unassigned: the frame says so (null), it does not just leave the field out.
+    let (st, body) = patch(json!({"assignee": null})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let f = next_of(&mut inbox, "conversation_updated").await;
+    assert_eq!(f["conversation"]["id"], json!(conv), "{f}");
+    assert_eq!(f["conversation"]["assignee"], Value::Null, "{f}");
+    assert!(
+        f["conversation"]
+            .as_object()
+            .unwrap()
+            .contains_key("assignee"),
+        "{f}"
+    );
 }
 
 #[tokio::test]

@@ -297,7 +297,7 @@ async fn domain_events_reach_matching_endpoints() {
             Method::PATCH,
             &format!("/api/v1/conversations/{conversation}"),
             &t.key,
-            Some(json!({"status": "closed"})),
+            Some(json!({"status": "closed", "assignee": "ana@acme"})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -316,6 +316,10 @@ async fn domain_events_reach_matching_endpoints() {
     assert_eq!(got[0]["event"], "conversation.closed", "{got:?}");
     assert_eq!(got[0]["data"]["conversation_id"], conversation.as_str());
     assert_eq!(got[0]["data"]["status"], "closed");
+    assert_eq!(
+        got[0]["data"]["assignee"], "ana@acme",
+        "the payload names the assignee"
+    );
     assert_eq!(got[1]["event"], "message.sent", "{got:?}");
     assert_eq!(got[1]["data"]["message_id"], sent["id"]);
     assert_eq!(got[1]["data"]["text"], "hello hooks");

@@ -141,6 +141,10 @@ pub struct ConversationData {
     pub members: Vec<EndUserId>,
     pub metadata: serde_json::Value,
     pub last_message_id: Option<MessageId>,
+    /// The agent identifier the conversation is assigned to; `null` when unassigned (and in
+    /// events logged before conversations had assignees).
+    #[serde(default)]
+    pub assignee: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -338,6 +342,7 @@ impl ConversationData {
             members: c.members.clone(),
             metadata: c.metadata.clone(),
             last_message_id: c.last_message_id,
+            assignee: c.assignee.clone(),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -551,6 +556,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_message_id: None,
+            assignee: Some("agent-7".into()),
         };
         let user = EndUser {
             id: EndUserId::new_v7(),
@@ -599,6 +605,42 @@ mod tests {
             assert_eq!(e.kind().name().parse::<EventKind>(), Ok(e.kind()));
             assert_eq!(EventKind::from_token(e.kind().token()), Some(e.kind()));
             assert_eq!(DomainEvent::from_json(&e.to_json()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn conversation_payload_carries_the_assignee() {
+        let now = crate::model::now();
+        let mut conv = Conversation {
+            id: ConversationId::new_v7(),
+            project_id: ProjectId::new_v7(),
+            subject: None,
+            status: ConversationStatus::Open,
+            members: vec![],
+            metadata: serde_json::json!({}),
+            created_at: now,
+            updated_at: now,
+            last_message_id: None,
+            assignee: Some("agent-7".into()),
+        };
+        let e = DomainEvent::conversation_changed(ConversationStatus::Open, &conv);
+        let mut v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["event"], "conversation.updated");
+        assert_eq!(v["data"]["assignee"], "agent-7");
+        conv.assignee = None;
+        let e = DomainEvent::conversation_changed(ConversationStatus::Open, &conv);
+        let cleared: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(
+            cleared["data"]["assignee"],
+            serde_json::Value::Null,
+            "present, null"
+        );
+        // An event logged before conversations had assignees still decodes: unassigned.
+        v["data"].as_object_mut().unwrap().remove("assignee");
+        let old = DomainEvent::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        match old.data {
+            EventData::ConversationUpdated(d) => assert_eq!(d.assignee, None),
+            other => panic!("unexpected {other:?}"),
         }
     }
 

@@ -347,6 +347,11 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
     /// Id of the newest message, if any.
     pub last_message_id: Option<MessageId>,
+    /// The agent the conversation is assigned to: the tenant's agent identifier (the `id` of
+    /// an `agent` actor), or null when unassigned. Agents exist only as the tenant's
+    /// identifiers, so any valid identifier may be assigned.
+    #[serde(default)]
+    pub assignee: Option<String>,
 }
 
 /// Fields of a conversation that can be changed.
@@ -355,12 +360,14 @@ pub struct ConversationPatch {
     pub subject: Option<Option<String>>,
     pub status: Option<ConversationStatus>,
     pub metadata: Option<serde_json::Value>,
+    /// `Some(Some(agent))` assigns, `Some(None)` unassigns, `None` leaves it.
+    pub assignee: Option<Option<String>>,
     /// Members to add (ignored if already present).
     pub add_members: Vec<EndUserId>,
 }
 
 impl ConversationPatch {
-    /// Applies subject, status and metadata and bumps `updated_at` (never backwards).
+    /// Applies subject, status, metadata and assignee and bumps `updated_at` (never backwards).
     /// `add_members` is left to the store, which must check the members exist.
     pub fn apply_fields(&self, c: &mut Conversation) {
         if let Some(subject) = &self.subject {
@@ -371,6 +378,9 @@ impl ConversationPatch {
         }
         if let Some(metadata) = &self.metadata {
             c.metadata = metadata.clone();
+        }
+        if let Some(assignee) = &self.assignee {
+            c.assignee = assignee.clone();
         }
         c.updated_at = now().max(c.updated_at);
     }

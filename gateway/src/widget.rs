@@ -496,6 +496,7 @@ async fn current_conversation(
             &ConversationQuery {
                 status: Some(ConversationStatus::Open),
                 member: who.end_user(),
+                assignee: None,
                 cursor: None,
                 limit: 1,
             },

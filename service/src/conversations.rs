@@ -1,4 +1,4 @@
-//! Conversations: start, change, close.
+//! Conversations: start, change (subject, status, metadata, members, assignee), close.
 
 use larachat_core::ApiError;
 use larachat_core::id::ConversationId;
@@ -6,7 +6,7 @@ use larachat_core::model::{self, Conversation, ConversationPatch, ConversationSt
 use larachat_core::protocol::ServerFrame;
 use larachat_core::subject::Subject;
 
-use crate::input::{Change, MemberList, Metadata, Name};
+use crate::input::{AgentId, Change, MemberList, Metadata, Name};
 use crate::{Principal, Service};
 
 /// A conversation to start, parsed.
@@ -24,6 +24,8 @@ pub struct ConversationChange {
     pub subject: Change<Name>,
     pub status: Option<ConversationStatus>,
     pub metadata: Option<Metadata>,
+    /// Assign to an agent, unassign, or leave as it is.
+    pub assignee: Change<AgentId>,
     pub add_members: MemberList,
 }
 
@@ -58,6 +60,7 @@ impl Service {
             created_at: now,
             updated_at: now,
             last_message_id: None,
+            assignee: None,
         };
         self.store().create_conversation(&conv).await?;
         self.publish_to(
@@ -70,8 +73,10 @@ impl Service {
         Ok(conv)
     }
 
-    /// Changes a conversation (tenant side only): `conversation.updated`, or
-    /// `conversation.closed` when it closes; the new state is published to its subscribers.
+    /// Changes a conversation (tenant side only: a secret key or an agent token, never an end
+    /// user — this is also what restricts assignment to agents): `conversation.updated`, or
+    /// `conversation.closed` when it closes; the new state, assignee included, is published
+    /// to its subscribers, the project's inbox and its members' feeds.
     pub async fn update_conversation(
         &self,
         who: &Principal,
@@ -83,6 +88,7 @@ impl Service {
             subject: change.subject.map(|s| s.map(Name::into_inner)),
             status: change.status,
             metadata: change.metadata.map(Metadata::into_value),
+            assignee: change.assignee.map(|a| a.map(AgentId::into_inner)),
             add_members: change.add_members.into_vec(),
         };
         let conv = self

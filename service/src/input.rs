@@ -14,6 +14,7 @@ use larachat_core::ApiError;
 use larachat_core::id::EndUserId;
 use larachat_core::model;
 use larachat_core::validate;
+use larachat_store::AssigneeFilter;
 
 macro_rules! text_value {
     ($(#[$doc:meta])* $name:ident, $field:literal, |$v:ident, $f:ident| $check:expr) => {
@@ -83,6 +84,34 @@ text_value!(
     /// A tenant's own identifier (`user_identifier`, an agent id).
     Identifier, "user_identifier", |v, f| validate::identifier(v, f)
 );
+
+text_value!(
+    /// An agent's identifier (the tenant's own, as in an `agent` actor's `id`) to assign a
+    /// conversation to: an [`Identifier`], except `none`, which the listing filter
+    /// `?assignee=none` reserves for "unassigned".
+    AgentId, "assignee", |v, f| {
+        validate::identifier(v, f)?;
+        if v == UNASSIGNED {
+            return Err(ApiError::validation(format!(
+                "{f} must not be \"{UNASSIGNED}\" (reserved: it filters unassigned conversations)"
+            )));
+        }
+        Ok(())
+    }
+);
+
+/// The `assignee` filter value that selects unassigned conversations.
+pub const UNASSIGNED: &str = "none";
+
+/// Parses a listing's `assignee` filter: `none` for unassigned conversations, otherwise an
+/// [`AgentId`].
+pub fn parse_assignee_filter(value: String) -> Result<AssigneeFilter, ApiError> {
+    if value == UNASSIGNED {
+        Ok(AssigneeFilter::Unassigned)
+    } else {
+        AgentId::parse(value, "assignee").map(|a| AssigneeFilter::Agent(a.into_inner()))
+    }
+}
 
 /// A `metadata` value: a JSON object of at most 8 KiB serialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +248,30 @@ mod tests {
         assert!(serde_json::from_str::<Metadata>("{\"a\":1}").is_ok());
         let big = serde_json::json!({"a": "x".repeat(9000)});
         assert!(Metadata::parse(big).is_err());
+    }
+
+    #[test]
+    fn assignees_are_identifiers_and_none_means_unassigned() {
+        assert_eq!(
+            AgentId::try_from("ana@acme.com".to_owned())
+                .unwrap()
+                .as_str(),
+            "ana@acme.com"
+        );
+        for bad in ["", "a b", "none", "a.b*", &"x".repeat(500)] {
+            let e = AgentId::try_from(bad.to_owned()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationFailed, "{bad:?}");
+            assert!(e.message.contains("assignee"), "{e}");
+        }
+        assert_eq!(
+            parse_assignee_filter("none".into()).unwrap(),
+            AssigneeFilter::Unassigned
+        );
+        assert_eq!(
+            parse_assignee_filter("agent-7".into()).unwrap(),
+            AssigneeFilter::Agent("agent-7".into())
+        );
+        assert!(parse_assignee_filter("a b".into()).is_err());
     }
 
     #[test]

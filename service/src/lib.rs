@@ -20,9 +20,9 @@
 //! Modules:
 //! - [`principal`]: [`Principal`], who is calling (project, credential kind, scopes).
 //! - [`input`]: typed input values (`MessageText`, `ClientMsgId`, `Name`, `Email`, `Url`,
-//!   `Identifier`, `Metadata`, `MemberList`), parsed once.
+//!   `Identifier`, `AgentId`, `Metadata`, `MemberList`), parsed once.
 //! - [`messages`]: send, mark read, typing; the access checks they share.
-//! - [`conversations`]: start, change, close.
+//! - [`conversations`]: start, change (assignment included), close.
 //! - [`users`]: create or identify end users (secret key, widget), change, delete.
 //! - [`projects`]: the control plane's changes — projects, widget settings, API keys — for the
 //!   admin who owns the project (no domain events yet; the control plane announces them to

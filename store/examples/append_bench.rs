@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             created_at: t,
             updated_at: t,
             last_message_id: None,
+            assignee: None,
         };
         store.create_conversation(&c).await?;
         conversations.push(c.id);

@@ -33,7 +33,7 @@ use larachat_core::model::{
 
 use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts};
 
-use crate::{ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
+use crate::{AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
 
 /// The store under test.
 pub type TestStore = Arc<dyn Store>;
@@ -62,6 +62,7 @@ macro_rules! for_each_store_check {
             end_user_delete_keeps_messages,
             conversations,
             conversations_listing,
+            conversations_assignee,
             messages_append,
             messages_idempotency,
             messages_concurrent_idempotency,
@@ -184,6 +185,7 @@ fn conversation_value(project: ProjectId, members: &[EndUserId]) -> Conversation
         created_at: t,
         updated_at: t,
         last_message_id: None,
+        assignee: None,
     }
 }
 
@@ -914,6 +916,7 @@ pub async fn conversations(store: &TestStore) {
         subject: Some(Some("Refund".into())),
         status: Some(ConversationStatus::Closed),
         metadata: None,
+        assignee: None,
         add_members: vec![u3.id, u1.id],
     };
     let updated = store
@@ -975,6 +978,208 @@ pub async fn conversations(store: &TestStore) {
 }
 
 /// Newest-first listing with cursor paging, status and member filters.
+/// Assigning a conversation to an agent: set, change, clear; read back; the assignee filter
+/// (alone, with status, with member, paged) follows every change; other projects see nothing.
+pub async fn conversations_assignee(store: &TestStore) {
+    let project = new_project(store).await;
+    let alice = new_end_user(store, project.id).await;
+    let mut convs = Vec::new();
+    for i in 0..6 {
+        let members = if i % 2 == 0 { vec![alice.id] } else { vec![] };
+        convs.push(new_conversation(store, project.id, &members).await);
+    }
+    assert_eq!(convs[0].assignee, None, "a new conversation is unassigned");
+    let assign = |a: Option<&str>| ConversationPatch {
+        assignee: Some(a.map(str::to_owned)),
+        ..Default::default()
+    };
+    let list = |query: ConversationQuery| {
+        let store = store.clone();
+        async move {
+            let mut out = Vec::new();
+            let mut query = ConversationQuery { limit: 2, ..query };
+            loop {
+                let page = store
+                    .list_conversations(project.id, &query)
+                    .await
+                    .expect("list");
+                out.extend(page.items.iter().map(|c| (c.id, c.assignee.clone())));
+                query.cursor = page.items.last().map(|c| c.id);
+                if !page.has_more || out.len() > 20 {
+                    return out;
+                }
+            }
+        }
+    };
+    let by = |a: &str| ConversationQuery {
+        assignee: Some(AssigneeFilter::Agent(a.into())),
+        ..Default::default()
+    };
+    let unassigned = || ConversationQuery {
+        assignee: Some(AssigneeFilter::Unassigned),
+        ..Default::default()
+    };
+    let newest_first = |idx: &[usize], a: Option<&str>| {
+        let mut v: Vec<(ConversationId, Option<String>)> = idx
+            .iter()
+            .map(|i| (convs[*i].id, a.map(str::to_owned)))
+            .collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.0));
+        v
+    };
+
+    // Set.
+    let set = store
+        .update_conversation(project.id, convs[0].id, &assign(Some("ana@acme")))
+        .await
+        .expect("assign")
+        .expect("exists");
+    assert_eq!(set.assignee.as_deref(), Some("ana@acme"));
+    assert_eq!(set.subject, convs[0].subject, "other fields unchanged");
+    assert_eq!(
+        store
+            .conversation(project.id, convs[0].id)
+            .await
+            .expect("get"),
+        Some(set.clone()),
+        "read back"
+    );
+    for i in [1, 2, 3] {
+        store
+            .update_conversation(project.id, convs[i].id, &assign(Some("ana@acme")))
+            .await
+            .expect("assign")
+            .expect("exists");
+    }
+    store
+        .update_conversation(project.id, convs[4].id, &assign(Some("bo")))
+        .await
+        .expect("assign")
+        .expect("exists");
+    assert_eq!(
+        list(by("ana@acme")).await,
+        newest_first(&[0, 1, 2, 3], Some("ana@acme")),
+        "assignee filter, newest first, paged by 2"
+    );
+    assert_eq!(list(by("bo")).await, newest_first(&[4], Some("bo")));
+    assert_eq!(list(unassigned()).await, newest_first(&[5], None));
+    assert_eq!(list(by("nobody")).await, vec![]);
+
+    // A patch without the assignee leaves it; a status change keeps the filter right.
+    let closed = store
+        .update_conversation(
+            project.id,
+            convs[2].id,
+            &ConversationPatch {
+                status: Some(ConversationStatus::Closed),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("close")
+        .expect("exists");
+    assert_eq!(closed.assignee.as_deref(), Some("ana@acme"), "unchanged");
+    let ana_with = |status| ConversationQuery {
+        status: Some(status),
+        ..by("ana@acme")
+    };
+    assert_eq!(
+        list(ana_with(ConversationStatus::Closed)).await,
+        newest_first(&[2], Some("ana@acme")),
+        "assignee and status"
+    );
+    assert_eq!(
+        list(ana_with(ConversationStatus::Open)).await,
+        newest_first(&[0, 1, 3], Some("ana@acme"))
+    );
+
+    // Change and clear.
+    let changed = store
+        .update_conversation(project.id, convs[1].id, &assign(Some("bo")))
+        .await
+        .expect("reassign")
+        .expect("exists");
+    assert_eq!(changed.assignee.as_deref(), Some("bo"));
+    let cleared = store
+        .update_conversation(project.id, convs[2].id, &assign(None))
+        .await
+        .expect("unassign")
+        .expect("exists");
+    assert_eq!(cleared.assignee, None);
+    assert_eq!(cleared.status, ConversationStatus::Closed, "status kept");
+    assert_eq!(
+        store
+            .conversation(project.id, convs[2].id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .assignee,
+        None,
+        "cleared for good"
+    );
+    assert_eq!(
+        list(by("ana@acme")).await,
+        newest_first(&[0, 3], Some("ana@acme")),
+        "moved away from the old assignee"
+    );
+    assert_eq!(list(by("bo")).await, newest_first(&[1, 4], Some("bo")));
+    assert_eq!(list(unassigned()).await, newest_first(&[2, 5], None));
+    assert_eq!(
+        list(ConversationQuery {
+            status: Some(ConversationStatus::Closed),
+            ..unassigned()
+        })
+        .await,
+        newest_first(&[2], None),
+        "unassigned and closed"
+    );
+
+    // With a member: Alice is in 0, 2, 4.
+    let alices = |a: ConversationQuery| ConversationQuery {
+        member: Some(alice.id),
+        ..a
+    };
+    assert_eq!(
+        list(alices(by("ana@acme"))).await,
+        newest_first(&[0], Some("ana@acme"))
+    );
+    assert_eq!(list(alices(by("bo"))).await, newest_first(&[4], Some("bo")));
+    assert_eq!(list(alices(unassigned())).await, newest_first(&[2], None));
+
+    // The whole listing shows every assignee.
+    let all = list(ConversationQuery::default()).await;
+    assert_eq!(all.len(), 6);
+    assert!(all.contains(&(convs[4].id, Some("bo".into()))));
+
+    // Tenant isolation: another project can neither assign nor find these.
+    let other = new_project(store).await;
+    assert_eq!(
+        store
+            .update_conversation(other.id, convs[5].id, &assign(Some("mallory")))
+            .await
+            .expect("update"),
+        None,
+        "another project's conversation is unknown"
+    );
+    assert_eq!(
+        store
+            .conversation(project.id, convs[5].id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .assignee,
+        None,
+        "untouched"
+    );
+    for q in [by("ana@acme"), by("mallory"), unassigned()] {
+        let page = store
+            .list_conversations(other.id, &ConversationQuery { limit: 100, ..q })
+            .await
+            .expect("list");
+        assert!(page.items.is_empty(), "another project lists none of them");
+    }
+}
+
 pub async fn conversations_listing(store: &TestStore) {
     let project = new_project(store).await;
     let alice = new_end_user(store, project.id).await;

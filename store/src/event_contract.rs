@@ -229,6 +229,7 @@ pub async fn every_change_logs_exactly_its_events(store: &TestStore, log: &TestL
         created_at: t,
         updated_at: t,
         last_message_id: None,
+        assignee: None,
     };
     store.create_conversation(&conv).await.unwrap();
     // Failed: an unknown member; nothing created, nothing logged.
@@ -296,6 +297,7 @@ pub async fn every_change_logs_exactly_its_events(store: &TestStore, log: &TestL
             conv.id,
             &ConversationPatch {
                 subject: Some(Some("Billing 2".into())),
+                assignee: Some(Some("ana@acme".into())),
                 ..ConversationPatch::default()
             },
         )
@@ -402,6 +404,7 @@ pub async fn every_change_logs_exactly_its_events(store: &TestStore, log: &TestL
     match &got[6].event.data {
         EventData::ConversationUpdated(c) => {
             assert_eq!(c.subject.as_deref(), Some("Billing 2"));
+            assert_eq!(c.assignee.as_deref(), Some("ana@acme"), "the assignment");
             assert_eq!(c.updated_at, renamed_conv.updated_at);
         }
         other => panic!("{other:?}"),
@@ -410,6 +413,7 @@ pub async fn every_change_logs_exactly_its_events(store: &TestStore, log: &TestL
         EventData::ConversationClosed(c) => {
             assert_eq!(c.status, ConversationStatus::Closed);
             assert_eq!(c.updated_at, closed.updated_at);
+            assert_eq!(c.assignee.as_deref(), Some("ana@acme"), "kept on close");
         }
         other => panic!("{other:?}"),
     }

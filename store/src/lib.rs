@@ -116,9 +116,30 @@ pub struct ConversationQuery {
     pub status: Option<ConversationStatus>,
     /// Only conversations this end user is a member of.
     pub member: Option<EndUserId>,
+    /// Only conversations assigned to this agent, or only unassigned ones.
+    pub assignee: Option<AssigneeFilter>,
     /// Continue after this conversation id (exclusive) in listing order.
     pub cursor: Option<ConversationId>,
     pub limit: u32,
+}
+
+/// Which conversations a listing keeps by assignee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssigneeFilter {
+    /// Those without an assignee.
+    Unassigned,
+    /// Those assigned to this agent identifier.
+    Agent(String),
+}
+
+impl AssigneeFilter {
+    /// Whether `assignee` (a conversation's) passes the filter.
+    pub fn matches(&self, assignee: Option<&str>) -> bool {
+        match self {
+            Self::Unassigned => assignee.is_none(),
+            Self::Agent(a) => assignee == Some(a.as_str()),
+        }
+    }
 }
 
 /// A new end user, or the identification of an existing one by `user_identifier`.
@@ -235,8 +256,9 @@ pub trait Store: Send + Sync + 'static {
         project: ProjectId,
         id: ConversationId,
     ) -> StoreResult<Option<Conversation>>;
-    /// Conversations of the project, newest first (id descending), filtered by status and
-    /// member, after `query.cursor` (exclusive). `has_more` is exact.
+    /// Conversations of the project, newest first (id descending), filtered by status,
+    /// member and assignee (any combination), after `query.cursor` (exclusive). `has_more` is
+    /// exact. No filter scans the whole project: each is served by an index.
     async fn list_conversations(
         &self,
         project: ProjectId,

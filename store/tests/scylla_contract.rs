@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
 use larachat_core::model::{
-    self, Actor, AdminUser, Conversation, ConversationStatus, NewMessage, PlanId, Project,
-    ProjectStatus,
+    self, Actor, AdminUser, Conversation, ConversationPatch, ConversationStatus, NewMessage,
+    PlanId, Project, ProjectStatus,
 };
 use larachat_store::contract::{self, TestStore};
-use larachat_store::{MessageRange, ScyllaConfig, ScyllaStore, Store, StoreError};
+use larachat_store::{
+    AssigneeFilter, ConversationQuery, MessageRange, ScyllaConfig, ScyllaStore, Store, StoreError,
+};
 use serde_json::json;
 
 /// The keyspace of this test run.
@@ -152,6 +154,7 @@ async fn messages_span_buckets() {
         created_at: t,
         updated_at: t,
         last_message_id: None,
+        assignee: None,
     };
     store
         .create_conversation(&conv)
@@ -264,6 +267,7 @@ async fn fixture(store: &ScyllaStore) -> (ProjectId, ConversationId) {
         created_at: t,
         updated_at: t,
         last_message_id: None,
+        assignee: None,
     };
     store
         .create_conversation(&conv)
@@ -541,6 +545,50 @@ async fn schema_1_keyspace_is_numbered_by_migrate() {
         assert_eq!(next.message.seq, ids.len() as u64 + 1);
         assert!(*next.message.id.as_uuid() > *ids.last().unwrap());
     }
+
+    // Schema 4 listed the old conversations as unassigned (its data step): the filter finds
+    // them, and assigning one moves it.
+    let unassigned = |status: Option<ConversationStatus>| ConversationQuery {
+        assignee: Some(AssigneeFilter::Unassigned),
+        status,
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = |page: larachat_store::Page<Conversation>| {
+        page.items
+            .iter()
+            .map(|c| *c.id.as_uuid())
+            .collect::<Vec<_>>()
+    };
+    for status in [None, Some(ConversationStatus::Open)] {
+        let page = store
+            .list_conversations(p, &unassigned(status))
+            .await
+            .expect("list");
+        assert_eq!(
+            listed(page),
+            vec![c2, c1],
+            "old conversations are unassigned"
+        );
+    }
+    let assigned = store
+        .update_conversation(
+            p,
+            ConversationId::from_uuid(c1),
+            &ConversationPatch {
+                assignee: Some(Some("ana".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("assign")
+        .expect("exists");
+    assert_eq!(assigned.assignee.as_deref(), Some("ana"));
+    let page = store
+        .list_conversations(p, &unassigned(None))
+        .await
+        .expect("list");
+    assert_eq!(listed(page), vec![c2]);
 
     // A schema-1 process wrote one more conversation after the migration.
     let c3 = uuid::Uuid::now_v7();

@@ -116,6 +116,7 @@ async fn seed(store: &SqliteStore) -> Seeded {
         created_at: t,
         updated_at: t,
         last_message_id: None,
+        assignee: Some("ana@acme".into()),
     };
     store
         .create_conversation(&conversation)
@@ -167,6 +168,11 @@ async fn data_survives_close_and_reopen() {
         .expect("conversation")
         .expect("conversation survives");
     assert_eq!(conversation.members, seeded.conversation.members);
+    assert_eq!(
+        conversation.assignee.as_deref(),
+        Some("ana@acme"),
+        "the assignee survives"
+    );
     assert_eq!(
         conversation.last_message_id,
         seeded.messages.last().map(|m| m.id)

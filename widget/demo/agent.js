@@ -1,8 +1,9 @@
 // @ts-check
 // Lara Chat demo agent inbox: the Client API for lists and history, the realtime socket as
 // {type: "agent", id: "demo-agent", name: "Demo Agent"} for live messages, typing, read markers
-// and replies, and the project's inbox feed (new conversations, message previews, changes and
-// end users' presence: no polling). Both with a short-lived agent token from the server (POST tokenUrl, renewed a
+// and replies, assignment ("Assign to me" / "Unassign": PATCH assignee), and the project's
+// inbox feed (new conversations, message previews, changes and assignments, end users'
+// presence: no polling). Both with a short-lived agent token from the server (POST tokenUrl, renewed a
 // minute before it expires, or when refused): no secret key is ever in the page.
 (() => {
   'use strict';
@@ -11,7 +12,7 @@
   /** @typedef {{id: string, seq?: number, conversation_id: string, sender: Actor, text: string, client_msg_id?: string | null, created_at: string}} Message */
   /**
    * @typedef {{id: string, subject?: string | null, status: string, members: string[], created_at: string,
-   *   updated_at: string, last_message_id?: string | null}} Conversation
+   *   updated_at: string, last_message_id?: string | null, assignee?: string | null}} Conversation
    */
   /** @typedef {{key: string, id: string | null, cmid: string | null, m: Message | null, text: string, state: string, el: HTMLElement}} Row */
 
@@ -42,6 +43,7 @@
   const input = /** @type {HTMLTextAreaElement} */ ($('[data-lc=agent-input]'));
   const sendBtn = $('[data-lc=agent-send]');
   const closeBtn = $('#close-conv');
+  const assignBtn = $('#assign-conv');
 
   /** @type {Conversation[]} */
   let convs = [];
@@ -205,7 +207,9 @@
           ),
           h('span', { class: 'ct' }, [
             h('span', { class: 'cn' }, [label(c)]),
-            h('span', { class: 'cs' }, [`${c.status === 'closed' ? 'Closed · ' : ''}${time(c.updated_at)}`]),
+            h('span', { class: 'cs', 'data-lc': 'agent-conversation-meta' }, [
+              `${c.status === 'closed' ? 'Closed · ' : ''}${c.assignee ? `${assigneeLabel(c.assignee)} · ` : ''}${time(c.updated_at)}`,
+            ]),
           ]),
           h('span', { class: 'dot', 'aria-label': unread ? 'unread' : '' }),
         ]
@@ -215,11 +219,18 @@
     }
   }
 
+  /** @param {string} a an agent identifier */
+  const assigneeLabel = (a) => (a === ACTOR.id ? 'Assigned to you' : `Assigned to ${a}`);
+
   function renderHeader() {
     const c = convs.find((x) => x.id === openId);
     titleEl.textContent = c ? label(c) : 'Conversation';
-    subEl.textContent = c ? `${c.status === 'closed' ? 'Closed' : 'Open'} · ${c.id}` : openId;
+    subEl.textContent = c
+      ? `${c.status === 'closed' ? 'Closed' : 'Open'} · ${c.assignee ? assigneeLabel(c.assignee) : 'Unassigned'} · ${c.id}`
+      : openId;
     closeBtn.hidden = !c || c.status === 'closed';
+    assignBtn.hidden = !c;
+    assignBtn.textContent = c && c.assignee === ACTOR.id ? 'Unassign' : 'Assign to me';
   }
 
   // ------------------------------------------------------------------------------------------
@@ -571,6 +582,16 @@
       setStatus(String(e instanceof Error ? e.message : e));
     }
     refreshList().then(renderHeader);
+  });
+  assignBtn.addEventListener('click', async () => {
+    const c = convs.find((x) => x.id === openId);
+    if (!c) return;
+    try {
+      // The change also comes back on the inbox feed; applying the reply shows it at once.
+      upsert(await api('PATCH', `/conversations/${c.id}`, { assignee: c.assignee === ACTOR.id ? null : ACTOR.id }));
+    } catch (e) {
+      setStatus(String(e instanceof Error ? e.message : e));
+    }
   });
   D.addEventListener('visibilitychange', markRead);
 

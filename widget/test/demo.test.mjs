@@ -65,6 +65,15 @@ test('demo: visitor and agent inbox talk; the inbox holds an agent token, never 
     await inbox.locator('[data-lc=agent-send]').click();
     await visitor.locator('[data-lc=message]', { hasText: 'Hi, Demo Agent here' }).waitFor({ timeout: 15_000 });
 
+    // Assign to me, then unassign: the header and the list follow, and the server stored it
+    // (the PATCH reply names the agent the token speaks as).
+    await inbox.locator('[data-lc=agent-assign]', { hasText: 'Assign to me' }).click();
+    await inbox.locator('#conv-sub', { hasText: 'Assigned to you' }).waitFor({ timeout: 10_000 });
+    await inbox.locator('[data-lc=agent-conversation-meta]', { hasText: 'Assigned to you' }).first().waitFor({ timeout: 10_000 });
+    assert.ok(bodies.some((b) => b.text.includes('"assignee":"demo-agent"')), 'the assignment was stored');
+    await inbox.locator('[data-lc=agent-assign]', { hasText: 'Unassign' }).click();
+    await inbox.locator('#conv-sub', { hasText: 'Unassigned' }).waitFor({ timeout: 10_000 });
+
     const tokens = bodies.filter((b) => b.url.endsWith('/demo/agent/token'));
     assert.ok(tokens.length >= 1, 'the inbox fetched an agent token');
     assert.match(JSON.parse(tokens[0].text).token, /^eyJ/);

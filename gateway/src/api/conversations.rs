@@ -10,7 +10,9 @@ use larachat_core::id::{ConversationId, EndUserId};
 use larachat_core::model::{Conversation, ConversationStatus};
 use larachat_core::{ApiError, validate};
 use larachat_service::conversations::{ConversationChange, NewConversation};
-use larachat_service::input::{MemberList, Metadata, Name, parse_change, parse_opt};
+use larachat_service::input::{
+    AgentId, MemberList, Metadata, Name, parse_assignee_filter, parse_change, parse_opt,
+};
 use larachat_store::ConversationQuery;
 
 use super::ConversationList;
@@ -29,7 +31,8 @@ pub struct CreateConversation {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// Change a conversation (secret keys only). `null` clears the subject.
+/// Change a conversation (secret keys and agent tokens only). An absent field is left as it
+/// is; `null` clears the subject or unassigns.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConversation {
@@ -38,6 +41,12 @@ pub struct UpdateConversation {
     pub subject: Option<Option<String>>,
     pub status: Option<ConversationStatus>,
     pub metadata: Option<serde_json::Value>,
+    /// The agent identifier (the `id` an agent sends messages as) to assign the conversation
+    /// to, or `null` to unassign. 1–128 characters of `[A-Za-z0-9_.@:+-]`; `none` is reserved
+    /// (the listing filter for unassigned conversations).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, example = "ana@acme.com")]
+    pub assignee: Option<Option<String>>,
     /// End users to add as members.
     #[serde(default)]
     pub add_members: Vec<EndUserId>,
@@ -52,6 +61,9 @@ pub struct ListParams {
     pub status: Option<ConversationStatus>,
     /// Only conversations with this end user (secret keys only; end users see their own).
     pub user_id: Option<EndUserId>,
+    /// Only conversations assigned to this agent identifier; `none` for unassigned ones.
+    /// Combines with `status` and `user_id`.
+    pub assignee: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<ConversationId>,
     /// 1–200, default 50.
@@ -92,6 +104,7 @@ pub async fn list_conversations(
         (None, asked) => asked,
     };
     let limit = validate::page_limit(params.limit)?;
+    let assignee = parse_opt(params.assignee, parse_assignee_filter)?;
     let page = gw
         .store()
         .list_conversations(
@@ -99,6 +112,7 @@ pub async fn list_conversations(
             &ConversationQuery {
                 status: params.status,
                 member,
+                assignee,
                 cursor: params.cursor,
                 limit,
             },
@@ -144,6 +158,7 @@ pub async fn update_conversation(
         subject: parse_change(body.subject, |s| Name::parse(s, "subject"))?,
         status: body.status,
         metadata: body.metadata.map(Metadata::parse).transpose()?,
+        assignee: parse_change(body.assignee, |a| AgentId::parse(a, "assignee"))?,
         add_members: MemberList::parse(body.add_members)?,
     };
     gw.service()

@@ -24,7 +24,8 @@
 //! | `conversations` | `((project_id, id))` | the row, members as a `set<uuid>`, `last_message_id` |
 //! | `conversations_by_project` | `((project_id, bucket), id DESC)` | newest-first listing |
 //! | `conversations_by_status` | `((project_id, status, bucket), id DESC)` | status filter; a status change moves the row |
-//! | `conversations_by_member` | `((project_id, member_id), conversation_id DESC)` + `status` | member filter (status filtered in the partition) |
+//! | `conversations_by_member` | `((project_id, member_id), conversation_id DESC)` + `status`, `assignee` | member filter (status and assignee filtered in the partition) |
+//! | `conversations_by_assignee` | `((project_id, assignee, status, bucket), id DESC)` | assignee filter (`!none` = unassigned); rows under `any` and under the status; an assignment or status change moves them |
 //! | `conversation_buckets` | `((project_id), bucket DESC)` | the buckets listings walk |
 //! | `end_users` / `end_users_by_identifier` | `((project_id, id))` / `((project_id, user_identifier))` | identify is an LWT on the latter |
 //! | `end_users_by_project` + `end_user_buckets` | `((project_id, bucket), id)` | enumeration for `delete_project` |
@@ -102,7 +103,8 @@ use larachat_core::model::{
 use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 
 use crate::{
-    Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
+    Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError,
+    StoreResult,
 };
 use codec::{
     Values, corrupt, enum_str, exec_error, from_opt_ts, from_ts, internal, json_text, parse_enum,
@@ -214,11 +216,13 @@ type ConversationRow = (
     Option<CqlTimestamp>,
     Option<CqlTimestamp>,
     Option<Uuid>,
+    Option<String>,
 );
 
 macro_rules! conversation_cols {
     () => {
-        "id, subject, status, members, metadata, created_at, updated_at, last_message_id"
+        "id, subject, status, members, metadata, created_at, updated_at, last_message_id, \
+         assignee"
     };
 }
 
@@ -289,6 +293,16 @@ type ReadStateRow = (
 );
 
 const PROJECT_SCOPE: i32 = 0;
+/// `conversations_by_assignee.assignee` of an unassigned conversation: not a valid agent
+/// identifier, so no agent's partition can collide with it.
+const UNASSIGNED_KEY: &str = "!none";
+/// `conversations_by_assignee.status` of the row every conversation has whatever its status
+/// (the listing without a status filter).
+const ANY_STATUS: &str = "any";
+const INSERT_BY_ASSIGNEE: &str = "INSERT INTO conversations_by_assignee \
+     (project_id, assignee, status, bucket, id) VALUES (?, ?, ?, ?, ?)";
+const DELETE_BY_ASSIGNEE: &str = "DELETE FROM conversations_by_assignee WHERE project_id = ? \
+     AND assignee = ? AND status = ? AND bucket = ? AND id = ?";
 const CONVERSATION_STATUSES: [ConversationStatus; 2] =
     [ConversationStatus::Open, ConversationStatus::Closed];
 
@@ -393,6 +407,7 @@ impl ScyllaStore {
             self.prepared.lock().clear();
             match m.data {
                 Some(schema::DataStep::NumberMessages) => self.number_all_conversations().await?,
+                Some(schema::DataStep::IndexAssignees) => self.index_all_assignees().await?,
                 None => {}
             }
             self.session
@@ -506,6 +521,75 @@ impl ScyllaStore {
             seen,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "conversations numbered"
+        );
+        Ok(())
+    }
+
+    /// The data step of schema 4: every conversation of every project gets its
+    /// `conversations_by_assignee` rows (`any` and its status) under its assignee (unassigned
+    /// for all of them, as no older build writes one). Idempotent inserts: an interrupted run
+    /// is simply run again. Run it while no schema-3 process writes.
+    async fn index_all_assignees(&self) -> StoreResult<()> {
+        let started = std::time::Instant::now();
+        let mut indexed = 0u64;
+        let project_buckets: Vec<(i64,)> = self
+            .all_rows(
+                "SELECT bucket FROM project_buckets WHERE scope = ?",
+                (PROJECT_SCOPE,),
+            )
+            .await?;
+        for (pb,) in project_buckets {
+            let projects: Vec<(Uuid,)> = self
+                .all_rows("SELECT id FROM projects_by_bucket WHERE bucket = ?", (pb,))
+                .await?;
+            for (p,) in projects {
+                let buckets: Vec<(i64,)> = self
+                    .all_rows(
+                        "SELECT bucket FROM conversation_buckets WHERE project_id = ?",
+                        (p,),
+                    )
+                    .await?;
+                for (cb,) in buckets {
+                    let convs: Vec<(Uuid,)> = self
+                        .all_rows(
+                            "SELECT id FROM conversations_by_project WHERE project_id = ? \
+                             AND bucket = ?",
+                            (p, cb),
+                        )
+                        .await?;
+                    for (c,) in convs {
+                        let row: Option<(Option<String>, Option<String>)> = self
+                            .row(
+                                "SELECT assignee, status FROM conversations \
+                                 WHERE project_id = ? AND id = ?",
+                                (p, c),
+                            )
+                            .await?;
+                        // Listed but deleted meanwhile (or a partial row): nothing to index.
+                        let Some((assignee, Some(status))) = row else {
+                            continue;
+                        };
+                        let items = by_assignee(
+                            INSERT_BY_ASSIGNEE,
+                            p,
+                            assignee.as_deref(),
+                            &[ANY_STATUS, status.as_str()],
+                            self.listing_bucket(&c),
+                            c,
+                        );
+                        self.batch(items).await?;
+                        indexed += 1;
+                        if indexed % 1000 == 0 {
+                            tracing::info!(indexed, "indexing conversation assignees");
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            indexed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "conversation assignees indexed"
         );
         Ok(())
     }
@@ -958,6 +1042,27 @@ impl ScyllaStore {
 
     /// Deletes one conversation and everything below it (messages, indexes, read states).
     async fn purge_conversation(&self, project: Uuid, conversation: Uuid) -> StoreResult<()> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .row(
+                "SELECT assignee, status FROM conversations WHERE project_id = ? AND id = ?",
+                (project, conversation),
+            )
+            .await?;
+        if let Some((assignee, status)) = row {
+            let bucket = self.listing_bucket(&conversation);
+            let mut statuses = vec![ANY_STATUS];
+            statuses.extend(status.as_deref());
+            for (cql, values) in by_assignee(
+                DELETE_BY_ASSIGNEE,
+                project,
+                assignee.as_deref(),
+                &statuses,
+                bucket,
+                conversation,
+            ) {
+                self.exec(cql, values).await?;
+            }
+        }
         for b in self.message_buckets(project, conversation).await? {
             self.exec(
                 "DELETE FROM messages WHERE project_id = ? AND conversation_id = ? AND bucket = ?",
@@ -1589,7 +1694,7 @@ impl Store for ScyllaStore {
         let mut items: Vec<(&'static str, Values)> = vec![
             (
                 "INSERT INTO conversations (project_id, id, subject, status, members, metadata, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, assignee) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 vec![
                     vu(p),
                     vu(id),
@@ -1599,6 +1704,7 @@ impl Store for ScyllaStore {
                     vt(&json_text(&c.metadata)),
                     vts(c.created_at),
                     vts(c.updated_at),
+                    vot(c.assignee.as_deref()),
                 ],
             ),
             (
@@ -1615,11 +1721,25 @@ impl Store for ScyllaStore {
                 vec![vu(p), vt(status), vi(bucket), vu(id)],
             ),
         ];
+        items.extend(by_assignee(
+            INSERT_BY_ASSIGNEE,
+            p,
+            c.assignee.as_deref(),
+            &[ANY_STATUS, status],
+            bucket,
+            id,
+        ));
         for m in &members {
             items.push((
                 "INSERT INTO conversations_by_member (project_id, member_id, conversation_id, \
-                 status) VALUES (?, ?, ?, ?)",
-                vec![vu(p), vu(*m.as_uuid()), vu(id), vt(status)],
+                 status, assignee) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vu(*m.as_uuid()),
+                    vu(id),
+                    vt(status),
+                    vot(c.assignee.as_deref()),
+                ],
             ));
         }
         if let Some(last) = c.last_message_id {
@@ -1679,10 +1799,10 @@ impl Store for ScyllaStore {
             let mut cursor = query.cursor.map(|c| *c.as_uuid());
             let chunk = want.max(100);
             loop {
-                let rows: Vec<(Uuid, Option<String>)> = match cursor {
+                let rows: Vec<(Uuid, Option<String>, Option<String>)> = match cursor {
                     Some(c) => {
                         self.rows(
-                            "SELECT conversation_id, status FROM conversations_by_member \
+                            "SELECT conversation_id, status, assignee FROM conversations_by_member \
                              WHERE project_id = ? AND member_id = ? AND conversation_id < ? \
                              LIMIT ?",
                             (p, member.as_uuid(), c, chunk as i32),
@@ -1691,7 +1811,7 @@ impl Store for ScyllaStore {
                     }
                     None => {
                         self.rows(
-                            "SELECT conversation_id, status FROM conversations_by_member \
+                            "SELECT conversation_id, status, assignee FROM conversations_by_member \
                              WHERE project_id = ? AND member_id = ? LIMIT ?",
                             (p, member.as_uuid(), chunk as i32),
                         )
@@ -1699,12 +1819,15 @@ impl Store for ScyllaStore {
                     }
                 };
                 let n = rows.len();
-                for (id, status) in rows {
+                for (id, status, assignee) in rows {
                     cursor = Some(id);
-                    let keep = match query.status {
-                        Some(s) => status.as_deref() == Some(s.as_str()),
-                        None => true,
-                    };
+                    let keep = query
+                        .status
+                        .is_none_or(|s| status.as_deref() == Some(s.as_str()))
+                        && query
+                            .assignee
+                            .as_ref()
+                            .is_none_or(|a| a.matches(assignee.as_deref()));
                     if keep && ids.len() < want {
                         ids.push(id);
                     }
@@ -1724,8 +1847,27 @@ impl Store for ScyllaStore {
             let bound = query
                 .cursor
                 .map(|c| (self.listing_bucket(c.as_uuid()), *c.as_uuid()));
-            let rows: Vec<(Uuid,)> = match query.status {
-                Some(s) => {
+            let rows: Vec<(Uuid,)> = match (&query.assignee, query.status) {
+                (Some(a), s) => {
+                    let key = match a {
+                        AssigneeFilter::Unassigned => UNASSIGNED_KEY,
+                        AssigneeFilter::Agent(agent) => agent.as_str(),
+                    };
+                    let status = s.map_or(ANY_STATUS, ConversationStatus::as_str);
+                    self.walk(
+                        "SELECT id FROM conversations_by_assignee WHERE project_id = ? \
+                         AND assignee = ? AND status = ? AND bucket = ? LIMIT ?",
+                        "SELECT id FROM conversations_by_assignee WHERE project_id = ? \
+                         AND assignee = ? AND status = ? AND bucket = ? AND id < ? LIMIT ?",
+                        &vec![vu(p), vt(key), vt(status)],
+                        &buckets,
+                        bound,
+                        true,
+                        want,
+                    )
+                    .await?
+                }
+                (None, Some(s)) => {
                     self.walk(
                         "SELECT id FROM conversations_by_status WHERE project_id = ? \
                          AND status = ? AND bucket = ? LIMIT ?",
@@ -1739,7 +1881,7 @@ impl Store for ScyllaStore {
                     )
                     .await?
                 }
-                None => {
+                (None, None) => {
                     self.walk(
                         "SELECT id FROM conversations_by_project WHERE project_id = ? \
                          AND bucket = ? LIMIT ?",
@@ -1758,7 +1900,12 @@ impl Store for ScyllaStore {
         }
         let has_more = ids.len() > limit;
         ids.truncate(limit);
-        let items = self.load_conversations(project, &ids).await?;
+        let mut items = self.load_conversations(project, &ids).await?;
+        if let Some(a) = &query.assignee {
+            // Two processes reassigning one conversation at once can each leave an index row
+            // (the row itself ends at one assignee): drop what the row contradicts.
+            items.retain(|c| a.matches(c.assignee.as_deref()));
+        }
         Ok(Page { items, has_more })
     }
 
@@ -1781,6 +1928,7 @@ impl Store for ScyllaStore {
         added.dedup();
         self.check_end_users(project, &added).await?;
         let old_status = c.status;
+        let old_assignee = c.assignee.clone();
         patch.apply_fields(&mut c);
         c.members.extend(added.iter().copied());
         c.members.sort();
@@ -1791,12 +1939,13 @@ impl Store for ScyllaStore {
         let status = c.status.as_str();
         let mut items: Vec<(&'static str, Values)> = vec![(
             "UPDATE conversations SET subject = ?, status = ?, metadata = ?, updated_at = ?, \
-             members = members + ? WHERE project_id = ? AND id = ?",
+             assignee = ?, members = members + ? WHERE project_id = ? AND id = ?",
             vec![
                 vot(c.subject.as_deref()),
                 vt(status),
                 vt(&json_text(&c.metadata)),
                 vts(c.updated_at),
+                vot(c.assignee.as_deref()),
                 vuuid_set(added.iter().map(|m| *m.as_uuid())),
                 vu(p),
                 vu(cid),
@@ -1814,12 +1963,54 @@ impl Store for ScyllaStore {
                 vec![vu(p), vt(status), vi(bucket), vu(cid)],
             ));
         }
-        if old_status != c.status || !added.is_empty() {
+        let reassigned = old_assignee != c.assignee;
+        if reassigned {
+            items.extend(by_assignee(
+                DELETE_BY_ASSIGNEE,
+                p,
+                old_assignee.as_deref(),
+                &[ANY_STATUS, old_status.as_str()],
+                bucket,
+                cid,
+            ));
+            items.extend(by_assignee(
+                INSERT_BY_ASSIGNEE,
+                p,
+                c.assignee.as_deref(),
+                &[ANY_STATUS, status],
+                bucket,
+                cid,
+            ));
+        } else if old_status != c.status {
+            items.extend(by_assignee(
+                DELETE_BY_ASSIGNEE,
+                p,
+                old_assignee.as_deref(),
+                &[old_status.as_str()],
+                bucket,
+                cid,
+            ));
+            items.extend(by_assignee(
+                INSERT_BY_ASSIGNEE,
+                p,
+                c.assignee.as_deref(),
+                &[status],
+                bucket,
+                cid,
+            ));
+        }
+        if old_status != c.status || reassigned || !added.is_empty() {
             for m in &c.members {
                 items.push((
                     "INSERT INTO conversations_by_member (project_id, member_id, \
-                     conversation_id, status) VALUES (?, ?, ?, ?)",
-                    vec![vu(p), vu(*m.as_uuid()), vu(cid), vt(status)],
+                     conversation_id, status, assignee) VALUES (?, ?, ?, ?, ?)",
+                    vec![
+                        vu(p),
+                        vu(*m.as_uuid()),
+                        vu(cid),
+                        vt(status),
+                        vot(c.assignee.as_deref()),
+                    ],
                 ));
             }
         }
@@ -2173,13 +2364,30 @@ fn apply_identify(user: &mut EndUser, u: &NewEndUser) -> bool {
     changed
 }
 
+/// The `conversations_by_assignee` statements (`cql`: [`INSERT_BY_ASSIGNEE`] or
+/// [`DELETE_BY_ASSIGNEE`]) of one conversation under `assignee`, one per status key.
+fn by_assignee(
+    cql: &'static str,
+    project: Uuid,
+    assignee: Option<&str>,
+    statuses: &[&str],
+    bucket: i64,
+    id: Uuid,
+) -> Vec<(&'static str, Values)> {
+    let key = assignee.unwrap_or(UNASSIGNED_KEY);
+    statuses
+        .iter()
+        .map(|s| (cql, vec![vu(project), vt(key), vt(s), vi(bucket), vu(id)]))
+        .collect()
+}
+
 /// A conversation row; `None` for a partial row (only cells written by a racing append or
 /// member removal after the conversation was deleted).
 fn decode_conversation(
     project: ProjectId,
     r: ConversationRow,
 ) -> StoreResult<Option<Conversation>> {
-    let (id, subject, status, members, metadata, created_at, updated_at, last) = r;
+    let (id, subject, status, members, metadata, created_at, updated_at, last, assignee) = r;
     let (Some(status), Some(created_at)) = (status, created_at) else {
         return Ok(None);
     };
@@ -2200,6 +2408,7 @@ fn decode_conversation(
         created_at,
         updated_at: from_opt_ts(updated_at)?.unwrap_or(created_at),
         last_message_id: last.map(MessageId::from_uuid),
+        assignee,
     }))
 }
 

@@ -22,10 +22,13 @@ pub(crate) struct Migration {
 pub(crate) enum DataStep {
     /// Schema 2: number every conversation's messages and give it a sequencer head.
     NumberMessages,
+    /// Schema 4: list every existing conversation in `conversations_by_assignee` (as
+    /// unassigned, unless a column says otherwise).
+    IndexAssignees,
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -158,6 +161,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "conversation assignee",
+        statements: &[
+            // The assignee filter: `assignee` is the agent identifier, or `!none` for
+            // unassigned (not a valid identifier); `status` is `open`, `closed`, or `any`
+            // (every conversation has an `any` row and a row under its status, so a listing
+            // with or without a status filter walks one partition per bucket). Partitions are
+            // as wide as a listing bucket, like `conversations_by_status`.
+            "CREATE TABLE IF NOT EXISTS conversations_by_assignee (\
+                project_id uuid, assignee text, status text, bucket bigint, id uuid, \
+                PRIMARY KEY ((project_id, assignee, status, bucket), id)) \
+                WITH CLUSTERING ORDER BY (id DESC)",
+        ],
+        // `conversations_by_member.assignee` lets the member listing filter by assignee in
+        // the member's partition, as it does by status; null there means unassigned, which
+        // is true of every row written before this step.
+        add_columns: &[
+            ("conversations", "assignee", "text"),
+            ("conversations_by_member", "assignee", "text"),
+        ],
+        data: Some(DataStep::IndexAssignees),
+    },
+    Migration {
+        version: 5,
         name: "plans and usage",
         statements: &[
             // Plans as data; a null limit is unlimited (see `usage`).

@@ -608,15 +608,20 @@ impl ScyllaStore {
         project: ProjectId,
         conversation: ConversationId,
     ) -> StoreResult<Head> {
-        if self
-            .load_conversation(project, conversation)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotFound("conversation"));
-        }
         let p = *project.as_uuid();
         let c = *conversation.as_uuid();
+        // Schema-1 columns only: the migration to schema 2 runs this before later migrations
+        // add theirs. A row without status or creation time is a partial one (cells written
+        // by a racing append after a delete), not a conversation, as in `decode_conversation`.
+        let row: Option<(Option<String>, Option<CqlTimestamp>)> = self
+            .row(
+                "SELECT status, created_at FROM conversations WHERE project_id = ? AND id = ?",
+                (p, c),
+            )
+            .await?;
+        if !matches!(row, Some((Some(_), Some(_)))) {
+            return Err(StoreError::NotFound("conversation"));
+        }
         // client_msg_id rows of schema 1, by message id, with their remaining lifetime.
         let client_ids: Vec<(String, Option<Uuid>, Option<i32>)> = self
             .all_rows(

@@ -275,7 +275,7 @@ pub(crate) fn end_user(row: &Row<'_>) -> rusqlite::Result<EndUser> {
 }
 
 pub(crate) const CONVERSATION_COLS: &str =
-    "id, project_id, subject, status, metadata, created_at, updated_at, last_message_id";
+    "id, project_id, subject, status, metadata, created_at, updated_at, last_message_id, assignee";
 
 /// A conversation without its members (they come from another table).
 pub(crate) fn conversation(row: &Row<'_>) -> rusqlite::Result<Conversation> {
@@ -289,6 +289,7 @@ pub(crate) fn conversation(row: &Row<'_>) -> rusqlite::Result<Conversation> {
         created_at: get_time(row, 5)?,
         updated_at: get_time(row, 6)?,
         last_message_id: get_opt_uuid(row, 7)?.map(MessageId::from_uuid),
+        assignee: row.get(8)?,
     })
 }
 

@@ -16,7 +16,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_message_seq.sql"),
     include_str!("migrations/0003_events.sql"),
     include_str!("migrations/0004_events_drop_id_index.sql"),
-    include_str!("migrations/0005_plans_usage.sql"),
+    include_str!("migrations/0005_conversation_assignee.sql"),
+    include_str!("migrations/0006_plans_usage.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -19,7 +19,10 @@ use larachat_core::event::DomainEvent;
 use super::codec::{self, json_text, ms, opt_ms, sql_error};
 use super::outbox;
 use super::usage::{self, Count};
-use crate::{Appended, ConversationQuery, MessageRange, NewEndUser, Page, StoreError, StoreResult};
+use crate::{
+    Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, StoreError,
+    StoreResult,
+};
 
 /// Largest page any listing returns; smaller requests are honoured, 0 means 1.
 pub(crate) const MAX_PAGE: u32 = 1000;
@@ -511,7 +514,7 @@ fn add_members(
 pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO conversations (project_id, id, subject, status, metadata, created_at, \
-         updated_at, last_message_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         updated_at, last_message_id, assignee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -522,7 +525,8 @@ pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreR
             json_text(&c.metadata),
             ms(c.created_at),
             ms(c.updated_at),
-            c.last_message_id.map(|m| *m.as_uuid().as_bytes())
+            c.last_message_id.map(|m| *m.as_uuid().as_bytes()),
+            c.assignee
         ])
     })
     .map_err(sql_error)?;
@@ -608,6 +612,15 @@ pub(crate) fn list_conversations(
         args.push(Box::new(status.as_str()));
         sql.push_str(&format!(" AND c.status = ?{}", args.len()));
     }
+    // Served by `conversations_by_assignee` (project, assignee, id) when there is no member.
+    match &q.assignee {
+        None => {}
+        Some(AssigneeFilter::Unassigned) => sql.push_str(" AND c.assignee IS NULL"),
+        Some(AssigneeFilter::Agent(agent)) => {
+            args.push(Box::new(agent.clone()));
+            sql.push_str(&format!(" AND c.assignee = ?{}", args.len()));
+        }
+    }
     if let Some(cursor) = q.cursor {
         args.push(Box::new(cursor.as_uuid().as_bytes().to_vec()));
         sql.push_str(&format!(" AND c.id < ?{}", args.len()));
@@ -639,8 +652,8 @@ pub(crate) fn update_conversation(
     let before = c.status;
     patch.apply_fields(&mut c);
     conn.prepare_cached(
-        "UPDATE conversations SET subject = ?3, status = ?4, metadata = ?5, updated_at = ?6 \
-         WHERE project_id = ?1 AND id = ?2",
+        "UPDATE conversations SET subject = ?3, status = ?4, metadata = ?5, updated_at = ?6, \
+         assignee = ?7 WHERE project_id = ?1 AND id = ?2",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -649,7 +662,8 @@ pub(crate) fn update_conversation(
             c.subject,
             c.status.as_str(),
             json_text(&c.metadata),
-            ms(c.updated_at)
+            ms(c.updated_at),
+            c.assignee
         ])
     })
     .map_err(sql_error)?;
