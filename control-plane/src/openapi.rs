@@ -51,6 +51,7 @@ use crate::api;
         larachat_core::plan::Period,
         crate::plans::PlanList,
         crate::plans::UpdatePlanRequest,
+        crate::plans::PlanLimitsPatch,
         crate::plans::Metric,
         crate::plans::UsageView,
         crate::plans::UsageHistory,

@@ -13,11 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use larachat_core::control::ControlEvent;
 use larachat_core::error::ErrorBody;
-use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
-use larachat_core::plan::{Period, Plan, PlanId, PlanLimits, UsageCounts};
+use larachat_core::http::{ApiJson, ApiPath, ApiQuery, double_option};
+use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 use larachat_core::{ApiError, ProjectId};
 use larachat_service::input::Name;
-use larachat_service::plans::{PlanChange, PlanFeatures, UsageReport};
+use larachat_service::plans::{LimitsChange, PlanChange, PlanFeatures, UsageReport};
 
 use crate::ControlPlane;
 use crate::api::publish;
@@ -29,17 +29,42 @@ pub struct PlanList {
     pub data: Vec<Plan>,
 }
 
-/// `PATCH /api/admin/plans/{id}`: absent fields are left as they are. `limits` replaces all
-/// three limits (`null` = unlimited).
+/// `PATCH /api/admin/plans/{id}`: absent fields are left as they are, in `limits` too (a
+/// limit set to `null` becomes unlimited).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePlanRequest {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
-    pub limits: Option<PlanLimits>,
+    pub limits: Option<PlanLimitsPatch>,
     #[serde(default)]
     pub features: Option<Vec<String>>,
+}
+
+/// Limits to change: an absent limit is left as it is, `null` makes it unlimited.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimitsPatch {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u64>)]
+    pub monthly_active_users: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u64>)]
+    pub messages_per_month: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u64>)]
+    pub projects_per_owner: Option<Option<u64>>,
+}
+
+impl PlanLimitsPatch {
+    fn into_change(self) -> LimitsChange {
+        LimitsChange {
+            monthly_active_users: self.monthly_active_users,
+            messages_per_month: self.messages_per_month,
+            projects_per_owner: self.projects_per_owner,
+        }
+    }
 }
 
 /// Query of `GET /api/admin/projects/{id}/usage`.
@@ -188,7 +213,10 @@ pub async fn update_plan(
     }
     let change = PlanChange {
         name: body.name.map(|n| Name::parse(n, "name")).transpose()?,
-        limits: body.limits,
+        limits: body
+            .limits
+            .map(PlanLimitsPatch::into_change)
+            .unwrap_or_default(),
         features: body.features.map(PlanFeatures::parse).transpose()?,
     };
     let (plan, changed) = cp.service().update_plan(&id, change).await?;

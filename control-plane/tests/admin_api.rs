@@ -1073,6 +1073,27 @@ async fn plans_are_listed_to_admins_and_changed_by_platform_admins_only() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.limits.monthly_active_users, Some(5));
+    // A limit left out of `limits` is left as it is; only the named one changes.
+    let r = s
+        .send(
+            reqwest::Method::PATCH,
+            "/api/admin/plans/starter",
+            &platform,
+            Some(json!({"limits": {"messages_per_month": 20000}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let starter: Value = r.json().await.unwrap();
+    assert_eq!(
+        starter["limits"],
+        json!({"monthly_active_users": 5, "messages_per_month": 20000, "projects_per_owner": 2})
+    );
+    assert_eq!(
+        next_control_event(&mut control).await,
+        ControlEvent::PlanChanged {
+            plan_id: PlanId::parse("starter").unwrap()
+        }
+    );
     let r = s
         .send(
             reqwest::Method::PATCH,

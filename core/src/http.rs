@@ -205,6 +205,17 @@ pub fn method_not_allowed() -> ApiError {
     )
 }
 
+/// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`
+/// field of a PATCH body: distinguishes an absent field (`None`: leave it) from an explicit
+/// `null` (`Some(None)`: clear it).
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

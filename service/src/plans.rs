@@ -25,8 +25,30 @@ pub const MAX_FEATURES: usize = 32;
 #[derive(Debug, Clone, Default)]
 pub struct PlanChange {
     pub name: Option<Name>,
-    pub limits: Option<PlanLimits>,
+    pub limits: LimitsChange,
     pub features: Option<PlanFeatures>,
+}
+
+/// Limits to change: `None` leaves a limit as it is, `Some(None)` makes it unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub monthly_active_users: Option<Option<u64>>,
+    pub messages_per_month: Option<Option<u64>>,
+    pub projects_per_owner: Option<Option<u64>>,
+}
+
+impl LimitsChange {
+    fn apply(self, limits: &mut PlanLimits) {
+        if let Some(v) = self.monthly_active_users {
+            limits.monthly_active_users = v;
+        }
+        if let Some(v) = self.messages_per_month {
+            limits.messages_per_month = v;
+        }
+        if let Some(v) = self.projects_per_owner {
+            limits.projects_per_owner = v;
+        }
+    }
 }
 
 /// A plan's feature set: at most [`MAX_FEATURES`] names of `[a-z0-9_]{1,64}`.
@@ -93,9 +115,7 @@ impl Service {
         if let Some(name) = change.name {
             plan.name = name.into_inner();
         }
-        if let Some(limits) = change.limits {
-            plan.limits = limits;
-        }
+        change.limits.apply(&mut plan.limits);
         if let Some(features) = change.features {
             plan.features = features.0;
         }

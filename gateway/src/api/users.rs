@@ -53,14 +53,7 @@ pub struct UserWithToken {
     pub token_expires_at: DateTime<Utc>,
 }
 
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: serde::Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
+pub(crate) use larachat_core::http::double_option;
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "client", request_body = CreateUser,
     responses((status = 201, body = UserWithToken, description = "created"),
