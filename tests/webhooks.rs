@@ -461,6 +461,8 @@ async fn distributed_a_gateway_queues_and_the_control_plane_delivers() {
     env.push(insecure);
     let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
     let mut control_env = env.clone();
+    // The test creates two projects with one admin: more than Free (the default) allows.
+    control_env.push(("LARACHAT_DEFAULT_PROJECT_PLAN".into(), "enterprise".into()));
     control_env.push(("LARACHAT_ADMIN_EMAIL".into(), email.clone()));
     control_env.push((
         "LARACHAT_ADMIN_PASSWORD".into(),

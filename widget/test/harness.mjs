@@ -82,6 +82,9 @@ export async function startServer({ demo = false } = {}) {
     LARACHAT_ADMIN_EMAIL: ADMIN_EMAIL,
     LARACHAT_ADMIN_PASSWORD: ADMIN_PASSWORD,
     LARACHAT_LOG: process.env.LARACHAT_LOG || 'warn',
+    // The tests create many projects with one admin: more than the default plan (Free,
+    // one project per owner) allows.
+    LARACHAT_DEFAULT_PROJECT_PLAN: 'enterprise',
   };
   // The demo project, where the server has one, must not be created here. Unknown config keys
   // are errors, so only set the key when this binary knows it.
