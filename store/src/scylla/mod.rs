@@ -462,14 +462,11 @@ impl ScyllaStore {
         Ok(rows.rows_num() > 0)
     }
 
-    /// The data step of schema 2: every conversation of every project without a sequencer
-    /// head gets one, its messages numbered in id order (`sequencer::init_sequencer`).
-    /// Resumable: a conversation with a head is skipped, one numbered half-way is numbered
-    /// again the same way. Run it while no schema-1 process writes (they do not number their
-    /// messages).
-    async fn number_all_conversations(&self) -> StoreResult<()> {
-        let started = std::time::Instant::now();
-        let (mut numbered, mut seen) = (0u64, 0u64);
+    /// Every listing partition of conversations, `(project_id, bucket)`, of every project:
+    /// the walk of the data steps, which then read one partition at a time
+    /// ([`Self::conversations_in`]). Small: a few buckets per project.
+    async fn conversation_partitions(&self) -> StoreResult<Vec<(Uuid, i64)>> {
+        let mut out = Vec::new();
         let project_buckets: Vec<(i64,)> = self
             .all_rows(
                 "SELECT bucket FROM project_buckets WHERE scope = ?",
@@ -487,32 +484,48 @@ impl ScyllaStore {
                         (p,),
                     )
                     .await?;
-                for (cb,) in buckets {
-                    let convs: Vec<(Uuid,)> = self
-                        .all_rows(
-                            "SELECT id FROM conversations_by_project WHERE project_id = ? \
-                             AND bucket = ?",
-                            (p, cb),
-                        )
-                        .await?;
-                    for (c,) in convs {
-                        seen += 1;
-                        if self.read_head(p, c).await?.is_some() {
-                            continue;
-                        }
-                        match self
-                            .init_sequencer(ProjectId::from_uuid(p), ConversationId::from_uuid(c))
-                            .await
-                        {
-                            Ok(_) => numbered += 1,
-                            // Listed but deleted meanwhile: nothing to number.
-                            Err(StoreError::NotFound(_)) => {}
-                            Err(e) => return Err(e),
-                        }
-                        if numbered > 0 && numbered % 1000 == 0 {
-                            tracing::info!(numbered, seen, "numbering messages");
-                        }
-                    }
+                out.extend(buckets.into_iter().map(|(cb,)| (p, cb)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The conversation ids of one listing partition.
+    async fn conversations_in(&self, project: Uuid, bucket: i64) -> StoreResult<Vec<Uuid>> {
+        let convs: Vec<(Uuid,)> = self
+            .all_rows(
+                "SELECT id FROM conversations_by_project WHERE project_id = ? AND bucket = ?",
+                (project, bucket),
+            )
+            .await?;
+        Ok(convs.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// The data step of schema 2: every conversation of every project without a sequencer
+    /// head gets one, its messages numbered in id order (`sequencer::init_sequencer`).
+    /// Resumable: a conversation with a head is skipped, one numbered half-way is numbered
+    /// again the same way. Run it while no schema-1 process writes (they do not number their
+    /// messages).
+    async fn number_all_conversations(&self) -> StoreResult<()> {
+        let started = std::time::Instant::now();
+        let (mut numbered, mut seen) = (0u64, 0u64);
+        for (p, cb) in self.conversation_partitions().await? {
+            for c in self.conversations_in(p, cb).await? {
+                seen += 1;
+                if self.read_head(p, c).await?.is_some() {
+                    continue;
+                }
+                match self
+                    .init_sequencer(ProjectId::from_uuid(p), ConversationId::from_uuid(c))
+                    .await
+                {
+                    Ok(_) => numbered += 1,
+                    // Listed but deleted meanwhile: nothing to number.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                if numbered > 0 && numbered % 1000 == 0 {
+                    tracing::info!(numbered, seen, "numbering messages");
                 }
             }
         }
@@ -532,57 +545,31 @@ impl ScyllaStore {
     async fn index_all_assignees(&self) -> StoreResult<()> {
         let started = std::time::Instant::now();
         let mut indexed = 0u64;
-        let project_buckets: Vec<(i64,)> = self
-            .all_rows(
-                "SELECT bucket FROM project_buckets WHERE scope = ?",
-                (PROJECT_SCOPE,),
-            )
-            .await?;
-        for (pb,) in project_buckets {
-            let projects: Vec<(Uuid,)> = self
-                .all_rows("SELECT id FROM projects_by_bucket WHERE bucket = ?", (pb,))
-                .await?;
-            for (p,) in projects {
-                let buckets: Vec<(i64,)> = self
-                    .all_rows(
-                        "SELECT bucket FROM conversation_buckets WHERE project_id = ?",
-                        (p,),
+        for (p, cb) in self.conversation_partitions().await? {
+            for c in self.conversations_in(p, cb).await? {
+                let row: Option<(Option<String>, Option<String>)> = self
+                    .row(
+                        "SELECT assignee, status FROM conversations \
+                         WHERE project_id = ? AND id = ?",
+                        (p, c),
                     )
                     .await?;
-                for (cb,) in buckets {
-                    let convs: Vec<(Uuid,)> = self
-                        .all_rows(
-                            "SELECT id FROM conversations_by_project WHERE project_id = ? \
-                             AND bucket = ?",
-                            (p, cb),
-                        )
-                        .await?;
-                    for (c,) in convs {
-                        let row: Option<(Option<String>, Option<String>)> = self
-                            .row(
-                                "SELECT assignee, status FROM conversations \
-                                 WHERE project_id = ? AND id = ?",
-                                (p, c),
-                            )
-                            .await?;
-                        // Listed but deleted meanwhile (or a partial row): nothing to index.
-                        let Some((assignee, Some(status))) = row else {
-                            continue;
-                        };
-                        let items = by_assignee(
-                            INSERT_BY_ASSIGNEE,
-                            p,
-                            assignee.as_deref(),
-                            &[ANY_STATUS, status.as_str()],
-                            self.listing_bucket(&c),
-                            c,
-                        );
-                        self.batch(items).await?;
-                        indexed += 1;
-                        if indexed % 1000 == 0 {
-                            tracing::info!(indexed, "indexing conversation assignees");
-                        }
-                    }
+                // Listed but deleted meanwhile (or a partial row): nothing to index.
+                let Some((assignee, Some(status))) = row else {
+                    continue;
+                };
+                let items = by_assignee(
+                    INSERT_BY_ASSIGNEE,
+                    p,
+                    assignee.as_deref(),
+                    &[ANY_STATUS, status.as_str()],
+                    self.listing_bucket(&c),
+                    c,
+                );
+                self.batch(items).await?;
+                indexed += 1;
+                if indexed % 1000 == 0 {
+                    tracing::info!(indexed, "indexing conversation assignees");
                 }
             }
         }
