@@ -60,6 +60,8 @@ fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Serve
         .env("LARACHAT_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("LARACHAT_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("LARACHAT_LOG", "warn")
+        // The kill tests send thousands of messages: beyond the Free plan's monthly quota.
+        .env("LARACHAT_DEFAULT_PROJECT_PLAN", "enterprise")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
