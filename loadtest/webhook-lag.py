@@ -151,7 +151,10 @@ def run(port, stop_receiver, data, server, base, admin_base, credentials):
     try:
         admin = call("POST", admin_base + "/api/admin/login",
                      body={"email": credentials[0], "password": credentials[1]})["token"]
-        project = call("POST", admin_base + "/api/admin/projects", admin, {"name": "lag"})
+        # Enterprise: the load goes beyond the Free plan's 1,000 messages a month (the
+        # bootstrap admin is a platform admin, who may choose a project's plan).
+        project = call("POST", admin_base + "/api/admin/projects", admin,
+                       {"name": "lag", "plan": "enterprise"})
         key = call("POST", admin_base + f"/api/admin/projects/{project['id']}/api-keys", admin,
                    {"name": "load"})["key"]
         call("POST", base + "/api/v1/webhooks", key,

@@ -122,7 +122,9 @@ impl Api {
                 Method::POST,
                 "/api/admin/projects",
                 &admin,
-                json!({ "name": name }),
+                // Load goes far beyond the Free plan's monthly quotas; the admin the servers
+                // bootstrap is a platform admin, who may choose the plan.
+                json!({ "name": name, "plan": "enterprise" }),
             )
             .await?;
         let project_id = str_field(&project, "id")?;
