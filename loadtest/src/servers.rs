@@ -172,8 +172,6 @@ async fn start_lara(
         .env("LARACHAT_LOG", "warn")
         .env("LARACHAT_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("LARACHAT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        // The load goes far beyond the Free plan's monthly limits.
-        .env("LARACHAT_DEFAULT_PROJECT_PLAN", "enterprise")
         .envs(launch.lara_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
