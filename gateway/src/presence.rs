@@ -253,10 +253,12 @@ impl PresenceState {
             .filter(|(p, _)| *p == project)
             .map(|(_, u)| *u)
             .collect();
+        self.queue_beats(project, &users);
+    }
+
+    /// Queues beats for `users` of `project`, at most [`BEAT_CHUNK`] users per beat.
+    fn queue_beats(&mut self, project: ProjectId, users: &[EndUserId]) {
         let gw = self.gw;
-        if users.is_empty() {
-            return;
-        }
         for chunk in users.chunks(BEAT_CHUNK) {
             self.queue(
                 project,
@@ -289,15 +291,7 @@ impl PresenceState {
                 by_project.entry(*p).or_default().push(*u);
             }
             for (project, users) in by_project {
-                for chunk in users.chunks(BEAT_CHUNK) {
-                    self.queue(
-                        project,
-                        Wire::Beat {
-                            gw,
-                            users: chunk.to_vec(),
-                        },
-                    );
-                }
+                self.queue_beats(project, &users);
             }
         }
         let mut changes = Vec::new();
