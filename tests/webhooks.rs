@@ -452,40 +452,16 @@ async fn tenancy_and_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_a_gateway_queues_and_the_control_plane_delivers() {
-    let backends = harness::Backends::shared();
     let insecure = (
         "LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS".to_owned(),
         "true".to_owned(),
     );
-    let mut env = backends.env();
-    env.push(insecure);
-    let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
-    let mut control_env = env.clone();
-    // The test creates two projects with one admin: more than Free (the default) allows.
-    control_env.push(("LARACHAT_DEFAULT_PROJECT_PLAN".into(), "enterprise".into()));
-    control_env.push(("LARACHAT_ADMIN_EMAIL".into(), email.clone()));
-    control_env.push((
-        "LARACHAT_ADMIN_PASSWORD".into(),
-        harness::ADMIN_PASSWORD.into(),
-    ));
-    let control = harness::Proc::start("control-plane", control_env);
-    let gateway = harness::Proc::start("gateway", env);
-    let http = reqwest::Client::new();
-    let (s, login) = common::call(
-        &http,
-        Method::POST,
-        &format!("{}/api/admin/login", control.base()),
-        None,
-        Some(json!({"email": email, "password": harness::ADMIN_PASSWORD})),
+    let cluster = harness::Cluster::start_with_all(
+        &harness::Backends::shared(),
+        vec![insecure],
+        vec![vec![]],
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{login}");
-    let cluster = harness::Cluster {
-        control,
-        gateways: vec![gateway],
-        http,
-        admin_token: login["token"].as_str().unwrap().to_owned(),
-    };
     let t = cluster.tenant("hooks").await;
 
     let (s, created) = cluster

@@ -488,7 +488,18 @@ impl Cluster {
         backends: &Backends,
         gateway_env: Vec<Vec<(String, String)>>,
     ) -> Cluster {
-        let env = backends.env();
+        Self::start_with_all(backends, Vec::new(), gateway_env).await
+    }
+
+    /// [`Cluster::start_with`] with `common_env` for every process, the control plane too
+    /// (e.g. webhook targets on loopback, which the control plane delivers to).
+    pub async fn start_with_all(
+        backends: &Backends,
+        common_env: Vec<(String, String)>,
+        gateway_env: Vec<Vec<(String, String)>>,
+    ) -> Cluster {
+        let mut env = backends.env();
+        env.extend(common_env);
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
         let mut control_env = env.clone();
         control_env.push(("LARACHAT_ADMIN_EMAIL".into(), email.clone()));
