@@ -74,8 +74,16 @@ use crate::{Appended, StoreError, StoreResult};
 /// to a week of traffic, the same as one message bucket.
 pub(crate) const SEQUENCER_TTL_SECS: i32 = 7 * 24 * 3600;
 
-/// Claims one append tries before giving up (each failed one means another writer won).
-const MAX_CLAIMS: usize = 64;
+/// How long one append keeps claiming before it answers `Unavailable` (a retryable error; a
+/// retry with the same `client_msg_id` is safe). Every failed claim means another writer won
+/// — the conversation makes progress — but not fairly: a process with several sends queued
+/// for one conversation claims back to back (its next claim leaves as soon as the last one
+/// applied) and tends to win every tie against another process's retry, so a loser waits as
+/// long as the other processes' backlog for that conversation lasts, not for a fixed number
+/// of rounds. (Measured: two processes × ten senders into one conversation, runs of up to
+/// 60+ consecutive losses; a random back-off before retrying makes the loser lose more.)
+/// A count limit failed there; a time budget bounds the wait the caller sees instead.
+const CLAIM_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Gap rows repaired per read at most (a page needs at most its limit).
 const MAX_REPAIR: i32 = 1001;
@@ -179,7 +187,10 @@ impl ScyllaStore {
                 None => self.init_sequencer(m.project_id, m.conversation_id).await?,
             },
         };
-        for _ in 0..MAX_CLAIMS {
+        let deadline = tokio::time::Instant::now() + CLAIM_BUDGET;
+        let mut claims = 0u32;
+        loop {
+            claims += 1;
             let message = Message {
                 id: MessageId::following(head.id.map(MessageId::from_uuid)),
                 seq: head.seq + 1,
@@ -257,10 +268,13 @@ impl ScyllaStore {
                     head = self.init_sequencer(m.project_id, m.conversation_id).await?;
                 }
             }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
         }
         cache.clear();
         Err(StoreError::Unavailable(format!(
-            "{MAX_CLAIMS} claims lost to concurrent writers in one conversation"
+            "{claims} claims in {CLAIM_BUDGET:?} lost to concurrent writers in one conversation"
         )))
     }
 
