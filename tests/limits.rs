@@ -30,6 +30,8 @@ fn roomy() -> LimitsConfig {
         widget_init_project: big,
         messages: big,
         trusted_proxies: vec!["127.0.0.1".to_owned().try_into().unwrap()],
+        // No per-plan rules unless a test sets them: the rule a test shrinks applies.
+        plans: Default::default(),
         ..LimitsConfig::default()
     }
 }
@@ -500,5 +502,71 @@ async fn projects_can_override_their_limits() {
             StatusCode::OK
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn plans_set_the_rules_of_their_projects_and_a_plan_change_applies() {
+    let server = start(|l| {
+        l.plans.insert(
+            "starter".into(),
+            larachat_limits::ProjectLimits {
+                api_key: Some(Rule::new(1, Per::Hour, 4)),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let get = |key: String| {
+        let server = &server;
+        async move {
+            server
+                .http
+                .get(server.url("/api/v1/conversations"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Projects start on enterprise here (tests/common): no rule of its own, the configured one.
+    let t = server.tenant("moves to starter").await;
+    let r = get(t.key.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("10000"));
+    let (s, b) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/admin/projects/{}", t.project_id),
+            &server.admin_token,
+            Some(json!({"plan": "starter"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // The plan change reaches the gateway's cache (project_changed): the plan's rule now.
+    let key = server.key(&t.project_id, &["read"], None).await;
+    let (passed, refused) = until_429(10, async || get(key.clone()).await).await;
+    println!("requests until 429 on the starter plan's api_key rule: {passed} (burst 4)");
+    assert_eq!(passed, 4, "the plan's api_key rule");
+    let body = assert_429(refused, 4).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key")
+    );
+    // The project's own settings come before its plan's.
+    let (s, b) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/admin/projects/{}", t.project_id),
+            &server.admin_token,
+            Some(json!({"settings": {"limits": {"api_key": {"rate": "1/h", "burst": 7}}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let own = server.key(&t.project_id, &["read"], None).await;
+    let (passed, _) = until_429(20, async || get(own.clone()).await).await;
+    assert_eq!(passed, 7, "the project's own rule over its plan's");
     server.stop().await;
 }

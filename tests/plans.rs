@@ -154,3 +154,120 @@ async fn active_users_and_projects_are_limited() {
         .await;
     assert_quota(s, &second, "allows 1 projects per owner");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
+    let server = Server::start().await;
+    let busy = server.tenant("=SUM(A1), Acme \"Inc\"").await;
+    let idle = server.tenant("idle").await;
+    let (_ada, token) = server.user(&busy.key, "ada").await;
+    let (bob, _) = server.user(&busy.key, "bob").await;
+    let conversation = server.conversation(&busy.key, &[bob.as_str()]).await;
+    for i in 0..3 {
+        server.send(&token, &conversation, &format!("m{i}")).await;
+    }
+    let period = chrono::Utc::now().format("%Y-%m").to_string();
+
+    let (s, all) = server
+        .get(
+            &format!("/api/admin/usage/export?period={period}&limit=100"),
+            &server.admin_token,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    assert_eq!(all["period"], period.as_str());
+    assert_eq!(all["has_more"], false);
+    let row = |id: &str| {
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["project_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {all}"))
+            .clone()
+    };
+    let b = row(&busy.project_id);
+    assert_eq!(b["messages"], 3, "{b}");
+    assert_eq!(b["conversations"], 1, "{b}");
+    assert_eq!(b["monthly_active_users"], 2, "{b}");
+    assert_eq!(b["plan"], "enterprise");
+    assert_eq!(b["messages_limit"], Value::Null, "enterprise is unlimited");
+    let i = row(&idle.project_id);
+    assert_eq!(i["messages"], 0, "{i}");
+
+    // CSV, one project per page: the header, one line, and the next page's cursor.
+    let page = |cursor: Option<String>| {
+        let server = &server;
+        let period = period.clone();
+        async move {
+            let mut url = format!("/api/admin/usage/export?period={period}&format=csv&limit=1");
+            if let Some(c) = cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let r = server
+                .http
+                .get(server.url(&url))
+                .bearer_auth(&server.admin_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+            let next = r
+                .headers()
+                .get("x-next-cursor")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.text().await.unwrap(), next)
+        }
+    };
+    let mut cursor = None;
+    let mut lines = Vec::new();
+    loop {
+        let (body, next) = page(cursor).await;
+        let mut rows = body.lines();
+        assert_eq!(
+            rows.next(),
+            Some(
+                "period,project_id,project_name,owner_id,plan,monthly_active_users,\
+                 monthly_active_users_limit,messages,messages_limit,conversations,period_end"
+            )
+        );
+        lines.extend(rows.map(str::to_owned));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(
+        lines.len(),
+        all["data"].as_array().unwrap().len(),
+        "{lines:?}"
+    );
+    let busy_line = lines
+        .iter()
+        .find(|l| l.contains(&busy.project_id))
+        .expect("the busy project's line");
+    // A tenant's name is quoted (comma, quotes) and cannot run as a spreadsheet formula.
+    assert!(
+        busy_line.contains(",\"'=SUM(A1), Acme \"\"Inc\"\"\","),
+        "{busy_line}"
+    );
+    assert!(busy_line.contains(",enterprise,2,,3,,1,"), "{busy_line}");
+
+    for bad in ["format=xml", "period=2026-13", "limit=0", "limit=101"] {
+        let (s, body) = server
+            .get(
+                &format!("/api/admin/usage/export?{bad}"),
+                &server.admin_token,
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    let (s, _) = server
+        .get("/api/admin/usage/export?cursor=nope", &server.admin_token)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = server.get("/api/admin/usage/export", "not-a-token").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}

@@ -293,6 +293,7 @@ pub fn router(cp: ControlPlane) -> Router {
             get(plans::get_plan).patch(plans::update_plan),
         )
         .route("/api/admin/projects/{id}/usage", get(plans::get_usage))
+        .route("/api/admin/usage/export", get(plans::usage_export))
         .route(
             "/api/admin/projects/{id}/usage/history",
             get(plans::usage_history),

@@ -30,6 +30,7 @@ use crate::api;
         crate::plans::update_plan,
         crate::plans::get_usage,
         crate::plans::usage_history,
+        crate::plans::usage_export,
     ),
     components(schemas(
         crate::widget::WidgetSettingsRequest,
@@ -55,6 +56,8 @@ use crate::api;
         crate::plans::Metric,
         crate::plans::UsageView,
         crate::plans::UsageHistory,
+        crate::plans::UsageExport,
+        crate::plans::UsageExportRow,
         larachat_core::model::ProjectStatus,
         larachat_core::model::KeyKind,
         larachat_core::model::Scope,

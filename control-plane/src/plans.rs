@@ -7,6 +7,8 @@
 //! notice is lost). A project's owner reads its usage against its plan.
 
 use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,7 +19,9 @@ use larachat_core::http::{ApiJson, ApiPath, ApiQuery, double_option};
 use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 use larachat_core::{ApiError, ProjectId};
 use larachat_service::input::Name;
-use larachat_service::plans::{LimitsChange, PlanChange, PlanFeatures, UsageReport};
+use larachat_service::plans::{
+    ExportLine, ExportPage, LimitsChange, PlanChange, PlanFeatures, UsageReport,
+};
 
 use crate::ControlPlane;
 use crate::api::publish;
@@ -288,4 +292,211 @@ pub async fn usage_history(
             .map(|(period, used)| view(id, &current.plan, period, used))
             .collect(),
     }))
+}
+
+/// Query of `GET /api/admin/usage/export`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageExportQuery {
+    /// The month, `YYYY-MM` (UTC); the current one by default.
+    pub period: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+    /// Projects per page, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (JSON), or its `X-Next-Cursor` header (CSV).
+    pub cursor: Option<String>,
+}
+
+/// One project's usage in the exported month: one CSV line, with these columns in this order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageExportRow {
+    /// `YYYY-MM`, UTC.
+    pub period: Period,
+    pub project_id: ProjectId,
+    pub project_name: String,
+    pub owner_id: larachat_core::AdminUserId,
+    /// The project's plan at export time.
+    pub plan: PlanId,
+    pub monthly_active_users: u64,
+    /// Empty in CSV / `null` in JSON: unlimited.
+    pub monthly_active_users_limit: Option<u64>,
+    pub messages: u64,
+    pub messages_limit: Option<u64>,
+    pub conversations: u64,
+    /// When the month ended (or ends): the first instant of the next month.
+    pub period_end: DateTime<Utc>,
+}
+
+/// A page of the monthly usage export (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageExport {
+    pub period: Period,
+    pub data: Vec<UsageExportRow>,
+    pub has_more: bool,
+    pub next_cursor: Option<ProjectId>,
+}
+
+impl UsageExportRow {
+    fn of(period: Period, l: ExportLine) -> Self {
+        Self {
+            period,
+            project_id: l.project.id,
+            project_name: l.project.name,
+            owner_id: l.project.owner_id,
+            plan: l.plan.id,
+            monthly_active_users: l.used.active_users,
+            monthly_active_users_limit: l.plan.limits.monthly_active_users,
+            messages: l.used.messages,
+            messages_limit: l.plan.limits.messages_per_month,
+            conversations: l.used.conversations,
+            period_end: period.resets_at(),
+        }
+    }
+}
+
+/// A cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR) is
+/// prefixed with `'` (OWASP's advice for CSV exports); project names are tenants' text.
+fn csv_text(s: &str) -> String {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
+fn to_csv(page: &ExportPage, rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiError> {
+    let internal = |e: csv::Error| {
+        tracing::error!(error = %e, "writing the usage export as CSV");
+        ApiError::internal()
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "period",
+        "project_id",
+        "project_name",
+        "owner_id",
+        "plan",
+        "monthly_active_users",
+        "monthly_active_users_limit",
+        "messages",
+        "messages_limit",
+        "conversations",
+        "period_end",
+    ])
+    .map_err(internal)?;
+    let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+    for r in rows {
+        w.write_record([
+            page.period.to_string(),
+            r.project_id.to_string(),
+            csv_text(&r.project_name),
+            r.owner_id.to_string(),
+            r.plan.to_string(),
+            r.monthly_active_users.to_string(),
+            opt(r.monthly_active_users_limit),
+            r.messages.to_string(),
+            opt(r.messages_limit),
+            r.conversations.to_string(),
+            r.period_end
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ])
+        .map_err(internal)?;
+    }
+    w.into_inner().map_err(|e| {
+        tracing::error!(error = %e, "writing the usage export as CSV");
+        ApiError::internal()
+    })
+}
+
+/// The usage of every project in one month, for billing: a platform admin gets every
+/// project, any other admin their own. JSON or CSV (`format=csv`, one line per project,
+/// RFC 4180), paged by project id.
+#[utoipa::path(
+    get,
+    path = "/api/admin/usage/export",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(UsageExportQuery),
+    responses(
+        (status = 200, description = "One page of the month's usage, by project id. CSV: the \
+            header line, then one line per project; the next page's cursor is in \
+            `X-Next-Cursor` when there is one",
+            content(
+                (UsageExport = "application/json"),
+                (String = "text/csv"),
+            ),
+            headers(("X-Next-Cursor" = String, description = "CSV only: the next page's cursor"))),
+        (status = 400, description = "Malformed cursor", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 422, description = "Bad period, format or limit", body = ErrorBody),
+    )
+)]
+pub async fn usage_export(
+    State(cp): State<ControlPlane>,
+    AdminAuth(admin): AdminAuth,
+    ApiQuery(query): ApiQuery<UsageExportQuery>,
+) -> Result<Response, ApiError> {
+    let period = match query.period.as_deref() {
+        None | Some("") => Period::of(larachat_core::model::now()),
+        Some(p) => Period::parse(p).map_err(|e| ApiError::validation(e.to_string()))?,
+    };
+    let csv = match query.format.as_deref() {
+        None | Some("") | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "format is json or csv, not {other:?}"
+            )));
+        }
+    };
+    let limit = match query.limit {
+        None => 50,
+        Some(l) if (1..=100).contains(&l) => l,
+        Some(_) => return Err(ApiError::validation("limit must be between 1 and 100")),
+    };
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<ProjectId>()
+                .map_err(|_| ApiError::invalid("cursor is not a valid project id"))?,
+        ),
+    };
+    let owner = (!cp.config().is_platform_admin(&admin)).then_some(admin.id);
+    let page = cp
+        .service()
+        .usage_export(owner, period, cursor, limit)
+        .await?;
+    let rows: Vec<UsageExportRow> = page
+        .lines
+        .iter()
+        .cloned()
+        .map(|l| UsageExportRow::of(period, l))
+        .collect();
+    if !csv {
+        return Ok(ApiJson(UsageExport {
+            period,
+            has_more: page.next.is_some(),
+            next_cursor: page.next,
+            data: rows,
+        })
+        .into_response());
+    }
+    let body = to_csv(&page, &rows)?;
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"larachat-usage-{period}.csv\""
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(next) = page.next {
+        if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
+            headers.insert("x-next-cursor", v);
+        }
+    }
+    Ok(response)
 }

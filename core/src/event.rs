@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ConversationId, EndUserId, EventId, MessageId, ProjectId};
 use crate::model::{Actor, Conversation, ConversationStatus, EndUser, Message, ReadState};
+use crate::plan::{Period, PlanId, QuotaMetric, ThresholdCrossing};
 
-/// The kind of a domain event: the seed's seven webhook events.
+/// The kind of a domain event: the seed's seven webhook events, and the usage warnings of
+/// the plans (`usage.threshold_reached`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EventKind {
     #[serde(rename = "conversation.created")]
@@ -48,11 +50,13 @@ pub enum EventKind {
     UserCreated,
     #[serde(rename = "user.updated")]
     UserUpdated,
+    #[serde(rename = "usage.threshold_reached")]
+    UsageThresholdReached,
 }
 
 impl EventKind {
     /// Every kind, for consumers that list or filter them.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::ConversationCreated,
         Self::ConversationUpdated,
         Self::ConversationClosed,
@@ -60,6 +64,7 @@ impl EventKind {
         Self::MessageRead,
         Self::UserCreated,
         Self::UserUpdated,
+        Self::UsageThresholdReached,
     ];
 
     /// The name in the `event` field (`message.sent`).
@@ -72,6 +77,7 @@ impl EventKind {
             Self::MessageRead => "message.read",
             Self::UserCreated => "user.created",
             Self::UserUpdated => "user.updated",
+            Self::UsageThresholdReached => "usage.threshold_reached",
         }
     }
 
@@ -85,6 +91,7 @@ impl EventKind {
             Self::MessageRead => "message_read",
             Self::UserCreated => "user_created",
             Self::UserUpdated => "user_updated",
+            Self::UsageThresholdReached => "usage_threshold_reached",
         }
     }
 
@@ -163,6 +170,26 @@ pub struct UserData {
     pub updated_at: DateTime<Utc>,
 }
 
+/// `data` of `usage.threshold_reached`: a project's usage of a monthly plan limit reached
+/// 80 % or 100 % of it. Emitted once per project, period, metric, threshold and limit (a
+/// raised limit can be reached again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageThresholdData {
+    /// `monthly_active_users` or `messages_per_month`.
+    pub metric: QuotaMetric,
+    /// 80 or 100.
+    pub threshold_percent: u8,
+    /// The count when the threshold was seen reached (at least the threshold's share of the
+    /// limit; in distributed mode possibly a little more).
+    pub used: u64,
+    pub limit: u64,
+    pub plan: PlanId,
+    /// The month, `YYYY-MM` (UTC).
+    pub period: Period,
+    /// When the month's quotas reset.
+    pub resets_at: DateTime<Utc>,
+}
+
 /// The kind and its payload: `{"event": "<kind>", "data": {…}}` on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data")]
@@ -181,6 +208,8 @@ pub enum EventData {
     UserCreated(UserData),
     #[serde(rename = "user.updated")]
     UserUpdated(UserData),
+    #[serde(rename = "usage.threshold_reached")]
+    UsageThresholdReached(UsageThresholdData),
 }
 
 impl EventData {
@@ -193,6 +222,7 @@ impl EventData {
             Self::MessageRead(_) => EventKind::MessageRead,
             Self::UserCreated(_) => EventKind::UserCreated,
             Self::UserUpdated(_) => EventKind::UserUpdated,
+            Self::UsageThresholdReached(_) => EventKind::UsageThresholdReached,
         }
     }
 
@@ -205,7 +235,7 @@ impl EventData {
             | Self::ConversationClosed(c) => Some(c.conversation_id),
             Self::MessageSent(m) => Some(m.conversation_id),
             Self::MessageRead(r) => Some(r.conversation_id),
-            Self::UserCreated(_) | Self::UserUpdated(_) => None,
+            Self::UserCreated(_) | Self::UserUpdated(_) | Self::UsageThresholdReached(_) => None,
         }
     }
 }
@@ -318,6 +348,30 @@ impl DomainEvent {
             u.project_id,
             u.updated_at,
             EventData::UserUpdated(UserData::of(u)),
+        )
+    }
+
+    /// `usage.threshold_reached`: `percent` of `limit` on `metric` reached in `period`, with
+    /// `used` counted, seen at `at`.
+    pub fn usage_threshold_reached(
+        project: ProjectId,
+        at: DateTime<Utc>,
+        crossing: &ThresholdCrossing,
+        plan: PlanId,
+        period: Period,
+    ) -> Self {
+        Self::new(
+            project,
+            at,
+            EventData::UsageThresholdReached(UsageThresholdData {
+                metric: crossing.metric,
+                threshold_percent: crossing.percent,
+                used: crossing.used,
+                limit: crossing.limit,
+                plan,
+                period,
+                resets_at: period.resets_at(),
+            }),
         )
     }
 

@@ -315,12 +315,79 @@ pub enum QuotaMetric {
 }
 
 impl QuotaMetric {
+    /// The JSON name (`messages_per_month`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MonthlyActiveUsers => "monthly_active_users",
+            Self::MessagesPerMonth => "messages_per_month",
+            Self::ProjectsPerOwner => "projects_per_owner",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Self::MonthlyActiveUsers => "monthly active end users",
             Self::MessagesPerMonth => "messages per month",
             Self::ProjectsPerOwner => "projects per owner",
         }
+    }
+}
+
+/// The shares of a monthly limit at which a project is warned (`usage.threshold_reached`).
+pub const WARNING_PERCENTS: [u8; 2] = [80, 100];
+
+/// The count at which `percent` of `limit` is reached: ⌈limit × percent / 100⌉, at least 1.
+pub fn threshold_count(limit: u64, percent: u8) -> u64 {
+    let n = u128::from(limit) * u128::from(percent);
+    u64::try_from(n.div_ceil(100)).unwrap_or(u64::MAX).max(1)
+}
+
+/// A warning threshold of a monthly limit that a count reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThresholdCrossing {
+    pub metric: QuotaMetric,
+    pub percent: u8,
+    pub limit: u64,
+    /// The count that reached it.
+    pub used: u64,
+}
+
+impl ThresholdCrossing {
+    /// The thresholds of `limit` that a count going from `before` to `after` reaches (none
+    /// when it does not grow: a lowered limit is not "reached" by the count already there).
+    pub fn crossed(metric: QuotaMetric, limit: u64, before: u64, after: u64) -> Vec<Self> {
+        WARNING_PERCENTS
+            .into_iter()
+            .filter(|&p| {
+                let t = threshold_count(limit, p);
+                before < t && t <= after
+            })
+            .map(|percent| Self {
+                metric,
+                percent,
+                limit,
+                used: after,
+            })
+            .collect()
+    }
+
+    /// The thresholds of `limit` that `count` is at or past.
+    pub fn reached(metric: QuotaMetric, limit: u64, count: u64) -> Vec<Self> {
+        WARNING_PERCENTS
+            .into_iter()
+            .filter(|&p| threshold_count(limit, p) <= count)
+            .map(|percent| Self {
+                metric,
+                percent,
+                limit,
+                used: count,
+            })
+            .collect()
+    }
+
+    /// A key naming the warning for one period: `messages_per_month:80:1000`.
+    pub fn key(&self) -> String {
+        format!("{}:{}:{}", self.metric.as_str(), self.percent, self.limit)
     }
 }
 
@@ -409,6 +476,41 @@ mod tests {
         assert_eq!(free.limits.projects_per_owner, Some(1));
         assert!(plans[2].has_feature("custom_branding"));
         assert_eq!(plans[3].limits, PlanLimits::default());
+    }
+
+    #[test]
+    fn warning_thresholds() {
+        assert_eq!(threshold_count(1000, 80), 800);
+        assert_eq!(threshold_count(1000, 100), 1000);
+        assert_eq!(threshold_count(3, 80), 3, "rounded up");
+        assert_eq!(threshold_count(0, 80), 1);
+        let m = QuotaMetric::MessagesPerMonth;
+        let percents = |v: Vec<ThresholdCrossing>| v.iter().map(|c| c.percent).collect::<Vec<_>>();
+        assert_eq!(
+            percents(ThresholdCrossing::crossed(m, 1000, 799, 800)),
+            [80]
+        );
+        assert_eq!(
+            percents(ThresholdCrossing::crossed(m, 1000, 800, 801)),
+            [] as [u8; 0]
+        );
+        assert_eq!(
+            percents(ThresholdCrossing::crossed(m, 1000, 999, 1000)),
+            [100]
+        );
+        assert_eq!(
+            percents(ThresholdCrossing::crossed(m, 10, 0, 10)),
+            [80, 100]
+        );
+        assert_eq!(
+            percents(ThresholdCrossing::crossed(m, 10, 12, 12)),
+            [] as [u8; 0]
+        );
+        assert_eq!(percents(ThresholdCrossing::reached(m, 1000, 850)), [80]);
+        assert_eq!(
+            ThresholdCrossing::crossed(m, 1000, 799, 800)[0].key(),
+            "messages_per_month:80:1000"
+        );
     }
 
     #[test]

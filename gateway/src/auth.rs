@@ -109,8 +109,11 @@ pub struct Authenticator {
     agent_token_ttl: Duration,
     keys: Cache<ApiKeyId, Arc<ApiKeyRecord>>,
     projects: Cache<ProjectId, Arc<Project>>,
-    /// Per-project rate-limit overrides (`settings.limits`), parsed once per cached project.
+    /// Per-project rate-limit rules (`settings.limits` over the plan's), once per cached
+    /// project.
     project_limits: Cache<ProjectId, Arc<larachat_limits::ProjectLimits>>,
+    /// The rules of each plan (`limits.plans`).
+    plan_limits: std::collections::BTreeMap<String, larachat_limits::ProjectLimits>,
     /// Keys whose `last_used_at` was recorded recently: at most one store write per key per
     /// minute, off the request path.
     touched: Cache<ApiKeyId, ()>,
@@ -125,6 +128,7 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(&config.jwt_secret),
             token_ttl: config.user_token_ttl,
             agent_token_ttl: config.agent_token_ttl,
+            plan_limits: config.limits.config().plans.clone(),
             project_limits: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.cache_ttl)
@@ -330,7 +334,8 @@ impl Authenticator {
         self.agent_token_ttl
     }
 
-    /// The rate-limit overrides of a project (`settings.limits`), cached like the project.
+    /// The rate-limit rules of a project: its own (`settings.limits`), then its plan's
+    /// (`limits.plans`), cached like the project.
     pub async fn project_limits(
         &self,
         id: ProjectId,
@@ -339,7 +344,8 @@ impl Authenticator {
             return Ok(l);
         }
         let project = self.require_active_project(id).await?;
-        let limits = Arc::new(larachat_limits::ProjectLimits::of(&project.settings));
+        let own = larachat_limits::ProjectLimits::of(&project.settings);
+        let limits = Arc::new(own.or(self.plan_limits.get(project.plan.as_str())));
         self.project_limits.insert(id, limits.clone());
         Ok(limits)
     }

@@ -3,6 +3,7 @@
 //! A [`Rule`] is a rate and a burst: a client may send `burst` requests at once, then one
 //! more each `1/rate`. Rates are written `"600/min"`, `"10/s"` or `"30/h"`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -173,6 +174,37 @@ pub struct LimitsConfig {
     pub widget_init_project: Rule,
     /// Messages sent by an end user (widget, socket or Client API), per sender.
     pub messages: Rule,
+    /// Per-plan rules, by plan id (`[limits.plans.free]`): they replace the rules above for
+    /// the projects on that plan, bucket by bucket (only the buckets that belong to one
+    /// project: `api_key`, `end_user`, `project`, `widget_init_project`, `messages`). A
+    /// project's own `settings.limits` come before its plan's. Defaults: the seed's plans.
+    pub plans: BTreeMap<String, ProjectLimits>,
+}
+
+/// The seed plans' rules: Free and Starter get a quarter and a half of the configured
+/// `api_key` / `project` budgets, Pro the configured ones, Enterprise five times them.
+fn default_plan_limits() -> BTreeMap<String, ProjectLimits> {
+    let plan = |api: (u32, u32), project: (u32, u32), init: (u32, u32)| ProjectLimits {
+        api_key: Some(Rule::new(api.0, Per::Minute, api.1)),
+        project: Some(Rule::new(project.0, Per::Minute, project.1)),
+        widget_init_project: Some(Rule::new(init.0, Per::Minute, init.1)),
+        ..ProjectLimits::default()
+    };
+    BTreeMap::from([
+        ("free".into(), plan((750, 50), (3_000, 250), (750, 75))),
+        (
+            "starter".into(),
+            plan((1_500, 100), (6_000, 500), (1_500, 150)),
+        ),
+        (
+            "pro".into(),
+            plan((3_000, 200), (12_000, 1_000), (3_000, 300)),
+        ),
+        (
+            "enterprise".into(),
+            plan((15_000, 1_000), (60_000, 5_000), (15_000, 1_500)),
+        ),
+    ])
 }
 
 impl Default for LimitsConfig {
@@ -190,6 +222,7 @@ impl Default for LimitsConfig {
             widget_init_ip: Rule::new(20, Per::Minute, 20),
             widget_init_project: Rule::new(3000, Per::Minute, 300),
             messages: Rule::new(60, Per::Minute, 20),
+            plans: default_plan_limits(),
         }
     }
 }
@@ -203,7 +236,17 @@ impl LimitsConfig {
         for (name, rule) in self.rules() {
             rule.check(name)?;
         }
+        for (plan, rules) in &self.plans {
+            rules
+                .check()
+                .map_err(|e| format!("limits.plans.{plan}.{}", e.trim_start_matches("limits.")))?;
+        }
         Ok(())
+    }
+
+    /// The rules of projects on `plan` (none if the plan has no entry).
+    pub fn plan(&self, plan: &str) -> Option<&ProjectLimits> {
+        self.plans.get(plan)
     }
 
     /// Each rule with its key name.
@@ -254,18 +297,39 @@ impl ProjectLimits {
         }
         let parsed: Self =
             serde_json::from_value(v.clone()).map_err(|e| format!("settings.limits: {e}"))?;
+        parsed.check().map_err(|e| format!("settings.{e}"))?;
+        Ok(parsed)
+    }
+
+    /// Checks each rule; the error names it (`limits.project.burst …`).
+    fn check(&self) -> Result<(), String> {
         for (name, rule) in [
-            ("api_key", parsed.api_key),
-            ("end_user", parsed.end_user),
-            ("project", parsed.project),
-            ("widget_init_project", parsed.widget_init_project),
-            ("messages", parsed.messages),
+            ("api_key", self.api_key),
+            ("end_user", self.end_user),
+            ("project", self.project),
+            ("widget_init_project", self.widget_init_project),
+            ("messages", self.messages),
         ] {
             if let Some(r) = rule {
-                r.check(name).map_err(|e| format!("settings.{e}"))?;
+                r.check(name)?;
             }
         }
-        Ok(parsed)
+        Ok(())
+    }
+
+    /// These rules, with `fallback`'s for the buckets these leave unset (a project's own
+    /// overrides over its plan's).
+    pub fn or(&self, fallback: Option<&ProjectLimits>) -> ProjectLimits {
+        let Some(f) = fallback else {
+            return self.clone();
+        };
+        ProjectLimits {
+            api_key: self.api_key.or(f.api_key),
+            end_user: self.end_user.or(f.end_user),
+            project: self.project.or(f.project),
+            widget_init_project: self.widget_init_project.or(f.widget_init_project),
+            messages: self.messages.or(f.messages),
+        }
     }
 
     /// Like [`Self::from_settings`], but a malformed section counts as none (it was checked
@@ -303,6 +367,35 @@ mod tests {
         assert_eq!(json["ip"]["rate"], "6000/min");
         let back: LimitsConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn plan_rules_fill_what_a_project_leaves_unset() {
+        let c = LimitsConfig::default();
+        let free = c.plan("free").unwrap();
+        assert_eq!(free.project, Some(Rule::new(3_000, Per::Minute, 250)));
+        assert_eq!(c.plan("pro").unwrap().project, Some(c.project));
+        assert!(c.plan("custom").is_none());
+        let own = ProjectLimits {
+            project: Some(Rule::new(10, Per::Second, 5)),
+            ..ProjectLimits::default()
+        };
+        let merged = own.or(Some(free));
+        assert_eq!(merged.project, own.project, "the project's own rule first");
+        assert_eq!(merged.api_key, free.api_key, "then its plan's");
+        assert_eq!(merged.messages, None, "then the configured one");
+        let mut bad = LimitsConfig::default();
+        bad.plans.insert(
+            "free".into(),
+            ProjectLimits {
+                api_key: Some(Rule::new(1, Per::Second, 0)),
+                ..ProjectLimits::default()
+            },
+        );
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "limits.plans.free.api_key.burst must be at least 1"
+        );
     }
 
     #[test]

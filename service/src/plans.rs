@@ -71,6 +71,17 @@ impl PlanFeatures {
     }
 }
 
+/// The plan of a project that names an unknown one (plans are never deleted): no limits.
+fn unknown_plan(project: &Project) -> Plan {
+    Plan {
+        id: project.plan.clone(),
+        name: project.plan.to_string(),
+        limits: PlanLimits::default(),
+        features: BTreeSet::new(),
+        updated_at: project.updated_at,
+    }
+}
+
 /// A project's usage in one period, with the plan it is measured against.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageReport {
@@ -80,7 +91,62 @@ pub struct UsageReport {
     pub used: UsageCounts,
 }
 
+/// One project's line of a monthly usage export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportLine {
+    pub project: Project,
+    /// The project's plan now (a month's limits are those of the plan at export time).
+    pub plan: Plan,
+    pub used: UsageCounts,
+}
+
+/// A page of a monthly usage export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportPage {
+    pub period: Period,
+    pub lines: Vec<ExportLine>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<ProjectId>,
+}
+
 impl Service {
+    /// One page of the usage of every project in `period` (`owner`'s projects only when
+    /// given; every project for a platform admin), by project id.
+    pub async fn usage_export(
+        &self,
+        owner: Option<AdminUserId>,
+        period: Period,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> Result<ExportPage, ApiError> {
+        let page = self.store().list_projects(owner, cursor, limit).await?;
+        let plans = self.plans().await?;
+        let mut lines = Vec::with_capacity(page.items.len());
+        for project in page.items {
+            let used = self.store().usage(project.id, period).await?;
+            let plan = plans
+                .iter()
+                .find(|p| p.id == project.plan)
+                .cloned()
+                .unwrap_or_else(|| unknown_plan(&project));
+            lines.push(ExportLine {
+                project,
+                plan,
+                used,
+            });
+        }
+        let next = if page.has_more {
+            lines.last().map(|l| l.project.id)
+        } else {
+            None
+        };
+        Ok(ExportPage {
+            period,
+            lines,
+            next,
+        })
+    }
+
     /// Every plan, by id.
     pub async fn plans(&self) -> Result<Vec<Plan>, ApiError> {
         Ok(self.store().list_plans().await?)
@@ -139,14 +205,7 @@ impl Service {
         let used = self.store().usage(project.id, period).await?;
         let plan = match self.store().plan(&project.plan).await? {
             Some(p) => p,
-            // Plans are never deleted; a project naming an unknown one has no limits.
-            None => Plan {
-                id: project.plan.clone(),
-                name: project.plan.to_string(),
-                limits: PlanLimits::default(),
-                features: BTreeSet::new(),
-                updated_at: project.updated_at,
-            },
+            None => unknown_plan(&project),
         };
         Ok(UsageReport {
             project,

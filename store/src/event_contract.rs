@@ -39,6 +39,7 @@ macro_rules! for_each_event_check {
             unacked_events_are_redelivered_with_the_same_id,
             workers_of_one_consumer_share_the_events,
             consumers_are_independent,
+            usage_warnings_are_logged_once_at_80_and_100_percent,
         );
     };
 }
@@ -521,4 +522,130 @@ pub async fn consumers_are_independent(store: &TestStore, log: &TestLog) {
             .collect();
         assert_eq!(users, vec![first, mark]);
     }
+}
+
+/// A change that makes a monthly count reach 80 % or 100 % of its plan limit logs
+/// `usage.threshold_reached` once per threshold (after the change's own event); the refused
+/// change after the limit and the changes below a threshold log none.
+pub async fn usage_warnings_are_logged_once_at_80_and_100_percent(
+    store: &TestStore,
+    log: &TestLog,
+) {
+    use larachat_core::plan::{Plan, PlanLimits, QuotaMetric};
+    // A plan of its own: other checks share the store and its seeded plans.
+    let plan = Plan {
+        id: PlanId::parse(&format!(
+            "warn-{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        ))
+        .unwrap(),
+        name: "Warnings".into(),
+        limits: PlanLimits {
+            monthly_active_users: Some(10),
+            messages_per_month: Some(5),
+            projects_per_owner: None,
+        },
+        features: BTreeSet::new(),
+        updated_at: model::now(),
+    };
+    store.put_plan(&plan).await.expect("plan");
+    let project = new_project(store).await;
+    store
+        .update_project(
+            project,
+            &model::ProjectPatch {
+                plan: Some(plan.id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("plan change")
+        .expect("project");
+    store.plans_changed();
+    let mut consumer = log
+        .consumer(&fresh_consumer(), ConsumerOptions::default())
+        .await
+        .expect("consumer");
+
+    // 8 end users: 80 % of 10 monthly active users.
+    for _ in 0..8 {
+        store
+            .upsert_end_user(project, &anonymous())
+            .await
+            .expect("user");
+    }
+    let t = model::now();
+    let conv = Conversation {
+        id: ConversationId::new_v7(),
+        project_id: project,
+        subject: None,
+        status: ConversationStatus::Open,
+        members: vec![],
+        metadata: json!({}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+        assignee: None,
+    };
+    store
+        .create_conversation(&conv)
+        .await
+        .expect("conversation");
+    let send = |i: usize| NewMessage {
+        project_id: project,
+        conversation_id: conv.id,
+        sender: agent(),
+        text: format!("m{i}"),
+        metadata: json!({}),
+        client_msg_id: Some(format!("w-{i}")),
+    };
+    // 5 messages: 80 % at the 4th, 100 % at the 5th; a retry of the 5th and the refused 6th
+    // log nothing.
+    for i in 1..=5 {
+        assert!(store.append_message(&send(i)).await.expect("send").created);
+    }
+    assert!(!store.append_message(&send(5)).await.expect("retry").created);
+    assert!(matches!(
+        store.append_message(&send(6)).await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    // The marker is the 9th active user: below 100 %.
+    let m = marker(store, project).await;
+    let got = acked_until_marker(consumer.as_mut(), project, m).await;
+    let warnings: Vec<(QuotaMetric, u8, u64, u64)> = got
+        .iter()
+        .filter_map(|g| match &g.event.data {
+            EventData::UsageThresholdReached(w) => {
+                assert_eq!(w.plan, plan.id);
+                assert_eq!(w.resets_at, w.period.resets_at());
+                Some((w.metric, w.threshold_percent, w.used, w.limit))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (QuotaMetric::MonthlyActiveUsers, 80, 8, 10),
+            (QuotaMetric::MessagesPerMonth, 80, 4, 5),
+            (QuotaMetric::MessagesPerMonth, 100, 5, 5),
+        ],
+        "{got:?}"
+    );
+    // Each after the change that reached it: the 4th message's event comes before the first
+    // messages warning.
+    let position =
+        |f: &dyn Fn(&EventData) -> bool| got.iter().position(|g| f(&g.event.data)).expect("event");
+    let fourth = position(&|d| matches!(d, EventData::MessageSent(m) if m.text == "m4"));
+    let warned = position(
+        &|d| matches!(d, EventData::UsageThresholdReached(w) if w.metric == QuotaMetric::MessagesPerMonth),
+    );
+    assert!(fourth < warned, "{got:?}");
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.event.kind() == EventKind::UsageThresholdReached)
+            .count(),
+        3,
+        "once each"
+    );
 }

@@ -1524,7 +1524,7 @@ impl Store for ScyllaStore {
             let ticket = self.check_quota(project, 0, &[user.id]).await?;
             let entry = self.insert_end_user(&user).await?;
             self.enqueue(vec![entry]);
-            ticket.commit(0);
+            self.settle(ticket, 0).await;
             return Ok((user, true));
         };
         // Concurrent identifications in this process queue here; across processes the
@@ -1548,7 +1548,7 @@ impl Store for ScyllaStore {
                     let ticket = self.check_quota(project, 0, &[user.id]).await?;
                     self.batch(usage::rows(project, Period::of(now), &[], &[user.id]))
                         .await?;
-                    ticket.commit(0);
+                    self.settle(ticket, 0).await;
                     if apply_identify(&mut user, u) {
                         user.updated_at = model::now().max(user.updated_at);
                         self.write_end_user_profile(&user, true).await?;
@@ -1577,7 +1577,7 @@ impl Store for ScyllaStore {
                 .await?;
             if won {
                 self.enqueue(vec![entry]);
-                ticket.commit(0);
+                self.settle(ticket, 0).await;
                 return Ok((user, true));
             }
             // Lost the race: the user was not created, nor is its event. (A process killed
@@ -1756,7 +1756,7 @@ impl Store for ScyllaStore {
         ));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
-        ticket.commit(1);
+        self.settle(ticket, 1).await;
         // The sequencer starts at seq 0. Should this fail, the first append does it.
         self.set_initial_head(p, id, sequencer::Head { seq: 0, id: None })
             .await?;
@@ -2034,7 +2034,7 @@ impl Store for ScyllaStore {
         };
         let appended = self.append(m).await?;
         if appended.created {
-            ticket.commit(0);
+            self.settle(ticket, 0).await;
         }
         Ok(appended)
     }

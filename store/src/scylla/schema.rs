@@ -28,7 +28,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -219,6 +219,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE TABLE IF NOT EXISTS usage_periods (\
                 project_id uuid, period text, PRIMARY KEY ((project_id), period)) \
                 WITH CLUSTERING ORDER BY (period DESC)",
+        ],
+        add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 6,
+        name: "usage warnings",
+        statements: &[
+            // One row per warning of a project's month (`messages_per_month:80:1000`): who
+            // emits it is decided by IF NOT EXISTS; the row keeps the event so that another
+            // process can finish emitting it with the same id (see `usage`).
+            "CREATE TABLE IF NOT EXISTS usage_alerts (\
+                project_id uuid, period text, alert text, event text, emitted boolean, \
+                PRIMARY KEY ((project_id, period), alert))",
         ],
         add_columns: &[],
         data: None,

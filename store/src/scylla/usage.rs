@@ -22,6 +22,16 @@
 //! changes in one process never pass the same check. Changes made by other processes within
 //! the TTL are not in the estimate, so the overshoot is bounded by what the other processes
 //! write in one TTL.
+//!
+//! **Warnings (`usage.threshold_reached`) are emitted at least once, with one id.** A process
+//! looks for a reached threshold (80 % / 100 % of a monthly limit) where it sees the count:
+//! a reservation that takes its estimate across one (emitted once the change is made), and a
+//! freshly loaded count already past one (which covers crossings no single process saw, and a
+//! process that died before emitting). Emitting is decided once per project, period and
+//! threshold by a lightweight transaction on `usage_alerts`, whose row holds the event; its
+//! winner writes the event to the outbox and marks the row emitted. A row left unmarked for
+//! [`ALERT_TAKEOVER`] (its winner died in between) is emitted by the next process that finds
+//! it, with the same event (same id): consumers de-duplicate by id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +39,11 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use uuid::Uuid;
 
+use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
 use larachat_core::model::{self, Message};
 use larachat_core::plan::{
-    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, UsageCounts,
+    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing, UsageCounts,
 };
 
 use super::ScyllaStore;
@@ -48,6 +59,9 @@ pub(crate) const CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Most projects whose limits / estimates a process keeps.
 const CACHE_CAPACITY: u64 = 100_000;
+
+/// How long a claimed, unmarked warning is left to the process that claimed it.
+const ALERT_TAKEOVER: Duration = Duration::from_secs(30);
 
 /// Most periods of history returned.
 const MAX_HISTORY: u32 = 120;
@@ -69,6 +83,8 @@ type PlanRow = (
 pub(crate) struct QuotaCache {
     limits: moka::sync::Cache<ProjectId, (PlanId, PlanLimits)>,
     estimates: moka::sync::Cache<(ProjectId, Period), Arc<parking_lot::Mutex<UsageCounts>>>,
+    /// Warnings known to be emitted, by (project, period, [`ThresholdCrossing::key`]).
+    alerted: moka::sync::Cache<(ProjectId, Period, String), ()>,
 }
 
 impl Default for QuotaCache {
@@ -81,6 +97,10 @@ impl Default for QuotaCache {
             estimates: moka::sync::Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(CACHE_TTL)
+                .build(),
+            alerted: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_idle(Duration::from_secs(3600))
                 .build(),
         }
     }
@@ -299,6 +319,11 @@ impl ScyllaStore {
                 )
                 .await?;
             }
+            self.exec(
+                "DELETE FROM usage_alerts WHERE project_id = ? AND period = ?",
+                (p, key.as_str()),
+            )
+            .await?;
         }
         self.exec("DELETE FROM usage_periods WHERE project_id = ?", (p,))
             .await?;
@@ -342,13 +367,19 @@ impl ScyllaStore {
         &self,
         project: ProjectId,
         period: Period,
+        plan: &PlanId,
+        limits: &PlanLimits,
     ) -> StoreResult<Arc<parking_lot::Mutex<UsageCounts>>> {
         if let Some(e) = self.quota.estimates.get(&(project, period)) {
             return Ok(e);
         }
-        let counted = Arc::new(parking_lot::Mutex::new(
-            self.count_usage(project, period).await?,
-        ));
+        let count = self.count_usage(project, period).await?;
+        // Thresholds the stored count is past: emitted unless known to be (see module docs).
+        let reached = crossings(limits, &count, |metric, limit, n| {
+            ThresholdCrossing::reached(metric, limit, n)
+        });
+        self.emit_alerts(project, plan, period, reached).await;
+        let counted = Arc::new(parking_lot::Mutex::new(count));
         // Another task may have loaded it meanwhile: keep the first (it may hold increments).
         Ok(self
             .quota
@@ -400,6 +431,7 @@ impl ScyllaStore {
             messages,
             new_users: 0,
             committed: false,
+            alerts: None,
         };
         if limits.messages_per_month.is_none() && limits.monthly_active_users.is_none() {
             return Ok(ticket);
@@ -407,7 +439,7 @@ impl ScyllaStore {
         if limits.monthly_active_users.is_some() && !users.is_empty() {
             ticket.new_users = self.new_users(project, period, users).await?;
         }
-        let estimate = self.estimate(project, period).await?;
+        let estimate = self.estimate(project, period, &plan, &limits).await?;
         let refuse = |metric, limit| {
             Err(StoreError::QuotaExceeded(QuotaExceeded {
                 metric,
@@ -428,8 +460,24 @@ impl ScyllaStore {
                     return refuse(QuotaMetric::MessagesPerMonth, limit);
                 }
             }
+            let before = *e;
             e.messages += ticket.messages;
             e.active_users += ticket.new_users;
+            let crossed = crossings(&limits, &e, |metric, limit, n| {
+                let was = match metric {
+                    QuotaMetric::MessagesPerMonth => before.messages,
+                    _ => before.active_users,
+                };
+                ThresholdCrossing::crossed(metric, limit, was, n)
+            });
+            if !crossed.is_empty() {
+                ticket.alerts = Some(Alerts {
+                    project,
+                    plan,
+                    period,
+                    crossed,
+                });
+            }
         }
         ticket.estimate = Some(estimate);
         Ok(ticket)
@@ -468,6 +516,140 @@ impl ScyllaStore {
     }
 }
 
+/// Applies `f` to each limited monthly metric: (metric, limit, count).
+fn crossings(
+    limits: &PlanLimits,
+    count: &UsageCounts,
+    f: impl Fn(QuotaMetric, u64, u64) -> Vec<ThresholdCrossing>,
+) -> Vec<ThresholdCrossing> {
+    let mut out = Vec::new();
+    if let Some(limit) = limits.monthly_active_users {
+        out.extend(f(
+            QuotaMetric::MonthlyActiveUsers,
+            limit,
+            count.active_users,
+        ));
+    }
+    if let Some(limit) = limits.messages_per_month {
+        out.extend(f(QuotaMetric::MessagesPerMonth, limit, count.messages));
+    }
+    out
+}
+
+/// Warnings a reservation reached, to emit once its change is made.
+#[derive(Debug)]
+pub(crate) struct Alerts {
+    project: ProjectId,
+    plan: PlanId,
+    period: Period,
+    crossed: Vec<ThresholdCrossing>,
+}
+
+impl ScyllaStore {
+    /// Commits a ticket whose change was made (`conversations` created with it) and emits
+    /// the warnings it reached.
+    pub(super) async fn settle(&self, ticket: Ticket, conversations: u64) {
+        if let Some(a) = ticket.commit(conversations) {
+            self.emit_alerts(a.project, &a.plan, a.period, a.crossed)
+                .await;
+        }
+    }
+
+    /// Emits each warning not known to be emitted (see the module docs). Never fails the
+    /// change that found them: an error is logged, and the next process to load the count
+    /// finds the threshold again.
+    async fn emit_alerts(
+        &self,
+        project: ProjectId,
+        plan: &PlanId,
+        period: Period,
+        alerts: Vec<ThresholdCrossing>,
+    ) {
+        for c in alerts {
+            let key = (project, period, c.key());
+            if self.quota.alerted.contains_key(&key) {
+                continue;
+            }
+            match self.emit_alert(project, plan, period, &c).await {
+                Ok(true) => self.quota.alerted.insert(key, ()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%project, alert = %key.2, error = %e, "usage warning not emitted yet")
+                }
+            }
+        }
+    }
+
+    /// Claims the warning and writes its event; `true` once it is known to be emitted.
+    async fn emit_alert(
+        &self,
+        project: ProjectId,
+        plan: &PlanId,
+        period: Period,
+        c: &ThresholdCrossing,
+    ) -> StoreResult<bool> {
+        let (p, key, alert) = (*project.as_uuid(), period.to_string(), c.key());
+        let now = model::now();
+        let mine = DomainEvent::usage_threshold_reached(project, now, c, plan.clone(), period);
+        let claimed = self
+            .lwt(
+                "INSERT INTO usage_alerts (project_id, period, alert, event, emitted) \
+                 VALUES (?, ?, ?, ?, false) IF NOT EXISTS",
+                (
+                    p,
+                    key.as_str(),
+                    alert.as_str(),
+                    String::from_utf8_lossy(&mine.to_json()),
+                ),
+            )
+            .await?;
+        let event = if claimed {
+            mine
+        } else {
+            let mut stmt = self
+                .stmt(
+                    "SELECT event, emitted FROM usage_alerts WHERE project_id = ? AND period = ? \
+                     AND alert = ?",
+                )
+                .await?;
+            stmt.set_consistency(super::Consistency::LocalSerial);
+            let row: Option<(Option<String>, Option<bool>)> = self
+                .session
+                .execute_unpaged(&stmt, (p, key.as_str(), alert.as_str()))
+                .await
+                .map_err(super::codec::exec_error)?
+                .into_rows_result()
+                .map_err(super::codec::internal)?
+                .maybe_first_row()
+                .map_err(super::codec::internal)?;
+            let Some((Some(body), emitted)) = row else {
+                return Err(corrupt("usage alert without its event"));
+            };
+            if emitted == Some(true) {
+                return Ok(true);
+            }
+            let theirs = DomainEvent::from_json(body.as_bytes())
+                .map_err(|_| corrupt("usage alert event"))?;
+            let age = (now - theirs.occurred_at).to_std().unwrap_or_default();
+            if age < ALERT_TAKEOVER {
+                // Its claimer is writing it; if that claimer died, a later look takes over.
+                return Ok(false);
+            }
+            theirs
+        };
+        let ((cql, values), entry) = super::outbox::insert(&event, now);
+        self.batch(vec![(cql, values)]).await?;
+        self.enqueue(vec![entry]);
+        self.lwt(
+            "UPDATE usage_alerts SET emitted = true WHERE project_id = ? AND period = ? \
+             AND alert = ? IF EXISTS",
+            (p, key.as_str(), alert.as_str()),
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
 /// A change that passed [`ScyllaStore::check_quota`], reserved in this process's estimate
 /// until it is committed or dropped.
 #[derive(Debug)]
@@ -477,15 +659,19 @@ pub(crate) struct Ticket {
     messages: u64,
     new_users: u64,
     committed: bool,
+    /// Warnings the reservation reached.
+    alerts: Option<Alerts>,
 }
 
 impl Ticket {
-    /// The change was made (`conversations` created with it): keep the reservation.
-    pub(crate) fn commit(mut self, conversations: u64) {
+    /// The change was made (`conversations` created with it): keep the reservation; returns
+    /// the warnings it reached. [`ScyllaStore::settle`] also emits them.
+    pub(crate) fn commit(mut self, conversations: u64) -> Option<Alerts> {
         self.committed = true;
         if let Some(e) = &self.estimate {
             e.lock().conversations += conversations;
         }
+        self.alerts.take()
     }
 }
 

@@ -7,17 +7,20 @@
 //! there is no event consumer to redeliver to. The quota check reads the count in the same
 //! transaction, and the single writer serializes every write, so a limit is exact: the change
 //! that would make the count pass it fails with [`StoreError::QuotaExceeded`] and its savepoint
-//! (the change, its event, any count) is rolled back.
+//! (the change, its event, any count) is rolled back. The change that makes a count reach
+//! 80 % or 100 % of its limit writes a `usage.threshold_reached` event in the same savepoint.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
 use larachat_core::plan::{
-    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, UsageCounts,
+    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing, UsageCounts,
 };
 
 use super::codec::{self, ms, sql_error};
+use super::outbox;
 use crate::{StoreError, StoreResult};
 
 /// Most periods [`usage_history`] returns.
@@ -184,6 +187,29 @@ pub(crate) fn count(
         ])
     })
     .map_err(sql_error)?;
+    // The warnings, in the change's savepoint: exact and once (the single writer sees every
+    // count go up one change at a time).
+    let mut crossings = Vec::new();
+    if let Some(limit) = limits.monthly_active_users {
+        crossings.extend(ThresholdCrossing::crossed(
+            QuotaMetric::MonthlyActiveUsers,
+            limit,
+            before.active_users,
+            after.active_users,
+        ));
+    }
+    if let Some(limit) = limits.messages_per_month {
+        crossings.extend(ThresholdCrossing::crossed(
+            QuotaMetric::MessagesPerMonth,
+            limit,
+            before.messages,
+            after.messages,
+        ));
+    }
+    for c in &crossings {
+        let event = DomainEvent::usage_threshold_reached(project, at, c, plan.clone(), period);
+        outbox::insert(conn, &event)?;
+    }
     Ok(())
 }
 
