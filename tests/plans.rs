@@ -160,9 +160,11 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
     let server = Server::start().await;
     let busy = server.tenant("=SUM(A1), Acme \"Inc\"").await;
     let idle = server.tenant("idle").await;
-    let (_ada, token) = server.user(&busy.key, "ada").await;
+    let (ada, token) = server.user(&busy.key, "ada").await;
     let (bob, _) = server.user(&busy.key, "bob").await;
-    let conversation = server.conversation(&busy.key, &[bob.as_str()]).await;
+    let conversation = server
+        .conversation(&busy.key, &[ada.as_str(), bob.as_str()])
+        .await;
     for i in 0..3 {
         server.send(&token, &conversation, &format!("m{i}")).await;
     }
