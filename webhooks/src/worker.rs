@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -427,7 +426,8 @@ pub async fn run_consumer(
 pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: CancellationToken) {
     let (done, results) = tokio::sync::mpsc::channel(RECORD_BATCH);
     let recorder = tokio::spawn(record_attempts(dispatcher.store.clone(), results));
-    let mut in_flight = FuturesUnordered::new();
+    // Attempts run as tasks of their own, so they progress while this loop awaits a claim.
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing more was due at the last claim: wait for an enqueue or the next tick.
@@ -473,7 +473,7 @@ pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: Ca
                 };
                 let dispatcher = dispatcher.clone();
                 let done = done.clone();
-                in_flight.push(async move {
+                in_flight.spawn(async move {
                     let result = dispatcher.try_delivery(d, endpoint).await?;
                     done.send(result).await.map_err(|_| {
                         WebhookStoreError::Unavailable("the attempt recorder stopped".into())
@@ -484,18 +484,20 @@ pub async fn run_deliveries(dispatcher: Dispatcher, poll: Duration, shutdown: Ca
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = r {
-                    tracing::warn!("webhook delivery: {e}");
+            Some(r) = in_flight.join_next(), if !in_flight.is_empty() => {
+                match r {
+                    Ok(Err(e)) => tracing::warn!("webhook delivery: {e}"),
+                    Err(e) => tracing::warn!("webhook delivery task: {e}"),
+                    Ok(Ok(())) => {}
                 }
             }
             _ = dispatcher.wake.notified() => idle = false,
             _ = tick.tick() => idle = false,
         }
     }
-    // Attempts still in flight are abandoned (their leases run out); what finished is
-    // recorded before returning.
-    drop(in_flight);
+    // Attempts still in flight are abandoned (aborted; their leases run out); what finished
+    // is recorded before returning.
+    in_flight.shutdown().await;
     drop(done);
     let _ = recorder.await;
 }

@@ -21,6 +21,7 @@ pub async fn run_all(store: Arc<dyn WebhookStore>) {
     endpoint_cap(&*store).await;
     enqueue_is_once_per_endpoint_and_event(&*store).await;
     claim_leases_to_one_caller(&*store).await;
+    concurrent_claims_never_share_a_delivery(&*store).await;
     attempts_are_logged_and_redeliver_restarts(&*store).await;
     listing_filters_and_pages(&*store).await;
 }
@@ -188,6 +189,70 @@ async fn claim_leases_to_one_caller(s: &dyn WebhookStore) {
         again.extend(mine(got));
     }
     assert_eq!(again.len(), 6);
+}
+
+/// Two workers claiming one endpoint's deliveries at the same time (on Cassandra: from the
+/// same sub-bucket partitions, their LWTs racing) never both get one delivery, and between
+/// them they get all of it; the deliveries log lists them in event-id order across the
+/// sub-buckets, a page at a time as well as at once.
+async fn concurrent_claims_never_share_a_delivery(s: &dyn WebhookStore) {
+    let p = ProjectId::new_v7();
+    let e = EndpointId::new_v7();
+    // Later than anything the other checks leave due (see claim_leases_to_one_caller).
+    let base = t(2_000_000);
+    let evs: Vec<EventId> = (0..48).map(|_| EventId::new_v7()).collect();
+    let batch: Vec<Delivery> = evs.iter().map(|ev| delivery(p, e, *ev, base)).collect();
+    assert_eq!(s.enqueue_many(&batch).await.unwrap(), evs.len());
+    assert_eq!(s.enqueue_many(&batch).await.unwrap(), 0, "once per pair");
+
+    let lease = base + Duration::seconds(60);
+    let worker = || async {
+        let mut got = Vec::new();
+        loop {
+            let claimed = s.claim_due(base, lease, 8).await.unwrap();
+            if claimed.is_empty() {
+                return got;
+            }
+            assert!(claimed.len() <= 8, "a claim takes at most its limit");
+            got.extend(
+                claimed
+                    .into_iter()
+                    .filter(|d| d.project_id == p)
+                    .map(|d| d.event_id),
+            );
+        }
+    };
+    let (a, b) = futures::join!(worker(), worker());
+    for ev in &a {
+        assert!(!b.contains(ev), "{ev} claimed by both workers");
+    }
+    let mut all: Vec<EventId> = a.into_iter().chain(b).collect();
+    all.sort();
+    assert_eq!(all, evs, "every delivery claimed once");
+
+    let ids = |v: Vec<Delivery>| v.into_iter().map(|d| d.event_id).collect::<Vec<_>>();
+    let everything = DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s.list_deliveries(p, e, &everything).await.unwrap()),
+        evs
+    );
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let q = DeliveryQuery {
+            limit: 7,
+            after,
+            ..Default::default()
+        };
+        let page = ids(s.list_deliveries(p, e, &q).await.unwrap());
+        let Some(last) = page.last() else { break };
+        after = Some(*last);
+        paged.extend(page);
+    }
+    assert_eq!(paged, evs, "pages of 7 in order");
 }
 
 async fn attempts_are_logged_and_redeliver_restarts(s: &dyn WebhookStore) {

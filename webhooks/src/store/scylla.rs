@@ -5,21 +5,40 @@
 //! | table | key | notes |
 //! |---|---|---|
 //! | `webhook_endpoints` | `((project_id), id)` | at most 20 per project |
-//! | `webhook_deliveries` | `((project_id, endpoint_id, day), event_id)` | `day` of the event id's time; TTL = retention |
+//! | `webhook_deliveries_v2` | `((project_id, endpoint_id, day, sub), event_id)` | `day` of the event id's time, `sub` = event id mod 16; TTL = retention |
 //! | `webhook_attempts` | `((project_id, endpoint_id, day), event_id, attempt)` | TTL = retention |
-//! | `webhook_due` | `((shard), due_at, project_id, endpoint_id, event_id)` | the work queue; 16 shards by endpoint |
+//! | `webhook_due` | `((shard), due_at, project_id, endpoint_id, event_id)` | the work queue; 16 shards by endpoint and sub |
+//! | `webhook_schema_migrations` | `(version)` | the migrations applied (below) |
 //!
-//! Partitions are bounded: one endpoint's deliveries of one day, and the due queue holds only
-//! pending deliveries. Every write to a delivery row is a lightweight transaction (enqueue
+//! Partitions are bounded: one sixteenth of one endpoint's deliveries of one day, and the due
+//! queue holds only pending deliveries. Every write to a delivery row is a lightweight
+//! transaction (enqueue
 //! `IF NOT EXISTS`, claim `IF lease_until <= now`, the rest `IF EXISTS`): mixing Paxos and
 //! plain writes on one row can order them wrongly, and the lease is what keeps two workers
 //! from attempting one delivery at once. A due row is only a hint: a claim checks it against
 //! the delivery (pending and due at that time) and deletes it when stale.
+//!
+//! **Sub-buckets.** Paxos rounds on one partition serialize, so an endpoint whose deliveries
+//! all shared `(project_id, endpoint_id, day)` was bounded by one partition's LWT rate (about
+//! 30 deliveries/s, docs/events.md). Each delivery now lives in one of [`SUBS`] partitions
+//! chosen by its event id, and the batch operations ([`WebhookStore::enqueue_many`],
+//! [`WebhookStore::claim_due`], [`WebhookStore::record_attempts`]) run one sequence of
+//! operations per partition, the partitions concurrently: no two LWTs of one call contend,
+//! and different partitions' rounds run in parallel. The deliveries log merges the
+//! sub-buckets of each day by event id.
+//!
+//! **Migrations.** Numbered, recorded in `webhook_schema_migrations`, each idempotent:
+//! 1 creates the original tables; 2 creates `webhook_deliveries_v2` and copies every row of
+//! `webhook_deliveries` into it (`IF NOT EXISTS`, with its remaining TTL), so deliveries
+//! written before the upgrade stay listable, redeliverable and claimable. Run it with no
+//! worker of an older build running (as `larachat migrate` requires for the chat schema).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -43,12 +62,17 @@ use crate::model::{
 use crate::signing::Secret;
 
 const SHARDS: i32 = 16;
+/// Partitions per endpoint and day (the `sub` of `webhook_deliveries_v2`).
+pub const SUBS: i32 = 16;
+/// The webhook schema this build reads and writes.
+pub const WEBHOOK_SCHEMA_VERSION: i32 = 2;
 /// How long a due row may point at a delivery that does not exist yet before a claim deletes
 /// it as an orphan: far longer than an enqueue's two writes take.
 const ENQUEUE_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 const DAY_MS: i64 = 86_400_000;
 
-const SCHEMA: &[&str] = &[
+/// Schema 1: the original tables (`webhook_deliveries` is only read by migration 2).
+const SCHEMA_1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS webhook_endpoints (project_id uuid, id uuid, url text, \
      description text, filter text, enabled boolean, disabled_reason text, secret text, \
      previous_secret text, previous_expires_at timestamp, created_at timestamp, \
@@ -70,6 +94,27 @@ const SCHEMA: &[&str] = &[
      PRIMARY KEY ((shard), due_at, project_id, endpoint_id, event_id)) \
      WITH gc_grace_seconds = 3600",
 ];
+
+/// Schema 2: deliveries spread over [`SUBS`] partitions per endpoint and day.
+const SCHEMA_2: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS webhook_deliveries_v2 (project_id uuid, endpoint_id uuid, \
+     day bigint, sub int, event_id uuid, event text, payload text, status text, attempts int, \
+     series_attempts int, series_started_at timestamp, next_attempt_at timestamp, \
+     last_response_code int, lease_until timestamp, created_at timestamp, \
+     updated_at timestamp, PRIMARY KEY ((project_id, endpoint_id, day, sub), event_id))",
+];
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS webhook_schema_migrations \
+     (version int PRIMARY KEY, name text, applied_at timestamp)";
+
+/// `(version, name, statements)`; version 2 also copies the deliveries (see the module docs).
+const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (1, "initial", SCHEMA_1),
+    (2, "deliveries in sub-buckets", SCHEMA_2),
+];
+
+/// A delivery row's partition: `(project_id, endpoint_id, day, sub)`.
+type Partition = (Uuid, Uuid, i64, i32);
 
 type EndpointRow = (
     Uuid,
@@ -100,6 +145,7 @@ type DeliveryRow = (
     Option<i32>,
     CqlTimestamp,
     CqlTimestamp,
+    Option<CqlTimestamp>,
 );
 
 type AttemptRow = (
@@ -143,8 +189,43 @@ fn day_of(event: &EventId) -> i64 {
     event_time(event).timestamp_millis().div_euclid(DAY_MS)
 }
 
-fn shard_of(endpoint: &EndpointId) -> i32 {
-    i32::from(endpoint.as_uuid().as_bytes()[15]) % SHARDS
+/// The sub-bucket of an event's deliveries: its id's last byte (random bits of a UUIDv7, and
+/// of [`EventId::of_message`]'s derived ids) mod [`SUBS`].
+fn sub_of(event: &EventId) -> i32 {
+    i32::from(event.as_uuid().as_bytes()[15]) % SUBS
+}
+
+fn partition_of(project: ProjectId, endpoint: EndpointId, event: &EventId) -> Partition {
+    (
+        *project.as_uuid(),
+        *endpoint.as_uuid(),
+        day_of(event),
+        sub_of(event),
+    )
+}
+
+/// The due-queue shard of a delivery: by endpoint and sub-bucket, so one endpoint's due rows
+/// are spread over every shard too (rows written before schema 2 sit in the endpoint's shard
+/// alone; claims scan every shard, so they are found either way).
+fn shard_of(endpoint: &EndpointId, event: &EventId) -> i32 {
+    (i32::from(endpoint.as_uuid().as_bytes()[15]) + sub_of(event)) % SHARDS
+}
+
+/// Splits `items` by delivery partition, keeping their order within each.
+fn by_partition<T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> Partition,
+) -> Vec<Vec<T>> {
+    let mut index: HashMap<Partition, usize> = HashMap::new();
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let i = *index.entry(key(&item)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(item);
+    }
+    groups
 }
 
 fn u32_of(v: i32) -> u32 {
@@ -236,19 +317,138 @@ impl ScyllaWebhookStore {
         })
     }
 
-    /// Creates the `webhook_*` tables (idempotent).
+    /// Applies the webhook migrations not yet recorded (idempotent; see the module docs).
     pub async fn migrate(&self) -> WebhookStoreResult<()> {
-        for cql in SCHEMA {
-            self.session
-                .query_unpaged(*cql, ())
-                .await
-                .map_err(unavailable)?;
-        }
+        self.migrate_to(WEBHOOK_SCHEMA_VERSION).await
+    }
+
+    /// [`migrate`](Self::migrate), stopping after schema `version` (upgrade tests start from
+    /// an older schema with it). This build only reads and writes [`WEBHOOK_SCHEMA_VERSION`].
+    pub async fn migrate_to(&self, version: i32) -> WebhookStoreResult<()> {
+        self.session
+            .query_unpaged(CREATE_MIGRATIONS_TABLE, ())
+            .await
+            .map_err(unavailable)?;
         self.session
             .await_schema_agreement()
             .await
             .map_err(unavailable)?;
+        let applied: Vec<(i32,)> = self
+            .session
+            .query_unpaged("SELECT version FROM webhook_schema_migrations", ())
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .rows::<(i32,)>()
+            .map_err(corrupt)?
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?;
+        for (v, name, statements) in MIGRATIONS {
+            if *v > version || applied.iter().any(|(a,)| a == v) {
+                continue;
+            }
+            tracing::info!(version = v, name, "applying webhook migration");
+            for cql in *statements {
+                self.session
+                    .query_unpaged(*cql, ())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            self.session
+                .await_schema_agreement()
+                .await
+                .map_err(unavailable)?;
+            self.prepared.lock().clear();
+            if *v == 2 {
+                let copied = self.copy_v1_deliveries().await?;
+                tracing::info!(copied, "webhook deliveries copied into sub-buckets");
+            }
+            self.session
+                .query_unpaged(
+                    "INSERT INTO webhook_schema_migrations (version, name, applied_at) \
+                     VALUES (?, ?, ?)",
+                    (*v, *name, ts(Utc::now())),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
+    }
+
+    /// The data step of schema 2: every row of `webhook_deliveries` into its sub-bucket of
+    /// `webhook_deliveries_v2`, unless already there (a re-run, or a newer state written
+    /// since), with the TTL it had left and no lease. Returns the rows copied.
+    async fn copy_v1_deliveries(&self) -> WebhookStoreResult<usize> {
+        type OldRow = (
+            Uuid,
+            Uuid,
+            Uuid,
+            String,
+            String,
+            String,
+            i32,
+            i32,
+            CqlTimestamp,
+            Option<CqlTimestamp>,
+            Option<i32>,
+            CqlTimestamp,
+            CqlTimestamp,
+            Option<i32>,
+        );
+        let mut rows = self
+            .session
+            .query_iter(
+                "SELECT project_id, endpoint_id, event_id, event, payload, status, attempts, \
+                 series_attempts, series_started_at, next_attempt_at, last_response_code, \
+                 created_at, updated_at, TTL(payload) FROM webhook_deliveries",
+                (),
+            )
+            .await
+            .map_err(unavailable)?
+            .rows_stream::<OldRow>()
+            .map_err(corrupt)?;
+        let mut copied = 0;
+        while let Some(r) = rows.next().await {
+            let r = r.map_err(unavailable)?;
+            let ttl = r.13.unwrap_or(self.retention_secs);
+            if ttl <= 0 {
+                continue;
+            }
+            let event = EventId::from_uuid(r.2);
+            let inserted = self
+                .lwt(
+                    "INSERT INTO webhook_deliveries_v2 (project_id, endpoint_id, day, sub, \
+                     event_id, event, payload, status, attempts, series_attempts, \
+                     series_started_at, next_attempt_at, last_response_code, lease_until, \
+                     created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) \
+                     IF NOT EXISTS USING TTL ?",
+                    (
+                        r.0,
+                        r.1,
+                        day_of(&event),
+                        sub_of(&event),
+                        r.2,
+                        r.3,
+                        r.4,
+                        r.5,
+                        r.6,
+                        r.7,
+                        r.8,
+                        r.9,
+                        r.10,
+                        r.11,
+                        r.12,
+                        ttl,
+                    ),
+                )
+                .await?;
+            if inserted {
+                copied += 1;
+            }
+        }
+        Ok(copied)
     }
 
     async fn stmt(&self, cql: &'static str) -> WebhookStoreResult<PreparedStatement> {
@@ -309,22 +509,30 @@ impl ScyllaWebhookStore {
         endpoint: EndpointId,
         event: EventId,
     ) -> WebhookStoreResult<Option<Delivery>> {
+        Ok(self
+            .read_leased(project, endpoint, event)
+            .await?
+            .map(|(d, _)| d))
+    }
+
+    /// A delivery and the end of its lease (the epoch when not leased).
+    async fn read_leased(
+        &self,
+        project: ProjectId,
+        endpoint: EndpointId,
+        event: EventId,
+    ) -> WebhookStoreResult<Option<(Delivery, DateTime<Utc>)>> {
         const Q: &str = "SELECT project_id, endpoint_id, event_id, event, payload, status, \
              attempts, series_attempts, series_started_at, next_attempt_at, \
-             last_response_code, created_at, updated_at FROM webhook_deliveries \
-             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND event_id = ?";
-        let rows: Vec<DeliveryRow> = self
-            .rows(
-                Q,
-                (
-                    project.as_uuid(),
-                    endpoint.as_uuid(),
-                    day_of(&event),
-                    event.as_uuid(),
-                ),
-            )
-            .await?;
-        rows.into_iter().next().map(delivery_of).transpose()
+             last_response_code, created_at, updated_at, lease_until FROM webhook_deliveries_v2 \
+             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND sub = ? AND event_id = ?";
+        let (p, e, day, sub) = partition_of(project, endpoint, &event);
+        let rows: Vec<DeliveryRow> = self.rows(Q, (p, e, day, sub, event.as_uuid())).await?;
+        let Some(r) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let lease = r.13.map(time).unwrap_or_default();
+        Ok(Some((delivery_of(r)?, lease)))
     }
 
     async fn add_due(&self, d: &Delivery, at: DateTime<Utc>) -> WebhookStoreResult<()> {
@@ -332,7 +540,7 @@ impl ScyllaWebhookStore {
             "INSERT INTO webhook_due (shard, due_at, project_id, endpoint_id, event_id) \
              VALUES (?, ?, ?, ?, ?)",
             (
-                shard_of(&d.endpoint_id),
+                shard_of(&d.endpoint_id, &d.event_id),
                 ts(at),
                 d.project_id.as_uuid(),
                 d.endpoint_id.as_uuid(),
@@ -363,10 +571,11 @@ impl ScyllaWebhookStore {
     /// Stores every column of `d` but the lease (released) if the row exists.
     async fn write_state(&self, d: &Delivery) -> WebhookStoreResult<bool> {
         self.lwt(
-            "UPDATE webhook_deliveries USING TTL ? SET status = ?, attempts = ?, \
+            "UPDATE webhook_deliveries_v2 USING TTL ? SET status = ?, attempts = ?, \
              series_attempts = ?, series_started_at = ?, next_attempt_at = ?, \
              last_response_code = ?, updated_at = ?, lease_until = ? \
-             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND event_id = ? IF EXISTS",
+             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND sub = ? AND event_id = ? \
+             IF EXISTS",
             (
                 self.retention_secs,
                 d.status.as_str(),
@@ -380,22 +589,37 @@ impl ScyllaWebhookStore {
                 d.project_id.as_uuid(),
                 d.endpoint_id.as_uuid(),
                 day_of(&d.event_id),
+                sub_of(&d.event_id),
                 d.event_id.as_uuid(),
             ),
         )
         .await
     }
 
-    /// Moves a delivery's due row from its old time to its new one.
-    async fn reschedule(&self, old: &Delivery, new: &Delivery) -> WebhookStoreResult<()> {
-        if let (DeliveryStatus::Pending, Some(at)) = (new.status, new.next_attempt_at) {
-            self.add_due(new, at).await?;
+    /// After a state change (`new` written over `old`): a due row at `new`'s next attempt
+    /// if it is pending, then the rows `old` had (its next attempt and, if it was claimed,
+    /// its lease end) removed unless they are that same row. Added before removed, so a
+    /// pending delivery always has a due row.
+    async fn reschedule(
+        &self,
+        old: &Delivery,
+        old_lease: DateTime<Utc>,
+        new: &Delivery,
+    ) -> WebhookStoreResult<()> {
+        let keep = match (new.status, new.next_attempt_at) {
+            (DeliveryStatus::Pending, Some(at)) => {
+                self.add_due(new, at).await?;
+                Some(at)
+            }
+            _ => None,
+        };
+        let mut stale: Vec<DateTime<Utc>> = old.next_attempt_at.into_iter().collect();
+        if old_lease > DateTime::UNIX_EPOCH && !stale.contains(&old_lease) {
+            stale.push(old_lease);
         }
-        if let Some(at) = old.next_attempt_at
-            && (new.status != DeliveryStatus::Pending || new.next_attempt_at != Some(at))
-        {
+        for at in stale.into_iter().filter(|at| Some(*at) != keep) {
             self.remove_due(
-                shard_of(&old.endpoint_id),
+                shard_of(&old.endpoint_id, &old.event_id),
                 ts(at),
                 *old.project_id.as_uuid(),
                 *old.endpoint_id.as_uuid(),
@@ -404,6 +628,85 @@ impl ScyllaWebhookStore {
             .await?;
         }
         Ok(())
+    }
+
+    /// Handles one due row (a hint: "look at this delivery at this time") and leases its
+    /// delivery if it is pending, due and not leased: `Some` if this call won it.
+    ///
+    /// A won delivery's due row moves to the end of the lease (added there, then removed
+    /// here), so the rows at the head of the queue are deliveries nobody holds, whatever
+    /// the number in flight; if its worker dies, the row comes due when the lease runs out.
+    /// A row of a delivery that is leased by another worker, or due later, moves to that
+    /// time; a row of a delivery that is no longer pending is removed; a row without a
+    /// delivery is removed once older than [`ENQUEUE_GRACE`]. Every move adds before it
+    /// removes, so a pending delivery is never left without a due row.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_one(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        shard: i32,
+        at: CqlTimestamp,
+        p: Uuid,
+        e: Uuid,
+        ev: Uuid,
+    ) -> WebhookStoreResult<Option<Delivery>> {
+        let (project, endpoint, event) = (
+            ProjectId::from_uuid(p),
+            EndpointId::from_uuid(e),
+            EventId::from_uuid(ev),
+        );
+        let Some((d, lease)) = self.read_leased(project, endpoint, event).await? else {
+            // `enqueue` writes the due row before the delivery: a missing delivery may be
+            // one another worker is enqueuing right now, and deleting its due row would
+            // leave it pending forever (seen in tests/dist_events.rs with three workers).
+            // Only a row older than the grace is an orphan of an enqueuer that died between
+            // the two writes.
+            if time(at) <= now - ENQUEUE_GRACE {
+                self.remove_due(shard, at, p, e, ev).await?;
+            }
+            return Ok(None);
+        };
+        let next = match (d.status, d.next_attempt_at) {
+            (DeliveryStatus::Pending, Some(next)) => next,
+            _ => {
+                self.remove_due(shard, at, p, e, ev).await?;
+                return Ok(None);
+            }
+        };
+        // Not claimable before this.
+        let wait = next.max(lease);
+        if wait > now {
+            self.add_due(&d, wait).await?;
+            if ts(wait) != at || shard != shard_of(&endpoint, &event) {
+                self.remove_due(shard, at, p, e, ev).await?;
+            }
+            return Ok(None);
+        }
+        let won = self
+            .lwt(
+                "UPDATE webhook_deliveries_v2 SET lease_until = ? WHERE project_id = ? \
+                 AND endpoint_id = ? AND day = ? AND sub = ? AND event_id = ? \
+                 IF lease_until <= ? AND status = 'pending' AND next_attempt_at = ?",
+                (
+                    ts(lease_until),
+                    p,
+                    e,
+                    day_of(&event),
+                    sub_of(&event),
+                    ev,
+                    ts(now),
+                    ts(next),
+                ),
+            )
+            .await?;
+        if !won {
+            // Another worker won it (and moves the row) or changed it (and rescheduled).
+            return Ok(None);
+        }
+        self.add_due(&d, lease_until).await?;
+        self.remove_due(shard, at, p, e, ev).await?;
+        Ok(Some(d))
     }
 }
 
@@ -502,14 +805,15 @@ impl WebhookStore for ScyllaWebhookStore {
             self.add_due(d, at).await?;
         }
         self.lwt(
-            "INSERT INTO webhook_deliveries (project_id, endpoint_id, day, event_id, event, \
-             payload, status, attempts, series_attempts, series_started_at, next_attempt_at, \
-             last_response_code, lease_until, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+            "INSERT INTO webhook_deliveries_v2 (project_id, endpoint_id, day, sub, event_id, \
+             event, payload, status, attempts, series_attempts, series_started_at, \
+             next_attempt_at, last_response_code, lease_until, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) IF NOT EXISTS USING TTL ?",
             (
                 d.project_id.as_uuid(),
                 d.endpoint_id.as_uuid(),
                 day_of(&d.event_id),
+                sub_of(&d.event_id),
                 d.event_id.as_uuid(),
                 &d.event,
                 &d.payload,
@@ -519,13 +823,40 @@ impl WebhookStore for ScyllaWebhookStore {
                 ts(d.series_started_at),
                 d.next_attempt_at.map(ts),
                 d.last_response_code.map(i32::from),
-                CqlTimestamp(0),
                 ts(d.created_at),
                 ts(d.updated_at),
                 self.retention_secs,
             ),
         )
         .await
+    }
+
+    /// One sequence of enqueues per delivery partition, the partitions concurrently (at most
+    /// [`SUBS`] at once): the LWTs of one call never contend with each other.
+    async fn enqueue_many(&self, ds: &[Delivery]) -> WebhookStoreResult<usize> {
+        // Indices, not references: a closure over borrowed items trips async_trait's `Send`.
+        let groups = by_partition(0..ds.len(), |i| {
+            let d = &ds[*i];
+            partition_of(d.project_id, d.endpoint_id, &d.event_id)
+        });
+        let counts: Vec<WebhookStoreResult<usize>> = futures::stream::iter(groups)
+            .map(|group: Vec<usize>| async move {
+                let mut new = 0;
+                for i in group {
+                    if self.enqueue(&ds[i]).await? {
+                        new += 1;
+                    }
+                }
+                Ok(new)
+            })
+            .buffer_unordered(SUBS as usize)
+            .collect()
+            .await;
+        let mut new = 0;
+        for c in counts {
+            new += c?;
+        }
+        Ok(new)
     }
 
     async fn claim_due(
@@ -535,65 +866,86 @@ impl WebhookStore for ScyllaWebhookStore {
         limit: usize,
     ) -> WebhookStoreResult<Vec<Delivery>> {
         let limit = clamp_limit(limit);
-        let mut out = Vec::new();
-        // Start at a different shard each call so one busy shard cannot starve the others.
+        // Every shard's due rows at once (plain reads, one partition each), starting at a
+        // different shard each call so that one busy shard cannot starve the others.
         let start = (now.timestamp_subsec_millis() as i32) % SHARDS;
-        for i in 0..SHARDS {
-            if out.len() >= limit {
-                break;
-            }
+        let scans = (0..SHARDS).map(|i| {
             let shard = (start + i) % SHARDS;
-            let due: Vec<(CqlTimestamp, Uuid, Uuid, Uuid)> = self
-                .rows(
-                    "SELECT due_at, project_id, endpoint_id, event_id FROM webhook_due \
-                     WHERE shard = ? AND due_at <= ? LIMIT ?",
-                    (shard, ts(now), (limit - out.len()) as i32 * 2),
-                )
-                .await?;
-            for (at, p, e, ev) in due {
-                if out.len() >= limit {
-                    break;
-                }
-                let (project, endpoint, event) = (
-                    ProjectId::from_uuid(p),
-                    EndpointId::from_uuid(e),
-                    EventId::from_uuid(ev),
-                );
-                let current = self.read_delivery(project, endpoint, event).await?;
-                let live = current.as_ref().is_some_and(|d| {
-                    d.status == DeliveryStatus::Pending && d.next_attempt_at == Some(time(at))
-                });
-                let missing = current.is_none();
-                let Some(d) = current.filter(|_| live) else {
-                    // `enqueue` writes the due row before the delivery: a missing delivery
-                    // may be one another worker is enqueuing right now, and deleting its due
-                    // row would leave it pending forever (seen in tests/dist_events.rs with
-                    // three workers). Only a row older than the grace is an orphan of an
-                    // enqueuer that died between the two writes.
-                    if !(missing && time(at) > now - ENQUEUE_GRACE) {
-                        self.remove_due(shard, at, p, e, ev).await?;
-                    }
-                    continue;
-                };
-                let won = self
-                    .lwt(
-                        "UPDATE webhook_deliveries SET lease_until = ? WHERE project_id = ? \
-                         AND endpoint_id = ? AND day = ? AND event_id = ? \
-                         IF lease_until <= ? AND status = 'pending' AND next_attempt_at = ?",
-                        (ts(lease_until), p, e, day_of(&event), ev, ts(now), at),
+            async move {
+                let due: Vec<(CqlTimestamp, Uuid, Uuid, Uuid)> = self
+                    .rows(
+                        "SELECT due_at, project_id, endpoint_id, event_id FROM webhook_due \
+                         WHERE shard = ? AND due_at <= ? LIMIT ?",
+                        (shard, ts(now), limit as i32),
                     )
                     .await?;
-                if won {
-                    out.push(d);
-                }
+                Ok::<_, WebhookStoreError>(due.into_iter().map(move |r| (shard, r)))
+            }
+        });
+        let candidates = futures::future::try_join_all(scans)
+            .await?
+            .into_iter()
+            .flatten();
+        let groups = by_partition(candidates, |(_, (_, p, e, ev))| {
+            partition_of(
+                ProjectId::from_uuid(*p),
+                EndpointId::from_uuid(*e),
+                &EventId::from_uuid(*ev),
+            )
+        });
+        // Claims in flight or won, across the partitions: never more than `limit` won.
+        let taken = AtomicUsize::new(0);
+        let results: Vec<(Vec<Delivery>, Option<WebhookStoreError>)> =
+            futures::stream::iter(groups)
+                .map(|group| {
+                    let taken = &taken;
+                    async move {
+                        let mut won = Vec::new();
+                        for (shard, (at, p, e, ev)) in group {
+                            if taken.fetch_add(1, Ordering::SeqCst) >= limit {
+                                taken.fetch_sub(1, Ordering::SeqCst);
+                                break;
+                            }
+                            match self.claim_one(now, lease_until, shard, at, p, e, ev).await {
+                                Ok(Some(d)) => won.push(d),
+                                Ok(None) => {
+                                    taken.fetch_sub(1, Ordering::SeqCst);
+                                }
+                                Err(err) => {
+                                    taken.fetch_sub(1, Ordering::SeqCst);
+                                    return (won, Some(err));
+                                }
+                            }
+                        }
+                        (won, None)
+                    }
+                })
+                .buffer_unordered(SUBS as usize)
+                .collect()
+                .await;
+        // What was won is returned even if another partition failed (those deliveries are
+        // leased: returning nothing would only delay them until their leases run out).
+        let mut out = Vec::new();
+        let mut failure = None;
+        for (won, err) in results {
+            out.extend(won);
+            if let Some(err) = err {
+                failure = Some(err);
             }
         }
-        Ok(out)
+        match failure {
+            Some(err) if out.is_empty() => Err(err),
+            Some(err) => {
+                tracing::warn!("claiming webhook deliveries: {err}");
+                Ok(out)
+            }
+            None => Ok(out),
+        }
     }
 
     async fn record_attempt(&self, a: &Attempt, d: &Delivery) -> WebhookStoreResult<()> {
         let old = self
-            .read_delivery(d.project_id, d.endpoint_id, d.event_id)
+            .read_leased(d.project_id, d.endpoint_id, d.event_id)
             .await?;
         self.exec(
             "INSERT INTO webhook_attempts (project_id, endpoint_id, day, event_id, attempt, at, \
@@ -617,11 +969,39 @@ impl WebhookStore for ScyllaWebhookStore {
         )
         .await?;
         if self.write_state(d).await?
-            && let Some(old) = old
+            && let Some((old, old_lease)) = old
         {
-            self.reschedule(&old, d).await?;
+            self.reschedule(&old, old_lease, d).await?;
         }
         Ok(())
+    }
+
+    /// One sequence of records per delivery partition, the partitions concurrently (as
+    /// [`enqueue_many`](WebhookStore::enqueue_many)). Every record is tried; the first
+    /// failure is returned (its delivery stays leased and is attempted again when the lease
+    /// runs out).
+    async fn record_attempts(&self, batch: &[(Attempt, Delivery)]) -> WebhookStoreResult<()> {
+        let groups = by_partition(0..batch.len(), |i| {
+            let d = &batch[*i].1;
+            partition_of(d.project_id, d.endpoint_id, &d.event_id)
+        });
+        let results: Vec<WebhookStoreResult<()>> = futures::stream::iter(groups)
+            .map(|group: Vec<usize>| async move {
+                let mut first = Ok(());
+                for i in group {
+                    let (attempt, state) = &batch[i];
+                    if let Err(e) = self.record_attempt(attempt, state).await
+                        && first.is_ok()
+                    {
+                        first = Err(e);
+                    }
+                }
+                first
+            })
+            .buffer_unordered(SUBS as usize)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     async fn get_delivery(
@@ -633,6 +1013,8 @@ impl WebhookStore for ScyllaWebhookStore {
         self.read_delivery(project, endpoint, event).await
     }
 
+    /// Walks the days in range; within a day, merges the [`SUBS`] sub-buckets by event id
+    /// (each read a page at a time from its cursor, the empty ones refilled concurrently).
     async fn list_deliveries(
         &self,
         project: ProjectId,
@@ -641,10 +1023,17 @@ impl WebhookStore for ScyllaWebhookStore {
     ) -> WebhookStoreResult<Vec<Delivery>> {
         const Q: &str = "SELECT project_id, endpoint_id, event_id, event, payload, status, \
              attempts, series_attempts, series_started_at, next_attempt_at, \
-             last_response_code, created_at, updated_at FROM webhook_deliveries \
-             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND event_id > ? \
+             last_response_code, created_at, updated_at, lease_until FROM webhook_deliveries_v2 \
+             WHERE project_id = ? AND endpoint_id = ? AND day = ? AND sub = ? AND event_id > ? \
              AND event_id < ? LIMIT ?";
+        struct Sub {
+            cursor: Uuid,
+            rows: VecDeque<DeliveryRow>,
+            done: bool,
+        }
         let limit = clamp_limit(q.limit);
+        // Rows held per sub-bucket at most: bounds a listing's memory to SUBS pages.
+        let page = limit.min(250) as i32;
         let now = larachat_core::model::now();
         let retention = chrono::Duration::seconds(i64::from(self.retention_secs));
         let mut low = q.since.map(event_id_floor).unwrap_or(Uuid::nil());
@@ -672,37 +1061,49 @@ impl WebhookStore for ScyllaWebhookStore {
             .unwrap_or(now + chrono::Duration::days(1))
             .timestamp_millis()
             .div_euclid(DAY_MS);
+        let (p, e) = (*project.as_uuid(), *endpoint.as_uuid());
         let mut out = Vec::new();
         let mut day = first_day;
         while day <= last_day && out.len() < limit {
-            let mut cursor = low_excl;
+            let mut subs: Vec<Sub> = (0..SUBS)
+                .map(|_| Sub {
+                    cursor: low_excl,
+                    rows: VecDeque::new(),
+                    done: false,
+                })
+                .collect();
             loop {
-                let page: Vec<DeliveryRow> = self
-                    .rows(
-                        Q,
-                        (
-                            project.as_uuid(),
-                            endpoint.as_uuid(),
-                            day,
-                            cursor,
-                            high,
-                            1000i32,
-                        ),
-                    )
-                    .await?;
-                let n = page.len();
-                for r in page {
-                    cursor = r.2;
-                    let d = delivery_of(r)?;
-                    if q.status.is_none_or(|s| s == d.status) {
-                        out.push(d);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
+                let empty: Vec<(usize, Uuid)> = subs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.rows.is_empty() && !s.done)
+                    .map(|(i, s)| (i, s.cursor))
+                    .collect();
+                let pages = futures::future::try_join_all(empty.iter().map(|(i, cursor)| {
+                    self.rows::<DeliveryRow>(Q, (p, e, day, *i as i32, *cursor, high, page))
+                }))
+                .await?;
+                for ((i, _), rows) in empty.into_iter().zip(pages) {
+                    let s = &mut subs[i];
+                    s.done = rows.len() < page as usize;
+                    if let Some(last) = rows.last() {
+                        s.cursor = last.2;
                     }
+                    s.rows.extend(rows);
                 }
-                if n < 1000 {
-                    break;
+                // The smallest head of the sub-buckets is the day's next row.
+                let next = subs
+                    .iter_mut()
+                    .filter(|s| !s.rows.is_empty())
+                    .min_by_key(|s| s.rows.front().map(|r| r.2))
+                    .and_then(|s| s.rows.pop_front());
+                let Some(r) = next else { break };
+                let d = delivery_of(r)?;
+                if q.status.is_none_or(|s| s == d.status) {
+                    out.push(d);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
                 }
             }
             day += 1;
