@@ -109,6 +109,17 @@ async fn the_message_after_the_limit_is_refused_and_the_last_one_passes() {
     assert_eq!(usage["messages"], json!({"used": stored, "limit": LIMIT}));
     assert_eq!(usage["conversations"]["used"], 1);
     assert_eq!(usage["monthly_active_users"]["used"], 1);
+    // Storage: the UTF-8 bytes of each stored message's text and serialized metadata.
+    let bytes: usize = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().len() + m["metadata"].to_string().len())
+        .sum();
+    assert_eq!(
+        usage["storage_bytes"],
+        json!({"used": bytes, "limit": null})
+    );
 
     // Raising the limit takes effect on the running gateway at once.
     small_free(&server, 100, LIMIT + 1).await;
@@ -162,6 +173,7 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
     let idle = server.tenant("idle").await;
     let (ada, token) = server.user(&busy.key, "ada").await;
     let (bob, _) = server.user(&busy.key, "bob").await;
+    // Ada sends with her own token, so she must be a member.
     let conversation = server
         .conversation(&busy.key, &[ada.as_str(), bob.as_str()])
         .await;
@@ -191,6 +203,8 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
     let b = row(&busy.project_id);
     assert_eq!(b["messages"], 3, "{b}");
     assert_eq!(b["conversations"], 1, "{b}");
+    // "m0", "m1", "m2" with metadata `{}`: 3 × (2 + 2) bytes.
+    assert_eq!(b["storage_bytes"], 12, "{b}");
     assert_eq!(b["monthly_active_users"], 2, "{b}");
     assert_eq!(b["plan"], "enterprise");
     assert_eq!(b["messages_limit"], Value::Null, "enterprise is unlimited");
@@ -231,7 +245,8 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
             rows.next(),
             Some(
                 "period,project_id,project_name,owner_id,plan,monthly_active_users,\
-                 monthly_active_users_limit,messages,messages_limit,conversations,period_end"
+                 monthly_active_users_limit,messages,messages_limit,conversations,storage_bytes,\
+                 period_end"
             )
         );
         lines.extend(rows.map(str::to_owned));
@@ -254,7 +269,7 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
         busy_line.contains(",\"'=SUM(A1), Acme \"\"Inc\"\"\","),
         "{busy_line}"
     );
-    assert!(busy_line.contains(",enterprise,2,,3,,1,"), "{busy_line}");
+    assert!(busy_line.contains(",enterprise,2,,3,,1,12,"), "{busy_line}");
 
     for bad in ["format=xml", "period=2026-13", "limit=0", "limit=101"] {
         let (s, body) = server

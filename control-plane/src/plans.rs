@@ -109,6 +109,9 @@ pub struct UsageView {
     pub monthly_active_users: Metric,
     pub messages: Metric,
     pub conversations: Metric,
+    /// Bytes of message content added in the month: UTF-8 length of each message's text
+    /// plus its serialized metadata. Not limited by plans (`limit` is `null`).
+    pub storage_bytes: Metric,
 }
 
 /// Past and current months with usage, newest first.
@@ -133,6 +136,10 @@ fn view(project: ProjectId, plan: &Plan, period: Period, used: UsageCounts) -> U
         },
         conversations: Metric {
             used: used.conversations,
+            limit: None,
+        },
+        storage_bytes: Metric {
+            used: used.storage_bytes,
             limit: None,
         },
     }
@@ -324,6 +331,8 @@ pub struct UsageExportRow {
     pub messages: u64,
     pub messages_limit: Option<u64>,
     pub conversations: u64,
+    /// Bytes of message content added in the month (text plus serialized metadata).
+    pub storage_bytes: u64,
     /// When the month ended (or ends): the first instant of the next month.
     pub period_end: DateTime<Utc>,
 }
@@ -350,6 +359,7 @@ impl UsageExportRow {
             messages: l.used.messages,
             messages_limit: l.plan.limits.messages_per_month,
             conversations: l.used.conversations,
+            storage_bytes: l.used.storage_bytes,
             period_end: period.resets_at(),
         }
     }
@@ -381,6 +391,7 @@ fn to_csv(page: &ExportPage, rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiErro
         "messages",
         "messages_limit",
         "conversations",
+        "storage_bytes",
         "period_end",
     ])
     .map_err(internal)?;
@@ -397,6 +408,7 @@ fn to_csv(page: &ExportPage, rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiErro
             r.messages.to_string(),
             opt(r.messages_limit),
             r.conversations.to_string(),
+            r.storage_bytes.to_string(),
             r.period_end
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ])

@@ -1168,6 +1168,7 @@ async fn usage_is_shown_to_the_owner_with_limits_and_reset() {
     );
     assert_eq!(usage["messages"], json!({"used": 0, "limit": 1000}));
     assert_eq!(usage["conversations"], json!({"used": 0, "limit": null}));
+    assert_eq!(usage["storage_bytes"], json!({"used": 0, "limit": null}));
     let resets: chrono::DateTime<chrono::Utc> =
         usage["resets_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(resets, period.resets_at());

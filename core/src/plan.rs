@@ -302,6 +302,15 @@ pub struct UsageCounts {
     pub messages: u64,
     pub conversations: u64,
     pub active_users: u64,
+    /// Bytes of message content added: [`content_bytes`] of each message counted.
+    pub storage_bytes: u64,
+}
+
+/// The storage a message's content takes, as metered: the UTF-8 length of its text plus the
+/// length of its serialized metadata (`{}` when it has none). A function of the message
+/// alone, so every writer of one message (sender, retry, repairer) meters the same number.
+pub fn content_bytes(text: &str, metadata: &serde_json::Value) -> u64 {
+    (text.len() + metadata.to_string().len()) as u64
 }
 
 /// A limited quantity.

@@ -31,7 +31,7 @@ use larachat_core::model::{
     ProjectStatus, Scope,
 };
 
-use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts};
+use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes};
 
 use crate::{AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
 
@@ -77,6 +77,7 @@ macro_rules! for_each_store_check {
             quota_active_users_exact,
             quota_projects_per_owner,
             usage_matches_the_store,
+            usage_storage_bytes,
         );
     };
 }
@@ -2474,6 +2475,7 @@ pub async fn usage_matches_the_store(store: &TestStore) {
             messages: stored,
             conversations: 2,
             active_users: 3,
+            storage_bytes: used.storage_bytes,
         }
     );
     assert_eq!(stored, 3);
@@ -2483,5 +2485,53 @@ pub async fn usage_matches_the_store(store: &TestStore) {
     assert_eq!(
         store.usage(project.id, last).await.expect("usage"),
         UsageCounts::default()
+    );
+}
+
+/// Storage is the bytes of the content of the month's messages (UTF-8 text plus serialized
+/// metadata), exactly once per message: a retried send adds nothing, even with other content.
+pub async fn usage_storage_bytes(store: &TestStore) {
+    let project = new_project(store).await;
+    let conv = new_conversation(store, project.id, &[]).await;
+    let mut sent = Vec::new();
+    for (i, text) in ["hello", "héllo wörld ✓", "", "日本語のテキスト"]
+        .iter()
+        .enumerate()
+    {
+        let mut m = new_message(&conv, text, Some(&format!("cid-{i}")));
+        if i == 2 {
+            m.metadata = serde_json::Value::Null;
+        }
+        sent.push(store.append_message(&m).await.expect("send").message);
+        // A retry (other text, same client_msg_id) is the original: no bytes added.
+        m.text = "x".repeat(1000);
+        let retry = store.append_message(&m).await.expect("retry");
+        assert!(!retry.created);
+    }
+    let expected: u64 = sent
+        .iter()
+        .map(|m| content_bytes(&m.text, &m.metadata))
+        .sum();
+    // "héllo wörld ✓" is 17 bytes (é, ö: 2; ✓: 3), not 13 characters.
+    assert_eq!(content_bytes("héllo wörld ✓", &json!({})), 17 + 2);
+    let stored: u64 = store
+        .list_messages(project.id, conv.id, MessageRange::Latest, 100)
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|m| content_bytes(&m.text, &m.metadata))
+        .sum();
+    assert_eq!(stored, expected, "what is stored is what was metered");
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.storage_bytes, expected);
+    assert_eq!(used.messages, 4);
+    // Creating a conversation adds no storage.
+    new_conversation(store, project.id, &[]).await;
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.storage_bytes, expected);
+    assert_eq!(
+        store.usage_history(project.id, 1).await.expect("history"),
+        vec![(this_month(), used)]
     );
 }

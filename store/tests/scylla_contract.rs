@@ -390,6 +390,22 @@ async fn holes_left_by_crashed_writers_are_repaired() {
         !c7.created,
         "the repaired message is the original of its client_msg_id"
     );
+    // Metered once each, whoever wrote them (writer, repairer, retry): the bytes are the
+    // stored messages' content, not the retried text.
+    let stored = b
+        .list_messages(p, c, MessageRange::Latest, 100)
+        .await
+        .unwrap();
+    let bytes: u64 = stored
+        .items
+        .iter()
+        .map(|m| larachat_core::plan::content_bytes(&m.text, &m.metadata))
+        .sum();
+    let used = a
+        .usage(p, larachat_core::plan::Period::of(model::now()))
+        .await
+        .unwrap();
+    assert_eq!((used.messages, used.storage_bytes), (8, bytes));
 }
 
 /// A keyspace written by schema 1 (messages without `seq`, `client_msg_id`s in

@@ -33,7 +33,7 @@
 //! | `api_keys_by_project` | `((project_id), created_at DESC, id DESC)` | key listing |
 //! | `event_outbox` (+ `_lease`, `_state`) | `((bucket, shard), id)` | every change's domain event, in the change's batch (see `outbox`) |
 //! | `plans` | `((id))` | plans as data |
-//! | `usage_items` | `((project_id, period, kind, shard), id)` | one row per message / conversation of a month, in the change's batch (see `usage`) |
+//! | `usage_items` | `((project_id, period, kind, shard), id)` | one row per message / conversation of a month (a message's with its content's `bytes`), in the change's batch (see `usage`) |
 //! | `usage_active_users` | `((project_id, period, shard), end_user_id)` | one row per end user active in a month |
 //! | `usage_periods` | `((project_id), period DESC)` | the months with usage |
 //!
@@ -1751,7 +1751,7 @@ impl Store for ScyllaStore {
         items.extend(usage::rows(
             c.project_id,
             Period::of(model::now()),
-            &[(usage::KIND_CONVERSATION, id)],
+            &[(usage::KIND_CONVERSATION, id, None)],
             &members,
         ));
         self.batch(items).await?;

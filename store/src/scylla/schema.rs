@@ -28,7 +28,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -235,6 +235,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY ((project_id, period), alert))",
         ],
         add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 7,
+        name: "usage storage",
+        statements: &[],
+        // A message's `usage_items` row holds its content's bytes (same value whoever writes
+        // the row); the month's storage is `SUM(bytes)`. Rows written before count 0 bytes.
+        add_columns: &[("usage_items", "bytes", "bigint")],
         data: None,
     },
 ];

@@ -44,6 +44,7 @@ use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
 use larachat_core::model::{self, Message};
 use larachat_core::plan::{
     Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing, UsageCounts,
+    content_bytes,
 };
 
 use super::ScyllaStore;
@@ -134,11 +135,12 @@ fn decode_plan(r: PlanRow) -> StoreResult<Plan> {
     })
 }
 
-/// The rows that count `items` (kind, id) and `users` of `project` in `period`.
+/// The rows that count `items` (kind, id, bytes of content) and `users` of `project` in
+/// `period`.
 pub(crate) fn rows(
     project: ProjectId,
     period: Period,
-    items: &[(&'static str, Uuid)],
+    items: &[(&'static str, Uuid, Option<u64>)],
     users: &[EndUserId],
 ) -> Vec<(&'static str, Values)> {
     let p = *project.as_uuid();
@@ -147,11 +149,26 @@ pub(crate) fn rows(
         "INSERT INTO usage_periods (project_id, period) VALUES (?, ?)",
         vec![vu(p), vt(&key)],
     )];
-    for (kind, id) in items {
-        out.push((
-            "INSERT INTO usage_items (project_id, period, kind, shard, id) VALUES (?, ?, ?, ?, ?)",
-            vec![vu(p), vt(&key), vt(kind), vi(shard(id)), vu(*id)],
-        ));
+    for (kind, id, bytes) in items {
+        out.push(match bytes {
+            None => (
+                "INSERT INTO usage_items (project_id, period, kind, shard, id) \
+                 VALUES (?, ?, ?, ?, ?)",
+                vec![vu(p), vt(&key), vt(kind), vi(shard(id)), vu(*id)],
+            ),
+            Some(n) => (
+                "INSERT INTO usage_items (project_id, period, kind, shard, id, bytes) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                vec![
+                    vu(p),
+                    vt(&key),
+                    vt(kind),
+                    vi(shard(id)),
+                    vu(*id),
+                    vi(i64::try_from(*n).unwrap_or(i64::MAX)),
+                ],
+            ),
+        });
     }
     for u in users {
         let u = *u.as_uuid();
@@ -164,12 +181,17 @@ pub(crate) fn rows(
     out
 }
 
-/// The rows counting a message (its sender, when an end user).
+/// The rows counting a message, its content's bytes (a function of the message: the writer,
+/// a retry and a repairer write the same value) and its sender, when an end user.
 pub(crate) fn message_rows(m: &Message) -> Vec<(&'static str, Values)> {
     rows(
         m.project_id,
         Period::of(m.created_at),
-        &[(KIND_MESSAGE, *m.id.as_uuid())],
+        &[(
+            KIND_MESSAGE,
+            *m.id.as_uuid(),
+            Some(content_bytes(&m.text, &m.metadata)),
+        )],
         &end_user_sender(m),
     )
 }
@@ -247,9 +269,9 @@ impl ScyllaStore {
             try_join_all((0..SHARDS).map(move |s| {
                 let key = key.clone();
                 async move {
-                    self.row::<(i64,)>(
-                        "SELECT COUNT(*) FROM usage_items WHERE project_id = ? AND period = ? \
-                         AND kind = ? AND shard = ?",
+                    self.row::<(i64, Option<i64>)>(
+                        "SELECT COUNT(*), SUM(bytes) FROM usage_items WHERE project_id = ? \
+                         AND period = ? AND kind = ? AND shard = ?",
                         (p, key, kind, s),
                     )
                     .await
@@ -274,10 +296,21 @@ impl ScyllaStore {
                 .map(|r| r.map_or(0, |(n,)| n.max(0) as u64))
                 .sum()
         };
+        // (rows, bytes): a row without `bytes` (written before schema 7) counts 0 bytes.
+        let sum_items = |v: Vec<Option<(i64, Option<i64>)>>| -> (u64, u64) {
+            v.into_iter().fold((0, 0), |(n, b), r| match r {
+                Some((rows, bytes)) => {
+                    (n + rows.max(0) as u64, b + bytes.unwrap_or(0).max(0) as u64)
+                }
+                None => (n, b),
+            })
+        };
+        let (messages, storage_bytes) = sum_items(messages);
         Ok(UsageCounts {
-            messages: sum(messages),
-            conversations: sum(conversations),
+            messages,
+            conversations: sum_items(conversations).0,
             active_users: sum(users),
+            storage_bytes,
         })
     }
 

@@ -796,6 +796,7 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
         message.created_at,
         Count {
             messages: 1,
+            bytes: larachat_core::plan::content_bytes(&message.text, &message.metadata),
             active: &sender,
             ..Count::default()
         },

@@ -31,6 +31,8 @@ pub(crate) const MAX_HISTORY: u32 = 120;
 pub(crate) struct Count<'a> {
     pub(crate) messages: u64,
     pub(crate) conversations: u64,
+    /// Bytes of message content added ([`larachat_core::plan::content_bytes`]).
+    pub(crate) bytes: u64,
     /// End users active because of the change; each counts once per month.
     pub(crate) active: &'a [EndUserId],
 }
@@ -103,7 +105,7 @@ fn limits_of(conn: &Connection, project: ProjectId) -> StoreResult<(PlanId, Plan
 
 fn counts(conn: &Connection, project: ProjectId, period: &str) -> StoreResult<UsageCounts> {
     conn.prepare_cached(
-        "SELECT messages, conversations, active_users FROM usage \
+        "SELECT messages, conversations, active_users, storage_bytes FROM usage \
          WHERE project_id = ?1 AND period = ?2",
     )
     .and_then(|mut s| {
@@ -112,6 +114,7 @@ fn counts(conn: &Connection, project: ProjectId, period: &str) -> StoreResult<Us
                 messages: r.get::<_, i64>(0)?.max(0) as u64,
                 conversations: r.get::<_, i64>(1)?.max(0) as u64,
                 active_users: r.get::<_, i64>(2)?.max(0) as u64,
+                storage_bytes: r.get::<_, i64>(3)?.max(0) as u64,
             })
         })
         .optional()
@@ -142,13 +145,14 @@ pub(crate) fn count(
             .and_then(|mut s| s.execute(params![pid, key, user.as_uuid().as_bytes()]))
             .map_err(sql_error)? as u64;
     }
-    if c.messages == 0 && c.conversations == 0 && new_users == 0 {
+    if c.messages == 0 && c.conversations == 0 && c.bytes == 0 && new_users == 0 {
         return Ok(());
     }
     let after = UsageCounts {
         messages: before.messages + c.messages,
         conversations: before.conversations + c.conversations,
         active_users: before.active_users + new_users,
+        storage_bytes: before.storage_bytes + c.bytes,
     };
     let (plan, limits) = limits_of(conn, project)?;
     let refuse = |metric, limit| {
@@ -172,10 +176,10 @@ pub(crate) fn count(
         }
     }
     conn.prepare_cached(
-        "INSERT INTO usage (project_id, period, messages, conversations, active_users) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (project_id, period) DO UPDATE SET \
-         messages = excluded.messages, conversations = excluded.conversations, \
-         active_users = excluded.active_users",
+        "INSERT INTO usage (project_id, period, messages, conversations, active_users, \
+         storage_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (project_id, period) \
+         DO UPDATE SET messages = excluded.messages, conversations = excluded.conversations, \
+         active_users = excluded.active_users, storage_bytes = excluded.storage_bytes",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -183,7 +187,8 @@ pub(crate) fn count(
             key,
             after.messages as i64,
             after.conversations as i64,
-            after.active_users as i64
+            after.active_users as i64,
+            i64::try_from(after.storage_bytes).unwrap_or(i64::MAX)
         ])
     })
     .map_err(sql_error)?;
@@ -254,7 +259,7 @@ pub(crate) fn usage_history(
     let limit = limit.clamp(1, MAX_HISTORY);
     let rows: Vec<(String, UsageCounts)> = conn
         .prepare_cached(
-            "SELECT period, messages, conversations, active_users FROM usage \
+            "SELECT period, messages, conversations, active_users, storage_bytes FROM usage \
              WHERE project_id = ?1 ORDER BY period DESC LIMIT ?2",
         )
         .and_then(|mut s| {
@@ -265,6 +270,7 @@ pub(crate) fn usage_history(
                         messages: r.get::<_, i64>(1)?.max(0) as u64,
                         conversations: r.get::<_, i64>(2)?.max(0) as u64,
                         active_users: r.get::<_, i64>(3)?.max(0) as u64,
+                        storage_bytes: r.get::<_, i64>(4)?.max(0) as u64,
                     },
                 ))
             })?
