@@ -30,6 +30,7 @@ use crate::api;
         crate::plans::update_plan,
         crate::plans::get_usage,
         crate::plans::usage_history,
+        crate::analytics::get_analytics,
     ),
     components(schemas(
         crate::widget::WidgetSettingsRequest,
@@ -55,6 +56,13 @@ use crate::api;
         crate::plans::Metric,
         crate::plans::UsageView,
         crate::plans::UsageHistory,
+        crate::analytics::AnalyticsView,
+        crate::analytics::ConversationsView,
+        crate::analytics::OnlineView,
+        larachat_core::analytics::Granularity,
+        larachat_core::analytics::MessageBucket,
+        larachat_core::analytics::CountBucket,
+        larachat_core::analytics::DurationStats,
         larachat_core::model::ProjectStatus,
         larachat_core::model::KeyKind,
         larachat_core::model::Scope,
@@ -63,7 +71,7 @@ use crate::api;
         larachat_core::error::ErrorCode,
     )),
     modifiers(&BearerSecurity, &StandardErrors),
-    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans and usage"))
+    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans, usage and analytics"))
 )]
 pub struct AdminApiDoc;
 
@@ -104,6 +112,7 @@ mod tests {
             "/api/admin/projects/{id}",
             "/api/admin/projects/{id}/api-keys",
             "/api/admin/api-keys/{id}",
+            "/api/admin/projects/{id}/analytics",
         ] {
             assert!(doc.paths.paths.contains_key(path), "missing {path}");
         }

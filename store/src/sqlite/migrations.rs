@@ -18,6 +18,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_events_drop_id_index.sql"),
     include_str!("migrations/0005_conversation_assignee.sql"),
     include_str!("migrations/0006_plans_usage.sql"),
+    include_str!("migrations/0007_analytics.sql"),
 ];
 
 /// The schema version this binary writes and understands.
