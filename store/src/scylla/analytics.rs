@@ -260,6 +260,12 @@ impl ScyllaStore {
                 ),
             )
             .await?;
+            // Listed for deletion like every day with rows.
+            self.exec(
+                "INSERT INTO analytics_days (project_id, day) VALUES (?, ?)",
+                (p, day_of(hour)),
+            )
+            .await?;
         }
         Ok(HourCounts {
             hour: DateTime::from_timestamp_millis(hour).unwrap_or(started),
@@ -313,6 +319,9 @@ impl ScyllaStore {
             }
             done.insert(hour);
             let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+            if n(end_user) + n(agent) + n(bot) + n(system) == 0 {
+                continue;
+            }
             counts.push(HourCounts {
                 hour: DateTime::from_timestamp_millis(hour).unwrap_or(now),
                 end_user: n(end_user),
