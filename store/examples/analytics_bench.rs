@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     conn.execute_batch(
         "DROP TABLE analytics_hours; DROP TABLE analytics_active; \
          DROP TABLE analytics_conversations; PRAGMA user_version = 6; \
-         PRAGMA synchronous = OFF;",
+         PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF;",
     )?;
     let pid = *project.id.as_uuid().as_bytes();
     let now_ms = t.timestamp_millis();
