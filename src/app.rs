@@ -206,6 +206,28 @@ impl App {
                 },
             )
             .context("configuring the control plane")?;
+            // Who is online, for analytics: the gateway's presence view in the same process;
+            // otherwise a view of its own on the bus (it has no connections, so it only
+            // listens to the gateways' beats and asks them to beat; docs/protocol.md §3.5).
+            let presence = match &gateway {
+                Some(gw) => gw.presence().clone(),
+                None => larachat_gateway::presence::Presence::start(
+                    bus.clone(),
+                    config.realtime_config().presence,
+                    &tokio_util::task::TaskTracker::new(),
+                    background.clone(),
+                ),
+            };
+            cp.set_presence(Arc::new(move |project| {
+                let presence = presence.clone();
+                Box::pin(async move {
+                    presence
+                        .online(project)
+                        .await
+                        .map(|(users, truncated)| (users.len() as u64, truncated))
+                        .map_err(|e| e.to_string())
+                })
+            }));
             if let Some(gw) = &gateway {
                 // Same process: revocations and project changes reach the gateway before the
                 // admin request answers, not only through the bus.

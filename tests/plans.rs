@@ -288,3 +288,51 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
+
+/// Analytics through the real server: the platform admin reads a project's figures, and
+/// `online_users` comes from the gateway's presence in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_count_messages_and_online_users() {
+    let server = Server::start().await;
+    let tenant = server.tenant("watched").await;
+    let (user, token) = server.user(&tenant.key, "ada").await;
+    let conv = server.conversation(&tenant.key, &[&user]).await;
+    server.send(&token, &conv, "hello?").await;
+    let (s, _) = server
+        .post(
+            &format!("/api/v1/conversations/{conv}/messages"),
+            &tenant.key,
+            json!({"text": "hi, how can I help?", "sender": {"type": "agent", "id": "agent-1"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let _online = server.ws_auth(&token).await;
+
+    let path = format!(
+        "/api/admin/projects/{}/analytics?granularity=hour",
+        tenant.project_id
+    );
+    let (s, a) = server.get(&path, &server.admin_token).await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let total: u64 = a["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 2, "{a}");
+    assert_eq!(a["active_conversations"], 1, "{a}");
+    assert_eq!(a["conversations"]["open"], 1, "{a}");
+    assert_eq!(a["first_response"]["count"], 1, "{a}");
+    assert_eq!(
+        a["online_users"],
+        json!({"count": 1, "truncated": false}),
+        "{a}"
+    );
+    assert_eq!(a["usage"]["messages"]["used"], 2, "{a}");
+
+    let (s, e) = server
+        .get(&format!("{path}&from=soon"), &server.admin_token)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+}

@@ -11,6 +11,8 @@
 //! meet through the store and through bus subjects, so either can be deployed alone.
 //!
 //! Modules:
+//! - [`analytics`]: a project's analytics (messages over time, conversations, response and
+//!   resolution times, who is online, usage against the plan).
 //! - [`api`]: request and response types of the Admin API and its handlers (tenancy: an admin
 //!   only ever sees the projects it owns; anything else answers 404 like a missing resource).
 //! - [`auth`]: admin tokens (HS256 JWT, `aud = "larachat:admin"`) and the [`AdminAuth`]
@@ -31,6 +33,7 @@
 //! `larachat-limits`; login is also limited per address and per account, before any argon2
 //! run).
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod openapi;
@@ -122,7 +125,21 @@ struct Inner {
     /// In-process observers of control events, told before the bus (see
     /// [`ControlPlane::add_local_listener`]).
     listeners: std::sync::RwLock<Vec<LocalListener>>,
+    /// Who is online, for analytics (see [`ControlPlane::set_presence`]).
+    presence: std::sync::OnceLock<OnlineUsers>,
 }
+
+/// Counts the end users online in a project now, from presence (a gateway's, or one the
+/// binary starts for the control plane): `(count, truncated)`, where `truncated` means at
+/// least `count` (presence lists a bounded number of users). See [`ControlPlane::set_presence`].
+pub type OnlineUsers = Arc<
+    dyn Fn(
+            larachat_core::ProjectId,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(u64, bool), String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// A callback told of every control event synchronously, before the request that caused it
 /// answers. See [`ControlPlane::add_local_listener`].
@@ -181,6 +198,7 @@ impl ControlPlane {
                 config,
                 password_pool: password::Pool::for_this_machine(),
                 listeners: std::sync::RwLock::new(Vec::new()),
+                presence: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -197,6 +215,18 @@ impl ControlPlane {
         if let Ok(mut l) = self.inner.listeners.write() {
             l.push(listener);
         }
+    }
+
+    /// Gives the control plane a view of presence, for `online_users` in analytics. Without
+    /// one, analytics answer `online_users: null` rather than a guess. Set once; later calls
+    /// are ignored.
+    pub fn set_presence(&self, online: OnlineUsers) {
+        let _ = self.inner.presence.set(online);
+    }
+
+    /// Who is online in `project`, if presence is reachable from here.
+    pub(crate) fn presence(&self) -> Option<&OnlineUsers> {
+        self.inner.presence.get()
     }
 
     /// Tells the local listeners about `event`.
@@ -297,6 +327,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .route(
             "/api/admin/projects/{id}/usage/history",
             get(plans::usage_history),
+        )
+        .route(
+            "/api/admin/projects/{id}/analytics",
+            get(analytics::get_analytics),
         )
         .route(
             "/api/admin/projects/{id}/widget",

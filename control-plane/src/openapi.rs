@@ -31,6 +31,7 @@ use crate::api;
         crate::plans::get_usage,
         crate::plans::usage_history,
         crate::plans::usage_export,
+        crate::analytics::get_analytics,
     ),
     components(schemas(
         crate::widget::WidgetSettingsRequest,
@@ -58,6 +59,13 @@ use crate::api;
         crate::plans::UsageHistory,
         crate::plans::UsageExport,
         crate::plans::UsageExportRow,
+        crate::analytics::AnalyticsView,
+        crate::analytics::ConversationsView,
+        crate::analytics::OnlineView,
+        larachat_core::analytics::Granularity,
+        larachat_core::analytics::MessageBucket,
+        larachat_core::analytics::CountBucket,
+        larachat_core::analytics::DurationStats,
         larachat_core::model::ProjectStatus,
         larachat_core::model::KeyKind,
         larachat_core::model::Scope,
@@ -66,7 +74,7 @@ use crate::api;
         larachat_core::error::ErrorCode,
     )),
     modifiers(&BearerSecurity, &StandardErrors),
-    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans and usage"))
+    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans, usage and analytics"))
 )]
 pub struct AdminApiDoc;
 
@@ -107,6 +115,7 @@ mod tests {
             "/api/admin/projects/{id}",
             "/api/admin/projects/{id}/api-keys",
             "/api/admin/api-keys/{id}",
+            "/api/admin/projects/{id}/analytics",
         ] {
             assert!(doc.paths.paths.contains_key(path), "missing {path}");
         }

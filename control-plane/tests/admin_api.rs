@@ -1213,3 +1213,167 @@ async fn usage_is_shown_to_the_owner_with_limits_and_reset() {
         assert_error(r, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
     }
 }
+
+#[tokio::test]
+async fn analytics_are_shown_to_the_owner_and_platform_admins_only() {
+    use larachat_core::model::{Actor, ActorKind, Conversation, ConversationStatus, NewMessage};
+
+    let s = Server::start().await;
+    let platform = s.token(ADMIN).await;
+    let owner = s.token(OTHER).await;
+    let project = s.create_project(&owner, "Watched").await;
+    let id: ProjectId = project["id"].as_str().unwrap().parse().unwrap();
+    let platforms_own = s.create_project(&platform, "Platform's").await;
+
+    // Traffic through the store (its write path keeps the rollups), read through the API.
+    let (user, _) = s
+        .store
+        .upsert_end_user(
+            id,
+            &larachat_store::NewEndUser {
+                user_identifier: Some("ada".into()),
+                name: None,
+                email: None,
+                avatar: None,
+                metadata: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    let t = larachat_core::model::now();
+    let conversation = Conversation {
+        id: larachat_core::ConversationId::new_v7(),
+        project_id: id,
+        subject: None,
+        status: ConversationStatus::Open,
+        members: vec![user.id],
+        metadata: json!({}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+        assignee: None,
+    };
+    s.store.create_conversation(&conversation).await.unwrap();
+    let mut sent = Vec::new();
+    for (kind, sender) in [
+        (ActorKind::EndUser, user.id.to_string()),
+        (ActorKind::Agent, "agent-1".to_owned()),
+        (ActorKind::EndUser, user.id.to_string()),
+    ] {
+        let m = s
+            .store
+            .append_message(&NewMessage {
+                project_id: id,
+                conversation_id: conversation.id,
+                sender: Actor {
+                    kind,
+                    id: sender,
+                    name: None,
+                },
+                text: "hi".into(),
+                metadata: json!({}),
+                client_msg_id: None,
+            })
+            .await
+            .unwrap();
+        sent.push(m.message);
+    }
+
+    let path = format!("/api/admin/projects/{id}/analytics");
+    let r = s
+        .http
+        .get(s.url(&format!("{path}?granularity=hour")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized).await;
+
+    for token in [&owner, &platform] {
+        let r = s
+            .send(
+                reqwest::Method::GET,
+                &format!("{path}?granularity=hour"),
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let a: Value = r.json().await.unwrap();
+        assert_eq!(a["project_id"], id.to_string());
+        assert_eq!(a["granularity"], "hour");
+        let buckets = a["messages"].as_array().unwrap();
+        assert!(
+            buckets.len() >= 7 * 24,
+            "7 days by the hour: {}",
+            buckets.len()
+        );
+        let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        let users: u64 = buckets
+            .iter()
+            .map(|b| b["end_user"].as_u64().unwrap())
+            .sum();
+        let agents: u64 = buckets.iter().map(|b| b["agent"].as_u64().unwrap()).sum();
+        assert_eq!((total, users, agents), (3, 2, 1), "{a}");
+        let created: u64 = a["conversations"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(created, 1);
+        assert_eq!(a["conversations"]["open"], 1);
+        assert_eq!(a["conversations"]["closed"], 0);
+        assert_eq!(a["active_conversations"], 1);
+        let first_response = (sent[1].created_at - sent[0].created_at).num_milliseconds();
+        assert_eq!(a["first_response"]["count"], 1);
+        assert_eq!(
+            a["first_response"]["median_seconds"].as_f64().unwrap(),
+            first_response as f64 / 1000.0
+        );
+        assert_eq!(
+            a["resolution"],
+            json!({"count": 0, "median_seconds": null, "p90_seconds": null})
+        );
+        // No presence in this process: unknown, not zero.
+        assert_eq!(a["online_users"], Value::Null);
+        assert_eq!(a["usage"]["messages"]["used"], 3);
+        assert_eq!(a["usage"]["monthly_active_users"]["used"], 1);
+    }
+
+    // The default range: the last 7 days by the day.
+    let r = s.send(reqwest::Method::GET, &path, &owner, None).await;
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["granularity"], "day");
+    assert_eq!(a["messages"].as_array().unwrap().len(), 8);
+
+    // Another owner's project answers like a missing one; a platform admin's own project
+    // is not the owner's either.
+    let foreign = format!(
+        "/api/admin/projects/{}/analytics",
+        platforms_own["id"].as_str().unwrap()
+    );
+    let r = s.send(reqwest::Method::GET, &foreign, &owner, None).await;
+    assert_error(r, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    let missing = format!("/api/admin/projects/{}/analytics", ProjectId::new_v7());
+    let r = s
+        .send(reqwest::Method::GET, &missing, &platform, None)
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+
+    for bad in [
+        "?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "?from=last-week",
+        "?granularity=minute",
+        "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&granularity=hour",
+    ] {
+        let r = s
+            .send(reqwest::Method::GET, &format!("{path}{bad}"), &owner, None)
+            .await;
+        assert_error(
+            r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ValidationFailed,
+        )
+        .await;
+    }
+}

@@ -8,6 +8,8 @@
 //! - [`model`]: domain types (projects, API keys, end users, conversations, messages, reads).
 //! - [`plan`]: plans as data (limits, features), usage periods (calendar months, UTC) and
 //!   the quota refusal.
+//! - [`analytics`]: analytics ranges (whole UTC hours or days), what a store reads from its
+//!   rollups, and the series and percentiles computed from it.
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
@@ -25,6 +27,7 @@
 //!
 //! Depends on nothing of ours; `store`, `broker`, `gateway` and `control-plane` depend on it.
 
+pub mod analytics;
 pub mod control;
 pub mod error;
 pub mod event;

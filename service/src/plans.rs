@@ -1,5 +1,5 @@
-//! Plans and usage: reading and editing plans (platform admins), and a project's usage
-//! against its plan.
+//! Plans and usage: reading and editing plans (platform admins), a project's usage against
+//! its plan, and its analytics (read from the store's rollups).
 //!
 //! Quotas themselves are enforced by the store, inside each change's write (SQLite: in the
 //! writer's transaction, exact; CQL: against a per-process estimate, see `docs/usage.md`):
@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use larachat_core::ApiError;
+use larachat_core::analytics::{AnalyticsRange, ProjectAnalytics};
 use larachat_core::id::{AdminUserId, ProjectId};
 use larachat_core::model::{self, Project};
 use larachat_core::plan::{Period, Plan, PlanId, PlanLimits, UsageCounts, valid_feature};
@@ -224,5 +225,46 @@ impl Service {
     ) -> Result<Vec<(Period, UsageCounts)>, ApiError> {
         let project = self.owned_project(owner, project).await?;
         Ok(self.store().usage_history(project.id, limit).await?)
+    }
+}
+
+/// A project's analytics over a range, with its usage in the current month.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyticsReport {
+    pub analytics: ProjectAnalytics,
+    pub usage: UsageReport,
+}
+
+impl Service {
+    /// A project visible to an admin: any project for a platform admin, the admin's own
+    /// projects otherwise (404 for anything else, as for a missing project).
+    pub async fn visible_project(
+        &self,
+        admin: AdminUserId,
+        platform_admin: bool,
+        id: ProjectId,
+    ) -> Result<Project, ApiError> {
+        if !platform_admin {
+            return self.owned_project(admin, id).await;
+        }
+        self.store()
+            .project(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("project"))
+    }
+
+    /// The analytics of `project` over `range` (read from the store's rollups) and its usage
+    /// this month against its plan.
+    pub async fn analytics(
+        &self,
+        project: &Project,
+        range: AnalyticsRange,
+    ) -> Result<AnalyticsReport, ApiError> {
+        let data = self.store().analytics(project.id, &range).await?;
+        let usage = self.usage(project.owner_id, project.id, None).await?;
+        Ok(AnalyticsReport {
+            analytics: ProjectAnalytics::compute(range, data),
+            usage,
+        })
     }
 }

@@ -31,6 +31,10 @@ use larachat_core::model::{
     ProjectStatus, Scope,
 };
 
+use larachat_core::analytics::{
+    AnalyticsData, AnalyticsRange, CountBucket, DurationStats, Granularity, MessageBucket,
+    ProjectAnalytics,
+};
 use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes};
 
 use crate::{AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
@@ -78,6 +82,7 @@ macro_rules! for_each_store_check {
             quota_projects_per_owner,
             usage_matches_the_store,
             usage_storage_bytes,
+            analytics_match_the_store,
         );
     };
 }
@@ -2533,5 +2538,271 @@ pub async fn usage_storage_bytes(store: &TestStore) {
     assert_eq!(
         store.usage_history(project.id, 1).await.expect("history"),
         vec![(this_month(), used)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analytics
+// ---------------------------------------------------------------------------------------------
+
+/// A conversation created at `at` (its id made at that time too, as the service does).
+fn conversation_at(
+    project: ProjectId,
+    members: &[EndUserId],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Conversation {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        at.timestamp() as u64,
+        at.timestamp_subsec_nanos(),
+    );
+    Conversation {
+        id: ConversationId::from_uuid(Uuid::new_v7(ts)),
+        created_at: at,
+        updated_at: at,
+        ..conversation_value(project, members)
+    }
+}
+
+/// The analytics of `range` computed from the store's ordinary reads: every message of every
+/// conversation, every conversation, and the close times the test recorded.
+async fn brute_force_analytics(
+    store: &TestStore,
+    project: ProjectId,
+    range: AnalyticsRange,
+    closed_at: &std::collections::HashMap<ConversationId, chrono::DateTime<chrono::Utc>>,
+) -> ProjectAnalytics {
+    let conversations = store
+        .list_conversations(
+            project,
+            &ConversationQuery {
+                limit: 1000,
+                ..ConversationQuery::default()
+            },
+        )
+        .await
+        .expect("list conversations")
+        .items;
+    let mut messages: Vec<MessageBucket> = range
+        .bucket_starts()
+        .map(|start| MessageBucket {
+            start,
+            count: 0,
+            end_user: 0,
+            agent: 0,
+            bot: 0,
+            system: 0,
+        })
+        .collect();
+    let mut created: Vec<CountBucket> = range
+        .bucket_starts()
+        .map(|start| CountBucket { start, count: 0 })
+        .collect();
+    let (mut active, mut open, mut closed) = (0, 0, 0);
+    let (mut responses, mut resolutions) = (Vec::new(), Vec::new());
+    for c in &conversations {
+        match c.status {
+            ConversationStatus::Open => open += 1,
+            ConversationStatus::Closed => closed += 1,
+        }
+        let list = store
+            .list_messages(project, c.id, MessageRange::Latest, 1000)
+            .await
+            .expect("list messages")
+            .items;
+        let mut was_active = false;
+        for m in &list {
+            let Some(i) = range.bucket_of(m.created_at) else {
+                continue;
+            };
+            was_active = true;
+            let b = &mut messages[i];
+            b.count += 1;
+            match m.sender.kind {
+                ActorKind::EndUser => b.end_user += 1,
+                ActorKind::Agent => b.agent += 1,
+                ActorKind::Bot => b.bot += 1,
+                ActorKind::System => b.system += 1,
+            }
+        }
+        active += u64::from(was_active);
+        let Some(i) = range.bucket_of(c.created_at) else {
+            continue;
+        };
+        created[i].count += 1;
+        // Messages are listed in seq order.
+        if let Some(asked) = list
+            .iter()
+            .position(|m| m.sender.kind == ActorKind::EndUser)
+        {
+            if let Some(answer) = list[asked..]
+                .iter()
+                .find(|m| matches!(m.sender.kind, ActorKind::Agent | ActorKind::Bot))
+            {
+                responses.push(
+                    answer
+                        .created_at
+                        .signed_duration_since(list[asked].created_at)
+                        .num_milliseconds(),
+                );
+            }
+        }
+        if c.status == ConversationStatus::Closed {
+            let at = closed_at[&c.id];
+            resolutions.push(at.signed_duration_since(c.created_at).num_milliseconds());
+        }
+    }
+    ProjectAnalytics {
+        range,
+        messages,
+        conversations_created: created,
+        open,
+        closed,
+        active_conversations: active,
+        first_response: DurationStats::of_millis(responses),
+        resolution: DurationStats::of_millis(resolutions),
+    }
+}
+
+/// Analytics equal a brute-force computation over the store, for a generated project:
+/// conversations created over several days, messages of every sender kind (an agent greeting
+/// before the end user, unanswered questions, bot answers, a retried send), conversations
+/// closed, one closed and reopened; by the hour and by the day, over ranges that cut some of
+/// it off; another project's traffic never counts; a deleted project has none.
+pub async fn analytics_match_the_store(store: &TestStore) {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
+    let users = [
+        new_end_user(store, project.id).await,
+        new_end_user(store, project.id).await,
+    ];
+    let now = model::now();
+    let hour = chrono::TimeDelta::hours(1);
+    let day = chrono::TimeDelta::days(1);
+    // Created 3 days, 2 days + 5 h, 1 day, 2 h ago and now.
+    let times = [
+        now - day * 3,
+        now - day * 2 - hour * 5,
+        now - day,
+        now - hour * 2,
+        now,
+        now - hour * 30,
+    ];
+    let user = |i: usize| Actor {
+        kind: ActorKind::EndUser,
+        id: users[i % 2].id.to_string(),
+        name: None,
+    };
+    let staff = |kind: ActorKind| Actor {
+        kind,
+        id: "agent-7".into(),
+        name: None,
+    };
+    // Who speaks, in order, in each conversation.
+    let scripts: [&[Actor]; 6] = [
+        &[
+            staff(ActorKind::Agent),
+            user(0),
+            user(0),
+            staff(ActorKind::Agent),
+            staff(ActorKind::Bot),
+        ],
+        &[user(1), staff(ActorKind::Bot), staff(ActorKind::Agent)],
+        &[user(0), user(1)],
+        &[staff(ActorKind::Agent)],
+        &[],
+        &[
+            user(1),
+            staff(ActorKind::System),
+            staff(ActorKind::Agent),
+            user(1),
+        ],
+    ];
+    let mut convs = Vec::new();
+    for (at, script) in times.iter().zip(scripts) {
+        let c = conversation_at(project.id, &[users[0].id], *at);
+        store.create_conversation(&c).await.expect("create");
+        for (i, sender) in script.iter().enumerate() {
+            let mut m = new_message(&c, &format!("m{i}"), Some(&format!("a-{i}")));
+            m.sender = sender.clone();
+            assert!(store.append_message(&m).await.expect("send").created);
+            if i == 0 {
+                // A retry counts nothing.
+                assert!(!store.append_message(&m).await.expect("retry").created);
+            }
+        }
+        convs.push(c);
+    }
+    // Another project's traffic.
+    let foreign = new_conversation(store, other.id, &[]).await;
+    store
+        .append_message(&new_message(&foreign, "elsewhere", None))
+        .await
+        .expect("send");
+
+    let mut closed_at = std::collections::HashMap::new();
+    let close = |status| ConversationPatch {
+        status: Some(status),
+        ..ConversationPatch::default()
+    };
+    for i in [0, 1, 4] {
+        let c = store
+            .update_conversation(project.id, convs[i].id, &close(ConversationStatus::Closed))
+            .await
+            .expect("close")
+            .expect("exists");
+        closed_at.insert(c.id, c.updated_at);
+    }
+    store
+        .update_conversation(project.id, convs[1].id, &close(ConversationStatus::Open))
+        .await
+        .expect("reopen")
+        .expect("exists");
+    closed_at.remove(&convs[1].id);
+
+    let ranges = [
+        AnalyticsRange::new(now - day * 4, now + hour, Granularity::Hour).unwrap(),
+        AnalyticsRange::new(now - day * 4, now + hour, Granularity::Day).unwrap(),
+        // Cuts off the two oldest conversations, keeps today's messages.
+        AnalyticsRange::new(now - day - hour * 2, now + hour, Granularity::Hour).unwrap(),
+        // By the day, ending earlier.
+        AnalyticsRange::new(now - day * 3, now - hour * 10, Granularity::Day).unwrap(),
+    ];
+    for range in ranges {
+        let expected = brute_force_analytics(store, project.id, range, &closed_at).await;
+        let data = store
+            .analytics(project.id, &range)
+            .await
+            .expect("analytics");
+        let got = ProjectAnalytics::compute(range, data);
+        assert_eq!(got, expected, "analytics over {range:?}");
+    }
+    let all = ProjectAnalytics::compute(
+        ranges[0],
+        store
+            .analytics(project.id, &ranges[0])
+            .await
+            .expect("analytics"),
+    );
+    // The script's figures, so that the brute force is not trivially empty.
+    let sent: u64 = all.messages.iter().map(|b| b.count).sum();
+    assert_eq!(sent, 15, "every message once, retries not counted");
+    assert_eq!((all.open, all.closed), (4, 2));
+    assert_eq!(all.active_conversations, 5);
+    assert_eq!(
+        all.first_response.count, 3,
+        "conversations 0, 1 and 5 were answered"
+    );
+    assert_eq!(all.resolution.count, 2);
+
+    assert!(store.delete_project(project.id).await.expect("delete"));
+    let gone = store
+        .analytics(project.id, &ranges[0])
+        .await
+        .expect("analytics");
+    assert_eq!(
+        gone,
+        AnalyticsData::default(),
+        "a deleted project has no analytics"
     );
 }

@@ -44,6 +44,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, ConversationStatus, EndUser,
@@ -356,6 +357,25 @@ pub trait Store: Send + Sync + 'static {
     /// A plan was changed (by another process): forget cached plan limits, if this backend
     /// caches them. The SQLite store reads them inside each write and has nothing to forget.
     fn plans_changed(&self) {}
+
+    // --- analytics ---------------------------------------------------------------------------
+
+    /// What analytics needs of `project` over `range`, read from rollups the changes keep
+    /// themselves (never a scan of messages; see `docs/usage.md`, "Analytics"):
+    /// - `hours`: messages per UTC hour of the range and sender kind (hours without messages
+    ///   may be left out);
+    /// - `active_conversations`: distinct conversations with a message in the range;
+    /// - `conversations`: every conversation created in the range (by its `created_at`), with
+    ///   its first end-user message, the first agent or bot message after that (in `seq`
+    ///   order) and, if it is closed now, when it was closed;
+    /// - `open`, `closed`: the project's conversations by status now.
+    ///
+    /// A retried send that returns the original message changes nothing.
+    async fn analytics(
+        &self,
+        project: ProjectId,
+        range: &AnalyticsRange,
+    ) -> StoreResult<AnalyticsData>;
 
     // --- health ------------------------------------------------------------------------------
 

@@ -36,6 +36,10 @@
 //! | `usage_items` | `((project_id, period, kind, shard), id)` | one row per message / conversation of a month (a message's with its content's `bytes`), in the change's batch (see `usage`) |
 //! | `usage_active_users` | `((project_id, period, shard), end_user_id)` | one row per end user active in a month |
 //! | `usage_periods` | `((project_id), period DESC)` | the months with usage |
+//! | `analytics_messages` / `analytics_active` | `((project_id, hour), …)` | one row per message / per conversation active in an hour, in the message's batch (see `analytics`) |
+//! | `analytics_hours` | `((project_id, day), hour)` | sealed hourly message counts |
+//! | `analytics_conversations` | `((project_id, day), conversation_id)` | per conversation: created, first end-user message, first answer, closed |
+//! | `analytics_days` | `((project_id), day)` | the days with analytics rows (deletion) |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.
@@ -64,6 +68,7 @@
 //! `delete_end_user`, conversation updates that move index rows) are sequences of idempotent
 //! writes here: a failure part-way is repaired by repeating the call.
 
+mod analytics;
 mod codec;
 pub mod outbox;
 mod schema;
@@ -93,6 +98,7 @@ use uuid::Uuid;
 pub use schema::SCHEMA_VERSION;
 pub use scylla::statement::{Consistency, SerialConsistency};
 
+use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
 use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
@@ -1357,6 +1363,7 @@ impl Store for ScyllaStore {
         self.exec("DELETE FROM end_user_buckets WHERE project_id = ?", (p,))
             .await?;
         self.delete_usage(id).await?;
+        self.delete_analytics(id).await?;
 
         self.batch(vec![
             ("DELETE FROM projects WHERE id = ?", vec![vu(p)]),
@@ -1754,6 +1761,7 @@ impl Store for ScyllaStore {
             &[(usage::KIND_CONVERSATION, id, None)],
             &members,
         ));
+        items.extend(analytics::conversation_rows(&stored));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
         self.settle(ticket, 1).await;
@@ -2006,6 +2014,7 @@ impl Store for ScyllaStore {
             model::now(),
         );
         items.push(insert);
+        items.extend(analytics::status_rows(&c, old_status));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
         Ok(Some(c))
@@ -2273,6 +2282,14 @@ impl Store for ScyllaStore {
 
     fn plans_changed(&self) {
         self.forget_limits();
+    }
+
+    async fn analytics(
+        &self,
+        project: ProjectId,
+        range: &AnalyticsRange,
+    ) -> StoreResult<AnalyticsData> {
+        self.read_analytics(project, range).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -28,7 +28,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -244,6 +244,42 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // A message's `usage_items` row holds its content's bytes (same value whoever writes
         // the row); the month's storage is `SUM(bytes)`. Rows written before count 0 bytes.
         add_columns: &[("usage_items", "bytes", "bigint")],
+        data: None,
+    },
+    Migration {
+        version: 8,
+        name: "analytics rollups",
+        statements: &[
+            // One row per message, keyed by what it counts, in the message's logged batch
+            // (see `analytics`): the live count of an hour not sealed yet. Partition: one
+            // project's messages of one UTC hour (`hour` = its start, ms).
+            "CREATE TABLE IF NOT EXISTS analytics_messages (\
+                project_id uuid, hour bigint, sender_kind text, id uuid, \
+                PRIMARY KEY ((project_id, hour), sender_kind, id))",
+            // Sealed hours: the counts of an hour that is over, written once by a reader
+            // (idempotent overwrite), deleted again by a late write into the hour.
+            // Partition: one project's day (24 rows).
+            "CREATE TABLE IF NOT EXISTS analytics_hours (\
+                project_id uuid, day bigint, hour bigint, end_user bigint, agent bigint, \
+                bot bigint, system bigint, PRIMARY KEY ((project_id, day), hour))",
+            // The conversations with a message in an hour (one row per conversation and
+            // hour, never per message), in the message's batch.
+            "CREATE TABLE IF NOT EXISTS analytics_active (\
+                project_id uuid, hour bigint, conversation_id uuid, \
+                PRIMARY KEY ((project_id, hour), conversation_id))",
+            // One row per conversation, in the partition of the day of its id's time (the
+            // service makes the id when it creates it): creation, first end-user message,
+            // first answer after it, close. The "first" columns are written with
+            // `USING TIMESTAMP` decreasing with the message time, so the earliest wins.
+            "CREATE TABLE IF NOT EXISTS analytics_conversations (\
+                project_id uuid, day bigint, conversation_id uuid, created_at timestamp, \
+                first_user_message_at timestamp, first_user_message_seq bigint, \
+                first_response_at timestamp, closed_at timestamp, PRIMARY KEY ((project_id, day), conversation_id))",
+            // The days with analytics rows of a project (deletion): 365 rows a year.
+            "CREATE TABLE IF NOT EXISTS analytics_days (\
+                project_id uuid, day bigint, PRIMARY KEY ((project_id), day))",
+        ],
+        add_columns: &[],
         data: None,
     },
 ];

@@ -434,6 +434,7 @@ impl ScyllaStore {
         // write the same event (at most in two outbox buckets; JetStream's de-duplication
         // window and the consumers' de-duplication by id absorb the second publish).
         let (event, entry) = outbox::insert(&DomainEvent::message_sent_derived(m), model::now());
+        let answers = self.answers(m).await?;
         self.batch_of(BatchType::Logged, vec![
             (
                 "INSERT INTO messages (project_id, conversation_id, bucket, id, sender_kind, \
@@ -475,6 +476,7 @@ impl ScyllaStore {
         ]
         .into_iter()
         .chain(super::usage::message_rows(m))
+        .chain(super::analytics::message_rows(m, answers))
         .collect())
         .await?;
         self.enqueue(vec![entry]);

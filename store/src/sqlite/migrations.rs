@@ -19,6 +19,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_conversation_assignee.sql"),
     include_str!("migrations/0006_plans_usage.sql"),
     include_str!("migrations/0007_usage_storage.sql"),
+    include_str!("migrations/0008_analytics.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -11,6 +11,9 @@
 //!   the SQL of every operation;
 //! - **plans and usage** (`usage`): plan rows, and usage counted (and plan limits checked)
 //!   by each change inside its own transaction, so counts are exact and limits exact;
+//! - **analytics rollups** (`analytics`): messages per hour, active conversations per hour and
+//!   per-conversation response times, kept by each change in its own transaction, so an
+//!   analytics query reads rollups, never messages;
 //! - the **event outbox**: every change with a domain event inserts it in its own savepoint
 //!   (`outbox`, called from `queries`), and `events` implements the durable
 //!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
@@ -19,6 +22,7 @@
 //! dropped, the writer finishes the writes already queued, closes its connection and the drop
 //! waits for it, so the file is fully closed afterwards.
 
+mod analytics;
 mod codec;
 mod events;
 mod migrations;
@@ -39,6 +43,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc};
 
+use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
 use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
@@ -576,6 +581,16 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<(Period, UsageCounts)>> {
         self.read(move |c| usage::usage_history(c, project, limit))
+            .await
+    }
+
+    async fn analytics(
+        &self,
+        project: ProjectId,
+        range: &AnalyticsRange,
+    ) -> StoreResult<AnalyticsData> {
+        let range = *range;
+        self.read(move |c| analytics::read(c, project, &range))
             .await
     }
 

@@ -16,6 +16,7 @@ use larachat_core::model::{
 
 use larachat_core::event::DomainEvent;
 
+use super::analytics;
 use super::codec::{self, json_text, ms, opt_ms, sql_error};
 use super::outbox;
 use super::usage::{self, Count};
@@ -197,6 +198,9 @@ pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bo
         "api_keys",
         "usage_active_users",
         "usage",
+        "analytics_hours",
+        "analytics_active",
+        "analytics_conversations",
     ] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE project_id = ?1"))
             .and_then(|mut s| s.execute([pid]))
@@ -534,6 +538,7 @@ pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreR
     let stored = conversation(conn, c.project_id, c.id)?
         .ok_or(StoreError::Internal("conversation vanished".into()))?;
     outbox::insert(conn, &DomainEvent::conversation_created(&stored))?;
+    analytics::conversation_created(conn, &stored)?;
     usage::count(
         conn,
         c.project_id,
@@ -672,6 +677,7 @@ pub(crate) fn update_conversation(
         c.members = members(conn, project, id).map_err(sql_error)?;
     }
     outbox::insert(conn, &DomainEvent::conversation_changed(before, &c))?;
+    analytics::status_changed(conn, project, id, before, c.status, c.updated_at)?;
     Ok(Some(c))
 }
 
@@ -786,6 +792,7 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
     })
     .map_err(sql_error)?;
     outbox::insert(conn, &DomainEvent::message_sent(&message))?;
+    analytics::message_appended(conn, &message)?;
     let sender: Vec<EndUserId> = match message.sender.kind {
         ActorKind::EndUser => message.sender.id.parse().ok().into_iter().collect(),
         _ => Vec::new(),
