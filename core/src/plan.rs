@@ -394,6 +394,38 @@ impl ThresholdCrossing {
             .collect()
     }
 
+    /// The thresholds of the monthly limits of `limits` that usage going from `before` to
+    /// `after` reaches.
+    pub fn crossed_by(limits: &PlanLimits, before: &UsageCounts, after: &UsageCounts) -> Vec<Self> {
+        Self::per_limit(limits, |metric, limit, pick| {
+            Self::crossed(metric, limit, pick(before), pick(after))
+        })
+    }
+
+    /// The thresholds of the monthly limits of `limits` that `count` is at or past.
+    pub fn reached_by(limits: &PlanLimits, count: &UsageCounts) -> Vec<Self> {
+        Self::per_limit(limits, |metric, limit, pick| {
+            Self::reached(metric, limit, pick(count))
+        })
+    }
+
+    /// `f` for each limited monthly metric: (metric, limit, the metric's count in a usage).
+    fn per_limit(
+        limits: &PlanLimits,
+        f: impl Fn(QuotaMetric, u64, &dyn Fn(&UsageCounts) -> u64) -> Vec<Self>,
+    ) -> Vec<Self> {
+        let mut out = Vec::new();
+        if let Some(limit) = limits.monthly_active_users {
+            out.extend(f(QuotaMetric::MonthlyActiveUsers, limit, &|u| {
+                u.active_users
+            }));
+        }
+        if let Some(limit) = limits.messages_per_month {
+            out.extend(f(QuotaMetric::MessagesPerMonth, limit, &|u| u.messages));
+        }
+        out
+    }
+
     /// A key naming the warning for one period: `messages_per_month:80:1000`.
     pub fn key(&self) -> String {
         format!("{}:{}:{}", self.metric.as_str(), self.percent, self.limit)
@@ -516,6 +548,28 @@ mod tests {
             [] as [u8; 0]
         );
         assert_eq!(percents(ThresholdCrossing::reached(m, 1000, 850)), [80]);
+        let limits = PlanLimits {
+            monthly_active_users: Some(10),
+            messages_per_month: Some(100),
+            projects_per_owner: Some(1),
+        };
+        let at = |users, messages| UsageCounts {
+            active_users: users,
+            messages,
+            ..UsageCounts::default()
+        };
+        let both = ThresholdCrossing::crossed_by(&limits, &at(7, 99), &at(8, 100));
+        assert_eq!(
+            both.iter()
+                .map(|c| (c.metric, c.percent, c.used))
+                .collect::<Vec<_>>(),
+            [
+                (QuotaMetric::MonthlyActiveUsers, 80, 8),
+                (QuotaMetric::MessagesPerMonth, 100, 100)
+            ]
+        );
+        assert_eq!(ThresholdCrossing::reached_by(&limits, &at(10, 0)).len(), 2);
+        assert!(ThresholdCrossing::reached_by(&PlanLimits::default(), &at(9, 9)).is_empty());
         assert_eq!(
             ThresholdCrossing::crossed(m, 1000, 799, 800)[0].key(),
             "messages_per_month:80:1000"

@@ -408,9 +408,7 @@ impl ScyllaStore {
         }
         let count = self.count_usage(project, period).await?;
         // Thresholds the stored count is past: emitted unless known to be (see module docs).
-        let reached = crossings(limits, &count, |metric, limit, n| {
-            ThresholdCrossing::reached(metric, limit, n)
-        });
+        let reached = ThresholdCrossing::reached_by(limits, &count);
         self.emit_alerts(project, plan, period, reached).await;
         let counted = Arc::new(parking_lot::Mutex::new(count));
         // Another task may have loaded it meanwhile: keep the first (it may hold increments).
@@ -496,13 +494,7 @@ impl ScyllaStore {
             let before = *e;
             e.messages += ticket.messages;
             e.active_users += ticket.new_users;
-            let crossed = crossings(&limits, &e, |metric, limit, n| {
-                let was = match metric {
-                    QuotaMetric::MessagesPerMonth => before.messages,
-                    _ => before.active_users,
-                };
-                ThresholdCrossing::crossed(metric, limit, was, n)
-            });
+            let crossed = ThresholdCrossing::crossed_by(&limits, &before, &e);
             if !crossed.is_empty() {
                 ticket.alerts = Some(Alerts {
                     project,
@@ -547,26 +539,6 @@ impl ScyllaStore {
         }
         Ok(())
     }
-}
-
-/// Applies `f` to each limited monthly metric: (metric, limit, count).
-fn crossings(
-    limits: &PlanLimits,
-    count: &UsageCounts,
-    f: impl Fn(QuotaMetric, u64, u64) -> Vec<ThresholdCrossing>,
-) -> Vec<ThresholdCrossing> {
-    let mut out = Vec::new();
-    if let Some(limit) = limits.monthly_active_users {
-        out.extend(f(
-            QuotaMetric::MonthlyActiveUsers,
-            limit,
-            count.active_users,
-        ));
-    }
-    if let Some(limit) = limits.messages_per_month {
-        out.extend(f(QuotaMetric::MessagesPerMonth, limit, count.messages));
-    }
-    out
 }
 
 /// Warnings a reservation reached, to emit once its change is made.

@@ -194,24 +194,7 @@ pub(crate) fn count(
     .map_err(sql_error)?;
     // The warnings, in the change's savepoint: exact and once (the single writer sees every
     // count go up one change at a time).
-    let mut crossings = Vec::new();
-    if let Some(limit) = limits.monthly_active_users {
-        crossings.extend(ThresholdCrossing::crossed(
-            QuotaMetric::MonthlyActiveUsers,
-            limit,
-            before.active_users,
-            after.active_users,
-        ));
-    }
-    if let Some(limit) = limits.messages_per_month {
-        crossings.extend(ThresholdCrossing::crossed(
-            QuotaMetric::MessagesPerMonth,
-            limit,
-            before.messages,
-            after.messages,
-        ));
-    }
-    for c in &crossings {
+    for c in &ThresholdCrossing::crossed_by(&limits, &before, &after) {
         let event = DomainEvent::usage_threshold_reached(project, at, c, plan.clone(), period);
         outbox::insert(conn, &event)?;
     }
