@@ -195,7 +195,7 @@ fn conversation_value(project: ProjectId, members: &[EndUserId]) -> Conversation
     }
 }
 
-async fn new_conversation(
+pub(crate) async fn new_conversation(
     store: &TestStore,
     project: ProjectId,
     members: &[EndUserId],
@@ -2142,7 +2142,7 @@ pub async fn tenant_isolation(store: &TestStore) {
 // ---------------------------------------------------------------------------------------------
 
 /// A fresh plan with these limits (its own id, so checks never share a plan).
-async fn custom_plan(store: &TestStore, limits: PlanLimits) -> Plan {
+pub(crate) async fn custom_plan(store: &TestStore, limits: PlanLimits) -> Plan {
     let plan = Plan {
         id: PlanId::parse(&unique("t").to_lowercase()[..20]).expect("plan id"),
         name: "Test plan".into(),
@@ -2155,7 +2155,7 @@ async fn custom_plan(store: &TestStore, limits: PlanLimits) -> Plan {
 }
 
 /// A fresh admin and a project it owns on `plan`.
-async fn project_on(store: &TestStore, plan: &Plan) -> Project {
+pub(crate) async fn project_on(store: &TestStore, plan: &Plan) -> Project {
     let admin = admin_user_value(&format!("{}@example.com", unique("owner")));
     store.create_admin_user(&admin).await.expect("admin");
     let mut project = project_value(admin.id, &unique("project"));
