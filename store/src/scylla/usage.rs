@@ -643,7 +643,7 @@ impl ScyllaStore {
             theirs
         };
         let ((cql, values), entry) = super::outbox::insert(&event, now);
-        self.batch(vec![(cql, values)]).await?;
+        self.exec(cql, values).await?;
         self.enqueue(vec![entry]);
         self.lwt(
             "UPDATE usage_alerts SET emitted = true WHERE project_id = ? AND period = ? \
