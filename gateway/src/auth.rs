@@ -112,8 +112,8 @@ pub struct Authenticator {
     /// Per-project rate-limit rules (`settings.limits` over the plan's), once per cached
     /// project.
     project_limits: Cache<ProjectId, Arc<larachat_limits::ProjectLimits>>,
-    /// The rules of each plan (`limits.plans`).
-    plan_limits: std::collections::BTreeMap<String, larachat_limits::ProjectLimits>,
+    /// The process's rate limits, for the rules of each plan (`limits.plans`).
+    limits: Arc<larachat_limits::Limits>,
     /// Keys whose `last_used_at` was recorded recently: at most one store write per key per
     /// minute, off the request path.
     touched: Cache<ApiKeyId, ()>,
@@ -128,7 +128,7 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(&config.jwt_secret),
             token_ttl: config.user_token_ttl,
             agent_token_ttl: config.agent_token_ttl,
-            plan_limits: config.limits.config().plans.clone(),
+            limits: config.limits.clone(),
             project_limits: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.cache_ttl)
@@ -345,7 +345,7 @@ impl Authenticator {
         }
         let project = self.require_active_project(id).await?;
         let own = larachat_limits::ProjectLimits::of(&project.settings);
-        let limits = Arc::new(own.or(self.plan_limits.get(project.plan.as_str())));
+        let limits = Arc::new(own.or(self.limits.config().plan(project.plan.as_str())));
         self.project_limits.insert(id, limits.clone());
         Ok(limits)
     }
