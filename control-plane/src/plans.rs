@@ -19,9 +19,7 @@ use larachat_core::http::{ApiJson, ApiPath, ApiQuery, double_option};
 use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
 use larachat_core::{ApiError, ProjectId};
 use larachat_service::input::Name;
-use larachat_service::plans::{
-    ExportLine, ExportPage, LimitsChange, PlanChange, PlanFeatures, UsageReport,
-};
+use larachat_service::plans::{ExportLine, LimitsChange, PlanChange, PlanFeatures, UsageReport};
 
 use crate::ControlPlane;
 use crate::api::publish;
@@ -374,7 +372,8 @@ fn csv_text(s: &str) -> String {
     }
 }
 
-fn to_csv(page: &ExportPage, rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiError> {
+/// The rows as CSV, after a header line (also when there is no row).
+fn to_csv(rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiError> {
     let internal = |e: csv::Error| {
         tracing::error!(error = %e, "writing the usage export as CSV");
         ApiError::internal()
@@ -398,7 +397,7 @@ fn to_csv(page: &ExportPage, rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiErro
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
     for r in rows {
         w.write_record([
-            page.period.to_string(),
+            r.period.to_string(),
             r.project_id.to_string(),
             csv_text(&r.project_name),
             r.owner_id.to_string(),
@@ -478,22 +477,22 @@ pub async fn usage_export(
         .service()
         .usage_export(owner, period, cursor, limit)
         .await?;
+    let next = page.next;
     let rows: Vec<UsageExportRow> = page
         .lines
-        .iter()
-        .cloned()
+        .into_iter()
         .map(|l| UsageExportRow::of(period, l))
         .collect();
     if !csv {
         return Ok(ApiJson(UsageExport {
             period,
-            has_more: page.next.is_some(),
-            next_cursor: page.next,
+            has_more: next.is_some(),
+            next_cursor: next,
             data: rows,
         })
         .into_response());
     }
-    let body = to_csv(&page, &rows)?;
+    let body = to_csv(&rows)?;
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -505,7 +504,7 @@ pub async fn usage_export(
     )) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    if let Some(next) = page.next {
+    if let Some(next) = next {
         if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
             headers.insert("x-next-cursor", v);
         }
