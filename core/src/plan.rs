@@ -364,7 +364,7 @@ pub struct ThresholdCrossing {
 impl ThresholdCrossing {
     /// The thresholds of `limit` that a count going from `before` to `after` reaches (none
     /// when it does not grow: a lowered limit is not "reached" by the count already there).
-    pub fn crossed(metric: QuotaMetric, limit: u64, before: u64, after: u64) -> Vec<Self> {
+    fn crossed(metric: QuotaMetric, limit: u64, before: u64, after: u64) -> Vec<Self> {
         WARNING_PERCENTS
             .into_iter()
             .filter(|&p| {
@@ -381,7 +381,7 @@ impl ThresholdCrossing {
     }
 
     /// The thresholds of `limit` that `count` is at or past.
-    pub fn reached(metric: QuotaMetric, limit: u64, count: u64) -> Vec<Self> {
+    fn reached(metric: QuotaMetric, limit: u64, count: u64) -> Vec<Self> {
         WARNING_PERCENTS
             .into_iter()
             .filter(|&p| threshold_count(limit, p) <= count)
