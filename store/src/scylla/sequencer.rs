@@ -80,9 +80,10 @@ pub(crate) const SEQUENCER_TTL_SECS: i32 = 7 * 24 * 3600;
 /// for one conversation claims back to back (its next claim leaves as soon as the last one
 /// applied) and tends to win every tie against another process's retry, so a loser waits as
 /// long as the other processes' backlog for that conversation lasts, not for a fixed number
-/// of rounds. (Measured: two processes × ten senders into one conversation, runs of up to
-/// 60+ consecutive losses; a random back-off before retrying makes the loser lose more.)
-/// A count limit failed there; a time budget bounds the wait the caller sees instead.
+/// of rounds. (Seen with two processes × ten senders into one conversation: 64 consecutive
+/// losses in a failed CI run, up to 50 in instrumented local runs; a random back-off before
+/// retrying made every local run reach 63.) A count limit failed there; a time budget bounds
+/// the wait the caller sees instead.
 const CLAIM_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Gap rows repaired per read at most (a page needs at most its limit).
