@@ -13,11 +13,10 @@
 //! the day and 24 hours by the hour, and prints p50 and p90, and checks that the rollups
 //! count every message.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::TimeDelta;
 use rusqlite::params;
-use uuid::Uuid;
 
 use larachat_core::analytics::{AnalyticsRange, Granularity, ProjectAnalytics};
 use larachat_core::id::{AdminUserId, ProjectId};
@@ -25,28 +24,12 @@ use larachat_core::model::{self, PlanId, Project, ProjectStatus};
 use larachat_store::{SqliteConfig, SqliteStore, Store};
 use serde_json::json;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Rng, ms, v7_at};
+
 const PER_CONVERSATION: usize = 50;
-
-/// A small deterministic generator (xorshift), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn v7_at(ms: i64) -> Uuid {
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        (ms / 1000) as u64,
-        ((ms % 1000) * 1_000_000) as u32,
-    );
-    Uuid::new_v7(ts)
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -208,8 +191,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -13,7 +13,7 @@
 //! times `analytics` + `ProjectAnalytics::compute`: the first 30-day query by the hour (which
 //! counts and seals every hour), then `runs` more of each case (sealed), printing p50 / p90.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::TimeDelta;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -25,29 +25,14 @@ use larachat_core::id::ProjectId;
 use larachat_core::model;
 use larachat_store::{ScyllaConfig, ScyllaStore, Store};
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Rng, ms, v7_at};
+
 const PER_CONVERSATION: usize = 50;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn v7_at(ms: i64) -> Uuid {
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        (ms / 1000) as u64,
-        ((ms % 1000) * 1_000_000) as u32,
-    );
-    Uuid::new_v7(ts)
-}
 
 /// One row to write.
 enum Row {
@@ -237,8 +222,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
