@@ -617,6 +617,12 @@ pub async fn run_role(
     for l in listeners {
         let _ = l.await;
     }
+    // The requests finished during the drain are metered too.
+    if let Some(gateway) = &app.gateway {
+        if let Err(e) = gateway.meter().flush().await {
+            tracing::warn!(error = %e, "could not write edge usage at shutdown");
+        }
+    }
     // An attempt in flight is abandoned; its lease runs out and it is attempted again.
     webhook_stop.cancel();
     for w in webhook_workers {

@@ -7,6 +7,8 @@ mod common;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use larachat_store::{SqliteConfig, SqliteStore, Store};
+
 use common::Server;
 
 /// Lowers the Free plan (the default of new projects here) to small limits.
@@ -246,7 +248,7 @@ async fn the_monthly_usage_export_is_json_and_csv_paged_by_project() {
             Some(
                 "period,project_id,project_name,owner_id,plan,monthly_active_users,\
                  monthly_active_users_limit,messages,messages_limit,conversations,storage_bytes,\
-                 period_end"
+                 api_requests,peak_connections,period_end"
             )
         );
         lines.extend(rows.map(str::to_owned));
@@ -335,4 +337,61 @@ async fn analytics_count_messages_and_online_users() {
         .get(&format!("{path}&from=soon"), &server.admin_token)
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+}
+
+/// API requests and peak realtime connections are metered per project by the gateway and
+/// written when it shuts down (as well as every few seconds): exact on one node. A request
+/// that passed authentication counts whatever its answer; one that did not, does not; socket
+/// frames are not requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_and_peak_connections_are_metered() {
+    let server = Server::start().await;
+    let tenant = server.tenant("busy").await;
+    let quiet = server.tenant("quiet").await;
+    let (user, token) = server.user(&tenant.key, "ada").await; // 1
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(server.ws_auth(&token).await);
+    }
+    let conv = server.conversation(&tenant.key, &[&user]).await; // 2
+    for i in 0..5 {
+        server.send(&token, &conv, &format!("m{i}")).await; // 3..=7
+    }
+    // Over the socket: a message, not a request.
+    let ack = sockets[0]
+        .send_message(1, &conv, "ws-1", "over the socket")
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let (s, _) = server
+        .get(
+            &format!("/api/v1/conversations/{conv}/messages"),
+            &tenant.key,
+        )
+        .await; // 8
+    assert_eq!(s, StatusCode::OK);
+    let missing = uuid::Uuid::now_v7();
+    let (s, _) = server
+        .get(&format!("/api/v1/conversations/{missing}"), &tenant.key)
+        .await; // 9: answered 404, still a request
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = server
+        .get(&format!("/api/v1/conversations/{conv}"), "sk_live_forged")
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "not a request of any project");
+    drop(sockets);
+
+    let project = |id: &str| larachat_core::id::ProjectId::from_uuid(id.parse().unwrap());
+    let (busy, quiet) = (project(&tenant.project_id), project(&quiet.project_id));
+    let dir = server.stop_keep_data().await;
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("larachat.db"))).unwrap();
+    let month = larachat_core::plan::Period::of(chrono::Utc::now());
+    let used = store.usage(busy, month).await.unwrap();
+    assert_eq!(
+        (used.api_requests, used.peak_connections),
+        (9, 3),
+        "{used:?}"
+    );
+    assert_eq!(used.messages, 6);
+    let none = store.usage(quiet, month).await.unwrap();
+    assert_eq!((none.api_requests, none.peak_connections), (0, 0));
 }

@@ -110,6 +110,12 @@ pub struct UsageView {
     /// Bytes of message content added in the month: UTF-8 length of each message's text
     /// plus its serialized metadata. Not limited by plans (`limit` is `null`).
     pub storage_bytes: Metric,
+    /// Client API and Widget API requests in the month, metered by the gateways (written
+    /// every few seconds). Not limited by plans.
+    pub api_requests: Metric,
+    /// The most realtime connections the project had open at once in the month: per hour,
+    /// the sum of each gateway's peak; the busiest hour. Not limited by plans.
+    pub peak_connections: Metric,
 }
 
 /// Past and current months with usage, newest first.
@@ -138,6 +144,14 @@ fn view(project: ProjectId, plan: &Plan, period: Period, used: UsageCounts) -> U
         },
         storage_bytes: Metric {
             used: used.storage_bytes,
+            limit: None,
+        },
+        api_requests: Metric {
+            used: used.api_requests,
+            limit: None,
+        },
+        peak_connections: Metric {
+            used: used.peak_connections,
             limit: None,
         },
     }
@@ -331,6 +345,10 @@ pub struct UsageExportRow {
     pub conversations: u64,
     /// Bytes of message content added in the month (text plus serialized metadata).
     pub storage_bytes: u64,
+    /// Client API and Widget API requests in the month.
+    pub api_requests: u64,
+    /// The most realtime connections open at once in the month.
+    pub peak_connections: u64,
     /// When the month ended (or ends): the first instant of the next month.
     pub period_end: DateTime<Utc>,
 }
@@ -358,6 +376,8 @@ impl UsageExportRow {
             messages_limit: l.plan.limits.messages_per_month,
             conversations: l.used.conversations,
             storage_bytes: l.used.storage_bytes,
+            api_requests: l.used.api_requests,
+            peak_connections: l.used.peak_connections,
             period_end: period.resets_at(),
         }
     }
@@ -391,6 +411,8 @@ fn to_csv(rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiError> {
         "messages_limit",
         "conversations",
         "storage_bytes",
+        "api_requests",
+        "peak_connections",
         "period_end",
     ])
     .map_err(internal)?;
@@ -408,6 +430,8 @@ fn to_csv(rows: &[UsageExportRow]) -> Result<Vec<u8>, ApiError> {
             opt(r.messages_limit),
             r.conversations.to_string(),
             r.storage_bytes.to_string(),
+            r.api_requests.to_string(),
+            r.peak_connections.to_string(),
             r.period_end
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ])

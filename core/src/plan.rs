@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::id::ProjectId;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -304,6 +305,48 @@ pub struct UsageCounts {
     pub active_users: u64,
     /// Bytes of message content added: [`content_bytes`] of each message counted.
     pub storage_bytes: u64,
+    /// Client API and Widget API requests, metered by the gateways ([`EdgeUsage`]).
+    pub api_requests: u64,
+    /// The most realtime connections open at once: the largest, over the hours of the
+    /// period, of the sum of every gateway process's peak in that hour ([`EdgeUsage`]).
+    pub peak_connections: u64,
+}
+
+/// What one gateway process metered at the edge for one project in one UTC hour, so far:
+/// its API requests and the most realtime connections it held at once.
+///
+/// Both are running values of that process, never increments: the store keeps the row of
+/// (project, hour, process) with the largest values it was given, so writing a row again
+/// (a retried flush, a flush after a lost answer) changes nothing. A project's requests are
+/// the sum of the rows of the month; its peak connections the largest per-hour sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeUsage {
+    pub project: ProjectId,
+    /// The hour's first instant.
+    pub hour: DateTime<Utc>,
+    pub requests: u64,
+    pub peak_connections: u64,
+}
+
+impl EdgeUsage {
+    /// The first instant of the UTC hour of `at`.
+    pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+        let secs = at.timestamp().div_euclid(3600) * 3600;
+        DateTime::from_timestamp(secs, 0).unwrap_or(at)
+    }
+
+    /// The requests and peak connections of `rows` (any processes and hours of one project
+    /// and period): the sum of the requests, and the largest per-hour sum of the peaks.
+    pub fn totals<'a>(rows: impl IntoIterator<Item = &'a EdgeUsage>) -> (u64, u64) {
+        let mut requests = 0u64;
+        let mut per_hour = std::collections::BTreeMap::<DateTime<Utc>, u64>::new();
+        for r in rows {
+            requests = requests.saturating_add(r.requests);
+            let h = per_hour.entry(r.hour).or_default();
+            *h = h.saturating_add(r.peak_connections);
+        }
+        (requests, per_hour.into_values().max().unwrap_or(0))
+    }
 }
 
 /// The storage a message's content takes, as metered: the UTF-8 length of its text plus the
@@ -472,6 +515,26 @@ impl From<QuotaExceeded> for crate::ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_usage_totals_sum_requests_and_take_the_busiest_hour() {
+        let p = ProjectId::new_v7();
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 11, 30, h, m, 7).unwrap();
+        assert_eq!(
+            EdgeUsage::hour_of(at(9, 59)),
+            Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap()
+        );
+        let row = |h: u32, requests, peak| EdgeUsage {
+            project: p,
+            hour: EdgeUsage::hour_of(at(h, 0)),
+            requests,
+            peak_connections: peak,
+        };
+        // Two processes at 9:00 (3 + 4 connections), one at 10:00 (5).
+        let rows = [row(9, 10, 3), row(9, 1, 4), row(10, 100, 5)];
+        assert_eq!(EdgeUsage::totals(&rows), (111, 7));
+        assert_eq!(EdgeUsage::totals(&[]), (0, 0));
+    }
 
     #[test]
     fn plan_ids() {

@@ -20,6 +20,8 @@
 //! - [`presence`]: which end users are online, across gateways (local connection counts,
 //!   beats on `lc.v1.<project>.presence`, per-project views for watchers, debounce, expiry).
 //! - [`control`]: obeys control-plane notices (key revoked, project changed) from the bus.
+//! - [`meter`]: usage metered at the edge (API requests, peak realtime connections per
+//!   project), flushed to the store by each process.
 //! - [`policy`]: which rate-limit buckets (`larachat-limits`) a request, a widget session
 //!   start or a message takes, per principal, end user, project and sender.
 //! - [`telemetry`]: the gateway's metric families with their HELP text, described once.
@@ -31,6 +33,7 @@
 pub mod api;
 pub mod auth;
 pub mod control;
+pub mod meter;
 pub mod policy;
 pub mod presence;
 pub mod realtime;
@@ -139,13 +142,14 @@ struct Inner {
     auth: auth::Authenticator,
     connections: realtime::Registry,
     presence: presence::Presence,
+    meter: Arc<meter::UsageMeter>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Gateway {
-    /// Builds a gateway and starts its background task (control notices). Call
-    /// [`Gateway::shutdown`] to stop it.
+    /// Builds a gateway and starts its background tasks (control notices, the usage meter's
+    /// flushes). Call [`Gateway::shutdown`] to stop it.
     pub async fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
@@ -163,6 +167,8 @@ impl Gateway {
             &tasks,
             shutdown.clone(),
         );
+        let meter = Arc::new(meter::UsageMeter::new(store.clone()));
+        tasks.spawn(meter.clone().run(shutdown.clone()));
         let gw = Self {
             inner: Arc::new(Inner {
                 service: larachat_service::Service::new(store.clone(), bus.clone()),
@@ -172,6 +178,7 @@ impl Gateway {
                 auth,
                 connections: realtime::Registry::default(),
                 presence,
+                meter,
                 shutdown,
                 tasks,
                 config,
@@ -216,6 +223,10 @@ impl Gateway {
     /// Presence of end users (online/offline, who is online).
     pub fn presence(&self) -> &presence::Presence {
         &self.inner.presence
+    }
+    /// API requests and realtime connections metered per project.
+    pub fn meter(&self) -> &meter::UsageMeter {
+        &self.inner.meter
     }
     pub(crate) fn connections(&self) -> &realtime::Registry {
         &self.inner.connections

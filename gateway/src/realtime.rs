@@ -580,7 +580,7 @@ impl Connection {
             .gw
             .connections()
             .insert(s.who.project, s.who.key_id(), s.kick.clone());
-        let _registration = scopeguard(self.gw.clone(), conn_id);
+        let _registration = scopeguard(self.gw.clone(), conn_id, s.who.project);
         // `Gateway::shutdown` cancels the token, then kicks every registered connection: a
         // connection registered after that sees the token.
         if self.gw.shutdown_token().is_cancelled() {
@@ -1234,20 +1234,24 @@ fn classify_ws_error(e: WsError) -> End {
     }
 }
 
-/// Removes the connection from the registry when it ends, however it ends.
+/// Counts the connection in its project's metered connections while it is registered, and
+/// removes it from the registry when it ends, however it ends.
 struct Registration {
     gw: Gateway,
     id: u64,
+    project: ProjectId,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.gw.connections().remove(self.id);
+        self.gw.meter().disconnected(self.project);
     }
 }
 
-fn scopeguard(gw: Gateway, id: u64) -> Registration {
-    Registration { gw, id }
+fn scopeguard(gw: Gateway, id: u64, project: ProjectId) -> Registration {
+    gw.meter().connected(project);
+    Registration { gw, id, project }
 }
 
 impl std::fmt::Debug for Connection {

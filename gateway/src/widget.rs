@@ -378,6 +378,7 @@ pub async fn init(
     // Every init may create an end user: limited per address and per project.
     gw.limit_widget_init(client_ip.map(|Extension(ip)| ip.0), project)
         .await?;
+    gw.meter().request(project);
     let (user, anonymous) = match body.user {
         Some(u) => (identify(&gw, &ctx, u).await?, false),
         None => {
@@ -531,6 +532,7 @@ async fn session(
         return Err(ApiError::unauthorized("invalid widget session"));
     }
     gw.limit_request(&who).await?;
+    gw.meter().request(who.project);
     Ok(who)
 }
 

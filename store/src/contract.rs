@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use serde_json::json;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -35,7 +35,9 @@ use larachat_core::analytics::{
     AnalyticsData, AnalyticsRange, CountBucket, DurationStats, Granularity, MessageBucket,
     ProjectAnalytics,
 };
-use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes};
+use larachat_core::plan::{
+    EdgeUsage, Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes,
+};
 
 use crate::{AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
 
@@ -82,6 +84,7 @@ macro_rules! for_each_store_check {
             quota_projects_per_owner,
             usage_matches_the_store,
             usage_storage_bytes,
+            usage_edge_metering,
             analytics_match_the_store,
         );
     };
@@ -2481,6 +2484,7 @@ pub async fn usage_matches_the_store(store: &TestStore) {
             conversations: 2,
             active_users: 3,
             storage_bytes: used.storage_bytes,
+            ..UsageCounts::default()
         }
     );
     assert_eq!(stored, 3);
@@ -2491,6 +2495,66 @@ pub async fn usage_matches_the_store(store: &TestStore) {
         store.usage(project.id, last).await.expect("usage"),
         UsageCounts::default()
     );
+}
+
+/// Edge metering (API requests, peak connections) from several gateway processes: requests
+/// are summed, peaks summed per hour and the busiest hour taken; a process's newer values
+/// replace its older ones, and writing a row again changes nothing; the month shows in the
+/// history; rows of a deleted project are gone.
+pub async fn usage_edge_metering(store: &TestStore) {
+    let project = new_project(store).await;
+    let (gw1, gw2) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = Utc::now();
+    // Two hours of this month (the current hour and the one before, unless that is last
+    // month: then the next hour is used, which is this month too).
+    let this_hour = EdgeUsage::hour_of(now);
+    let other_hour = if Period::of(this_hour - Duration::hours(1)) == this_month() {
+        this_hour - Duration::hours(1)
+    } else {
+        this_hour + Duration::hours(1)
+    };
+    let row = |hour, requests, peak| EdgeUsage {
+        project: project.id,
+        hour,
+        requests,
+        peak_connections: peak,
+    };
+    store
+        .record_edge_usage(gw1, &[row(this_hour, 5, 2)])
+        .await
+        .expect("flush");
+    store
+        .record_edge_usage(gw1, &[row(this_hour, 12, 3), row(other_hour, 40, 6)])
+        .await
+        .expect("flush");
+    // Retried: the same rows again.
+    store
+        .record_edge_usage(gw1, &[row(this_hour, 12, 3), row(other_hour, 40, 6)])
+        .await
+        .expect("retry");
+    store
+        .record_edge_usage(gw2, &[row(this_hour, 7, 4)])
+        .await
+        .expect("flush");
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    // 12 + 40 + 7 requests; peaks: this hour 3 + 4 = 7, the other hour 6.
+    assert_eq!((used.api_requests, used.peak_connections), (59, 7));
+    assert_eq!(used.messages, 0);
+    let history = store.usage_history(project.id, 12).await.expect("history");
+    assert_eq!(
+        history,
+        vec![(this_month(), used)],
+        "the month is in the history"
+    );
+
+    // Another project's usage is its own.
+    let other = new_project(store).await;
+    let theirs = store.usage(other.id, this_month()).await.expect("usage");
+    assert_eq!((theirs.api_requests, theirs.peak_connections), (0, 0));
+
+    store.delete_project(project.id).await.expect("delete");
+    let gone = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!((gone.api_requests, gone.peak_connections), (0, 0));
 }
 
 /// Storage is the bytes of the content of the month's messages (UTF-8 text plus serialized

@@ -43,6 +43,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
 use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
@@ -50,7 +51,7 @@ use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, ConversationStatus, EndUser,
     EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
-use larachat_core::plan::{Period, Plan, PlanId, QuotaExceeded, UsageCounts};
+use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, QuotaExceeded, UsageCounts};
 
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
@@ -353,6 +354,14 @@ pub trait Store: Send + Sync + 'static {
         project: ProjectId,
         limit: u32,
     ) -> StoreResult<Vec<(Period, UsageCounts)>>;
+
+    /// Records what the gateway process `process` metered at the edge ([`EdgeUsage`]: per
+    /// project and UTC hour, its API requests and peak realtime connections so far). The
+    /// values are the process's running totals, which never go down: the store keeps, per
+    /// (project, hour, process), the newest values, so a repeated or retried write changes
+    /// nothing. `usage` and `usage_history` then report `api_requests` and
+    /// `peak_connections` of every process. A project that no longer exists may be skipped.
+    async fn record_edge_usage(&self, process: Uuid, rows: &[EdgeUsage]) -> StoreResult<()>;
 
     /// A plan was changed (by another process): forget cached plan limits, if this backend
     /// caches them. The SQLite store reads them inside each write and has nothing to forget.

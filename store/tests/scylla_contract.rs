@@ -634,3 +634,79 @@ fn bucket(id: &uuid::Uuid, width: Duration) -> i64 {
     let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
     (ms / width.as_millis() as u64) as i64
 }
+
+/// Schema 10 lists in `analytics_active_days` every active conversation that schema-9 code
+/// wrote to `analytics_active`: ranges of whole days (read from the day partitions), of
+/// edge hours only, and of both count the same distinct conversations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_9_active_conversations_are_listed_by_day() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    use larachat_core::analytics::{AnalyticsRange, Granularity};
+
+    let mut cfg = config();
+    cfg.keyspace = format!("lc_upgrade_{}", uuid::Uuid::new_v4().simple());
+    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store.migrate_to(9).await.expect("schema 9");
+    }
+    let raw = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(contact_point())
+        .build()
+        .await
+        .expect("raw session");
+    raw.use_keyspace(cfg.keyspace.clone(), false)
+        .await
+        .expect("keyspace");
+    let project = uuid::Uuid::now_v7();
+    let day0 = (Utc::now() - TimeDelta::days(3))
+        .duration_trunc(TimeDelta::days(1))
+        .unwrap();
+    let (c1, c2, c3) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let at = |day: i64, hour: i64| day0 + TimeDelta::days(day) + TimeDelta::hours(hour);
+    for (conversation, when) in [
+        (c1, at(0, 1)),
+        (c1, at(0, 5)),
+        (c2, at(0, 23)),
+        (c3, at(1, 2)),
+        (c1, at(1, 7)),
+    ] {
+        raw.query_unpaged(
+            "INSERT INTO analytics_active (project_id, hour, conversation_id) VALUES (?, ?, ?)",
+            (project, when.timestamp_millis(), conversation),
+        )
+        .await
+        .unwrap();
+    }
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the current schema");
+    }
+    let active = |from, to| {
+        let store = &store;
+        async move {
+            let range = AnalyticsRange::new(from, to, Granularity::Hour).unwrap();
+            store
+                .analytics(ProjectId::from_uuid(project), &range)
+                .await
+                .expect("analytics")
+                .active_conversations
+        }
+    };
+    assert_eq!(active(at(0, 0), at(2, 0)).await, 3, "two whole days");
+    assert_eq!(active(at(1, 0), at(2, 0)).await, 2, "day 1: c3 and c1");
+    assert_eq!(active(at(0, 5), at(1, 3)).await, 3, "edge hours only");
+    assert_eq!(
+        active(at(0, 2), at(2, 0)).await,
+        3,
+        "edge hours and a whole day"
+    );
+    assert_eq!(active(at(0, 6), at(0, 23)).await, 0, "between messages");
+}

@@ -196,6 +196,7 @@ async fn client_auth(State(gw): State<Gateway>, mut req: Request, next: Next) ->
         Ok(info) => info,
         Err(e) => return e.into_response(),
     };
+    gw.meter().request(who.project);
     req.extensions_mut().insert(who);
     let mut resp = next.run(req).await;
     add_headers(&mut resp, tighter(ip, own));

@@ -23,8 +23,14 @@
 //! the hour is counted again. The current hour (and the last [`SEAL_AFTER`]) is counted
 //! live on every query.
 //!
+//! **Active conversations** are a set, not a count: a range's distinct conversations with a
+//! message. Each message's batch lists its conversation in its hour (`analytics_active`) and
+//! its day (`analytics_active_days`); a query reads the days wholly inside its range from
+//! the day partitions and only the hours at its edges from the hour partitions.
+//!
 //! Partitions: one project-hour (messages, active conversations), one project-day (sealed
-//! hours: 24 rows; conversations created that day), `analytics_days` one row per day.
+//! hours: 24 rows; conversations created or active that day), `analytics_days` one row per
+//! day.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -107,6 +113,11 @@ pub(crate) fn message_rows(m: &Message, answers: bool) -> Vec<(&'static str, Val
         (
             "INSERT INTO analytics_active (project_id, hour, conversation_id) VALUES (?, ?, ?)",
             vec![vu(p), vi(hour), vu(c)],
+        ),
+        (
+            "INSERT INTO analytics_active_days (project_id, day, conversation_id) \
+             VALUES (?, ?, ?)",
+            vec![vu(p), vi(day_of(hour)), vu(c)],
         ),
         (
             "INSERT INTO analytics_days (project_id, day) VALUES (?, ?)",
@@ -346,23 +357,41 @@ impl ScyllaStore {
                 .filter(|c| c.end_user + c.agent + c.bot + c.system > 0),
         );
 
-        // Distinct active conversations: one partition per hour.
-        let active: Vec<Vec<(Uuid,)>> = stream::iter(
+        // Distinct active conversations: the days wholly in the range from their day
+        // partition, the hours at the range's edges from their hour partitions.
+        let whole_days: HashSet<i64> = days
+            .iter()
+            .copied()
+            .filter(|d| *d >= from && d + DAY_MS <= to && *d <= now.timestamp_millis())
+            .collect();
+        let mut partitions: Vec<(bool, i64)> = whole_days.iter().map(|d| (true, *d)).collect();
+        partitions.extend(
             hours
                 .iter()
-                .copied()
-                .filter(|h| *h <= now.timestamp_millis()),
-        )
-        .map(|h| async move {
-            self.all_rows::<(Uuid,)>(
-                "SELECT conversation_id FROM analytics_active WHERE project_id = ? AND hour = ?",
-                (p, h),
-            )
-            .await
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect()
-        .await?;
+                .filter(|h| **h <= now.timestamp_millis() && !whole_days.contains(&day_of(**h)))
+                .map(|h| (false, *h)),
+        );
+        let active: Vec<Vec<(Uuid,)>> = stream::iter(partitions)
+            .map(|(whole_day, t)| async move {
+                if whole_day {
+                    self.all_rows::<(Uuid,)>(
+                        "SELECT conversation_id FROM analytics_active_days \
+                         WHERE project_id = ? AND day = ?",
+                        (p, t),
+                    )
+                    .await
+                } else {
+                    self.all_rows::<(Uuid,)>(
+                        "SELECT conversation_id FROM analytics_active \
+                         WHERE project_id = ? AND hour = ?",
+                        (p, t),
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
         let active: HashSet<Uuid> = active.into_iter().flatten().map(|(c,)| c).collect();
 
         // Conversations created in the range: the partitions of their ids' days (a day of
@@ -443,6 +472,56 @@ impl ScyllaStore {
             .sum())
     }
 
+    /// Schema 10: every (project, hour, conversation) of `analytics_active` also in its day
+    /// of `analytics_active_days` (idempotent: run again, it writes the same rows).
+    pub(super) async fn backfill_active_days(&self) -> StoreResult<()> {
+        use scylla::response::{PagingState, PagingStateResponse};
+        let started = std::time::Instant::now();
+        let scan = self
+            .stmt("SELECT project_id, hour, conversation_id FROM analytics_active")
+            .await?;
+        let mut state = PagingState::start();
+        let mut copied = 0u64;
+        // Page by page: the table holds a row per conversation and hour of every project.
+        loop {
+            let (result, next) = self
+                .session
+                .execute_single_page(&scan, (), state)
+                .await
+                .map_err(super::codec::exec_error)?;
+            let rows: Vec<(Uuid, i64, Uuid)> = result
+                .into_rows_result()
+                .map_err(super::codec::internal)?
+                .rows::<(Uuid, i64, Uuid)>()
+                .map_err(super::codec::internal)?
+                .collect::<Result<_, _>>()
+                .map_err(super::codec::internal)?;
+            copied += rows.len() as u64;
+            stream::iter(rows)
+                .map(|(p, hour, c)| async move {
+                    self.exec(
+                        "INSERT INTO analytics_active_days (project_id, day, conversation_id) \
+                         VALUES (?, ?, ?)",
+                        (p, day_of(hour), c),
+                    )
+                    .await
+                })
+                .buffer_unordered(PARALLEL)
+                .try_collect::<Vec<_>>()
+                .await?;
+            match next {
+                PagingStateResponse::HasMorePages { state: s } => state = s,
+                PagingStateResponse::NoMorePages => break,
+            }
+        }
+        tracing::info!(
+            copied,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "analytics active conversations listed by day"
+        );
+        Ok(())
+    }
+
     /// Deletes every analytics row of the project (part of `delete_project`). The
     /// conversation rows carry write timestamps up to `i64::MAX − 1` (the "first" columns),
     /// so their partitions are deleted at `i64::MAX`: the project never comes back.
@@ -455,6 +534,11 @@ impl ScyllaStore {
             .map(|(day,)| async move {
                 self.exec(
                     "DELETE FROM analytics_hours WHERE project_id = ? AND day = ?",
+                    (p, day),
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM analytics_active_days WHERE project_id = ? AND day = ?",
                     (p, day),
                 )
                 .await?;

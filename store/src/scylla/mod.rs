@@ -36,7 +36,9 @@
 //! | `usage_items` | `((project_id, period, kind, shard), id)` | one row per message / conversation of a month (a message's with its content's `bytes`), in the change's batch (see `usage`) |
 //! | `usage_active_users` | `((project_id, period, shard), end_user_id)` | one row per end user active in a month |
 //! | `usage_periods` | `((project_id), period DESC)` | the months with usage |
+//! | `usage_edge` | `((project_id, period), hour, process_id)` | per gateway process and hour: its API requests and peak realtime connections so far (see `usage`) |
 //! | `analytics_messages` / `analytics_active` | `((project_id, hour), …)` | one row per message / per conversation active in an hour, in the message's batch (see `analytics`) |
+//! | `analytics_active_days` | `((project_id, day), conversation_id)` | one row per conversation active in a day, in the message's batch |
 //! | `analytics_hours` | `((project_id, day), hour)` | sealed hourly message counts |
 //! | `analytics_conversations` | `((project_id, day), conversation_id)` | per conversation: created, first end-user message, first answer, closed |
 //! | `analytics_days` | `((project_id), day)` | the days with analytics rows (deletion) |
@@ -106,7 +108,7 @@ use larachat_core::model::{
     ConversationStatus, EndUser, EndUserPatch, Message, NewMessage, Project, ProjectPatch,
     ReadState,
 };
-use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
+use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
 
 use crate::{
     Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError,
@@ -414,6 +416,7 @@ impl ScyllaStore {
             match m.data {
                 Some(schema::DataStep::NumberMessages) => self.number_all_conversations().await?,
                 Some(schema::DataStep::IndexAssignees) => self.index_all_assignees().await?,
+                Some(schema::DataStep::ActiveDays) => self.backfill_active_days().await?,
                 None => {}
             }
             self.session
@@ -2265,7 +2268,7 @@ impl Store for ScyllaStore {
     }
 
     async fn usage(&self, project: ProjectId, period: Period) -> StoreResult<UsageCounts> {
-        self.count_usage(project, period).await
+        self.read_usage(project, period).await
     }
 
     async fn usage_history(
@@ -2275,9 +2278,13 @@ impl Store for ScyllaStore {
     ) -> StoreResult<Vec<(Period, UsageCounts)>> {
         let mut out = Vec::new();
         for period in self.usage_periods(project, limit).await? {
-            out.push((period, self.count_usage(project, period).await?));
+            out.push((period, self.read_usage(project, period).await?));
         }
         Ok(out)
+    }
+
+    async fn record_edge_usage(&self, process: Uuid, rows: &[EdgeUsage]) -> StoreResult<()> {
+        self.write_edge_usage(process, rows).await
     }
 
     fn plans_changed(&self) {

@@ -25,10 +25,12 @@ pub(crate) enum DataStep {
     /// Schema 4: list every existing conversation in `conversations_by_assignee` (as
     /// unassigned, unless a column says otherwise).
     IndexAssignees,
+    /// Schema 10: fill `analytics_active_days` from `analytics_active` (one pass over it).
+    ActiveDays,
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 10;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -281,5 +283,36 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         add_columns: &[],
         data: None,
+    },
+    Migration {
+        version: 9,
+        name: "edge usage",
+        statements: &[
+            // API requests and peak realtime connections, metered by the gateways: one row
+            // per project, UTC hour (its start, ms) and gateway process, holding that
+            // process's running values (see `usage::write_edge_usage`). Partition: one
+            // project's month, at most 744 hours × the gateway processes that served it.
+            "CREATE TABLE IF NOT EXISTS usage_edge (\
+                project_id uuid, period text, hour bigint, process_id uuid, requests bigint, \
+                peak_connections bigint, PRIMARY KEY ((project_id, period), hour, process_id))",
+        ],
+        add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 10,
+        name: "analytics active conversations by day",
+        statements: &[
+            // The conversations with a message in a UTC day (`day` = its start, ms), in the
+            // message's batch next to its `analytics_active` hour row: a range's distinct
+            // active conversations read whole days from here and only the hours at its
+            // edges from `analytics_active` (31 + up to 46 partitions for 30 days by the
+            // hour, instead of 721). Partition: one project's day, one row per conversation.
+            "CREATE TABLE IF NOT EXISTS analytics_active_days (\
+                project_id uuid, day bigint, conversation_id uuid, \
+                PRIMARY KEY ((project_id, day), conversation_id))",
+        ],
+        add_columns: &[],
+        data: Some(DataStep::ActiveDays),
     },
 ];

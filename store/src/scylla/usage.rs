@@ -43,8 +43,8 @@ use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
 use larachat_core::model::{self, Message};
 use larachat_core::plan::{
-    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing, UsageCounts,
-    content_bytes,
+    EdgeUsage, Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing,
+    UsageCounts, content_bytes,
 };
 
 use super::ScyllaStore;
@@ -86,6 +86,8 @@ pub(crate) struct QuotaCache {
     estimates: moka::sync::Cache<(ProjectId, Period), Arc<parking_lot::Mutex<UsageCounts>>>,
     /// Warnings known to be emitted, by (project, period, [`ThresholdCrossing::key`]).
     alerted: moka::sync::Cache<(ProjectId, Period, String), ()>,
+    /// The last `USING TIMESTAMP` of an edge usage write (µs; see `write_edge_usage`).
+    edge_clock: std::sync::atomic::AtomicI64,
 }
 
 impl Default for QuotaCache {
@@ -103,6 +105,7 @@ impl Default for QuotaCache {
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
+            edge_clock: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -311,7 +314,97 @@ impl ScyllaStore {
             conversations: sum_items(conversations).0,
             active_users: sum(users),
             storage_bytes,
+            ..UsageCounts::default()
         })
+    }
+
+    /// The usage of `project` in `period`, edge metrics included (the usage API; quota
+    /// checks need only [`Self::count_usage`]).
+    pub(super) async fn read_usage(
+        &self,
+        project: ProjectId,
+        period: Period,
+    ) -> StoreResult<UsageCounts> {
+        let (mut counts, edge) = futures::try_join!(
+            self.count_usage(project, period),
+            self.edge_usage(project, period)
+        )?;
+        (counts.api_requests, counts.peak_connections) = EdgeUsage::totals(&edge);
+        Ok(counts)
+    }
+
+    async fn edge_usage(&self, project: ProjectId, period: Period) -> StoreResult<Vec<EdgeUsage>> {
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = self
+            .all_rows(
+                "SELECT hour, requests, peak_connections FROM usage_edge \
+                 WHERE project_id = ? AND period = ?",
+                (*project.as_uuid(), period.to_string()),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(hour, requests, peak)| {
+                Ok(EdgeUsage {
+                    project,
+                    hour: chrono::DateTime::from_timestamp_millis(hour)
+                        .ok_or_else(|| corrupt("usage_edge hour"))?,
+                    requests: requests.unwrap_or(0).max(0) as u64,
+                    peak_connections: peak.unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// A write timestamp (µs) for edge usage: the wall clock, but always after the last one.
+    fn edge_write_timestamp(&self) -> i64 {
+        use std::sync::atomic::Ordering;
+        let now = chrono::Utc::now().timestamp_micros();
+        let prev = self
+            .quota
+            .edge_clock
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        now.max(prev + 1)
+    }
+
+    /// Writes a gateway process's edge metering (see [`EdgeUsage`]). Only `process` writes
+    /// its rows, and its values never go down, so "keep the larger value" is "keep the
+    /// newest write": each flush is written `USING TIMESTAMP` of a clock this store makes
+    /// strictly increasing, so a delayed or retried older write never wins over a newer one.
+    pub(super) async fn write_edge_usage(
+        &self,
+        process: Uuid,
+        rows: &[EdgeUsage],
+    ) -> StoreResult<()> {
+        let ts = self.edge_write_timestamp();
+        for chunk in rows.chunks(64) {
+            try_join_all(chunk.iter().map(|r| async move {
+                let p = *r.project.as_uuid();
+                let period = Period::of(r.hour).to_string();
+                self.exec(
+                    "INSERT INTO usage_edge (project_id, period, hour, process_id, requests, \
+                     peak_connections) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                    (
+                        p,
+                        period.as_str(),
+                        r.hour.timestamp_millis(),
+                        process,
+                        i64::try_from(r.requests).unwrap_or(i64::MAX),
+                        i64::try_from(r.peak_connections).unwrap_or(i64::MAX),
+                        ts,
+                    ),
+                )
+                .await?;
+                self.exec(
+                    "INSERT INTO usage_periods (project_id, period) VALUES (?, ?)",
+                    (p, period.as_str()),
+                )
+                .await
+            }))
+            .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn usage_periods(
@@ -354,6 +447,11 @@ impl ScyllaStore {
             }
             self.exec(
                 "DELETE FROM usage_alerts WHERE project_id = ? AND period = ?",
+                (p, key.as_str()),
+            )
+            .await?;
+            self.exec(
+                "DELETE FROM usage_edge WHERE project_id = ? AND period = ?",
                 (p, key.as_str()),
             )
             .await?;

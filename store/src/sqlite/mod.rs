@@ -49,7 +49,8 @@ use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
     Message, NewMessage, Project, ProjectPatch, ReadState,
 };
-use larachat_core::plan::{Period, Plan, PlanId, UsageCounts};
+use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
+use uuid::Uuid;
 
 use crate::{
     Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
@@ -581,6 +582,15 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<(Period, UsageCounts)>> {
         self.read(move |c| usage::usage_history(c, project, limit))
+            .await
+    }
+
+    async fn record_edge_usage(&self, process: Uuid, rows: &[EdgeUsage]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = rows.to_vec();
+        self.write(move |c| usage::record_edge_usage(c, process, &rows))
             .await
     }
 

@@ -198,6 +198,7 @@ pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bo
         "api_keys",
         "usage_active_users",
         "usage",
+        "usage_edge",
         "analytics_hours",
         "analytics_active",
         "analytics_conversations",

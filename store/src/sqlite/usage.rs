@@ -16,8 +16,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use larachat_core::event::DomainEvent;
 use larachat_core::id::{AdminUserId, EndUserId, ProjectId};
 use larachat_core::plan::{
-    Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing, UsageCounts,
+    EdgeUsage, Period, Plan, PlanId, PlanLimits, QuotaExceeded, QuotaMetric, ThresholdCrossing,
+    UsageCounts,
 };
+use uuid::Uuid;
 
 use super::codec::{self, ms, sql_error};
 use super::outbox;
@@ -115,6 +117,7 @@ fn counts(conn: &Connection, project: ProjectId, period: &str) -> StoreResult<Us
                 conversations: r.get::<_, i64>(1)?.max(0) as u64,
                 active_users: r.get::<_, i64>(2)?.max(0) as u64,
                 storage_bytes: r.get::<_, i64>(3)?.max(0) as u64,
+                ..UsageCounts::default()
             })
         })
         .optional()
@@ -153,6 +156,7 @@ pub(crate) fn count(
         conversations: before.conversations + c.conversations,
         active_users: before.active_users + new_users,
         storage_bytes: before.storage_bytes + c.bytes,
+        ..before
     };
     let (plan, limits) = limits_of(conn, project)?;
     let refuse = |metric, limit| {
@@ -226,12 +230,85 @@ pub(crate) fn check_new_project(
     Ok(())
 }
 
+/// Keeps, per (project, hour, process), the larger of the stored and the given values (see
+/// [`EdgeUsage`]). Rows of projects that no longer exist are skipped. The month gets a
+/// `usage` row (zero counts) so that the history lists it.
+pub(crate) fn record_edge_usage(
+    conn: &Connection,
+    process: Uuid,
+    rows: &[EdgeUsage],
+) -> StoreResult<()> {
+    for r in rows {
+        let pid = r.project.as_uuid().as_bytes();
+        let period = Period::of(r.hour).to_string();
+        let stored = conn
+            .prepare_cached(
+                "INSERT INTO usage_edge (project_id, period, hour, process_id, requests, \
+                 peak_connections) SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
+                 WHERE EXISTS (SELECT 1 FROM projects WHERE id = ?1) \
+                 ON CONFLICT (project_id, period, hour, process_id) DO UPDATE SET \
+                 requests = max(requests, excluded.requests), \
+                 peak_connections = max(peak_connections, excluded.peak_connections)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    pid,
+                    period,
+                    ms(r.hour),
+                    process.as_bytes(),
+                    i64::try_from(r.requests).unwrap_or(i64::MAX),
+                    i64::try_from(r.peak_connections).unwrap_or(i64::MAX)
+                ])
+            })
+            .map_err(sql_error)?;
+        if stored > 0 {
+            conn.prepare_cached(
+                "INSERT INTO usage (project_id, period) VALUES (?1, ?2) \
+                 ON CONFLICT (project_id, period) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![pid, period]))
+            .map_err(sql_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the edge metrics of the period to `c`.
+fn with_edge(
+    conn: &Connection,
+    project: ProjectId,
+    period: &str,
+    mut c: UsageCounts,
+) -> StoreResult<UsageCounts> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT hour, requests, peak_connections FROM usage_edge \
+             WHERE project_id = ?1 AND period = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![project.as_uuid().as_bytes(), period], |r| {
+                Ok(EdgeUsage {
+                    project,
+                    hour: codec::get_time(r, 0)?,
+                    requests: r.get::<_, i64>(1)?.max(0) as u64,
+                    peak_connections: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql_error)?;
+    (c.api_requests, c.peak_connections) = EdgeUsage::totals(&rows);
+    Ok(c)
+}
+
 pub(crate) fn usage(
     conn: &Connection,
     project: ProjectId,
     period: Period,
 ) -> StoreResult<UsageCounts> {
-    counts(conn, project, &period.to_string())
+    let key = period.to_string();
+    let c = counts(conn, project, &key)?;
+    with_edge(conn, project, &key, c)
 }
 
 pub(crate) fn usage_history(
@@ -254,6 +331,7 @@ pub(crate) fn usage_history(
                         conversations: r.get::<_, i64>(2)?.max(0) as u64,
                         active_users: r.get::<_, i64>(3)?.max(0) as u64,
                         storage_bytes: r.get::<_, i64>(4)?.max(0) as u64,
+                        ..UsageCounts::default()
                     },
                 ))
             })?
@@ -262,6 +340,7 @@ pub(crate) fn usage_history(
         .map_err(sql_error)?;
     rows.into_iter()
         .map(|(p, c)| {
+            let c = with_edge(conn, project, &p, c)?;
             Period::parse(&p)
                 .map(|p| (p, c))
                 .map_err(|_| StoreError::Internal(format!("corrupt usage period {p:?}")))
