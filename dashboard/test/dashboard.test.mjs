@@ -365,16 +365,9 @@ test('session expiry: an expired or rejected token sends the admin back to the l
   }
 });
 
-test('inbox: an agent answers a visitor live, with the keyboard', { timeout: TIMEOUT }, async (t) => {
-  const admin = await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } });
-  const token = admin.body.token;
+/** A project with the widget allowed on `host` and a publishable key; its shop page path. */
+async function inboxProject(token) {
   const project = (await http('POST', `${server.base}/api/admin/projects`, { token, body: { name: `Inbox ${uid()}` } })).body;
-  const probe = await http('POST', `${server.base}/api/admin/projects/${project.id}/agent-token`, { token, body: {} });
-  if (probe.status === 404 && probe.body?.error?.message?.includes('route')) {
-    t.skip('pending: this server has no agent tokens for members yet (team routes, TEAM-API.md)');
-    return;
-  }
-  assert.equal(probe.status, 201, JSON.stringify(probe.body));
   await http('PUT', `${server.base}/api/admin/projects/${project.id}/widget`, {
     token,
     body: { allowed_origins: [host.origin], identity_verification: 'off' },
@@ -382,44 +375,115 @@ test('inbox: an agent answers a visitor live, with the keyboard', { timeout: TIM
   const pk = (await http('POST', `${server.base}/api/admin/projects/${project.id}/api-keys`, { token, body: { name: 'w', kind: 'publishable' } })).body.key;
   const path = `/inbox-${uid()}.html`;
   host.page(path, embedPage({ larachatBase: server.base, config: { apiKey: pk, settings: { locale: 'en' } }, title: 'Acme shop' }));
+  return { project, path };
+}
 
+/**
+ * The inbox flow, keyboard only on the agent's side: a visitor's first message appears live
+ * (unread count in the title), the agent opens it, types (the visitor sees it) and answers;
+ * a second visitor message arrives live in the open conversation; close and reopen.
+ */
+async function inboxFlow(page, context, projectId, path, name) {
+  await page.goto(`${server.base}/dashboard/#/projects/${projectId}/inbox`);
+  await page.locator('[data-test=inbox-status]').getByText('Live').waitFor({ timeout: 15_000 });
+
+  const visitor = await context.newPage();
+  await visitor.goto(host.url(path));
+  await visitor.locator('[data-lc=launcher]').click({ timeout: 15_000 });
+  await visitor.locator('[data-lc=input]').fill('Is the anvil in stock?');
+  let sentAt = Date.now();
+  await visitor.locator('[data-lc=send]').click();
+  const row = page.locator('[data-test=conversation]').first();
+  await row.waitFor({ timeout: 15_000 });
+  console.log(`inbox: visitor send → conversation listed after ${Date.now() - sentAt} ms`);
+  await waitFor(async () => /^\(1\) /.test(await page.title()), { what: 'the unread count in the title' });
+  await axe(page, `${name} (list)`);
+
+  await row.focus();
+  await page.keyboard.press('Enter');
+  await page.locator('[data-test=message]').filter({ hasText: 'Is the anvil in stock?' }).waitFor();
+  await waitFor(async () => !/^\(\d+\) /.test(await page.title()), { what: 'the title without unread count once read' });
+  await page.getByLabel('Reply').focus();
+  await page.keyboard.type('Yes, 3 left.');
+  await visitor.locator('[data-lc=typing]').waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.press('Enter');
+  await waitFor(
+    async () => (await visitor.locator('[data-lc=message]').allTextContents()).some((x) => x.includes('Yes, 3 left.')),
+    { what: 'the agent reply at the visitor' },
+  );
+  // The visitor's widget marks it read: the inbox shows it.
+  await page.locator('[data-test=seen]').waitFor({ timeout: 10_000 });
+  await visitor.locator('[data-lc=input]').fill('Great, I take one');
+  sentAt = Date.now();
+  await visitor.locator('[data-lc=send]').click();
+  await page.locator('[data-test=message]').filter({ hasText: 'Great, I take one' }).waitFor({ timeout: 10_000 });
+  console.log(`inbox: visitor send → message shown in the open conversation after ${Date.now() - sentAt} ms`);
+  await axe(page, name);
+  await shot(page, `${name}-desktop`);
+
+  // Assign to me: the "Mine" filter (server-side) lists it, "Unassigned" does not.
+  await page.getByLabel('Assign to').selectOption({ label: 'Me' });
+  await page.locator('[data-test=conversation]').filter({ hasText: 'You' }).waitFor();
+  await page.getByRole('button', { name: 'Unassigned', exact: true }).click();
+  await page.getByText('No conversation here.').waitFor();
+  await page.getByRole('button', { name: 'Mine', exact: true }).click();
+  await page.locator('[data-test=conversation]').first().waitFor();
+  assert.equal(await page.locator('[data-test=conversation]').count(), 1);
+
+  await page.getByRole('button', { name: 'Close', exact: true }).focus();
+  await page.keyboard.press('Enter');
+  await page.getByRole('button', { name: 'Reopen' }).waitFor();
+  await page.getByRole('button', { name: 'Reopen' }).focus();
+  await page.keyboard.press('Enter');
+  await page.getByRole('button', { name: 'Close', exact: true }).waitFor();
+  await visitor.close();
+}
+
+test('inbox UI against the real gateway (agent token from the Client API standing in for the member route)', { timeout: TIMEOUT }, async () => {
+  const token = (await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } })).body.token;
+  const { project, path } = await inboxProject(token);
+  const sk = (await http('POST', `${server.base}/api/admin/projects/${project.id}/api-keys`, { token, body: { name: 'agents', scopes: ['read', 'write'] } })).body.key;
   const { page, context, problems } = await newPage(DESKTOP);
+  // The answer of POST /api/admin/projects/{id}/agent-token (TEAM-API.md), made by the
+  // gateway's own agent-token endpoint: the token the inbox then uses is a real one.
+  let issued = 0;
+  await page.route('**/api/admin/projects/*/agent-token', async (route) => {
+    const r = await http('POST', `${server.base}/api/v1/agent-tokens`, { token: sk, body: { agent: { id: 'member:test', name: 'Ann' } } });
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    issued++;
+    await route.fulfill({ status: 201, contentType: 'application/json', body: JSON.stringify(r.body) });
+  });
   try {
     await login(page);
-    await page.goto(`${server.base}/dashboard/#/projects/${project.id}/inbox`);
-    await page.locator('[data-test=inbox-status]').getByText('Live').waitFor({ timeout: 15_000 });
-
-    const visitor = await context.newPage();
-    await visitor.goto(host.url(path));
-    await visitor.locator('[data-lc=launcher]').click({ timeout: 15_000 });
-    await visitor.locator('[data-lc=input]').fill('Is the anvil in stock?');
-    const sentAt = Date.now();
-    await visitor.locator('[data-lc=send]').click();
-    // Live from the inbox feed, no reload.
-    const row = page.locator('[data-test=conversation]').first();
-    await row.waitFor({ timeout: 15_000 });
-    console.log(`inbox: visitor send → conversation in the list after ${Date.now() - sentAt} ms`);
-    await page.bringToFront();
-    await row.focus();
-    await page.keyboard.press('Enter');
-    await page.locator('[data-test=message]').filter({ hasText: 'Is the anvil in stock?' }).waitFor();
-    await page.getByLabel('Reply').focus();
-    await page.keyboard.type('Yes, 3 left.');
-    await page.keyboard.press('Enter');
-    await waitFor(
-      async () => (await visitor.locator('[data-lc=message]').allTextContents()).some((x) => x.includes('Yes, 3 left.')),
-      { what: 'the agent reply at the visitor' },
-    );
-    await axe(page, 'inbox');
-    await shot(page, 'inbox-desktop');
-    // Close, then reopen.
-    await page.getByRole('button', { name: 'Close', exact: true }).click();
-    await page.getByRole('button', { name: 'Reopen' }).waitFor();
-    await page.getByRole('button', { name: 'Reopen' }).click();
-    await page.getByRole('button', { name: 'Close', exact: true }).waitFor();
+    await inboxFlow(page, context, project.id, path, 'inbox');
+    assert.ok(issued >= 1);
+    const stored = await page.evaluate(() => JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }));
+    assert.doesNotMatch(stored, /sk_live_/, 'no secret key in browser storage');
     assert.deepEqual(problems, []);
   } catch (e) {
     await page.screenshot({ path: join(artifactsDir, 'failure-inbox.png') }).catch(() => {});
+    throw e;
+  } finally {
+    await context.close();
+  }
+});
+
+test('inbox with the member agent-token route (team)', { timeout: TIMEOUT }, async (t) => {
+  const token = (await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } })).body.token;
+  const { project, path } = await inboxProject(token);
+  const probe = await http('POST', `${server.base}/api/admin/projects/${project.id}/agent-token`, { token, body: {} });
+  if (probe.status === 404 && probe.body?.error?.message?.includes('route')) {
+    t.skip('pending: this server has no agent tokens for members yet (team routes, TEAM-API.md)');
+    return;
+  }
+  assert.equal(probe.status, 201, JSON.stringify(probe.body));
+  const { page, context, problems } = await newPage(DESKTOP);
+  try {
+    await login(page);
+    await inboxFlow(page, context, project.id, path, 'inbox-member');
+    assert.deepEqual(problems, []);
+  } catch (e) {
+    await page.screenshot({ path: join(artifactsDir, 'failure-inbox-member.png') }).catch(() => {});
     throw e;
   } finally {
     await context.close();
