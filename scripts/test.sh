@@ -5,7 +5,8 @@
 # standardwebhooks PyPI package (webhook signatures checked by an independent implementation),
 # a real nats-server (deploy/nats.sh, built once with `go install`), a real Cassandra 5.0
 # node (deploy/cassandra.sh, jars from Maven Central, JDK 17), promtool (from Debian's
-# prometheus package), Chromium and the widget's npm packages (scripts/browser-test.sh). Quick
+# prometheus package), Chromium and the widget's and dashboard's npm packages (scripts/browser-test.sh,
+# scripts/dashboard-check.sh). Quick
 # when those are already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,3 +69,5 @@ echo "== README distributed mode: deploy/local-cluster.sh with two gateways"
 scripts/cluster-smoke.sh
 echo "== widget: typecheck, size budget, real-browser tests"
 scripts/browser-test.sh
+echo "== dashboard: committed build = fresh build, real-browser and axe-core tests"
+scripts/dashboard-check.sh

@@ -264,6 +264,7 @@ impl App {
         }
         if let Some(cp) = control_plane {
             router = router.merge(larachat_control_plane::router(cp));
+            router = router.merge(crate::dashboard::router());
         }
         let edge = crate::edge::Edge {
             request_timeout: Duration::from_secs(config.server.request_timeout_secs),

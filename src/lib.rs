@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod edge;
 pub mod ops;
