@@ -405,7 +405,8 @@ async fn try_call(
 struct Failover {
     cluster: Arc<Cluster>,
     gw: usize,
-    retried: usize,
+    /// Paths of the requests gateway 0 did not answer.
+    moved: Vec<String>,
 }
 
 impl Failover {
@@ -420,7 +421,7 @@ impl Failover {
                 }
                 None => {
                     self.gw = 1;
-                    self.retried += 1;
+                    self.moved.push(path.to_owned());
                 }
             }
         }
@@ -498,7 +499,7 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
                 let mut f = Failover {
                     cluster,
                     gw: g,
-                    retried: 0,
+                    moved: Vec::new(),
                 };
                 let mut users = Vec::new();
                 let mut messages = Vec::new();
@@ -539,7 +540,7 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
                     }
                     users.push(user);
                 }
-                (users, messages, f.retried)
+                (users, messages, f.moved)
             }));
         }
     }
@@ -551,13 +552,17 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
     let at_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
     let mut identified = HashSet::new();
     let mut acked_ids = HashSet::new();
-    let mut retried = 0;
+    let mut moved = Vec::new();
     for task in tasks {
         let (u, m, r) = task.await.expect("sender");
         identified.extend(u);
         acked_ids.extend(m);
-        retried += r;
+        moved.extend(r);
     }
+    // An identification killed between its user row and its identifier claim leaves an
+    // orphan user, counted active (store/src/scylla/mod.rs `upsert_end_user`), that no API
+    // lists; its retry creates the user again. At most one per identification in flight.
+    let orphans_possible = moved.iter().filter(|p| *p == "/api/v1/users").count() as u64;
 
     // The store, counted through the API of the surviving gateway.
     let mut conversations = Vec::new();
@@ -598,7 +603,7 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
     }
     let lost = acked_ids.difference(&stored_ids).count();
     assert_eq!(lost, 0, "every acknowledged message is stored");
-    let truth = json!({
+    let mut truth = json!({
         "messages": stored_ids.len(),
         "conversations": conversations.len(),
         "monthly_active_users": users.len(),
@@ -606,9 +611,22 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
     });
     let after_kill = usage_now(&cluster, &project).await;
     println!(
-        "killed gateway 0 at {at_kill} of {total} acks; {retried} requests moved to gateway 1; \
+        "killed gateway 0 at {at_kill} of {total} acks; requests moved to gateway 1: {moved:?}; \
          store {truth}; usage {after_kill}"
     );
+    let mau = after_kill["monthly_active_users"].as_u64().unwrap();
+    let listed = users.len() as u64;
+    assert!(
+        listed <= mau && mau <= listed + orphans_possible,
+        "active users: {mau} counted, {listed} found, {orphans_possible} possible orphans"
+    );
+    if mau > listed {
+        println!(
+            "{} orphan user(s) of killed identifications counted",
+            mau - listed
+        );
+    }
+    truth["monthly_active_users"] = json!(mau);
     assert_eq!(after_kill, truth, "usage equals the store after the kill");
 
     // Redelivery: gateway 0 back, the sweeper republishes what it claimed but never published,
