@@ -544,8 +544,9 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
             }));
         }
     }
-    // SIGKILL gateway 0 once about a third of the messages are acknowledged.
-    while acked.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
+    // SIGKILL gateway 0 once about a third of the messages are acknowledged, in the middle of
+    // a round (at a round's end the senders are all identifying, and no send is in flight).
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < total / 3 + MESSAGES / 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cluster.gateways[0].signal(rustix::process::Signal::KILL);
