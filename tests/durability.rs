@@ -494,3 +494,245 @@ async fn webhook_deliveries_survive_sigkill() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A POST that may meet a dead server: `None` when it was not answered.
+async fn try_post(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &Value,
+) -> Option<(reqwest::StatusCode, Value)> {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status();
+    let text = r.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// POSTs `body` to the current server (`base`, which changes when the server restarts) until
+/// it is answered with success; a request the killed server did not answer is sent again as
+/// it was (same `client_msg_id`, same `user_identifier`) to the restarted one.
+async fn post_until_answered(
+    http: &reqwest::Client,
+    base: &tokio::sync::watch::Receiver<String>,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
+    for _ in 0..1000 {
+        let url = format!("{}{path}", *base.borrow());
+        match try_post(http, url, token, &body).await {
+            Some((s, v)) if s.is_success() => return v,
+            Some((s, v)) => assert_eq!(v["error"]["retryable"], true, "{path}: {s} {v}"),
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path}: no answer");
+}
+
+/// `GET` of a JSON page.
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> Value {
+    let r = http.get(url).bearer_auth(token).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Usage equals what the store holds after `serve` is SIGKILLed mid-load and restarted on its
+/// data: senders identify end users, create conversations and send messages; the server is
+/// killed while they do and restarted; each sender sends its unanswered request again,
+/// unchanged. Then the usage API's counts equal the store's, counted through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_equals_the_store_after_sigkill() {
+    const SENDERS: usize = 4;
+    const ROUNDS: usize = 3;
+    const MESSAGES: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server(dir.path());
+    let http = reqwest::Client::new();
+    let admin = json_post(
+        &http,
+        format!("{base}/api/admin/login"),
+        "",
+        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let project = json_post(
+        &http,
+        format!("{base}/api/admin/projects"),
+        &admin,
+        json!({"name": "usage", "plan": "pro"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = json_post(
+        &http,
+        format!("{base}/api/admin/projects/{project}/api-keys"),
+        &admin,
+        json!({"name": "k"}),
+    )
+    .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (base_tx, base_rx) = tokio::sync::watch::channel(base.clone());
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = SENDERS * ROUNDS * MESSAGES;
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let (http, base, key, acked) = (http.clone(), base_rx.clone(), key.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut users = Vec::new();
+            let mut messages = Vec::new();
+            for r in 0..ROUNDS {
+                let u = post_until_answered(
+                    &http,
+                    &base,
+                    "/api/v1/users",
+                    &key,
+                    json!({"user_identifier": format!("u-{s}-{r}")}),
+                )
+                .await;
+                let user = u["user"]["id"].as_str().unwrap().to_owned();
+                let token = u["token"].as_str().unwrap().to_owned();
+                let conv = post_until_answered(
+                    &http,
+                    &base,
+                    "/api/v1/conversations",
+                    &key,
+                    json!({"members": [user]}),
+                )
+                .await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                for i in 0..MESSAGES {
+                    let cmid = format!("{s}-{r}-{i}");
+                    let m = post_until_answered(
+                        &http,
+                        &base,
+                        &format!("/api/v1/conversations/{conv}/messages"),
+                        &token,
+                        json!({"text": format!("message {cmid} ü"), "client_msg_id": cmid}),
+                    )
+                    .await;
+                    messages.push(m["message"]["id"].as_str().unwrap().to_owned());
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                users.push(user);
+            }
+            (users, messages)
+        }));
+    }
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let at_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = child.wait();
+    let (_child, base) = spawn_server(dir.path());
+    base_tx.send(base.clone()).expect("senders listen");
+    let mut users = std::collections::HashSet::new();
+    let mut acked_ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (u, m) = t.await.expect("sender");
+        users.extend(u);
+        acked_ids.extend(m);
+    }
+
+    // The store, counted through the API.
+    let mut conversations = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get_json(
+            &http,
+            format!("{base}/api/v1/conversations?limit=200{cursor}"),
+            &key,
+        )
+        .await;
+        conversations.extend(page["data"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut stored = std::collections::HashSet::new();
+    let mut bytes = 0u64;
+    for c in &conversations {
+        for m in c["members"].as_array().into_iter().flatten() {
+            users.insert(m.as_str().unwrap().to_owned());
+        }
+        let conv = c["id"].as_str().unwrap();
+        let mut after = "00000000-0000-0000-0000-000000000000".to_owned();
+        loop {
+            let page = get_json(
+                &http,
+                format!("{base}/api/v1/conversations/{conv}/messages?limit=200&after={after}"),
+                &key,
+            )
+            .await;
+            let items = page["data"].as_array().cloned().unwrap_or_default();
+            for m in &items {
+                if m["sender"]["kind"] == "end_user" {
+                    users.insert(m["sender"]["id"].as_str().unwrap().to_owned());
+                }
+                let metadata = if m["metadata"].is_null() {
+                    json!({})
+                } else {
+                    m["metadata"].clone()
+                };
+                bytes += (m["text"].as_str().unwrap().len() + metadata.to_string().len()) as u64;
+                stored.insert(m["id"].as_str().unwrap().to_owned());
+            }
+            match items.last() {
+                Some(last) if page["has_more"] == true => {
+                    after = last["id"].as_str().unwrap().to_owned()
+                }
+                _ => break,
+            }
+        }
+    }
+    let lost = acked_ids.difference(&stored).count();
+    assert_eq!(lost, 0, "every acknowledged message is stored");
+    let truth = json!({
+        "messages": stored.len(),
+        "conversations": conversations.len(),
+        "monthly_active_users": users.len(),
+        "storage_bytes": bytes,
+    });
+    let admin = json_post(
+        &http,
+        format!("{base}/api/admin/login"),
+        "",
+        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let u = get_json(
+        &http,
+        format!("{base}/api/admin/projects/{project}/usage"),
+        &admin,
+    )
+    .await;
+    let usage = json!({
+        "messages": u["messages"]["used"],
+        "conversations": u["conversations"]["used"],
+        "monthly_active_users": u["monthly_active_users"]["used"],
+        "storage_bytes": u["storage_bytes"]["used"],
+    });
+    println!("killed at {at_kill} of {total} acks; store {truth}; usage {usage}");
+    assert_eq!(usage, truth, "usage equals the store after SIGKILL");
+}

@@ -10,11 +10,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use larachat_core::event::{DomainEvent, EventData};
 use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
 use larachat_core::model::{
     self, Actor, AdminUser, Conversation, ConversationPatch, ConversationStatus, NewMessage,
     PlanId, Project, ProjectStatus,
 };
+use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, ThresholdCrossing};
 use larachat_store::contract::{self, TestStore};
 use larachat_store::{
     AssigneeFilter, ConversationQuery, MessageRange, ScyllaConfig, ScyllaStore, Store, StoreError,
@@ -238,6 +240,11 @@ async fn crash(store: &ScyllaStore, p: ProjectId, c: ConversationId, text: &str,
 
 /// A project and an empty conversation, for the sequencer tests.
 async fn fixture(store: &ScyllaStore) -> (ProjectId, ConversationId) {
+    fixture_on(store, PlanId::free()).await
+}
+
+/// A project on `plan` and an empty conversation.
+async fn fixture_on(store: &ScyllaStore, plan: PlanId) -> (ProjectId, ConversationId) {
     let admin = AdminUser {
         id: AdminUserId::new_v7(),
         email: format!("{}@example.com", uuid::Uuid::new_v4().simple()),
@@ -250,7 +257,7 @@ async fn fixture(store: &ScyllaStore) -> (ProjectId, ConversationId) {
         id: ProjectId::new_v7(),
         name: "sequencer".into(),
         owner_id: admin.id,
-        plan: PlanId::free(),
+        plan,
         status: ProjectStatus::Active,
         settings: json!({}),
         created_at: t,
@@ -709,4 +716,197 @@ async fn schema_9_active_conversations_are_listed_by_day() {
         "edge hours and a whole day"
     );
     assert_eq!(active(at(0, 6), at(0, 23)).await, 0, "between messages");
+}
+
+// --- usage warnings (`usage_alerts`) across processes ----------------------------------------
+
+/// A plan of its own allowing `messages` messages a month (80 % = ⌈0.8 × messages⌉).
+async fn messages_plan(store: &ScyllaStore, messages: u64) -> Plan {
+    let plan = Plan {
+        id: PlanId::parse(&format!(
+            "w{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ))
+        .expect("plan id"),
+        name: "warnings".into(),
+        limits: PlanLimits {
+            monthly_active_users: None,
+            messages_per_month: Some(messages),
+            projects_per_owner: None,
+        },
+        features: Default::default(),
+        updated_at: model::now(),
+    };
+    store.put_plan(&plan).await.expect("plan");
+    plan
+}
+
+/// The `usage.threshold_reached` events of `project` a process handed to its publisher queue
+/// (what it emitted: an emitted warning is written to the outbox, then queued).
+fn warnings(
+    queue: &mut tokio::sync::mpsc::Receiver<larachat_store::scylla::outbox::OutboxEntry>,
+    project: ProjectId,
+) -> Vec<DomainEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = queue.try_recv() {
+        if e.event.project_id == project
+            && matches!(e.event.data, EventData::UsageThresholdReached(_))
+        {
+            out.push(e.event);
+        }
+    }
+    out
+}
+
+async fn raw_session() -> scylla::client::session::Session {
+    let raw = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(contact_point())
+        .build()
+        .await
+        .expect("raw session");
+    raw.use_keyspace(keyspace(), false).await.expect("keyspace");
+    raw
+}
+
+/// `emitted` of a warning's `usage_alerts` row (`None`: no row, `Some(None)`: claimed only).
+async fn alert_row(
+    raw: &scylla::client::session::Session,
+    project: ProjectId,
+    alert: &str,
+) -> Option<Option<bool>> {
+    raw.query_unpaged(
+        "SELECT emitted FROM usage_alerts WHERE project_id = ? AND period = ? AND alert = ?",
+        (
+            *project.as_uuid(),
+            Period::of(model::now()).to_string(),
+            alert,
+        ),
+    )
+    .await
+    .expect("read usage_alerts")
+    .into_rows_result()
+    .expect("rows")
+    .maybe_first_row::<(Option<bool>,)>()
+    .expect("row")
+    .map(|(e,)| e)
+}
+
+/// Two processes whose estimates both go from 7 to 8 messages of 10 at the same moment both
+/// see the 80 % threshold crossed: exactly one of them emits `usage.threshold_reached`, and
+/// the warning is marked emitted. Several rounds, each with two fresh processes (empty caches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_crossing_a_threshold_at_once_emit_one_warning() {
+    let seed = connect_with(config()).await;
+    let raw = raw_session().await;
+    let plan = messages_plan(&seed, 10).await;
+    let alert = ThresholdCrossing {
+        metric: QuotaMetric::MessagesPerMonth,
+        percent: 80,
+        limit: 10,
+        used: 8,
+    }
+    .key();
+    for round in 0..5 {
+        let (p, c) = fixture_on(&seed, plan.id.clone()).await;
+        for i in 0..7 {
+            let m = msg(p, c, &format!("seed {i}"), Some(&format!("s{i}")));
+            assert!(seed.append_message(&m).await.expect("seed").created);
+        }
+        let a = connect_with(config()).await;
+        let b = connect_with(config()).await;
+        let (mut qa, mut qb) = (a.outbox_queue(1000), b.outbox_queue(1000));
+        let (ma, mb) = (msg(p, c, "a", Some("a")), msg(p, c, "b", Some("b")));
+        let (ra, rb) = tokio::join!(a.append_message(&ma), b.append_message(&mb));
+        assert!(ra.expect("a").created && rb.expect("b").created);
+        let (wa, wb) = (warnings(&mut qa, p), warnings(&mut qb, p));
+        println!(
+            "round {round}: warnings emitted by a {}, by b {}",
+            wa.len(),
+            wb.len()
+        );
+        let all: Vec<&DomainEvent> = wa.iter().chain(&wb).collect();
+        assert_eq!(all.len(), 1, "one warning, not {all:?}");
+        match &all[0].data {
+            EventData::UsageThresholdReached(w) => {
+                assert_eq!(
+                    (w.metric, w.threshold_percent, w.limit),
+                    (QuotaMetric::MessagesPerMonth, 80, 10)
+                );
+                assert!(w.used >= 8, "{w:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(alert_row(&raw, p, &alert).await, Some(Some(true)));
+    }
+}
+
+/// A warning claimed by a process that died before writing its event (a `usage_alerts` row
+/// left unmarked, planted here with the claim's time 31 s in the past: the time is in the row,
+/// nothing sleeps) is emitted by the next process that crosses the threshold, with the dead
+/// claimer's event (same id), and marked. A claim 5 s old is left to its claimer: nothing is
+/// emitted for it and it stays unmarked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warning_claimed_by_a_dead_process_is_taken_over_after_30_s() {
+    let store = connect_with(config()).await;
+    let raw = raw_session().await;
+    let plan = messages_plan(&store, 10).await;
+    let (p, c) = fixture_on(&store, plan.id.clone()).await;
+    let now = model::now();
+    let period = Period::of(now);
+    let claim = |percent: u8, used: u64, age_secs: i64| {
+        let crossing = ThresholdCrossing {
+            metric: QuotaMetric::MessagesPerMonth,
+            percent,
+            limit: 10,
+            used,
+        };
+        let event = DomainEvent::usage_threshold_reached(
+            p,
+            now - chrono::TimeDelta::seconds(age_secs),
+            &crossing,
+            plan.id.clone(),
+            period,
+        );
+        (crossing.key(), event)
+    };
+    let (dead_key, dead) = claim(80, 8, 31);
+    let (alive_key, alive) = claim(100, 10, 5);
+    for (key, event) in [(&dead_key, &dead), (&alive_key, &alive)] {
+        raw.query_unpaged(
+            "INSERT INTO usage_alerts (project_id, period, alert, event, emitted) \
+             VALUES (?, ?, ?, ?, false) IF NOT EXISTS",
+            (
+                *p.as_uuid(),
+                period.to_string(),
+                key.as_str(),
+                String::from_utf8(event.to_json()).unwrap(),
+            ),
+        )
+        .await
+        .expect("plant a claim");
+    }
+
+    let next = connect_with(config()).await;
+    let mut queue = next.outbox_queue(1000);
+    for i in 0..10 {
+        let m = msg(p, c, &format!("m{i}"), Some(&format!("m{i}")));
+        assert!(next.append_message(&m).await.expect("send").created);
+    }
+    let emitted = warnings(&mut queue, p);
+    assert_eq!(
+        emitted.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![dead.id],
+        "the dead claimer's warning, once, with its id: {emitted:?}"
+    );
+    assert_eq!(
+        emitted[0],
+        DomainEvent::from_json(&dead.to_json()).expect("event"),
+        "the planted event as it was stored"
+    );
+    assert_eq!(alert_row(&raw, p, &dead_key).await, Some(Some(true)));
+    assert_eq!(
+        alert_row(&raw, p, &alive_key).await,
+        Some(Some(false)),
+        "a claim younger than 30 s is left to its claimer"
+    );
 }
