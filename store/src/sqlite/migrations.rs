@@ -20,6 +20,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_plans_usage.sql"),
     include_str!("migrations/0007_usage_storage.sql"),
     include_str!("migrations/0008_analytics.sql"),
+    // 0009 is the coordinator's concurrent change; when it lands it goes before this one.
+    include_str!("migrations/0010_members.sql"),
 ];
 
 /// The schema version this binary writes and understands.
