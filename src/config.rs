@@ -449,7 +449,8 @@ impl Config {
         }
         let srv = &self.server;
         if !srv.public_url.is_empty()
-            && !(srv.public_url.starts_with("https://") || srv.public_url.starts_with("http://"))
+            && !srv.public_url.starts_with("https://")
+            && !srv.public_url.starts_with("http://")
         {
             return bad(format!(
                 "server.public_url must be empty or an http(s) URL like https://chat.example.com, got {:?}",
