@@ -637,6 +637,7 @@ pub async fn accept_invite(
 #[utoipa::path(
     post,
     path = "/api/admin/projects/{id}/agent-token",
+    operation_id = "create_member_agent_token",
     tag = "admin",
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Project id")),
