@@ -792,7 +792,7 @@ mod tests {
         assert_eq!(c.bus.nats.events_replicas, 3);
         let scylla = ("LARACHAT_STORAGE__BACKEND", "scylla");
         let nats = ("LARACHAT_BUS__BACKEND", "nats");
-        let refused: [(&[(&str, &str)], &str); 5] = [
+        let refused: [(&[(&str, &str)], &str); 6] = [
             (
                 &[("LARACHAT_STORAGE__BACKEND", "postgres")],
                 "storage.backend",
@@ -809,6 +809,10 @@ mod tests {
             (
                 &[nats, ("LARACHAT_BUS__NATS__URL", "http://x:4222")],
                 "bus.nats.url",
+            ),
+            (
+                &[("LARACHAT_SERVER__PUBLIC_URL", "chat.example.com")],
+                "server.public_url",
             ),
         ];
         for (vars, named) in refused {
