@@ -113,13 +113,14 @@ print_env() {
 }
 
 # The JVM flags of Cassandra's own conf/jvm17-server.options (module access its internals
-# need), plus a modest heap: 2 GiB holds the few keyspaces of a test run (each of ~20 tables)
-# with room to spare; a node that runs out anyway exits instead of limping on unanswered.
+# need), plus a modest heap: 3 GiB holds the keyspaces of a test run (a dozen or so, each of
+# ~50 tables, whose schema and memtables live on the heap); 2 GiB ran out once several test
+# runs shared one node. A node that runs out anyway exits instead of limping on unanswered.
 jvm_flags() {
     local jamm
     jamm="$(compgen -G "$LIB_DIR/jamm-*.jar" | head -n 1)"
     local flags=(
-        -Xms512m -Xmx2g -Xss512k
+        -Xms512m -Xmx3g -Xss512k
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxGCPauseMillis=300
         -XX:+ExitOnOutOfMemoryError -XX:+PerfDisableSharedMem
         -Djava.net.preferIPv4Stack=true

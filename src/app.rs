@@ -203,6 +203,9 @@ impl App {
                         .filter(|e| !e.is_empty())
                         .cloned()
                         .collect(),
+                    // Members' agent tokens are checked by the gateways like theirs.
+                    agent_token_ttl: config.agent_token_ttl(),
+                    public_url: Some(config.server.public_url.clone()).filter(|u| !u.is_empty()),
                 },
             )
             .context("configuring the control plane")?;

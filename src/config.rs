@@ -126,6 +126,9 @@ pub struct ServerConfig {
     /// HTTP requests in progress at once (not counting `/live`, `/ready`, `/metrics` and open
     /// WebSockets); more are answered 503 at once.
     pub max_in_flight: usize,
+    /// The address people reach the dashboard at (`https://chat.example.com`), for invite
+    /// links; empty: the address of the request that creates the invite.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +265,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 10,
             request_timeout_secs: 30,
             max_in_flight: 1024,
+            public_url: String::new(),
         }
     }
 }
@@ -444,6 +448,15 @@ impl Config {
             return bad("server.max_body_bytes must be at least 1024".into());
         }
         let srv = &self.server;
+        if !srv.public_url.is_empty()
+            && !srv.public_url.starts_with("https://")
+            && !srv.public_url.starts_with("http://")
+        {
+            return bad(format!(
+                "server.public_url must be empty or an http(s) URL like https://chat.example.com, got {:?}",
+                srv.public_url
+            ));
+        }
         if !srv.admin_listen.is_empty() {
             match srv.admin_listen.parse::<SocketAddr>() {
                 Err(_) => {
@@ -779,7 +792,7 @@ mod tests {
         assert_eq!(c.bus.nats.events_replicas, 3);
         let scylla = ("LARACHAT_STORAGE__BACKEND", "scylla");
         let nats = ("LARACHAT_BUS__BACKEND", "nats");
-        let refused: [(&[(&str, &str)], &str); 5] = [
+        let refused: [(&[(&str, &str)], &str); 6] = [
             (
                 &[("LARACHAT_STORAGE__BACKEND", "postgres")],
                 "storage.backend",
@@ -796,6 +809,10 @@ mod tests {
             (
                 &[nats, ("LARACHAT_BUS__NATS__URL", "http://x:4222")],
                 "bus.nats.url",
+            ),
+            (
+                &[("LARACHAT_SERVER__PUBLIC_URL", "chat.example.com")],
+                "server.public_url",
             ),
         ];
         for (vars, named) in refused {

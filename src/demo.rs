@@ -31,7 +31,7 @@ use larachat_core::model::{Actor, ActorKind, KeyKind, PlanId, Scope, WidgetSetti
 use larachat_gateway::Gateway;
 use larachat_service::Service;
 use larachat_service::input::Name;
-use larachat_service::projects::{KeyScopes, NewApiKey, NewProject, ProjectSettings};
+use larachat_service::projects::{AdminCaller, KeyScopes, NewApiKey, NewProject, ProjectSettings};
 
 const INDEX_HTML: &str = include_str!("../widget/demo/index.html");
 const AGENT_HTML: &str = include_str!("../widget/demo/agent.html");
@@ -75,7 +75,7 @@ pub async fn ensure(
         if widget.allowed_origins != origins {
             widget.allowed_origins = origins;
             service
-                .save_widget_settings(DEMO_OWNER, demo.project_id, &widget)
+                .save_widget_settings(AdminCaller::internal(DEMO_OWNER), demo.project_id, &widget)
                 .await?;
         }
     }
@@ -110,7 +110,7 @@ async fn create(service: &Service, pepper: &[u8], path: &Path) -> anyhow::Result
             expires_at: None,
         };
         let issued = service
-            .create_api_key(DEMO_OWNER, project.id, input, pepper)
+            .create_api_key(AdminCaller::internal(DEMO_OWNER), project.id, input, pepper)
             .await?;
         anyhow::Ok(issued.plaintext)
     };

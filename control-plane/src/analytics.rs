@@ -132,11 +132,14 @@ pub async fn get_analytics(
     ApiPath(id): ApiPath<ProjectId>,
     ApiQuery(query): ApiQuery<AnalyticsQuery>,
 ) -> Result<ApiJson<AnalyticsView>, ApiError> {
-    let platform_admin = cp.config().is_platform_admin(&admin);
-    let project = cp
-        .service()
-        .visible_project(admin.id, platform_admin, id)
-        .await?;
+    let project = crate::api::authorize(
+        &cp,
+        &admin,
+        id,
+        larachat_core::team::Permission::ReadAnalytics,
+    )
+    .await?
+    .project;
     let range = parse_range(&query, larachat_core::model::now())?;
     let report = cp.service().analytics(&project, range).await?;
     let online_users = match cp.presence() {

@@ -2,8 +2,10 @@
 //!
 //! Every request body rejects unknown fields. Every failure is a catalog [`ApiError`]; store
 //! failures are logged here and shown only as `internal` / `unavailable`. An admin only sees
-//! its own projects and their keys: another admin's project or key answers exactly like a
-//! missing one (404), so ids cannot be probed.
+//! the projects it is a member of (every project for a platform admin) and their keys: any
+//! other project or key answers exactly like a missing one (404), so ids cannot be probed.
+//! What a member may do is its role's [`Permission`]s (`larachat_core::team`, the one matrix);
+//! a member lacking one gets 403.
 
 use std::time::Duration;
 
@@ -21,10 +23,11 @@ use larachat_core::model::{
     AdminUser, ApiKeyRecord, KeyKind, PlanId, Project, ProjectStatus, Scope,
 };
 use larachat_core::subject::Subject;
+use larachat_core::team::{Permission, ProjectRole};
 use larachat_core::{AdminUserId, ApiError, ApiKeyId, ProjectId, validate};
 use larachat_service::input::Name;
 use larachat_service::projects::{
-    IssuedKey, KeyScopes, NewApiKey, NewProject, ProjectChange, ProjectSettings,
+    IssuedKey, KeyScopes, NewApiKey, NewProject, ProjectAccess, ProjectChange, ProjectSettings,
 };
 use larachat_store::StoreError;
 
@@ -69,6 +72,30 @@ pub struct AdminView {
     pub id: AdminUserId,
     pub email: String,
     pub created_at: DateTime<Utc>,
+    /// A platform admin may do everything on every project and change plans.
+    pub platform_admin: bool,
+}
+
+/// A project as the calling admin sees it: the project, the caller's role in it and what it
+/// may do there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectView {
+    #[serde(flatten)]
+    pub project: Project,
+    /// `null` for a platform admin who is not a member.
+    pub role: Option<ProjectRole>,
+    /// What the caller may do on this project.
+    pub permissions: Vec<Permission>,
+}
+
+impl From<ProjectAccess> for ProjectView {
+    fn from(a: ProjectAccess) -> Self {
+        Self {
+            permissions: a.permissions(),
+            role: a.role,
+            project: a.project,
+        }
+    }
 }
 
 /// `POST /api/admin/projects`.
@@ -114,7 +141,7 @@ pub struct ListProjectsQuery {
 /// A page of projects, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProjectList {
-    pub data: Vec<Project>,
+    pub data: Vec<ProjectView>,
     pub has_more: bool,
     /// Pass as `cursor` to get the next page; `null` on the last page.
     pub next_cursor: Option<ProjectId>,
@@ -170,12 +197,13 @@ pub struct ApiKeyList {
 // Conversions
 // ---------------------------------------------------------------------------------------------
 
-impl From<&AdminUser> for AdminView {
-    fn from(u: &AdminUser) -> Self {
+impl AdminView {
+    pub fn of(cp: &ControlPlane, u: &AdminUser) -> Self {
         Self {
             id: u.id,
             email: u.email.clone(),
             created_at: u.created_at,
+            platform_admin: cp.config().is_platform_admin(u),
         }
     }
 }
@@ -246,7 +274,7 @@ pub async fn login(
         token: issued.token,
         token_type: "Bearer".to_owned(),
         expires_at: issued.expires_at,
-        user: AdminView::from(&admin),
+        user: AdminView::of(&cp, &admin),
     }))
 }
 
@@ -261,11 +289,11 @@ pub async fn login(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
     )
 )]
-pub async fn me(AdminAuth(admin): AdminAuth) -> ApiJson<AdminView> {
-    ApiJson(AdminView::from(&admin))
+pub async fn me(State(cp): State<ControlPlane>, AdminAuth(admin): AdminAuth) -> ApiJson<AdminView> {
+    ApiJson(AdminView::of(&cp, &admin))
 }
 
-/// Create a project owned by the calling admin.
+/// Create a project; the calling admin becomes its owner (its first `owner` member).
 #[utoipa::path(
     post,
     path = "/api/admin/projects",
@@ -305,7 +333,8 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, ApiJson(project)))
 }
 
-/// The calling admin's projects, newest first.
+/// The projects the calling admin is a member of (every project for a platform admin), newest
+/// first, each with the caller's role and permissions.
 #[utoipa::path(
     get,
     path = "/api/admin/projects",
@@ -332,24 +361,60 @@ pub async fn list_projects(
                 .map_err(|_| ApiError::invalid("cursor is not a valid project id"))?,
         ),
     };
-    let page = cp
-        .store()
-        .list_projects(Some(admin.id), cursor, limit)
-        .await
-        .map_err(store_error)?;
-    let next_cursor = if page.has_more {
-        page.items.last().map(|p| p.id)
+    let caller = cp.caller(&admin);
+    let (data, has_more) = if caller.platform_admin {
+        let page = cp
+            .store()
+            .list_projects(None, cursor, limit)
+            .await
+            .map_err(store_error)?;
+        let mut data = Vec::with_capacity(page.items.len());
+        for project in page.items {
+            let role = cp
+                .store()
+                .member(project.id, admin.id)
+                .await
+                .map_err(store_error)?
+                .map(|m| m.role);
+            data.push(ProjectView::from(ProjectAccess {
+                project,
+                role,
+                platform_admin: true,
+            }));
+        }
+        (data, page.has_more)
+    } else {
+        let page = cp
+            .store()
+            .member_projects(admin.id, cursor, limit)
+            .await
+            .map_err(store_error)?;
+        let data = page
+            .items
+            .into_iter()
+            .map(|(project, role)| {
+                ProjectView::from(ProjectAccess {
+                    project,
+                    role: Some(role),
+                    platform_admin: false,
+                })
+            })
+            .collect();
+        (data, page.has_more)
+    };
+    let next_cursor = if has_more {
+        data.last().map(|p: &ProjectView| p.project.id)
     } else {
         None
     };
     Ok(ApiJson(ProjectList {
-        has_more: page.has_more,
+        has_more,
         next_cursor,
-        data: page.items,
+        data,
     }))
 }
 
-/// One of the calling admin's projects.
+/// A project the calling admin is a member of, with its role and permissions (any member).
 #[utoipa::path(
     get,
     path = "/api/admin/projects/{id}",
@@ -357,7 +422,7 @@ pub async fn list_projects(
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Project id")),
     responses(
-        (status = 200, description = "The project", body = Project),
+        (status = 200, description = "The project", body = ProjectView),
         (status = 400, description = "Not a valid id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
@@ -367,11 +432,13 @@ pub async fn get_project(
     State(cp): State<ControlPlane>,
     AdminAuth(admin): AdminAuth,
     ApiPath(id): ApiPath<ProjectId>,
-) -> Result<ApiJson<Project>, ApiError> {
-    owned_project(&cp, &admin, id).await.map(ApiJson)
+) -> Result<ApiJson<ProjectView>, ApiError> {
+    let access = authorize(&cp, &admin, id, Permission::ReadProject).await?;
+    Ok(ApiJson(ProjectView::from(access)))
 }
 
-/// Change a project's name, plan, status or settings.
+/// Change a project's name, plan, status or settings (`update_project`; the plan: platform
+/// admins only).
 #[utoipa::path(
     patch,
     path = "/api/admin/projects/{id}",
@@ -383,7 +450,7 @@ pub async fn get_project(
         (status = 200, description = "The updated project", body = Project),
         (status = 400, description = "Malformed body or id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "A plan change by an admin who is not a platform admin", body = ErrorBody),
+        (status = 403, description = "A plan change by an admin who is not a platform admin, or a role without update_project", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
     )
@@ -394,21 +461,16 @@ pub async fn update_project(
     ApiPath(id): ApiPath<ProjectId>,
     ApiJson(body): ApiJson<UpdateProjectRequest>,
 ) -> Result<ApiJson<Project>, ApiError> {
-    if let Some(plan) = &body.plan {
-        let current = owned_project(&cp, &admin, id).await?;
-        if *plan != current.plan && !cp.config().is_platform_admin(&admin) {
-            return Err(ApiError::forbidden(
-                "only a platform admin may change a project's plan",
-            ));
-        }
-    }
     let change = ProjectChange {
         name: body.name.map(|n| Name::parse(n, "name")).transpose()?,
         plan: body.plan,
         status: body.status,
         settings: body.settings.map(ProjectSettings::parse).transpose()?,
     };
-    let (updated, changed) = cp.service().update_project(admin.id, id, change).await?;
+    let (updated, changed) = cp
+        .service()
+        .update_project(cp.caller(&admin), id, change)
+        .await?;
     if !changed {
         return Ok(ApiJson(updated));
     }
@@ -417,7 +479,8 @@ pub async fn update_project(
     Ok(ApiJson(updated))
 }
 
-/// Delete a project and everything in it (users, conversations, messages, keys).
+/// Delete a project and everything in it (users, conversations, messages, keys, members);
+/// owners only.
 #[utoipa::path(
     delete,
     path = "/api/admin/projects/{id}",
@@ -428,6 +491,7 @@ pub async fn update_project(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Not a valid id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "The caller's role lacks delete_project", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
     )
 )]
@@ -436,7 +500,7 @@ pub async fn delete_project(
     AdminAuth(admin): AdminAuth,
     ApiPath(id): ApiPath<ProjectId>,
 ) -> Result<StatusCode, ApiError> {
-    cp.service().delete_project(admin.id, id).await?;
+    cp.service().delete_project(cp.caller(&admin), id).await?;
     tracing::info!(admin_id = %admin.id, project_id = %id, "project deleted");
     publish(&cp, ControlEvent::ProjectChanged { project_id: id }).await;
     Ok(StatusCode::NO_CONTENT)
@@ -454,6 +518,7 @@ pub async fn delete_project(
         (status = 201, description = "Created; `key` is shown only this once", body = CreatedApiKey),
         (status = 400, description = "Malformed body or id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "The caller's role lacks manage_keys", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
     )
@@ -473,7 +538,12 @@ pub async fn create_api_key(
     };
     let IssuedKey { plaintext, record } = cp
         .service()
-        .create_api_key(admin.id, project_id, input, &cp.config().key_pepper)
+        .create_api_key(
+            cp.caller(&admin),
+            project_id,
+            input,
+            &cp.config().key_pepper,
+        )
         .await?;
     telemetry::api_key_created(kind);
     tracing::info!(admin_id = %admin.id, project_id = %project_id, key_id = %record.id, "api key created");
@@ -497,6 +567,7 @@ pub async fn create_api_key(
         (status = 200, description = "The project's keys", body = ApiKeyList),
         (status = 400, description = "Not a valid id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "The caller's role lacks manage_keys", body = ErrorBody),
         (status = 404, description = "No such project for this admin", body = ErrorBody),
     )
 )]
@@ -505,7 +576,7 @@ pub async fn list_api_keys(
     AdminAuth(admin): AdminAuth,
     ApiPath(project_id): ApiPath<ProjectId>,
 ) -> Result<ApiJson<ApiKeyList>, ApiError> {
-    owned_project(&cp, &admin, project_id).await?;
+    authorize(&cp, &admin, project_id, Permission::ManageKeys).await?;
     let keys = cp
         .store()
         .list_api_keys(project_id)
@@ -528,6 +599,7 @@ pub async fn list_api_keys(
         (status = 200, description = "The revoked key", body = ApiKeyView),
         (status = 400, description = "Not a valid id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "The caller's role lacks manage_keys", body = ErrorBody),
         (status = 404, description = "No such key for this admin", body = ErrorBody),
     )
 )]
@@ -536,7 +608,10 @@ pub async fn revoke_api_key(
     AdminAuth(admin): AdminAuth,
     ApiPath(key_id): ApiPath<ApiKeyId>,
 ) -> Result<ApiJson<ApiKeyView>, ApiError> {
-    let revoked = cp.service().revoke_api_key(admin.id, key_id).await?;
+    let revoked = cp
+        .service()
+        .revoke_api_key(cp.caller(&admin), key_id)
+        .await?;
     telemetry::api_key_revoked();
     tracing::info!(admin_id = %admin.id, project_id = %revoked.project_id, key_id = %key_id, "api key revoked");
     // Published on every call, not only the first: a repeated revoke re-sends a notice that
@@ -556,13 +631,18 @@ pub async fn revoke_api_key(
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The project if it exists and `admin` owns it; one 404 otherwise.
-pub(crate) async fn owned_project(
+/// The project and `admin`'s role in it if `admin` may do `permission` there: 404 for a
+/// missing project or one `admin` is not a member of, 403 for a member whose role does not
+/// allow it (platform admins may do everything).
+pub(crate) async fn authorize(
     cp: &ControlPlane,
     admin: &AdminUser,
     id: ProjectId,
-) -> Result<Project, ApiError> {
-    cp.service().owned_project(admin.id, id).await
+    permission: Permission,
+) -> Result<ProjectAccess, ApiError> {
+    cp.service()
+        .authorize(cp.caller(admin), id, permission)
+        .await
 }
 
 /// Announces a change to the gateways. A failure does not fail the request: the change is

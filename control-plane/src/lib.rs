@@ -1,7 +1,7 @@
 //! # larachat-control-plane
 //!
-//! The control plane of Lara Chat: the Admin REST API (`/api/admin/*`) through which platform
-//! admins log in, manage their projects and issue or revoke API keys. It writes to the store
+//! The control plane of Lara Chat: the Admin REST API (`/api/admin/*`) through which admins
+//! log in, manage their projects and teams and issue or revoke API keys. It writes to the store
 //! (the system of record) and announces changes that gateways must obey (a revoked key, a
 //! changed or deleted project) as [`ControlEvent`](larachat_core::control::ControlEvent)s on
 //! [`Subject::control`](larachat_core::subject::Subject::control).
@@ -14,13 +14,16 @@
 //! - [`analytics`]: a project's analytics (messages over time, conversations, response and
 //!   resolution times, who is online, usage against the plan).
 //! - [`api`]: request and response types of the Admin API and its handlers (tenancy: an admin
-//!   only ever sees the projects it owns; anything else answers 404 like a missing resource).
+//!   only ever sees the projects it is a member of, each within its role's permissions;
+//!   anything else answers 404 like a missing resource; platform admins see everything).
 //! - [`auth`]: admin tokens (HS256 JWT, `aud = "larachat:admin"`) and the [`AdminAuth`]
 //!   extractor that guards every route but login.
 //! - [`password`]: argon2id password hashing, login verification without user enumeration
 //!   through a bounded pool of argon2 slots, and [`bootstrap_admin`] for the first admin.
 //! - [`plans`]: plans (listed by every admin, edited by platform admins, announced to the
 //!   gateways) and a project's usage against its plan.
+//! - [`team`]: project members and their roles, invitations (one-time links), and agent
+//!   tokens for members (the dashboard's inbox).
 //! - [`widget`]: widget settings of a project (allowed origins, identity verification, look)
 //!   and its identity secret.
 //! - [`openapi`]: [`AdminApiDoc`], the OpenAPI description the binary merges into
@@ -39,6 +42,7 @@ pub mod auth;
 pub mod openapi;
 pub mod password;
 pub mod plans;
+pub mod team;
 mod telemetry;
 pub mod widget;
 
@@ -51,14 +55,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::http::header::CACHE_CONTROL;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use larachat_broker::Bus;
 use larachat_core::ApiError;
+use larachat_service::projects::AdminCaller;
 use larachat_store::Store;
 
 pub use api::{
     AdminView, ApiKeyList, ApiKeyView, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey,
-    ListProjectsQuery, LoginRequest, LoginResponse, ProjectList, UpdateProjectRequest,
+    ListProjectsQuery, LoginRequest, LoginResponse, ProjectList, ProjectView, UpdateProjectRequest,
 };
 pub use auth::{ADMIN_AUDIENCE, AdminAuth, AuthRejection, ISSUER, IssuedToken};
 pub use openapi::AdminApiDoc;
@@ -69,6 +74,8 @@ pub use telemetry::describe as describe_metrics;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default lifetime of an admin token.
 pub const DEFAULT_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// Default lifetime of the agent tokens issued to members.
+pub const DEFAULT_AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// Longest admin token lifetime accepted by [`ControlPlane::new`].
 pub const MAX_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Shortest HS256 key accepted for admin tokens (RFC 7518 §3.2: at least the hash size).
@@ -90,8 +97,15 @@ pub struct ControlPlaneConfig {
     /// Plan of a project created without one (`DEFAULT_PROJECT_PLAN`).
     pub default_plan: larachat_core::plan::PlanId,
     /// Emails (compared ignoring case) of the platform admins: only they edit plans and set a
-    /// project's plan to anything but the default. Every other admin is a project owner.
+    /// project's plan to anything but the default, and they may do everything on every
+    /// project. Every other admin acts through its project memberships (roles).
     pub platform_admins: Vec<String>,
+    /// Longest (and default) lifetime of the agent tokens issued to members
+    /// (`security.agent_token_ttl_secs`, as the gateway's).
+    pub agent_token_ttl: Duration,
+    /// The address the dashboard is reached at (`https://chat.example.com`), for invite links;
+    /// `None`: taken from the request's `Host` (and `X-Forwarded-Proto`).
+    pub public_url: Option<String>,
 }
 
 /// Why a [`ControlPlaneConfig`] was refused.
@@ -118,6 +132,7 @@ struct Inner {
     bus: Arc<dyn Bus>,
     config: ControlPlaneConfig,
     tokens: auth::TokenKeys,
+    agent_token_key: jsonwebtoken::EncodingKey,
     /// Bounds concurrent argon2 runs and the logins waiting for one: each run takes ~19 MiB
     /// and a core for tens of milliseconds, so an unbounded burst of logins would exhaust
     /// memory through the blocking pool.
@@ -155,6 +170,8 @@ impl ControlPlaneConfig {
             limits: Arc::new(larachat_limits::Limits::default()),
             default_plan: larachat_core::plan::PlanId::free(),
             platform_admins: Vec::new(),
+            agent_token_ttl: DEFAULT_AGENT_TOKEN_TTL,
+            public_url: None,
         }
     }
 
@@ -192,6 +209,7 @@ impl ControlPlane {
         Ok(Self {
             inner: Arc::new(Inner {
                 tokens: auth::TokenKeys::new(&config.jwt_secret),
+                agent_token_key: jsonwebtoken::EncodingKey::from_secret(&config.jwt_secret),
                 service: larachat_service::Service::new(store.clone(), bus.clone()),
                 store,
                 bus,
@@ -266,6 +284,20 @@ impl ControlPlane {
         )
     }
 
+    /// `admin` as the caller of a project route (is it a platform admin?).
+    pub fn caller(&self, admin: &larachat_core::model::AdminUser) -> AdminCaller {
+        AdminCaller {
+            id: admin.id,
+            platform_admin: self.inner.config.is_platform_admin(admin),
+        }
+    }
+
+    /// The key that signs agent tokens for members (the gateways verify them with the same
+    /// `security.jwt_secret`).
+    pub(crate) fn agent_token_key(&self) -> &jsonwebtoken::EncodingKey {
+        &self.inner.agent_token_key
+    }
+
     pub(crate) fn tokens(&self) -> &auth::TokenKeys {
         &self.inner.tokens
     }
@@ -284,6 +316,8 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("limits", &self.limits)
             .field("default_plan", &self.default_plan)
             .field("platform_admins", &self.platform_admins)
+            .field("agent_token_ttl", &self.agent_token_ttl)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -339,6 +373,24 @@ pub fn router(cp: ControlPlane) -> Router {
         .route(
             "/api/admin/projects/{id}/widget/identity-secret",
             post(widget::rotate_identity_secret),
+        )
+        .route("/api/admin/projects/{id}/members", get(team::list_members))
+        .route(
+            "/api/admin/projects/{id}/members/{admin_id}",
+            patch(team::update_member).delete(team::remove_member),
+        )
+        .route(
+            "/api/admin/projects/{id}/invites",
+            post(team::create_invite).get(team::list_invites),
+        )
+        .route(
+            "/api/admin/projects/{id}/invites/{invite_id}",
+            delete(team::delete_invite),
+        )
+        .route("/api/admin/invites/accept", post(team::accept_invite))
+        .route(
+            "/api/admin/projects/{id}/agent-token",
+            post(team::create_agent_token),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(no_store))

@@ -32,6 +32,14 @@ use crate::api;
         crate::plans::usage_history,
         crate::plans::usage_export,
         crate::analytics::get_analytics,
+        crate::team::list_members,
+        crate::team::update_member,
+        crate::team::remove_member,
+        crate::team::create_invite,
+        crate::team::list_invites,
+        crate::team::delete_invite,
+        crate::team::accept_invite,
+        crate::team::create_agent_token,
     ),
     components(schemas(
         crate::widget::WidgetSettingsRequest,
@@ -42,6 +50,22 @@ use crate::api;
         api::CreateProjectRequest,
         api::UpdateProjectRequest,
         api::ProjectList,
+        api::ProjectView,
+        larachat_core::team::ProjectRole,
+        larachat_core::team::Permission,
+        larachat_core::team::Member,
+        larachat_core::model::Actor,
+        larachat_core::model::ActorKind,
+        crate::team::MemberList,
+        crate::team::UpdateMemberRequest,
+        crate::team::CreateInviteRequest,
+        crate::team::InviteView,
+        crate::team::CreatedInvite,
+        crate::team::InviteList,
+        crate::team::AcceptInviteRequest,
+        crate::team::AcceptedInvite,
+        crate::team::MemberAgentTokenRequest,
+        crate::team::MemberAgentToken,
         api::CreateApiKeyRequest,
         api::ApiKeyView,
         api::CreatedApiKey,
@@ -74,7 +98,7 @@ use crate::api;
         larachat_core::error::ErrorCode,
     )),
     modifiers(&BearerSecurity, &StandardErrors),
-    tags((name = "admin", description = "Admin API: admin login, projects, API keys, plans, usage and analytics"))
+    tags((name = "admin", description = "Admin API: admin login, projects, team members and invites, API keys, plans, usage and analytics"))
 )]
 pub struct AdminApiDoc;
 
@@ -116,11 +140,18 @@ mod tests {
             "/api/admin/projects/{id}/api-keys",
             "/api/admin/api-keys/{id}",
             "/api/admin/projects/{id}/analytics",
+            "/api/admin/projects/{id}/members",
+            "/api/admin/projects/{id}/members/{admin_id}",
+            "/api/admin/projects/{id}/invites",
+            "/api/admin/projects/{id}/invites/{invite_id}",
+            "/api/admin/invites/accept",
+            "/api/admin/projects/{id}/agent-token",
         ] {
             assert!(doc.paths.paths.contains_key(path), "missing {path}");
         }
         assert!(json.contains("\"bearer\""));
         assert!(!json.contains("secret_hash"));
         assert!(!json.contains("password_hash"));
+        assert!(!json.contains("token_hash"));
     }
 }

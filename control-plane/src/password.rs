@@ -243,6 +243,31 @@ pub(crate) async fn check_login(
     Ok(user.filter(|_| matches))
 }
 
+/// Hashes a new admin password on the blocking pool, through the argon2 [`Pool`] (503 when it
+/// is full, like a login). The caller checks [`check_password_rule`] first.
+pub(crate) async fn hash_new_password(
+    cp: &ControlPlane,
+    password: String,
+) -> Result<String, ApiError> {
+    let permit = cp.password_pool().acquire().await.map_err(|PoolFull| {
+        telemetry::login_refused();
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "too many logins in progress; try again in a moment",
+        )
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let hashed = hash_password(&password);
+        drop(permit);
+        hashed
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "password hashing task failed");
+        ApiError::internal()
+    })?
+}
+
 fn hash_password(password: &str) -> Result<String, ApiError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()

@@ -274,7 +274,7 @@ pub async fn get_usage(
         None | Some("") => None,
         Some(p) => Some(Period::parse(p).map_err(|e| ApiError::invalid(e.to_string()))?),
     };
-    let report = cp.service().usage(admin.id, id, period).await?;
+    let report = cp.service().usage(cp.caller(&admin), id, period).await?;
     Ok(ApiJson(UsageView::from(&report)))
 }
 
@@ -303,8 +303,11 @@ pub async fn usage_history(
     if !(1..=120).contains(&limit) {
         return Err(ApiError::validation("limit must be between 1 and 120"));
     }
-    let current = cp.service().usage(admin.id, id, None).await?;
-    let months = cp.service().usage_history(admin.id, id, limit).await?;
+    let current = cp.service().usage(cp.caller(&admin), id, None).await?;
+    let months = cp
+        .service()
+        .usage_history(cp.caller(&admin), id, limit)
+        .await?;
     Ok(ApiJson(UsageHistory {
         data: months
             .into_iter()
@@ -496,10 +499,9 @@ pub async fn usage_export(
                 .map_err(|_| ApiError::invalid("cursor is not a valid project id"))?,
         ),
     };
-    let owner = (!cp.config().is_platform_admin(&admin)).then_some(admin.id);
     let page = cp
         .service()
-        .usage_export(owner, period, cursor, limit)
+        .usage_export(cp.caller(&admin), period, cursor, limit)
         .await?;
     let next = page.next;
     let rows: Vec<UsageExportRow> = page

@@ -14,8 +14,9 @@ use larachat_core::model::{AdminUser, IdentityVerification, Project, WidgetSetti
 use larachat_core::{ApiError, ProjectId, validate};
 
 use crate::ControlPlane;
-use crate::api::{owned_project, publish};
+use crate::api::{authorize, publish};
 use crate::auth::AdminAuth;
+use larachat_core::team::Permission;
 
 /// Most origins in a project's allow-list.
 pub const MAX_ORIGINS: usize = 50;
@@ -126,7 +127,7 @@ async fn save(
 ) -> Result<Project, ApiError> {
     let updated = cp
         .service()
-        .save_widget_settings(admin.id, project.id, &widget)
+        .save_widget_settings(cp.caller(admin), project.id, &widget)
         .await?;
     publish(
         cp,
@@ -142,6 +143,7 @@ async fn save(
 #[utoipa::path(get, path = "/api/admin/projects/{id}/widget", tag = "admin",
     params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
+              (status = 403, description = "The caller's role lacks manage_widget", body = larachat_core::error::ErrorBody),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_widget(
@@ -149,7 +151,9 @@ pub async fn get_widget(
     AdminAuth(admin): AdminAuth,
     ApiPath(id): ApiPath<ProjectId>,
 ) -> Result<ApiJson<WidgetSettingsView>, ApiError> {
-    let project = owned_project(&cp, &admin, id).await?;
+    let project = authorize(&cp, &admin, id, Permission::ManageWidget)
+        .await?
+        .project;
     Ok(ApiJson(view(&cp, &project)))
 }
 
@@ -158,6 +162,7 @@ pub async fn get_widget(
     request_body = WidgetSettingsRequest,
     params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
+              (status = 403, description = "The caller's role lacks manage_widget", body = larachat_core::error::ErrorBody),
               (status = 404, body = larachat_core::error::ErrorBody),
               (status = 422, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -168,7 +173,9 @@ pub async fn put_widget(
     ApiJson(body): ApiJson<WidgetSettingsRequest>,
 ) -> Result<ApiJson<WidgetSettingsView>, ApiError> {
     check(&body)?;
-    let project = owned_project(&cp, &admin, id).await?;
+    let project = authorize(&cp, &admin, id, Permission::ManageWidget)
+        .await?
+        .project;
     let current = WidgetSettings::of(&project);
     // Drop repeated origins, keeping the order given.
     let mut origins: Vec<String> = Vec::with_capacity(body.allowed_origins.len());
@@ -198,6 +205,7 @@ pub async fn put_widget(
 #[utoipa::path(post, path = "/api/admin/projects/{id}/widget/identity-secret", tag = "admin",
     params(("id" = uuid::Uuid, Path, description = "project id")),
     responses((status = 200, body = WidgetSettingsView),
+              (status = 403, description = "The caller's role lacks manage_widget", body = larachat_core::error::ErrorBody),
               (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate_identity_secret(
@@ -205,7 +213,9 @@ pub async fn rotate_identity_secret(
     AdminAuth(admin): AdminAuth,
     ApiPath(id): ApiPath<ProjectId>,
 ) -> Result<ApiJson<WidgetSettingsView>, ApiError> {
-    let project = owned_project(&cp, &admin, id).await?;
+    let project = authorize(&cp, &admin, id, Permission::ManageWidget)
+        .await?
+        .project;
     let mut widget = WidgetSettings::of(&project);
     widget.identity_secret_generation = widget.identity_secret_generation.wrapping_add(1);
     let updated = save(&cp, &admin, &project, widget).await?;

@@ -212,6 +212,15 @@ async fn bootstrap_login_and_me() {
     let me: Value = me.json().await.unwrap();
     assert_eq!(me["id"], body["user"]["id"]);
     assert_eq!(me["email"], ADMIN.0);
+    assert_eq!(me["platform_admin"], true);
+    let other = s.token(OTHER).await;
+    let me: Value = s
+        .send(reqwest::Method::GET, "/api/admin/me", &other, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["platform_admin"], false);
 }
 
 #[tokio::test]
@@ -396,12 +405,23 @@ async fn project_crud_and_paging() {
     let id = acme["id"].as_str().unwrap().to_owned();
     let path = format!("/api/admin/projects/{id}");
 
-    let got: Value = s
+    let mut got: Value = s
         .send(reqwest::Method::GET, &path, &token, None)
         .await
         .json()
         .await
         .unwrap();
+    // The project, with the caller's role (its creator is its owner) and permissions.
+    assert_eq!(got["role"], "owner");
+    assert!(
+        got["permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("delete_project"))
+    );
+    let view = got.as_object_mut().unwrap();
+    view.remove("role");
+    view.remove("permissions");
     assert_eq!(got, acme);
 
     let r = s

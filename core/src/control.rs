@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ApiKeyId, ProjectId};
+use crate::id::{AdminUserId, ApiKeyId, ProjectId};
 use crate::plan::PlanId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,12 @@ pub enum ControlEvent {
     ProjectChanged { project_id: ProjectId },
     /// A plan's limits or features changed: forget cached plan limits.
     PlanChanged { plan_id: PlanId },
+    /// A project member's role changed or the membership ended: forget the cached
+    /// membership (agent tokens issued to it are re-checked).
+    MemberChanged {
+        project_id: ProjectId,
+        admin_id: AdminUserId,
+    },
 }
 
 impl ControlEvent {

@@ -117,6 +117,10 @@ define_id!(
     ConversationId
 );
 define_id!(
+    /// An invitation of someone (by email) to join a project's team.
+    InviteId
+);
+define_id!(
     /// A domain event (UUIDv7): generated once, when the change it describes is committed, and
     /// carried unchanged by every redelivery (webhook `id`, JetStream `Nats-Msg-Id`).
     EventId

@@ -10,6 +10,8 @@
 //!   the quota refusal.
 //! - [`analytics`]: analytics ranges (whole UTC hours or days), what a store reads from its
 //!   rollups, and the series and percentiles computed from it.
+//! - [`team`]: project members, their roles ([`team::ProjectRole`]) and the one permission
+//!   matrix ([`team::ProjectRole::allows`]); invitations.
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
@@ -37,11 +39,14 @@ pub mod model;
 pub mod plan;
 pub mod protocol;
 pub mod subject;
+pub mod team;
 pub mod throttle;
 pub mod validate;
 
 pub use error::{ApiError, ErrorCode};
-pub use id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, EventId, MessageId, ProjectId};
+pub use id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, EventId, InviteId, MessageId, ProjectId,
+};
 
 #[cfg(feature = "axum")]
 pub mod http;

@@ -8,10 +8,12 @@
 //!   issued by `POST /api/v1/users`, or by widget init with an `origin` claim (a widget
 //!   session, refused on the Client API);
 //! - **agent tokens** (HS256, `aud` = `larachat:agent:<project>`, `sub` = the agent's id,
-//!   `name`, `scp` = scopes, `by` = who issued it, e.g. `key:<key id>`, `exp` short), issued by
-//!   `POST /api/v1/agent-tokens` to a secret key's holder for a browser (an inbox, the demo):
-//!   an agent of the project with those scopes, speaking as that agent only, refused as soon
-//!   as the issuing key is revoked or expires.
+//!   `name`, `scp` = scopes, `by` = who issued it, `exp` short), issued by
+//!   `POST /api/v1/agent-tokens` to a secret key's holder for a browser (an inbox, the demo),
+//!   `by = key:<key id>`, or by the control plane to a project member (the dashboard's inbox,
+//!   `by = member:<admin id>`): an agent of the project with those scopes, speaking as that
+//!   agent only, refused as soon as the issuing key is revoked or expires, or the membership
+//!   ends. Signed by [`larachat_service::tokens`], shared with the control plane.
 //!
 //! All resolve to a [`Principal`]: the project (from the credential only, never from the
 //! request) and the actor. The project must be active.
@@ -22,61 +24,30 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
 
-use larachat_core::id::{ApiKeyId, EndUserId, ProjectId};
+use std::collections::BTreeSet;
+
+use larachat_core::id::{AdminUserId, ApiKeyId, EndUserId, ProjectId};
 use larachat_core::keys::{self, KeyFormatError};
 use larachat_core::model::{
     self, Actor, ActorKind, ApiKeyRecord, KeyKind, Project, ProjectStatus, Scope,
 };
+use larachat_core::team::Member;
 use larachat_core::{ApiError, ErrorCode};
 use larachat_store::Store;
 
 use crate::{Gateway, GatewayConfig};
 
-const ISSUER: &str = "larachat";
+use larachat_service::tokens::ISSUER;
 const AUD_PREFIX: &str = "larachat:project:";
 
+use larachat_service::tokens::MEMBER_AGENT_PREFIX;
 pub use larachat_service::{Principal, PrincipalKind};
 
-/// Claims of the tokens the gateway signs (end-user, visitor and agent tokens; `aud` tells
-/// them apart).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct UserClaims {
-    sub: String,
-    aud: String,
-    iss: String,
-    exp: i64,
-    iat: i64,
-    /// Widget sessions only: the origin the session belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    origin: Option<String>,
-    /// Agent tokens: the agent's display name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    /// Agent tokens: scopes (a subset of the issuer's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scp: Option<Vec<Scope>>,
-    /// Agent tokens: who issued it, `key:<key id>` (later also dashboard members).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    by: Option<String>,
-}
-
-/// Audience prefix of agent tokens.
-const AGENT_AUD_PREFIX: &str = "larachat:agent:";
-/// `by` prefix of agent tokens issued by a secret key.
-const BY_KEY_PREFIX: &str = "key:";
-
-/// A freshly issued agent token.
-#[derive(Debug, Clone)]
-pub struct AgentToken {
-    pub token: String,
-    pub expires_at: DateTime<Utc>,
-    pub actor: Actor,
-    pub scopes: std::collections::BTreeSet<Scope>,
-}
+pub use larachat_service::tokens::AgentToken;
+use larachat_service::tokens::{AGENT_AUD_PREFIX, AgentIssuer, TokenClaims as UserClaims};
 
 /// Audience of visitor tokens: they only bring an anonymous visitor back at widget init.
 const VISITOR_AUD_PREFIX: &str = "larachat:visitor:";
@@ -108,6 +79,8 @@ pub struct Authenticator {
     token_ttl: Duration,
     agent_token_ttl: Duration,
     keys: Cache<ApiKeyId, Arc<ApiKeyRecord>>,
+    /// Memberships behind members' agent tokens (only existing ones are cached, like keys).
+    members: Cache<(ProjectId, AdminUserId), Arc<Member>>,
     projects: Cache<ProjectId, Arc<Project>>,
     /// Per-project rate-limit rules (`settings.limits` over the plan's), once per cached
     /// project.
@@ -134,6 +107,10 @@ impl Authenticator {
                 .time_to_live(config.cache_ttl)
                 .build(),
             keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache_ttl)
+                .build(),
+            members: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.cache_ttl)
                 .build(),
@@ -242,42 +219,64 @@ impl Authenticator {
         })
     }
 
-    /// An agent token's principal, if its issuing key still works for its project.
+    /// An agent token's principal, if the credential behind it (its issuing key, or the
+    /// membership it was issued to) still works for its project.
     async fn authenticate_agent(
         &self,
         project: ProjectId,
         claims: UserClaims,
     ) -> Result<Principal, ApiError> {
         let invalid = || ApiError::unauthorized("invalid token");
-        let key_id: ApiKeyId = claims
+        let issuer = claims
             .by
             .as_deref()
-            .and_then(|b| b.strip_prefix(BY_KEY_PREFIX))
-            .and_then(|k| k.parse().ok())
+            .and_then(AgentIssuer::parse)
             .ok_or_else(invalid)?;
-        let record = self.key(key_id).await?.ok_or_else(invalid)?;
-        if record.project_id != project || record.kind != KeyKind::Secret {
-            return Err(invalid());
-        }
-        if record.revoked_at.is_some() || !record.is_usable_at(model::now()) {
-            return Err(ApiError::unauthorized(
-                "the key that issued this agent token is no longer valid",
-            ));
-        }
+        let allowed: BTreeSet<Scope> = match issuer {
+            AgentIssuer::Key(key_id) => {
+                let record = self.key(key_id).await?.ok_or_else(invalid)?;
+                if record.project_id != project || record.kind != KeyKind::Secret {
+                    return Err(invalid());
+                }
+                if record.revoked_at.is_some() || !record.is_usable_at(model::now()) {
+                    return Err(ApiError::unauthorized(
+                        "the key that issued this agent token is no longer valid",
+                    ));
+                }
+                if record.scopes.contains(&Scope::Admin) {
+                    [Scope::Read, Scope::Write].into()
+                } else {
+                    record.scopes.clone()
+                }
+            }
+            AgentIssuer::Member(admin) => {
+                // A member's token speaks as that member only.
+                if claims.sub != format!("{MEMBER_AGENT_PREFIX}{admin}") {
+                    return Err(invalid());
+                }
+                if self.member(project, admin).await?.is_none() {
+                    return Err(ApiError::unauthorized(
+                        "the membership this agent token was issued to has ended",
+                    ));
+                }
+                // Every role answers conversations (owner, admin, agent: read and write).
+                [Scope::Read, Scope::Write].into()
+            }
+        };
         larachat_core::validate::identifier(&claims.sub, "sub").map_err(|_| invalid())?;
         self.require_active_project(project).await?;
-        // Never more than the issuing key may do now.
+        // Never more than the issuer may do now.
         let scopes = claims
             .scp
             .unwrap_or_default()
             .into_iter()
-            .filter(|s| record.scopes.contains(s) || record.scopes.contains(&Scope::Admin))
+            .filter(|s| allowed.contains(s))
             .filter(|s| matches!(s, Scope::Read | Scope::Write))
             .collect();
         Ok(Principal {
             project,
             kind: PrincipalKind::Agent {
-                key_id,
+                issuer,
                 scopes,
                 actor: Actor {
                     kind: ActorKind::Agent,
@@ -298,35 +297,19 @@ impl Authenticator {
         project: ProjectId,
         key_id: ApiKeyId,
         actor: Actor,
-        scopes: std::collections::BTreeSet<Scope>,
+        scopes: BTreeSet<Scope>,
         ttl: Option<Duration>,
     ) -> Result<AgentToken, ApiError> {
         let ttl = ttl.map_or(self.agent_token_ttl, |t| t.min(self.agent_token_ttl));
-        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15));
-        let now = model::now();
-        let exp = now + ttl;
-        let claims = UserClaims {
-            sub: actor.id.clone(),
-            aud: format!("{AGENT_AUD_PREFIX}{project}"),
-            iss: ISSUER.to_owned(),
-            exp: exp.timestamp(),
-            iat: now.timestamp(),
-            origin: None,
-            name: actor.name.clone(),
-            scp: Some(scopes.iter().copied().collect()),
-            by: Some(format!("{BY_KEY_PREFIX}{key_id}")),
-        };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| {
-            tracing::error!(error = %e, "could not sign an agent token");
-            ApiError::internal()
-        })?;
-        Ok(AgentToken {
-            token,
-            expires_at: DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp),
+        larachat_service::tokens::sign_agent_token(
+            &self.encoding,
+            project,
+            AgentIssuer::Key(key_id),
             actor,
             scopes,
-        })
+            ttl,
+            model::now(),
+        )
     }
 
     /// Longest lifetime of an agent token.
@@ -416,11 +399,7 @@ impl Authenticator {
             scp: None,
             by: None,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| {
-            tracing::error!(error = %e, "could not sign an end-user token");
-            ApiError::internal()
-        })?;
+        let token = larachat_service::tokens::sign(&self.encoding, &claims)?;
         Ok((token, exp))
     }
 
@@ -475,6 +454,54 @@ impl Authenticator {
         }
     }
 
+    /// Re-checks the credential behind a principal, for long-lived connections: its key (a
+    /// secret key, or the key that issued an agent token) or the membership a member's agent
+    /// token was issued to. `None` when nothing needs re-checking (end users). Same rule as
+    /// [`Authenticator::key_status`]: only a definite answer refuses.
+    pub async fn credential_status(&self, who: &Principal) -> Option<KeyStatus> {
+        if let Some(key) = who.key_id() {
+            return Some(self.key_status(key).await);
+        }
+        let PrincipalKind::Agent {
+            issuer: AgentIssuer::Member(admin),
+            ..
+        } = who.kind
+        else {
+            return None;
+        };
+        Some(match self.member(who.project, admin).await {
+            Ok(Some(_)) => KeyStatus::Usable,
+            Ok(None) => KeyStatus::Refused,
+            Err(e) => {
+                tracing::debug!(error = %e.message, "member re-check could not reach the store");
+                KeyStatus::Unknown
+            }
+        })
+    }
+
+    async fn member(
+        &self,
+        project: ProjectId,
+        admin: AdminUserId,
+    ) -> Result<Option<Arc<Member>>, ApiError> {
+        if let Some(m) = self.members.get(&(project, admin)) {
+            return Ok(Some(m));
+        }
+        match self.store.member(project, admin).await? {
+            Some(m) => {
+                let m = Arc::new(m);
+                self.members.insert((project, admin), m.clone());
+                Ok(Some(m))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets a cached membership (control notice: it changed or ended).
+    pub fn invalidate_member(&self, project: ProjectId, admin: AdminUserId) {
+        self.members.invalidate(&(project, admin));
+    }
+
     async fn key(&self, id: ApiKeyId) -> Result<Option<Arc<ApiKeyRecord>>, ApiError> {
         if let Some(k) = self.keys.get(&id) {
             return Ok(Some(k));
@@ -524,9 +551,11 @@ impl Authenticator {
         self.project_limits.invalidate(&id);
     }
 
-    /// Forgets every cached key and project (control notices may have been missed).
+    /// Forgets every cached key, membership and project (control notices may have been
+    /// missed).
     pub fn invalidate_all(&self) {
         self.keys.invalidate_all();
+        self.members.invalidate_all();
         self.projects.invalidate_all();
         self.project_limits.invalidate_all();
     }

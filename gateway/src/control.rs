@@ -119,6 +119,13 @@ impl Gateway {
                 self.tasks()
                     .spawn(async move { check_project(&gw, &event).await });
             }
+            ControlEvent::MemberChanged {
+                project_id,
+                admin_id,
+            } => {
+                // Sockets of its agent tokens close at their next heartbeat re-check.
+                self.auth().invalidate_member(project_id, admin_id);
+            }
             ControlEvent::PlanChanged { .. } => {
                 // The store applies plan limits; a backend that caches them re-reads now.
                 self.store().plans_changed();

@@ -37,8 +37,8 @@ impl Gateway {
         let o = Some(overrides.as_ref());
         let own = match &who.kind {
             PrincipalKind::Key { key_id, .. } => limits.check(Kind::ApiKey, key_id, o)?,
-            PrincipalKind::Agent { key_id, actor, .. } => {
-                limits.check(Kind::ApiKey, &(key_id, actor.id.as_str()), o)?
+            PrincipalKind::Agent { issuer, actor, .. } => {
+                limits.check(Kind::ApiKey, &(issuer, actor.id.as_str()), o)?
             }
             PrincipalKind::EndUser { user_id } => {
                 limits.check(Kind::EndUser, &(who.project, user_id), o)?

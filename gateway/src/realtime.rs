@@ -57,7 +57,7 @@ use larachat_core::{ApiError, ErrorCode};
 use larachat_store::MessageRange;
 
 use crate::Gateway;
-use crate::auth::{KeyStatus, Principal};
+use crate::auth::{KeyStatus, Principal, PrincipalKind};
 use crate::service::SendInput;
 use crate::socket::{Message, Socket, Upgrade, WsError};
 
@@ -629,7 +629,8 @@ impl Connection {
                 if refused {
                     return Poll::Ready(Step::End(End::Close(
                         ErrorCode::Unauthorized,
-                        "API key is no longer valid".into(),
+                        "the API key or membership behind this connection is no longer valid"
+                            .into(),
                     )));
                 }
             }
@@ -926,14 +927,16 @@ impl Connection {
             // Keys can expire (or their revocation notice can be lost) while a socket is
             // open: re-check on every heartbeat (a cached lookup), beside the connection's
             // work, so a store that hangs delays neither events nor the peer's pongs.
-            if let (Some(key), None) = (s.who.key_id(), &s.recheck) {
+            // A member's agent token likewise re-checks the membership.
+            if s.recheck.is_none() && !matches!(s.who.kind, PrincipalKind::EndUser { .. }) {
                 let gw = self.gw.clone();
+                let who = s.who.clone();
                 s.recheck = Some(Box::pin(async move {
                     // Only the store's answer closes the socket; an outage (or a store that
                     // does not answer in time) is no verdict.
-                    tokio::time::timeout(KEY_RECHECK_TIMEOUT, gw.auth().key_status(key))
+                    tokio::time::timeout(KEY_RECHECK_TIMEOUT, gw.auth().credential_status(&who))
                         .await
-                        .is_ok_and(|status| status == KeyStatus::Refused)
+                        .is_ok_and(|status| status == Some(KeyStatus::Refused))
                 }));
             }
             self.sock.push_ping();

@@ -27,6 +27,9 @@
 //! - [`projects`]: the control plane's changes — projects, widget settings, API keys — for the
 //!   admin who owns the project (no domain events yet; the control plane announces them to
 //!   gateways).
+//! - [`tokens`]: the claims of the tokens the gateway verifies, and agent tokens, signed in
+//!   one place for both issuers (a secret key through the gateway, a project member through
+//!   the control plane).
 //! - [`plans`]: plans (read; edited by platform admins) and a project's usage against its
 //!   plan. Quotas are enforced by the store inside each change's write (the only place a
 //!   check and its change are atomic), so every operation here that creates end users,
@@ -41,6 +44,7 @@ pub mod messages;
 pub mod plans;
 pub mod principal;
 pub mod projects;
+pub mod tokens;
 pub mod users;
 
 use std::sync::Arc;

@@ -12,12 +12,14 @@ use std::collections::BTreeSet;
 
 use larachat_core::ApiError;
 use larachat_core::analytics::{AnalyticsRange, ProjectAnalytics};
-use larachat_core::id::{AdminUserId, ProjectId};
+use larachat_core::id::ProjectId;
 use larachat_core::model::{self, Project};
 use larachat_core::plan::{Period, Plan, PlanId, PlanLimits, UsageCounts, valid_feature};
 
 use crate::Service;
 use crate::input::Name;
+use crate::projects::AdminCaller;
+use larachat_core::team::Permission;
 
 /// Most features one plan may list.
 pub const MAX_FEATURES: usize = 32;
@@ -111,16 +113,39 @@ pub struct ExportPage {
 }
 
 impl Service {
-    /// One page of the usage of every project in `period` (`owner`'s projects only when
-    /// given; every project for a platform admin), by project id.
+    /// One page of the usage in `period` of every project (platform admins) or of the
+    /// caller's projects whose usage its role may read (`read_usage`), by project id
+    /// descending. A member's page may hold fewer lines than `limit` (projects where it is an
+    /// agent are left out); `next` still continues after the last project looked at.
     pub async fn usage_export(
         &self,
-        owner: Option<AdminUserId>,
+        caller: AdminCaller,
         period: Period,
         cursor: Option<ProjectId>,
         limit: u32,
     ) -> Result<ExportPage, ApiError> {
-        let page = self.store().list_projects(owner, cursor, limit).await?;
+        let (projects, has_more, last) = if caller.platform_admin {
+            let page = self.store().list_projects(None, cursor, limit).await?;
+            let last = page.items.last().map(|p| p.id);
+            (page.items, page.has_more, last)
+        } else {
+            let page = self
+                .store()
+                .member_projects(caller.id, cursor, limit)
+                .await?;
+            let last = page.items.last().map(|(p, _)| p.id);
+            let readable = page
+                .items
+                .into_iter()
+                .filter(|(_, role)| role.allows(Permission::ReadUsage))
+                .map(|(p, _)| p)
+                .collect();
+            (readable, page.has_more, last)
+        };
+        let page = larachat_store::Page {
+            items: projects,
+            has_more,
+        };
         let plans = self.plans().await?;
         let mut lines = Vec::with_capacity(page.items.len());
         for project in page.items {
@@ -136,11 +161,7 @@ impl Service {
                 used,
             });
         }
-        let next = if page.has_more {
-            lines.last().map(|l| l.project.id)
-        } else {
-            None
-        };
+        let next = if page.has_more { last } else { None };
         Ok(ExportPage {
             period,
             lines,
@@ -194,14 +215,26 @@ impl Service {
         Ok((plan, true))
     }
 
-    /// The usage of a project `owner` owns in `period` (the current month by default).
+    /// The usage of a project (`read_usage`) in `period` (the current month by default).
     pub async fn usage(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         project: ProjectId,
         period: Option<Period>,
     ) -> Result<UsageReport, ApiError> {
-        let project = self.owned_project(owner, project).await?;
+        let project = self
+            .authorize(caller, project, Permission::ReadUsage)
+            .await?
+            .project;
+        self.usage_of(project, period).await
+    }
+
+    /// The usage of `project` in `period` (the current month by default), unchecked.
+    async fn usage_of(
+        &self,
+        project: Project,
+        period: Option<Period>,
+    ) -> Result<UsageReport, ApiError> {
         let period = period.unwrap_or_else(|| Period::of(model::now()));
         let used = self.store().usage(project.id, period).await?;
         let plan = match self.store().plan(&project.plan).await? {
@@ -216,14 +249,17 @@ impl Service {
         })
     }
 
-    /// The months in which a project `owner` owns used anything, newest first.
+    /// The months in which a project (`read_usage`) used anything, newest first.
     pub async fn usage_history(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         project: ProjectId,
         limit: u32,
     ) -> Result<Vec<(Period, UsageCounts)>, ApiError> {
-        let project = self.owned_project(owner, project).await?;
+        let project = self
+            .authorize(caller, project, Permission::ReadUsage)
+            .await?
+            .project;
         Ok(self.store().usage_history(project.id, limit).await?)
     }
 }
@@ -236,23 +272,6 @@ pub struct AnalyticsReport {
 }
 
 impl Service {
-    /// A project visible to an admin: any project for a platform admin, the admin's own
-    /// projects otherwise (404 for anything else, as for a missing project).
-    pub async fn visible_project(
-        &self,
-        admin: AdminUserId,
-        platform_admin: bool,
-        id: ProjectId,
-    ) -> Result<Project, ApiError> {
-        if !platform_admin {
-            return self.owned_project(admin, id).await;
-        }
-        self.store()
-            .project(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("project"))
-    }
-
     /// The analytics of `project` over `range` (read from the store's rollups) and its usage
     /// this month against its plan.
     pub async fn analytics(
@@ -261,7 +280,7 @@ impl Service {
         range: AnalyticsRange,
     ) -> Result<AnalyticsReport, ApiError> {
         let data = self.store().analytics(project.id, &range).await?;
-        let usage = self.usage(project.owner_id, project.id, None).await?;
+        let usage = self.usage_of(project.clone(), None).await?;
         Ok(AnalyticsReport {
             analytics: ProjectAnalytics::compute(range, data),
             usage,

@@ -8,6 +8,8 @@ use larachat_core::ApiError;
 use larachat_core::id::{ApiKeyId, EndUserId, ProjectId};
 use larachat_core::model::{Actor, ActorKind, Scope};
 
+pub use crate::tokens::AgentIssuer;
+
 /// Who is calling, after authentication.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
@@ -27,9 +29,9 @@ pub enum PrincipalKind {
         key_id: ApiKeyId,
         scopes: BTreeSet<Scope>,
     },
-    /// An agent with a short-lived agent token issued by the key `key_id`.
+    /// An agent with a short-lived agent token issued by a secret key or to a project member.
     Agent {
-        key_id: ApiKeyId,
+        issuer: AgentIssuer,
         scopes: BTreeSet<Scope>,
         /// Who the token speaks as (an `agent` actor; fixed by the token).
         actor: Actor,
@@ -103,11 +105,15 @@ impl Principal {
     }
 
     /// The secret key behind the credential: the key itself, or the key that issued an agent
-    /// token (revoking it ends both).
+    /// token (revoking it ends both). `None` for a member's agent token.
     pub fn key_id(&self) -> Option<ApiKeyId> {
         match self.kind {
-            PrincipalKind::Key { key_id, .. } | PrincipalKind::Agent { key_id, .. } => Some(key_id),
-            PrincipalKind::EndUser { .. } => None,
+            PrincipalKind::Key { key_id, .. }
+            | PrincipalKind::Agent {
+                issuer: AgentIssuer::Key(key_id),
+                ..
+            } => Some(key_id),
+            PrincipalKind::Agent { .. } | PrincipalKind::EndUser { .. } => None,
         }
     }
 

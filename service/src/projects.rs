@@ -1,6 +1,8 @@
-//! The control plane's changes: projects (with their widget settings) and API keys. Callers
-//! are platform admins, who may only touch the projects they own; another admin's project
-//! answers 404 like a missing one.
+//! The control plane's changes: projects (with their widget settings) and API keys, and who
+//! may make them: [`Service::authorize`] checks the caller's membership of the project and its
+//! role against one [`Permission`] ([`ProjectRole::allows`], the one matrix). A project the
+//! caller is not a member of answers 404 like a missing one; platform admins may do
+//! everything.
 //!
 //! These changes have no domain events yet (none of the seed's kinds is about them). The
 //! control plane announces them to gateways itself (`ControlEvent` on the control subject),
@@ -17,6 +19,7 @@ use larachat_core::model::{
     self, ApiKeyRecord, KeyKind, PlanId, Project, ProjectPatch, ProjectStatus, Scope,
     WidgetSettings,
 };
+use larachat_core::team::{Permission, ProjectRole};
 
 use crate::Service;
 use crate::input::Name;
@@ -131,20 +134,93 @@ pub struct IssuedKey {
     pub record: ApiKeyRecord,
 }
 
-impl Service {
-    /// The project, if `owner` owns it; 404 otherwise, like a missing one.
-    pub async fn owned_project(
-        &self,
-        owner: AdminUserId,
-        id: ProjectId,
-    ) -> Result<Project, ApiError> {
-        match self.store().project(id).await? {
-            Some(p) if p.owner_id == owner => Ok(p),
-            _ => Err(ApiError::not_found("project")),
+/// Who calls on the Admin API: an admin, and whether it is a platform admin (configured, may
+/// do everything on every project).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminCaller {
+    pub id: AdminUserId,
+    pub platform_admin: bool,
+}
+
+impl AdminCaller {
+    /// The process itself (the demo project's setup): everything, like a platform admin.
+    pub const fn internal(id: AdminUserId) -> Self {
+        Self {
+            id,
+            platform_admin: true,
         }
     }
+}
 
-    /// Creates a project owned by `owner`.
+/// A project as one admin may see it: its role there (`None` for a platform admin who is not
+/// a member) decides what it may do, through [`ProjectRole::allows`] only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectAccess {
+    pub project: Project,
+    pub role: Option<ProjectRole>,
+    pub platform_admin: bool,
+}
+
+impl ProjectAccess {
+    pub fn allows(&self, permission: Permission) -> bool {
+        self.platform_admin || self.role.is_some_and(|r| r.allows(permission))
+    }
+
+    /// Everything the caller may do on the project, in [`Permission::ALL`] order.
+    pub fn permissions(&self) -> Vec<Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(|p| self.allows(*p))
+            .collect()
+    }
+
+    /// `forbidden` unless the caller may do `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.allows(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "your role in this project ({}) does not allow this",
+                self.role.map_or("none", ProjectRole::as_str)
+            )))
+        }
+    }
+}
+
+impl Service {
+    /// The project and the caller's role in it. 404 for a missing project and for a project
+    /// the caller is not a member of (no existence oracle), unless it is a platform admin.
+    pub async fn project_access(
+        &self,
+        caller: AdminCaller,
+        id: ProjectId,
+    ) -> Result<ProjectAccess, ApiError> {
+        let not_found = || ApiError::not_found("project");
+        let member = self.store().member(id, caller.id).await?;
+        if member.is_none() && !caller.platform_admin {
+            return Err(not_found());
+        }
+        let project = self.store().project(id).await?.ok_or_else(not_found)?;
+        Ok(ProjectAccess {
+            project,
+            role: member.map(|m| m.role),
+            platform_admin: caller.platform_admin,
+        })
+    }
+
+    /// [`Service::project_access`], then `forbidden` unless the caller may do `permission`.
+    pub async fn authorize(
+        &self,
+        caller: AdminCaller,
+        id: ProjectId,
+        permission: Permission,
+    ) -> Result<ProjectAccess, ApiError> {
+        let access = self.project_access(caller, id).await?;
+        access.require(permission)?;
+        Ok(access)
+    }
+
+    /// Creates a project owned by `owner` (its first `owner` member, added by the store).
     pub async fn create_project(
         &self,
         owner: AdminUserId,
@@ -170,11 +246,19 @@ impl Service {
     /// returns the project as it is).
     pub async fn update_project(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         id: ProjectId,
         change: ProjectChange,
     ) -> Result<(Project, bool), ApiError> {
-        let current = self.owned_project(owner, id).await?;
+        let current = self
+            .authorize(caller, id, Permission::UpdateProject)
+            .await?
+            .project;
+        if change.plan.as_ref().is_some_and(|p| *p != current.plan) && !caller.platform_admin {
+            return Err(ApiError::forbidden(
+                "only a platform admin may change a project's plan",
+            ));
+        }
         if let Some(plan) = &change.plan {
             self.known_plan(plan).await?;
         }
@@ -199,11 +283,14 @@ impl Service {
     /// kept).
     pub async fn save_widget_settings(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         id: ProjectId,
         widget: &WidgetSettings,
     ) -> Result<Project, ApiError> {
-        let project = self.owned_project(owner, id).await?;
+        let project = self
+            .authorize(caller, id, Permission::ManageWidget)
+            .await?
+            .project;
         self.store()
             .update_project(id, &widget.patch_for(&project))
             .await?
@@ -211,8 +298,9 @@ impl Service {
     }
 
     /// Deletes a project and everything in it.
-    pub async fn delete_project(&self, owner: AdminUserId, id: ProjectId) -> Result<(), ApiError> {
-        self.owned_project(owner, id).await?;
+    pub async fn delete_project(&self, caller: AdminCaller, id: ProjectId) -> Result<(), ApiError> {
+        self.authorize(caller, id, Permission::DeleteProject)
+            .await?;
         if self.store().delete_project(id).await? {
             Ok(())
         } else {
@@ -220,15 +308,16 @@ impl Service {
         }
     }
 
-    /// Issues a key for a project `owner` owns; `pepper` hashes its secret.
+    /// Issues a key for a project (`manage_keys`); `pepper` hashes its secret.
     pub async fn create_api_key(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         project: ProjectId,
         input: NewApiKey,
         pepper: &[u8],
     ) -> Result<IssuedKey, ApiError> {
-        self.owned_project(owner, project).await?;
+        self.authorize(caller, project, Permission::ManageKeys)
+            .await?;
         let generated = keys::generate(input.kind, pepper);
         let record = ApiKeyRecord {
             id: generated.id,
@@ -250,15 +339,15 @@ impl Service {
         })
     }
 
-    /// Revokes a key of a project `owner` owns (idempotent: keeps the first revocation time).
+    /// Revokes a key (`manage_keys` on its project; idempotent: keeps the first revocation time).
     pub async fn revoke_api_key(
         &self,
-        owner: AdminUserId,
+        caller: AdminCaller,
         key_id: ApiKeyId,
     ) -> Result<ApiKeyRecord, ApiError> {
         let not_found = || ApiError::not_found("api key");
         let key = self.store().api_key(key_id).await?.ok_or_else(not_found)?;
-        self.owned_project(owner, key.project_id)
+        self.authorize(caller, key.project_id, Permission::ManageKeys)
             .await
             .map_err(|e| {
                 if e.code == larachat_core::ErrorCode::NotFound {

@@ -24,12 +24,15 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, InviteId, MessageId, ProjectId,
+};
 use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
     ConversationStatus, EndUser, EndUserPatch, KeyKind, NewMessage, PlanId, Project, ProjectPatch,
     ProjectStatus, Scope,
 };
+use larachat_core::team::{self, Invite, Member, ProjectRole};
 
 use larachat_core::analytics::{
     AnalyticsData, AnalyticsRange, CountBucket, DurationStats, Granularity, MessageBucket,
@@ -86,6 +89,10 @@ macro_rules! for_each_store_check {
             usage_storage_bytes,
             usage_edge_metering,
             analytics_match_the_store,
+            team_members,
+            team_last_owner_concurrent,
+            team_invites,
+            team_invites_concurrent_claim,
         );
     };
 }
@@ -2869,4 +2876,362 @@ pub async fn analytics_match_the_store(store: &TestStore) {
         AnalyticsData::default(),
         "a deleted project has no analytics"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Team members and invites
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh admin (stored) and its membership value for `project` with `role`.
+async fn new_member(store: &TestStore, project: ProjectId, role: ProjectRole) -> Member {
+    let admin = admin_user_value(&format!("{}@example.com", unique("member")));
+    store.create_admin_user(&admin).await.expect("create admin");
+    Member {
+        project_id: project,
+        admin_id: admin.id,
+        email: admin.email.clone(),
+        name: unique("name"),
+        role,
+        created_at: model::now(),
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+/// A new project's owner is its `owner` member; members are added once, listed oldest first,
+/// change role and leave; the last owner can be neither demoted nor removed; "my projects"
+/// pages newest first with the role; deleting the project removes its team.
+pub async fn team_members(store: &TestStore) {
+    let project = new_project(store).await;
+    let owner = store
+        .member(project.id, project.owner_id)
+        .await
+        .unwrap()
+        .expect("the creator is a member");
+    assert_eq!(owner.role, ProjectRole::Owner);
+    assert_eq!(owner.created_at, project.created_at);
+    assert!(owner.email.ends_with("@example.com"));
+
+    let agent = new_member(store, project.id, ProjectRole::Agent).await;
+    store.add_member(&agent).await.expect("add agent");
+    assert!(
+        is_conflict(
+            store
+                .add_member(&Member {
+                    role: ProjectRole::Owner,
+                    ..agent.clone()
+                })
+                .await
+        ),
+        "a member is added once"
+    );
+    assert_eq!(
+        store.member(project.id, agent.admin_id).await.unwrap(),
+        Some(agent.clone()),
+        "the second add changed nothing"
+    );
+    let list = store.list_members(project.id).await.unwrap();
+    assert_eq!(
+        list.iter().map(|m| m.admin_id).collect::<Vec<_>>(),
+        vec![project.owner_id, agent.admin_id],
+        "oldest first"
+    );
+
+    // The only owner: neither demoted nor removed.
+    assert!(is_conflict(
+        store
+            .set_member_role(project.id, project.owner_id, ProjectRole::Admin)
+            .await
+    ));
+    assert!(is_conflict(
+        store.remove_member(project.id, project.owner_id).await
+    ));
+    assert_eq!(
+        store
+            .member(project.id, project.owner_id)
+            .await
+            .unwrap()
+            .map(|m| m.role),
+        Some(ProjectRole::Owner)
+    );
+
+    // With a second owner, the first may step down.
+    let promoted = store
+        .set_member_role(project.id, agent.admin_id, ProjectRole::Owner)
+        .await
+        .unwrap()
+        .expect("member");
+    assert_eq!(promoted.role, ProjectRole::Owner);
+    let demoted = store
+        .set_member_role(project.id, project.owner_id, ProjectRole::Admin)
+        .await
+        .unwrap()
+        .expect("member");
+    assert_eq!(demoted.role, ProjectRole::Admin);
+    assert!(is_conflict(
+        store.remove_member(project.id, agent.admin_id).await
+    ));
+    assert!(
+        store
+            .remove_member(project.id, project.owner_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remove_member(project.id, project.owner_id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.member(project.id, project.owner_id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .set_member_role(project.id, project.owner_id, ProjectRole::Agent)
+            .await
+            .unwrap(),
+        None,
+        "not a member"
+    );
+    // Another project's member is not this one's.
+    let other = new_project(store).await;
+    assert_eq!(store.member(other.id, agent.admin_id).await.unwrap(), None);
+    assert_eq!(
+        store.member(project.id, other.owner_id).await.unwrap(),
+        None
+    );
+
+    // "My projects": the agent (now owner of `project`) joins three more, newest first.
+    let mut joined = vec![project.id];
+    for role in [ProjectRole::Agent, ProjectRole::Admin, ProjectRole::Agent] {
+        let p = new_project(store).await;
+        store
+            .add_member(&Member {
+                project_id: p.id,
+                role,
+                ..agent.clone()
+            })
+            .await
+            .unwrap();
+        joined.push(p.id);
+    }
+    joined.reverse();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .member_projects(agent.admin_id, cursor, 3)
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|(p, r)| (p.id, *r)));
+        if !page.has_more {
+            break;
+        }
+        cursor = page.items.last().map(|(p, _)| p.id);
+    }
+    assert_eq!(seen.iter().map(|(p, _)| *p).collect::<Vec<_>>(), joined);
+    assert_eq!(seen.last().map(|(_, r)| *r), Some(ProjectRole::Owner));
+    assert_eq!(seen[0].1, ProjectRole::Agent);
+    assert_eq!(seen[1].1, ProjectRole::Admin);
+
+    // Deleting a project removes its team and its place in "my projects".
+    assert!(store.delete_project(joined[0]).await.unwrap());
+    assert_eq!(store.member(joined[0], agent.admin_id).await.unwrap(), None);
+    let page = store
+        .member_projects(agent.admin_id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 3);
+    assert!(page.items.iter().all(|(p, _)| p.id != joined[0]));
+    assert!(store.list_members(joined[0]).await.unwrap().is_empty());
+}
+
+/// Two owners demoting (or removing) each other at once: exactly one wins, and the project
+/// keeps an owner.
+pub async fn team_last_owner_concurrent(store: &TestStore) {
+    for round in 0..6 {
+        let project = new_project(store).await;
+        let second = new_member(store, project.id, ProjectRole::Owner).await;
+        store.add_member(&second).await.unwrap();
+        let a = project.owner_id;
+        let b = second.admin_id;
+        let (sa, sb) = (store.clone(), store.clone());
+        let pid = project.id;
+        let remove = round % 2 == 1;
+        let ta = tokio::spawn(async move {
+            if remove {
+                sa.remove_member(pid, b).await.map(|_| ())
+            } else {
+                sa.set_member_role(pid, b, ProjectRole::Agent)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        let tb = tokio::spawn(async move {
+            sb.set_member_role(pid, a, ProjectRole::Admin)
+                .await
+                .map(|_| ())
+        });
+        let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
+        let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "exactly one of two owners steps down: {ra:?} {rb:?}");
+        assert!(
+            [&ra, &rb]
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Conflict(_))))
+        );
+        let owners = store
+            .list_members(pid)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.role == ProjectRole::Owner)
+            .count();
+        assert_eq!(owners, 1, "the project keeps exactly one owner");
+    }
+}
+
+fn invite_value(project: &Project, role: ProjectRole, expires_in: Duration) -> (Invite, String) {
+    let id = InviteId::new_v7();
+    let token = team::generate_invite_token(project.id, id);
+    let t = model::now();
+    (
+        Invite {
+            id,
+            project_id: project.id,
+            email: format!("{}@example.com", unique("invitee")),
+            role,
+            invited_by: project.owner_id,
+            token_hash: token.hash,
+            created_at: t,
+            expires_at: t + expires_in,
+            accepted_at: None,
+        },
+        token.plaintext,
+    )
+}
+
+/// Invites are stored, listed newest first, used once with the right token before they
+/// expire, and deleted; another project never sees them.
+pub async fn team_invites(store: &TestStore) {
+    let project = new_project(store).await;
+    let (first, _) = invite_value(&project, ProjectRole::Agent, Duration::days(7));
+    let (second, token) = invite_value(&project, ProjectRole::Admin, Duration::days(7));
+    store.create_invite(&first).await.unwrap();
+    store.create_invite(&second).await.unwrap();
+    assert!(is_conflict(store.create_invite(&second).await));
+    assert_eq!(
+        store.invite(project.id, second.id).await.unwrap(),
+        Some(second.clone())
+    );
+    let listed = store.list_invites(project.id).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![second.id, first.id],
+        "newest first"
+    );
+    let other = new_project(store).await;
+    assert_eq!(store.invite(other.id, second.id).await.unwrap(), None);
+    assert!(store.list_invites(other.id).await.unwrap().is_empty());
+    assert!(!store.delete_invite(other.id, second.id).await.unwrap());
+
+    let at = model::now();
+    // The wrong token, the wrong project: nothing.
+    let parsed = team::ParsedInviteToken::parse(&token).unwrap();
+    assert!(
+        store
+            .claim_invite(project.id, second.id, &first.token_hash, at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .claim_invite(other.id, second.id, &parsed.hash(), at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // After its expiry: nothing.
+    assert!(
+        store
+            .claim_invite(project.id, second.id, &parsed.hash(), second.expires_at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let used = store
+        .claim_invite(project.id, second.id, &parsed.hash(), at)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!(used.accepted_at, Some(at));
+    assert_eq!(used.role, ProjectRole::Admin);
+    assert!(
+        store
+            .claim_invite(project.id, second.id, &parsed.hash(), at)
+            .await
+            .unwrap()
+            .is_none(),
+        "single use"
+    );
+    assert!(
+        !store
+            .invite(project.id, second.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_pending_at(at)
+    );
+
+    assert!(store.delete_invite(project.id, first.id).await.unwrap());
+    assert!(!store.delete_invite(project.id, first.id).await.unwrap());
+    assert_eq!(store.invite(project.id, first.id).await.unwrap(), None);
+
+    // An invite stored already expired is never claimed.
+    let (expired, _) = invite_value(&project, ProjectRole::Agent, Duration::seconds(-1));
+    store.create_invite(&expired).await.unwrap();
+    assert!(
+        store
+            .claim_invite(project.id, expired.id, &expired.token_hash, model::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(store.delete_project(project.id).await.unwrap());
+    assert_eq!(store.invite(project.id, expired.id).await.unwrap(), None);
+}
+
+/// Concurrent claims of one invite: exactly one succeeds.
+pub async fn team_invites_concurrent_claim(store: &TestStore) {
+    let project = new_project(store).await;
+    let (invite, _) = invite_value(&project, ProjectRole::Agent, Duration::days(7));
+    store.create_invite(&invite).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let invite = invite.clone();
+        tasks.spawn(async move {
+            store
+                .claim_invite(
+                    invite.project_id,
+                    invite.id,
+                    &invite.token_hash,
+                    model::now(),
+                )
+                .await
+        });
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        if r.unwrap().expect("claim").is_some() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "one invite, one use");
 }

@@ -46,12 +46,15 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
-use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, InviteId, MessageId, ProjectId,
+};
 use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, ConversationStatus, EndUser,
     EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, QuotaExceeded, UsageCounts};
+use larachat_core::team::{Invite, Member, ProjectRole};
 
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
@@ -179,7 +182,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- projects ----------------------------------------------------------------------------
 
-    /// Creates a project. `Conflict` if the id exists.
+    /// Creates a project. `Conflict` if the id exists. Its owner (`owner_id`), when that admin
+    /// exists, becomes its `owner` member in the same change (named by their email).
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>>;
     /// Projects owned by `owner` (all projects when `None`), newest first (id descending;
@@ -197,8 +201,55 @@ pub trait Store: Send + Sync + 'static {
         patch: &ProjectPatch,
     ) -> StoreResult<Option<Project>>;
     /// Deletes the project and everything in it (keys, end users, conversations, members,
-    /// messages, read states), atomically. `false` if it did not exist.
+    /// messages, read states, team members and invites), atomically. `false` if it did not exist.
     async fn delete_project(&self, id: ProjectId) -> StoreResult<bool>;
+
+    // --- team members and invites ---------------------------------------------------------
+
+    /// `admin`'s membership of `project`.
+    async fn member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<Option<Member>>;
+    /// The project's members, oldest membership first (then by admin id).
+    async fn list_members(&self, project: ProjectId) -> StoreResult<Vec<Member>>;
+    /// Adds a member. `Conflict` if the admin is a member already (nothing changes).
+    async fn add_member(&self, member: &Member) -> StoreResult<()>;
+    /// Changes a member's role. `None` if not a member. `Conflict` (and no change) if it would
+    /// leave the project without an owner; atomic with concurrent changes of other members
+    /// (two owners demoting each other: one wins, the other gets `Conflict`).
+    async fn set_member_role(
+        &self,
+        project: ProjectId,
+        admin: AdminUserId,
+        role: ProjectRole,
+    ) -> StoreResult<Option<Member>>;
+    /// Removes a member. `false` if not a member; `Conflict` (and no change) for the last
+    /// owner, with the same atomicity as [`Store::set_member_role`].
+    async fn remove_member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<bool>;
+    /// The projects `admin` is a member of, with its role, newest project first (id
+    /// descending), after `cursor` (exclusive). `has_more` is exact.
+    async fn member_projects(
+        &self,
+        admin: AdminUserId,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<(Project, ProjectRole)>>;
+
+    /// Stores an invitation. `Conflict` if the id exists.
+    async fn create_invite(&self, invite: &Invite) -> StoreResult<()>;
+    async fn invite(&self, project: ProjectId, id: InviteId) -> StoreResult<Option<Invite>>;
+    /// The project's invitations, used and expired ones included, newest first.
+    async fn list_invites(&self, project: ProjectId) -> StoreResult<Vec<Invite>>;
+    /// Deletes an invitation (used or not). `false` if unknown in the project.
+    async fn delete_invite(&self, project: ProjectId, id: InviteId) -> StoreResult<bool>;
+    /// Uses the invitation: marks it accepted at `at` if its token hash is `token_hash`, it was
+    /// not used and it has not expired at `at`. Returns it (as accepted), or `None` for any
+    /// other case. Atomic: of concurrent claims of one invite at most one gets `Some`.
+    async fn claim_invite(
+        &self,
+        project: ProjectId,
+        id: InviteId,
+        token_hash: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Invite>>;
 
     // --- API keys ----------------------------------------------------------------------------
 

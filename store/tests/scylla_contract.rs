@@ -910,3 +910,79 @@ async fn a_warning_claimed_by_a_dead_process_is_taken_over_after_30_s() {
         "a claim younger than 30 s is left to its claimer"
     );
 }
+
+/// A keyspace of schema 8 (before members) with a project: `migrate` makes the project's owner
+/// its `owner` member, listed in the owner's projects; running it again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_members_migration_backfills_owners() {
+    let mut cfg = config();
+    cfg.keyspace = format!("lc_members_{}", uuid::Uuid::new_v4().simple());
+    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store.migrate_to(8).await.expect("schema 8");
+    }
+    let raw = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(contact_point())
+        .build()
+        .await
+        .expect("raw session");
+    raw.use_keyspace(cfg.keyspace.clone(), false)
+        .await
+        .expect("keyspace");
+    let (project, admin) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let t = scylla::value::CqlTimestamp(model::now().timestamp_millis());
+    let bucket = bucket(&project, cfg.listing_bucket);
+    for (cql, values) in [
+        (
+            "INSERT INTO admin_users (id, email, password_hash, created_at) \
+             VALUES (?, 'Old.Owner@Example.com', 'h', ?)",
+            vec![
+                scylla::value::CqlValue::Uuid(admin),
+                scylla::value::CqlValue::Timestamp(t),
+            ],
+        ),
+        (
+            "INSERT INTO projects (id, name, owner_id, plan, status, settings, created_at, \
+             updated_at) VALUES (?, 'old', ?, 'free', 'active', '{}', ?, ?)",
+            vec![
+                scylla::value::CqlValue::Uuid(project),
+                scylla::value::CqlValue::Uuid(admin),
+                scylla::value::CqlValue::Timestamp(t),
+                scylla::value::CqlValue::Timestamp(t),
+            ],
+        ),
+        (
+            "INSERT INTO project_buckets (scope, bucket) VALUES (0, ?)",
+            vec![scylla::value::CqlValue::BigInt(bucket)],
+        ),
+        (
+            "INSERT INTO projects_by_bucket (bucket, id) VALUES (?, ?)",
+            vec![
+                scylla::value::CqlValue::BigInt(bucket),
+                scylla::value::CqlValue::Uuid(project),
+            ],
+        ),
+    ] {
+        raw.query_unpaged(cql, values).await.expect(cql);
+    }
+    for _ in 0..2 {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store
+            .migrate()
+            .await
+            .expect("migrate to the members schema");
+    }
+    let (project, admin) = (ProjectId::from_uuid(project), AdminUserId::from_uuid(admin));
+    let owner = store
+        .member(project, admin)
+        .await
+        .expect("read")
+        .expect("the owner is a member");
+    assert_eq!(owner.role, larachat_core::team::ProjectRole::Owner);
+    assert_eq!(owner.email, "old.owner@example.com");
+    assert_eq!(store.list_members(project).await.unwrap().len(), 1);
+    let mine = store.member_projects(admin, None, 10).await.expect("list");
+    assert_eq!(mine.items.len(), 1);
+    assert_eq!(mine.items[0].0.id, project);
+}

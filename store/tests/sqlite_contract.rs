@@ -522,3 +522,36 @@ async fn corrupt_rows_are_errors_not_panics() {
         .await
         .expect("the store keeps serving after a corrupt row");
 }
+
+/// The migration to the members schema makes every existing project's owner its `owner`
+/// member (the last migration undone on a database that has a project, then re-applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_members_migration_backfills_owners() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seeded = {
+        let store = SqliteStore::open(config(&dir)).expect("open");
+        seed(&store).await
+    };
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        conn.execute_batch("DROP TABLE project_members; DROP TABLE project_invites;")
+            .expect("undo the members migration");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+            .expect("version");
+    }
+    let store = SqliteStore::open(config(&dir)).expect("reopen migrates");
+    let owner = store
+        .member(seeded.project.id, seeded.admin.id)
+        .await
+        .expect("read")
+        .expect("the owner is a member");
+    assert_eq!(owner.role, larachat_core::team::ProjectRole::Owner);
+    assert_eq!(owner.email, "owner@example.com");
+    assert_eq!(owner.created_at, seeded.project.created_at);
+    let mine = store
+        .member_projects(seeded.admin.id, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(mine.items.len(), 1);
+    assert_eq!(mine.items[0].0.id, seeded.project.id);
+}

@@ -191,8 +191,8 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
         marker(&store, project).await;
         (project, handled)
     };
-    // Back to the version-3 shape: the UNIQUE id index, no tables or columns of migrations 5,
-    // 6 and 7 (applied again after 4), and the newest event trimmed (its position stays used in
+    // Back to the version-3 shape: the UNIQUE id index, no tables or columns of migrations 5
+    // to 10 (applied again after 4), and the newest event trimmed (its position stays used in
     // `sqlite_sequence`).
     let (max_before, seq_before) = {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
@@ -214,6 +214,9 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
              DROP TABLE analytics_hours;
              DROP TABLE analytics_active;
              DROP TABLE analytics_conversations;
+             DROP TABLE usage_edge;
+             DROP TABLE project_members;
+             DROP TABLE project_invites;
              DROP INDEX conversations_by_assignee;
              ALTER TABLE conversations DROP COLUMN assignee;
              PRAGMA user_version = 3;

@@ -13,7 +13,8 @@
 //!
 //! Every partition key starts with `project_id`, except the admin-plane tables keyed by their
 //! own id (`admin_users`, `admin_users_by_email`, `projects`, `projects_by_owner`,
-//! `projects_by_bucket`, `project_buckets`, `api_keys`). No partition grows without bound:
+//! `projects_by_bucket`, `project_buckets`, `api_keys`) and `member_projects`, keyed by the
+//! admin. No partition grows without bound:
 //!
 //! | table | key | why |
 //! |---|---|---|
@@ -42,6 +43,9 @@
 //! | `analytics_hours` | `((project_id, day), hour)` | sealed hourly message counts |
 //! | `analytics_conversations` | `((project_id, day), conversation_id)` | per conversation: created, first end-user message, first answer, closed |
 //! | `analytics_days` | `((project_id), day)` | the days with analytics rows (deletion) |
+//! | `project_members` | `((project_id), admin_id)` | a project's team, LWT only (see `team`) |
+//! | `member_projects` | `((admin_id), project_id DESC)` | an admin's projects (admin-plane lookup) |
+//! | `project_invites` | `((project_id), id DESC)` | invitations, LWT only; single use |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.
@@ -75,6 +79,7 @@ mod codec;
 pub mod outbox;
 mod schema;
 mod sequencer;
+mod team;
 mod usage;
 
 use std::collections::{HashMap, HashSet};
@@ -102,13 +107,16 @@ pub use scylla::statement::{Consistency, SerialConsistency};
 
 use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
 use larachat_core::event::DomainEvent;
-use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, InviteId, MessageId, ProjectId,
+};
 use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, ApiKeyRecord, Conversation, ConversationPatch,
     ConversationStatus, EndUser, EndUserPatch, Message, NewMessage, Project, ProjectPatch,
     ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
+use larachat_core::team::{Invite, Member, ProjectRole};
 
 use crate::{
     Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError,
@@ -417,6 +425,7 @@ impl ScyllaStore {
                 Some(schema::DataStep::NumberMessages) => self.number_all_conversations().await?,
                 Some(schema::DataStep::IndexAssignees) => self.index_all_assignees().await?,
                 Some(schema::DataStep::ActiveDays) => self.backfill_active_days().await?,
+                Some(schema::DataStep::BackfillOwners) => self.backfill_owners().await?,
                 None => {}
             }
             self.session
@@ -1180,7 +1189,10 @@ impl Store for ScyllaStore {
                 vec![vi(bucket), vu(id)],
             ),
         ])
-        .await
+        .await?;
+        // After the project rows (a membership never names a missing project); a failure
+        // here leaves a project only platform admins see until its owner is added again.
+        self.team_add_owner(p).await
     }
 
     async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>> {
@@ -1275,6 +1287,7 @@ impl Store for ScyllaStore {
         let p = *id.as_uuid();
         // Children first, the project row last: a failure part-way leaves the project in
         // place, and deleting it again finishes the job.
+        self.team_delete_project(id).await?;
         let keys: Vec<(Uuid,)> = self
             .all_rows(
                 "SELECT id FROM api_keys_by_project WHERE project_id = ?",
@@ -1384,6 +1397,68 @@ impl Store for ScyllaStore {
     }
 
     // --- API keys --------------------------------------------------------------------------
+
+    // --- team members and invites (see `team`) -------------------------------------------
+
+    async fn member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<Option<Member>> {
+        self.team_member(project, admin).await
+    }
+
+    async fn list_members(&self, project: ProjectId) -> StoreResult<Vec<Member>> {
+        self.team_members(project).await
+    }
+
+    async fn add_member(&self, member: &Member) -> StoreResult<()> {
+        self.team_add_member(member).await
+    }
+
+    async fn set_member_role(
+        &self,
+        project: ProjectId,
+        admin: AdminUserId,
+        role: ProjectRole,
+    ) -> StoreResult<Option<Member>> {
+        self.team_set_role(project, admin, role).await
+    }
+
+    async fn remove_member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<bool> {
+        self.team_remove(project, admin).await
+    }
+
+    async fn member_projects(
+        &self,
+        admin: AdminUserId,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<(Project, ProjectRole)>> {
+        self.team_member_projects(admin, cursor, limit).await
+    }
+
+    async fn create_invite(&self, invite: &Invite) -> StoreResult<()> {
+        self.team_create_invite(invite).await
+    }
+
+    async fn invite(&self, project: ProjectId, id: InviteId) -> StoreResult<Option<Invite>> {
+        self.team_invite(project, id).await
+    }
+
+    async fn list_invites(&self, project: ProjectId) -> StoreResult<Vec<Invite>> {
+        self.team_invites(project).await
+    }
+
+    async fn delete_invite(&self, project: ProjectId, id: InviteId) -> StoreResult<bool> {
+        self.team_delete_invite(project, id).await
+    }
+
+    async fn claim_invite(
+        &self,
+        project: ProjectId,
+        id: InviteId,
+        token_hash: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Invite>> {
+        self.team_claim_invite(project, id, token_hash, at).await
+    }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         if self.load_api_key(key.id).await?.is_some() {

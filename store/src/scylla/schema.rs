@@ -27,10 +27,12 @@ pub(crate) enum DataStep {
     IndexAssignees,
     /// Schema 10: fill `analytics_active_days` from `analytics_active` (one pass over it).
     ActiveDays,
+    /// Schema 11: every project's owner becomes its `owner` member.
+    BackfillOwners,
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -314,5 +316,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         add_columns: &[],
         data: Some(DataStep::ActiveDays),
+    },
+    Migration {
+        version: 11,
+        name: "project members and invites",
+        statements: &[
+            // The members of a project, one partition, written only with lightweight
+            // transactions (the last-owner rule is a conditional batch on it; see `team`).
+            "CREATE TABLE IF NOT EXISTS project_members (\
+                project_id uuid, admin_id uuid, email text, name text, role text, \
+                created_at timestamp, PRIMARY KEY ((project_id), admin_id))",
+            // An admin's projects ("my projects"), newest first; the member row decides.
+            "CREATE TABLE IF NOT EXISTS member_projects (\
+                admin_id uuid, project_id uuid, role text, \
+                PRIMARY KEY ((admin_id), project_id)) WITH CLUSTERING ORDER BY (project_id DESC)",
+            // Invitations, newest first; only the SHA-256 of the token is kept.
+            "CREATE TABLE IF NOT EXISTS project_invites (\
+                project_id uuid, id uuid, email text, role text, invited_by uuid, \
+                token_hash blob, created_at timestamp, expires_at timestamp, \
+                accepted_at timestamp, PRIMARY KEY ((project_id), id)) \
+                WITH CLUSTERING ORDER BY (id DESC)",
+        ],
+        add_columns: &[],
+        data: Some(DataStep::BackfillOwners),
     },
 ];

@@ -21,6 +21,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_usage_storage.sql"),
     include_str!("migrations/0008_analytics.sql"),
     include_str!("migrations/0009_edge_usage.sql"),
+    include_str!("migrations/0010_members.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -28,6 +28,7 @@ mod events;
 mod migrations;
 mod outbox;
 mod queries;
+mod team;
 mod usage;
 mod writer;
 
@@ -44,12 +45,15 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc};
 
 use larachat_core::analytics::{AnalyticsData, AnalyticsRange};
-use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use larachat_core::id::{
+    AdminUserId, ApiKeyId, ConversationId, EndUserId, InviteId, MessageId, ProjectId,
+};
 use larachat_core::model::{
     Actor, AdminUser, ApiKeyRecord, Conversation, ConversationPatch, EndUser, EndUserPatch,
     Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
+use larachat_core::team::{Invite, Member, ProjectRole};
 use uuid::Uuid;
 
 use crate::{
@@ -415,6 +419,74 @@ impl Store for SqliteStore {
 
     async fn delete_project(&self, id: ProjectId) -> StoreResult<bool> {
         self.write(move |c| queries::delete_project(c, id)).await
+    }
+
+    async fn member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<Option<Member>> {
+        self.read(move |c| team::member(c, project, admin)).await
+    }
+
+    async fn list_members(&self, project: ProjectId) -> StoreResult<Vec<Member>> {
+        self.read(move |c| team::list_members(c, project)).await
+    }
+
+    async fn add_member(&self, member: &Member) -> StoreResult<()> {
+        let member = member.clone();
+        self.write(move |c| team::add_member(c, &member)).await
+    }
+
+    async fn set_member_role(
+        &self,
+        project: ProjectId,
+        admin: AdminUserId,
+        role: ProjectRole,
+    ) -> StoreResult<Option<Member>> {
+        self.write(move |c| team::set_member_role(c, project, admin, role))
+            .await
+    }
+
+    async fn remove_member(&self, project: ProjectId, admin: AdminUserId) -> StoreResult<bool> {
+        self.write(move |c| team::remove_member(c, project, admin))
+            .await
+    }
+
+    async fn member_projects(
+        &self,
+        admin: AdminUserId,
+        cursor: Option<ProjectId>,
+        limit: u32,
+    ) -> StoreResult<Page<(Project, ProjectRole)>> {
+        self.read(move |c| team::member_projects(c, admin, cursor, limit))
+            .await
+    }
+
+    async fn create_invite(&self, invite: &Invite) -> StoreResult<()> {
+        let invite = invite.clone();
+        self.write(move |c| team::create_invite(c, &invite)).await
+    }
+
+    async fn invite(&self, project: ProjectId, id: InviteId) -> StoreResult<Option<Invite>> {
+        self.read(move |c| team::invite(c, project, id)).await
+    }
+
+    async fn list_invites(&self, project: ProjectId) -> StoreResult<Vec<Invite>> {
+        self.read(move |c| team::list_invites(c, project)).await
+    }
+
+    async fn delete_invite(&self, project: ProjectId, id: InviteId) -> StoreResult<bool> {
+        self.write(move |c| team::delete_invite(c, project, id))
+            .await
+    }
+
+    async fn claim_invite(
+        &self,
+        project: ProjectId,
+        id: InviteId,
+        token_hash: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Invite>> {
+        let hash = *token_hash;
+        self.write(move |c| team::claim_invite(c, project, id, &hash, at))
+            .await
     }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {

@@ -121,7 +121,7 @@ pub(crate) fn create_project(conn: &Connection, p: &Project) -> StoreResult<()> 
         ])
     })
     .map_err(sql_error)?;
-    Ok(())
+    super::team::add_owner_of_new_project(conn, p)
 }
 
 pub(crate) fn project(conn: &Connection, id: ProjectId) -> StoreResult<Option<Project>> {
@@ -188,6 +188,7 @@ pub(crate) fn update_project(
 
 pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bool> {
     let pid = b(id.as_uuid());
+    super::team::delete_project_team(conn, id)?;
     // Children before parents (foreign keys), tenant tables first.
     for table in [
         "read_states",
