@@ -10,6 +10,7 @@
 //!   the quota refusal.
 //! - [`analytics`]: analytics ranges (whole UTC hours or days), what a store reads from its
 //!   rollups, and the series and percentiles computed from it.
+//! - [`origin`]: web origins, parsed and normalised as browsers serialise them.
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
@@ -34,6 +35,7 @@ pub mod event;
 pub mod id;
 pub mod keys;
 pub mod model;
+pub mod origin;
 pub mod plan;
 pub mod protocol;
 pub mod subject;
