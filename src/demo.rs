@@ -28,6 +28,7 @@ use serde_json::json;
 use larachat_core::id::{AdminUserId, ProjectId};
 use larachat_core::keys;
 use larachat_core::model::{Actor, ActorKind, KeyKind, PlanId, Scope, WidgetSettings};
+use larachat_core::origin::Origin;
 use larachat_gateway::Gateway;
 use larachat_service::Service;
 use larachat_service::input::Name;
@@ -63,13 +64,17 @@ pub async fn ensure(
     };
     // Allow the origins a browser on this machine uses for this server.
     let port = addr.port();
-    let mut origins = vec![
+    let mut urls = vec![
         format!("http://127.0.0.1:{port}"),
         format!("http://localhost:{port}"),
     ];
     if !addr.ip().is_loopback() && !addr.ip().is_unspecified() {
-        origins.push(format!("http://{addr}"));
+        urls.push(format!("http://{addr}"));
     }
+    let origins = urls
+        .iter()
+        .map(|u| Origin::parse(u).map_err(|e| anyhow::anyhow!("demo origin {u}: {}", e.message)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(project) = store.project(demo.project_id).await? {
         let mut widget = WidgetSettings::of(&project);
         if widget.allowed_origins != origins {

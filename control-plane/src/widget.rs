@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 use larachat_core::control::ControlEvent;
 use larachat_core::http::{ApiJson, ApiPath};
 use larachat_core::keys;
-use larachat_core::model::{AdminUser, IdentityVerification, Project, WidgetSettings};
+use larachat_core::model::{AdminUser, IdentityVerification, Project, WidgetSettings, WidgetTheme};
+use larachat_core::origin::Origin;
 use larachat_core::{ApiError, ProjectId, validate};
 
 use crate::ControlPlane;
@@ -25,15 +26,18 @@ pub const MAX_ORIGINS: usize = 50;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WidgetSettingsRequest {
-    /// Exact origins (`https://example.com`, `http://localhost:3000`) the widget may run on.
+    /// Origins (`https://example.com`, `http://localhost:3000`) the widget may run on. Each
+    /// is normalised as browsers send it (lower-case host, IDN in punycode, default port
+    /// dropped, a trailing `/` removed): `https://ACME.com:443/` is stored as
+    /// `https://acme.com`. Paths, wildcards, `null` and other schemes are refused.
     pub allowed_origins: Vec<String>,
     /// `off`, `report` or `enforce`; absent: unchanged (`enforce` for a new project).
     #[serde(default)]
     pub identity_verification: Option<IdentityVerification>,
     pub title: Option<String>,
     pub greeting: Option<String>,
-    /// `light` or `dark`.
-    pub theme: Option<String>,
+    /// `light`, `dark` or `auto` (follows the visitor's `prefers-color-scheme`).
+    pub theme: Option<WidgetTheme>,
     /// `bottom-right` or `bottom-left`.
     pub position: Option<String>,
     /// `#rrggbb`.
@@ -47,7 +51,7 @@ pub struct WidgetSettingsView {
     pub identity_verification: IdentityVerification,
     pub title: Option<String>,
     pub greeting: Option<String>,
-    pub theme: Option<String>,
+    pub theme: Option<WidgetTheme>,
     pub position: Option<String>,
     pub accent_color: Option<String>,
     /// `user_hash = hex(HMAC-SHA256(identity_secret, identifier))`. Keep it on your server.
@@ -62,7 +66,7 @@ fn view(cp: &ControlPlane, project: &Project) -> WidgetSettingsView {
             project.id,
             w.identity_secret_generation,
         ),
-        allowed_origins: w.allowed_origins,
+        allowed_origins: w.allowed_origins.into_iter().map(String::from).collect(),
         identity_verification: w.identity_verification,
         title: w.title,
         greeting: w.greeting,
@@ -72,14 +76,20 @@ fn view(cp: &ControlPlane, project: &Project) -> WidgetSettingsView {
     }
 }
 
-fn check(body: &WidgetSettingsRequest) -> Result<(), ApiError> {
+/// Checks the request; returns its allowed origins parsed and normalised, without repeats
+/// (the first occurrence's place kept). The one place allowed origins are read.
+fn check(body: &WidgetSettingsRequest) -> Result<Vec<Origin>, ApiError> {
     if body.allowed_origins.len() > MAX_ORIGINS {
         return Err(ApiError::validation(format!(
             "at most {MAX_ORIGINS} allowed origins"
         )));
     }
+    let mut origins: Vec<Origin> = Vec::with_capacity(body.allowed_origins.len());
     for o in &body.allowed_origins {
-        validate::origin(o)?;
+        let o = Origin::parse(o)?;
+        if !origins.contains(&o) {
+            origins.push(o);
+        }
     }
     if let Some(t) = &body.title {
         validate::name(t, "title")?;
@@ -90,13 +100,6 @@ fn check(body: &WidgetSettingsRequest) -> Result<(), ApiError> {
                 "greeting must be at most 500 characters, without control characters",
             ));
         }
-    }
-    if body
-        .theme
-        .as_deref()
-        .is_some_and(|t| !matches!(t, "light" | "dark"))
-    {
-        return Err(ApiError::validation("theme must be light or dark"));
     }
     if body
         .position
@@ -114,7 +117,7 @@ fn check(body: &WidgetSettingsRequest) -> Result<(), ApiError> {
             return Err(ApiError::validation("accent_color must look like #4f46e5"));
         }
     }
-    Ok(())
+    Ok(origins)
 }
 
 /// Writes `widget` into the project's settings (through the service) and announces the
@@ -172,18 +175,11 @@ pub async fn put_widget(
     ApiPath(id): ApiPath<ProjectId>,
     ApiJson(body): ApiJson<WidgetSettingsRequest>,
 ) -> Result<ApiJson<WidgetSettingsView>, ApiError> {
-    check(&body)?;
+    let origins = check(&body)?;
     let project = authorize(&cp, &admin, id, Permission::ManageWidget)
         .await?
         .project;
     let current = WidgetSettings::of(&project);
-    // Drop repeated origins, keeping the order given.
-    let mut origins: Vec<String> = Vec::with_capacity(body.allowed_origins.len());
-    for o in body.allowed_origins {
-        if !origins.contains(&o) {
-            origins.push(o);
-        }
-    }
     let widget = WidgetSettings {
         allowed_origins: origins,
         identity_verification: body

@@ -10,6 +10,7 @@
 //!   the quota refusal.
 //! - [`analytics`]: analytics ranges (whole UTC hours or days), what a store reads from its
 //!   rollups, and the series and percentiles computed from it.
+//! - [`origin`]: web origins, parsed and normalised as browsers serialise them.
 //! - [`team`]: project members, their roles ([`team::ProjectRole`]) and the one permission
 //!   matrix ([`team::ProjectRole::allows`]); invitations.
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
@@ -36,6 +37,7 @@ pub mod event;
 pub mod id;
 pub mod keys;
 pub mod model;
+pub mod origin;
 pub mod plan;
 pub mod protocol;
 pub mod subject;

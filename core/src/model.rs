@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AdminUserId, ApiKeyId, ConversationId, EndUserId, MessageId, ProjectId};
+use crate::origin::Origin;
 
 /// Current time, truncated to milliseconds so that stored and returned values compare equal
 /// on every backend.
@@ -117,8 +118,12 @@ impl IdentityVerification {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct WidgetSettings {
-    /// Exact origins (`scheme://host[:port]`) the widget may run on.
-    pub allowed_origins: Vec<String>,
+    /// Origins (`scheme://host[:port]`, normalised, see [`Origin`]) the widget may run on.
+    /// Stored entries are normalised again when read; one that no longer parses is dropped
+    /// (no browser could send it).
+    #[serde(deserialize_with = "lenient_origins")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub allowed_origins: Vec<Origin>,
     /// `enforce` for a project without widget settings; see
     /// [`IdentityVerification::stored_default`] for stored ones without this field.
     #[serde(default = "IdentityVerification::stored_default")]
@@ -127,9 +132,9 @@ pub struct WidgetSettings {
     pub title: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub greeting: Option<String>,
-    /// `light` or `dark`.
+    /// `light`, `dark` or `auto` (the visitor's `prefers-color-scheme`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub theme: Option<String>,
+    pub theme: Option<WidgetTheme>,
     /// `bottom-right` or `bottom-left`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<String>,
@@ -164,10 +169,35 @@ impl WidgetSettings {
         }
     }
 
-    /// Whether `origin` is allowed: exact, byte-for-byte match; `null` never is.
+    /// Whether a request from `origin` (an `Origin` header) is allowed: its normalised form
+    /// equals one of the allowed origins; `null` and anything that is not an origin never are.
     pub fn allows_origin(&self, origin: &str) -> bool {
-        origin != "null" && self.allowed_origins.iter().any(|o| o == origin)
+        Origin::parse(origin).is_ok_and(|o| self.allowed_origins.contains(&o))
     }
+}
+
+/// The widget's colour scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WidgetTheme {
+    Light,
+    Dark,
+    /// Follows the visitor's `prefers-color-scheme`.
+    Auto,
+}
+
+/// Stored allow-lists: each entry normalised; one that does not parse (written before
+/// origins were parsed) is dropped rather than losing the project's whole widget section.
+fn lenient_origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Origin>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    let mut out: Vec<Origin> = Vec::with_capacity(raw.len());
+    for o in raw.iter().filter_map(|s| Origin::parse(s).ok()) {
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,5 +647,45 @@ mod tests {
             WidgetSettings::of(&p).identity_verification,
             IdentityVerification::Report
         );
+    }
+
+    #[test]
+    fn stored_origins_are_normalised_and_requests_compared_normalised() {
+        let t = now();
+        let p = Project {
+            id: ProjectId::new_v7(),
+            name: "p".into(),
+            owner_id: AdminUserId::new_v7(),
+            plan: PlanId::free(),
+            status: ProjectStatus::Active,
+            // As stored before origins were parsed: a default port, a duplicate after
+            // normalisation, and an entry no browser could send.
+            settings: serde_json::json!({"widget": {
+                "allowed_origins": ["https://acme.com:443", "https://acme.com", "*", "http://[::1]:8080"],
+                "title": "kept", "theme": "dark"}}),
+            created_at: t,
+            updated_at: t,
+        };
+        let w = WidgetSettings::of(&p);
+        let listed: Vec<&str> = w.allowed_origins.iter().map(Origin::as_str).collect();
+        assert_eq!(listed, ["https://acme.com", "http://[::1]:8080"]);
+        assert_eq!(
+            w.title.as_deref(),
+            Some("kept"),
+            "the rest of the section survives"
+        );
+        assert_eq!(w.theme, Some(WidgetTheme::Dark));
+        assert!(w.allows_origin("https://acme.com"));
+        assert!(w.allows_origin("https://acme.com:443"));
+        assert!(w.allows_origin("http://[::1]:8080"));
+        for no in [
+            "null",
+            "",
+            "https://acme.com.evil.com",
+            "https://acme.com:8443",
+            "http://acme.com",
+        ] {
+            assert!(!w.allows_origin(no), "{no}");
+        }
     }
 }

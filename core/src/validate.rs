@@ -92,37 +92,6 @@ pub fn url(value: &str, field: &'static str) -> Result<(), ApiError> {
     }
 }
 
-/// A web origin for the widget allow-list: `http(s)://host[:port]`, lowercase, no path, no
-/// trailing slash, no wildcard.
-pub fn origin(value: &str) -> Result<(), ApiError> {
-    let bad = || {
-        Err(ApiError::validation(format!(
-            "origin {value:?} must look like https://example.com or http://host:port"
-        )))
-    };
-    let rest = match value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-    {
-        Some(r) => r,
-        None => return bad(),
-    };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
-        _ => (rest, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '[' | ']' | ':')
-        })
-        && !host.starts_with('.')
-        && !host.ends_with('.');
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0));
-    if host_ok && port_ok { Ok(()) } else { bad() }
-}
-
 /// A metadata value: a JSON object, at most [`MAX_METADATA_BYTES`] serialized.
 pub fn metadata(value: &serde_json::Value) -> Result<(), ApiError> {
     if !value.is_object() {
@@ -197,34 +166,6 @@ mod tests {
         assert!(email("ab.co").is_err());
         assert!(email("a@b@c.co").is_err());
         assert!(email("a @b.co").is_err());
-    }
-
-    #[test]
-    fn origins() {
-        for ok in [
-            "https://acme.com",
-            "http://127.0.0.1:8080",
-            "https://shop.acme.co.uk",
-            "http://localhost:3000",
-            "http://[::1]:8080",
-        ] {
-            assert!(origin(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "acme.com",
-            "https://acme.com/",
-            "https://acme.com/path",
-            "https://*.acme.com",
-            "null",
-            "https://ACME.com",
-            "ftp://acme.com",
-            "https://acme.com:0",
-            "https://acme.com:99999",
-            "https://",
-            "https://acme.com:",
-        ] {
-            assert!(origin(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //!
 //! Every Widget API request names its project with the publishable key in the query
 //! (`?key=pk_live_…`), so that even a CORS preflight can be answered per project, and must
-//! come from an `Origin` in the project's allow-list (exact match). [`widget_cors`] enforces
-//! that before any handler runs and adds the CORS headers (with `Vary: Origin`) to every
-//! answer. Sessions are end-user tokens bound to that origin.
+//! come from an `Origin` in the project's allow-list (compared normalised, see
+//! `larachat_core::origin`). [`widget_cors`] enforces that before any handler runs and adds
+//! the CORS headers (with `Vary: Origin`) to every answer. Sessions are end-user tokens bound
+//! to that origin.
 
 use std::sync::Arc;
 
@@ -26,8 +27,9 @@ use larachat_core::id::MessageId;
 use larachat_core::keys;
 use larachat_core::model::{
     Conversation, ConversationStatus, EndUser, IdentityVerification, Message, Project,
-    WidgetSettings,
+    WidgetSettings, WidgetTheme,
 };
+use larachat_core::origin::Origin;
 use larachat_core::protocol::TypingState;
 use larachat_core::{ApiError, ErrorCode, validate};
 use larachat_service::conversations::NewConversation;
@@ -220,28 +222,49 @@ struct KeyParam {
 }
 
 /// Resolves the project from `?key=`, checks `Origin` against its allow-list, answers
-/// preflights, and adds CORS headers to every answer. Refusals carry no CORS headers, so the
-/// browser hides them from a foreign page.
+/// preflights, and adds CORS headers to every answer.
+///
+/// A refused preflight carries no CORS headers, so a browser never sends a foreign page's
+/// JSON request. A refused simple request (the widget's diagnostic `text/plain` POST after a
+/// failed init) carries `Access-Control-Allow-Origin` for its origin, so that the widget can
+/// read the reason and tell the tenant in the console; the answer holds nothing but the
+/// error.
 pub async fn widget_cors(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
     let origin = request_origin(req.headers());
+    let preflight = req.method() == Method::OPTIONS;
+    let refuse = |e: ApiError, origin: Option<&str>| {
+        let mut resp = e.into_response();
+        let readable = origin
+            .filter(|o| !preflight && Origin::parse(o).is_ok())
+            .and_then(|o| HeaderValue::from_str(o).ok());
+        add_cors(resp.headers_mut(), readable);
+        resp
+    };
     let key = axum::extract::Query::<KeyParam>::try_from_uri(req.uri())
         .ok()
         .and_then(|q| q.0.key);
     let Some(key) = key else {
-        return ApiError::unauthorized("the publishable key is missing (?key=pk_live_…)")
-            .into_response();
+        return refuse(
+            ApiError::unauthorized("the publishable key is missing (?key=pk_live_…)"),
+            origin.as_deref(),
+        );
     };
     let project = match gw.auth().publishable_project(&key).await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e, origin.as_deref()),
     };
     let settings = WidgetSettings::of(&project);
     let origin = match origin {
         Some(o) if settings.allows_origin(&o) => o,
-        _ => {
+        other => {
             metrics::counter!("larachat_widget_origin_refused_total").increment(1);
-            return ApiError::forbidden("this origin is not allowed for the project's widget")
-                .into_response();
+            let shown = other.as_deref().unwrap_or("(none)");
+            let e = ApiError::forbidden(format!(
+                "origin {shown} is not in the allowed origins of this project's widget \
+                 (add it in the project's widget settings: Admin API PUT \
+                 /api/admin/projects/{{id}}/widget, allowed_origins)"
+            ));
+            return refuse(e, other.as_deref());
         }
     };
     let allow_origin = HeaderValue::from_str(&origin).ok();
@@ -308,7 +331,8 @@ fn add_cors(h: &mut HeaderMap, origin: Option<HeaderValue>) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
-    /// From a previous init: come back as the same anonymous visitor.
+    /// From a previous init: come back as the same anonymous visitor. With `user`, the
+    /// visitor's open conversations are carried over to the identified user (who joins them).
     pub visitor_token: Option<String>,
     /// An identified user (identity verification as configured for the project).
     pub user: Option<InitUser>,
@@ -335,11 +359,26 @@ pub struct InitResponse {
     /// Anonymous visitors only: keep it (localStorage) to come back as the same visitor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub visitor_token: Option<String>,
+    /// With `user` and a valid `visitor_token`: the visitor (end user id) whose open
+    /// conversations the identified user now shares, so that the widget shows that
+    /// visitor's messages as the user's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried_over_from: Option<larachat_core::id::EndUserId>,
     pub user: EndUser,
-    /// The visitor's latest open conversation.
+    /// The visitor's latest open conversation, else its latest closed one (shown closed).
     pub conversation: Option<Conversation>,
     pub settings: PublicSettings,
+    /// What the server accepts, so that the widget can say so before sending.
+    pub limits: WidgetLimits,
     pub realtime_url: &'static str,
+}
+
+/// Limits of the Widget API a page should know.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WidgetLimits {
+    /// Longest message text, in UTF-8 bytes (a longer one is refused with
+    /// `validation_failed`).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -353,7 +392,8 @@ pub struct Session {
 pub struct PublicSettings {
     pub title: Option<String>,
     pub greeting: Option<String>,
-    pub theme: Option<String>,
+    /// `light`, `dark` or `auto`.
+    pub theme: Option<WidgetTheme>,
     pub position: Option<String>,
     pub accent_color: Option<String>,
 }
@@ -379,8 +419,32 @@ pub async fn init(
     gw.limit_widget_init(client_ip.map(|Extension(ip)| ip.0), project)
         .await?;
     gw.meter().request(project);
+    let mut carried_over_from = None;
     let (user, anonymous) = match body.user {
-        Some(u) => (identify(&gw, &ctx, u).await?, false),
+        Some(u) => {
+            let (user, trusted) = identify(&gw, &ctx, u).await?;
+            // The same browser chatted anonymously before: its visitor token proves it. Its
+            // open conversations go with it (the identified user joins them), unless the
+            // identity was unproven (report mode), which must not reach other conversations.
+            let visitor = body
+                .visitor_token
+                .as_deref()
+                .and_then(|t| gw.auth().verify_visitor_token(project, t));
+            if let (Some(visitor), true) = (visitor, trusted) {
+                let carried = gw
+                    .service()
+                    .carry_over_visitor(project, visitor, user.id)
+                    .await?;
+                if !carried.is_empty() {
+                    metrics::counter!("larachat_widget_conversations_carried_over_total")
+                        .increment(u64::try_from(carried.len()).unwrap_or(u64::MAX));
+                }
+                if visitor != user.id {
+                    carried_over_from = Some(visitor);
+                }
+            }
+            (user, false)
+        }
         None => {
             let returning = match body.visitor_token.as_deref() {
                 Some(t) => match gw.auth().verify_visitor_token(project, t) {
@@ -411,26 +475,36 @@ pub async fn init(
     } else {
         None
     };
-    let conversation = current_conversation(&gw, &principal_for(&ctx, &user)).await?;
+    let conversation = shown_conversation(&gw, &principal_for(&ctx, &user)).await?;
     let s = &ctx.settings;
     Ok(ApiJson(InitResponse {
         session: Session { token, expires_at },
         visitor_token,
+        carried_over_from,
         user,
         conversation,
         settings: PublicSettings {
             title: s.title.clone(),
             greeting: s.greeting.clone(),
-            theme: s.theme.clone(),
+            theme: s.theme,
             position: s.position.clone(),
             accent_color: s.accent_color.clone(),
+        },
+        limits: WidgetLimits {
+            max_message_bytes: validate::MAX_MESSAGE_TEXT_BYTES,
         },
         realtime_url: "/realtime/v1",
     }))
 }
 
-/// Creates or updates the identified user, after identity verification.
-async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndUser, ApiError> {
+/// Creates or updates the identified user, after identity verification. Also says whether
+/// the identity is trusted: proven, or the project trusts pages (`off`); `report` lets an
+/// unproven one in, untrusted.
+async fn identify(
+    gw: &Gateway,
+    ctx: &WidgetRequest,
+    u: InitUser,
+) -> Result<(EndUser, bool), ApiError> {
     let input = UserInput {
         identifier: Some(Identifier::parse(u.identifier.clone(), "user.identifier")?),
         name: parse_opt(u.name, |v| Name::parse(v, "user.name"))?,
@@ -439,6 +513,7 @@ async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndU
         metadata: Metadata::empty(),
     };
     let mode = ctx.settings.identity_verification;
+    let mut trusted = true;
     if mode != IdentityVerification::Off {
         let secret = keys::identity_secret(
             gw.auth().pepper(),
@@ -467,13 +542,25 @@ async fn identify(gw: &Gateway, ctx: &WidgetRequest, u: InitUser) -> Result<EndU
         if !verified {
             metrics::counter!("larachat_widget_identity_failures_total").increment(1);
             if mode == IdentityVerification::Enforce {
-                return Err(ApiError::forbidden("identity verification failed"));
+                let why = match (&u.user_hash, &u.user_jwt) {
+                    (None, None) => "user.user_hash (or user.user_jwt) is missing",
+                    (Some(_), _) => {
+                        "user.user_hash is not hex(HMAC-SHA256(identity secret, user.identifier))"
+                    }
+                    (None, Some(_)) => {
+                        "user.user_jwt is not an unexpired HS256 JWT of the identity secret with sub = user.identifier"
+                    }
+                };
+                return Err(ApiError::forbidden(format!(
+                    "identity verification failed: {why} (the project enforces identity verification)"
+                )));
             }
             tracing::warn!(project_id = %ctx.project.id, "widget identity verification failed (report-only)");
+            trusted = false;
         }
     }
     let (user, _) = gw.service().widget_user(ctx.project.id, input).await?;
-    Ok(user)
+    Ok((user, trusted))
 }
 
 fn principal_for(ctx: &WidgetRequest, user: &EndUser) -> Principal {
@@ -485,17 +572,38 @@ fn principal_for(ctx: &WidgetRequest, user: &EndUser) -> Principal {
     }
 }
 
-/// The visitor's latest open conversation.
+/// The visitor's latest open conversation: where its messages, typing and reads go.
 async fn current_conversation(
     gw: &Gateway,
     who: &Principal,
+) -> Result<Option<Conversation>, ApiError> {
+    latest_conversation(gw, who, Some(ConversationStatus::Open)).await
+}
+
+/// The conversation the widget shows: the latest open one, else the latest closed one (so
+/// that the visitor sees it was closed, with its history, and starts a new one on purpose).
+async fn shown_conversation(
+    gw: &Gateway,
+    who: &Principal,
+) -> Result<Option<Conversation>, ApiError> {
+    match current_conversation(gw, who).await? {
+        Some(c) => Ok(Some(c)),
+        None => latest_conversation(gw, who, None).await,
+    }
+}
+
+/// The visitor's newest conversation (of `status`, when given).
+async fn latest_conversation(
+    gw: &Gateway,
+    who: &Principal,
+    status: Option<ConversationStatus>,
 ) -> Result<Option<Conversation>, ApiError> {
     let page = gw
         .store()
         .list_conversations(
             who.project,
             &ConversationQuery {
-                status: Some(ConversationStatus::Open),
+                status,
                 member: who.end_user(),
                 assignee: None,
                 cursor: None,
@@ -569,7 +677,7 @@ pub async fn list_messages(
     let who = session(&gw, &ctx, &headers).await?;
     let limit = validate::page_limit(params.limit)?;
     let range = history_range(params.before, params.after)?;
-    let Some(conversation) = current_conversation(&gw, &who).await? else {
+    let Some(conversation) = shown_conversation(&gw, &who).await? else {
         return Ok(ApiJson(WidgetMessages {
             conversation: None,
             data: Vec::new(),

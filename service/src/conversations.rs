@@ -1,10 +1,11 @@
 //! Conversations: start, change (subject, status, metadata, members, assignee), close.
 
 use larachat_core::ApiError;
-use larachat_core::id::ConversationId;
+use larachat_core::id::{ConversationId, EndUserId, ProjectId};
 use larachat_core::model::{self, Conversation, ConversationPatch, ConversationStatus};
 use larachat_core::protocol::ServerFrame;
 use larachat_core::subject::Subject;
+use larachat_store::ConversationQuery;
 
 use crate::input::{AgentId, Change, MemberList, Metadata, Name};
 use crate::{Principal, Service};
@@ -91,13 +92,72 @@ impl Service {
             assignee: change.assignee.map(|a| a.map(AgentId::into_inner)),
             add_members: change.add_members.into_vec(),
         };
+        self.apply_conversation_patch(who.project, id, &patch).await
+    }
+
+    /// Carries an anonymous visitor's open conversations over to the user it identified as
+    /// (Intercom's "lead becomes user"): `identified` becomes a member of each (the visitor
+    /// stays one), so the identified user's widget shows the conversation and its history.
+    /// The caller (widget init) has proved that both are the same browser session: the
+    /// visitor token of `visitor` and the identity of `identified` (verified as the project
+    /// requires). Nothing happens unless `visitor` is an anonymous end user of `project`
+    /// other than `identified`. Returns the conversations carried over (at most 20, newest
+    /// first), each announced like any member change.
+    pub async fn carry_over_visitor(
+        &self,
+        project: ProjectId,
+        visitor: EndUserId,
+        identified: EndUserId,
+    ) -> Result<Vec<Conversation>, ApiError> {
+        if visitor == identified {
+            return Ok(Vec::new());
+        }
+        match self.store().end_user(project, visitor).await? {
+            Some(v) if v.is_anonymous => {}
+            _ => return Ok(Vec::new()),
+        }
+        let open = self
+            .store()
+            .list_conversations(
+                project,
+                &ConversationQuery {
+                    status: Some(ConversationStatus::Open),
+                    member: Some(visitor),
+                    assignee: None,
+                    cursor: None,
+                    limit: 20,
+                },
+            )
+            .await?;
+        let patch = ConversationPatch {
+            add_members: vec![identified],
+            ..ConversationPatch::default()
+        };
+        let mut carried = Vec::with_capacity(open.items.len());
+        for c in open.items {
+            if c.members.contains(&identified) {
+                continue;
+            }
+            carried.push(self.apply_conversation_patch(project, c.id, &patch).await?);
+        }
+        Ok(carried)
+    }
+
+    /// Stores `patch` and publishes the new state to the conversation's subscribers, the
+    /// project's inbox and its members' feeds.
+    async fn apply_conversation_patch(
+        &self,
+        project: ProjectId,
+        id: ConversationId,
+        patch: &ConversationPatch,
+    ) -> Result<Conversation, ApiError> {
         let conv = self
             .store()
-            .update_conversation(who.project, id, &patch)
+            .update_conversation(project, id, patch)
             .await?
             .ok_or_else(|| ApiError::not_found("conversation"))?;
         self.publish(
-            &Subject::conversation(who.project, id),
+            &Subject::conversation(project, id),
             &ServerFrame::Conversation {
                 conversation: conv.clone(),
             },

@@ -954,6 +954,24 @@ pub async fn conversations(store: &TestStore) {
         store.conversation(project.id, conv.id).await.expect("get"),
         Some(updated.clone())
     );
+    // An added member finds the conversation by membership (the widget's carry-over of a
+    // visitor's conversation to the user it identified as relies on it).
+    let of_u3 = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                member: Some(u3.id),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list by the added member");
+    assert_eq!(
+        of_u3.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![conv.id],
+        "listed for the member it gained"
+    );
 
     let clear = ConversationPatch {
         subject: Some(None),

@@ -15,11 +15,14 @@
    * @typedef {{
    *   id: string | null, cmid: string | null, text: string, mine: boolean, key: string, ts: number,
    *   state: 'sending' | 'sent' | 'failed', m: Message | null, seq: number,
-   *   req: number | null, timer: number | undefined, el: HTMLElement, body: HTMLElement, meta: HTMLElement
+   *   req: number | null, timer: number | undefined, el: HTMLElement, body: HTMLElement, meta: HTMLElement,
+   *   reason: string, final: boolean
    * }} Rec
    */
   /** @typedef {{status: number, ok: boolean, data: any}} ApiResult */
-  /** @typedef {'connecting' | 'connected' | 'reconnecting' | 'offline'} Status */
+  /** @typedef {'connecting' | 'connected' | 'reconnecting' | 'offline' | 'unavailable'} Status */
+  /** A refusal as the server words it (HTTP `error` object or realtime `error` frame). @typedef {{code?: string, message?: string, retryable?: boolean}} ApiErr */
+  /** How an init ended: `retry` (network, 5xx, 429), `refused` (origin or key: nothing is shown), `unavailable` (identity: an explanation is shown). @typedef {'ok' | 'retry' | 'refused' | 'unavailable'} InitResult */
 
   const W = window;
   const D = document;
@@ -30,6 +33,15 @@
   const warn = (...a) => {
     try {
       console.warn('[LaraChat]', ...a);
+    } catch (_) {
+      /* ignore */
+    }
+  };
+
+  /** For the tenant: why the widget cannot work on this page. @param {...unknown} a */
+  const complain = (...a) => {
+    try {
+      console.error('[LaraChat]', ...a);
     } catch (_) {
       /* ignore */
     }
@@ -83,9 +95,13 @@
       connected: 'Online',
       reconnecting: 'Reconnecting…',
       offline: 'Offline — messages will be sent when you are back',
+      unavailableStatus: 'Unavailable',
       older: 'Loading earlier messages…',
       unavailable: 'Chat is unavailable right now. Please try again later.',
       historyError: 'Could not load messages.',
+      tooLong: 'This message is too long: remove about {n} characters.',
+      closed: 'This conversation has been closed.',
+      newConversation: 'Start a new conversation',
       powered: 'Powered by Lara Chat',
     },
     fr: {
@@ -114,9 +130,13 @@
       connected: 'En ligne',
       reconnecting: 'Reconnexion…',
       offline: 'Hors ligne — les messages partiront à votre retour',
+      unavailableStatus: 'Indisponible',
       older: 'Chargement des messages précédents…',
       unavailable: 'Le chat est indisponible pour le moment. Réessayez plus tard.',
       historyError: 'Impossible de charger les messages.',
+      tooLong: 'Ce message est trop long : retirez environ {n} caractères.',
+      closed: 'Cette conversation est terminée.',
+      newConversation: 'Démarrer une nouvelle conversation',
       powered: 'Propulsé par Lara Chat',
     },
   };
@@ -135,6 +155,8 @@
   const pageSettings = cfg.settings && typeof cfg.settings === 'object' ? { ...cfg.settings } : {};
   const base = findBase();
   const storeKey = `larachat:${apiKey}:visitor`;
+  /** Former visitor ids of this browser whose conversations were carried over to the user it identified as. */
+  const formerKey = `larachat:${apiKey}:former`;
 
   function findBase() {
     if (stub && typeof stub.base === 'string' && stub.base) return stub.base;
@@ -153,8 +175,11 @@
   let token = '';
   let expiresAt = 0;
   let userId = '';
+  let former = lsGet(formerKey);
   let convId = '';
   let convClosed = false;
+  /** Longest message text in UTF-8 bytes, from init (0: unknown, the server decides). */
+  let maxBytes = 0;
   let realtimePath = '/realtime/v1';
   /** @type {Record<string, unknown>} */
   let projectSettings = {};
@@ -290,17 +315,17 @@
     return s;
   }
 
-  function lsGet() {
+  function lsGet(k = storeKey) {
     try {
-      return W.localStorage.getItem(storeKey) || '';
+      return W.localStorage.getItem(k) || '';
     } catch (_) {
       return '';
     }
   }
-  /** @param {string} v */
-  function lsSet(v) {
+  /** @param {string} v @param {string} [k] */
+  function lsSet(v, k = storeKey) {
     try {
-      W.localStorage.setItem(storeKey, v);
+      W.localStorage.setItem(k, v);
     } catch (_) {
       /* storage blocked: the visitor will be anonymous again next time */
     }
@@ -316,7 +341,8 @@
   }
 
   /** @param {Actor} a */
-  const isMineActor = (a) => !!a && a.type === 'end_user' && !!userId && a.id === userId;
+  const isMineActor = (a) =>
+    !!a && a.type === 'end_user' && ((!!userId && a.id === userId) || former.split(' ').includes(a.id));
 
   /** @param {Actor} a */
   function actorName(a) {
@@ -340,6 +366,57 @@
     } catch (_) {
       return d.toLocaleString(undefined, o);
     }
+  }
+
+  /** Bytes of `s` in UTF-8 (what the server's text limit counts). @param {string} s */
+  function utf8Len(s) {
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0x80) n += 1;
+      else if (c < 0x800) n += 2;
+      else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+        n += 4; // a surrogate pair: one code point
+        i++;
+      } else n += 3;
+    }
+    return n;
+  }
+
+  const LINK = /\b(?:https?:\/\/|mailto:)[^\s<>"]+/gi;
+  /**
+   * Message text as text nodes and links: http, https and mailto only (what `new URL` reads
+   * as such), opening in a new tab without referrer or opener. Never HTML.
+   * @param {string} text
+   * @returns {(Node | string)[]}
+   */
+  function linkify(text) {
+    /** @type {(Node | string)[]} */
+    const out = [];
+    let last = 0;
+    for (const m of text.matchAll(LINK)) {
+      let raw = m[0];
+      // Trailing punctuation belongs to the sentence; a closing bracket only if unbalanced.
+      for (;;) {
+        const c = raw.slice(-1);
+        const open = { ')': '(', ']': '[', '}': '{' }[c];
+        if (/[.,;:!?'"]/.test(c) || (open && raw.split(c).length > raw.split(open).length)) raw = raw.slice(0, -1);
+        else break;
+      }
+      let href = '';
+      try {
+        const u = new URL(raw);
+        if (/^(https?|mailto):$/.test(u.protocol) && raw.length > 7) href = u.href;
+      } catch (_) {
+        /* not a URL: stays text */
+      }
+      const at = m.index || 0;
+      if (!href) continue;
+      out.push(text.slice(last, at), h('a', { href, target: '_blank', rel: 'noopener noreferrer nofollow' }, [raw]));
+      last = at + raw.length;
+    }
+    out.push(text.slice(last));
+    return out;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -383,9 +460,29 @@
   }
 
   /**
+   * After an init that failed without an answer the page may read: either the network (the
+   * server is restarting) or a refusal the browser hid (an origin or key the server refuses:
+   * their preflight gets no CORS headers). A CORS-simple request (text/plain, no preflight)
+   * tells them apart: a refusal answers it readably with its reason, which the tenant needs.
+   * @returns {Promise<ApiErr | null>} the refusal, or null (network: try again later)
+   */
+  async function probe() {
+    try {
+      const u = new URL(`${base}/widget/v1/init`);
+      u.searchParams.set('key', apiKey);
+      const res = await fetch(u.href, { method: 'POST', body: '{}', mode: 'cors', credentials: 'omit', cache: 'no-store' });
+      if (res.status !== 401 && res.status !== 403) return null;
+      const d = await res.json();
+      return (d && d.error) || null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /**
    * POST /widget/v1/init. On success stores the session; on failure changes nothing.
    * @param {boolean} fresh the conversation comes only from this answer (first init, identify)
-   * @returns {Promise<boolean>}
+   * @returns {Promise<InitResult>}
    */
   async function init(fresh) {
     /** @type {Record<string, unknown>} */
@@ -398,41 +495,64 @@
         if (v !== undefined && v !== null && v !== '') u[k] = v;
       }
       body.user = u;
-    } else {
-      const vt = lsGet();
-      if (vt) body.visitor_token = vt;
     }
+    // With a user too: the conversations this browser had as a visitor are carried over.
+    const vt = lsGet();
+    if (vt) body.visitor_token = vt;
     /** @type {ApiResult | null} */
     let r = null;
     try {
       r = await api('POST', 'init', null, body, { auth: false, timeout: 15000 });
     } catch (e) {
+      const refused = await probe();
+      if (refused) {
+        complain(`the server refuses this page, the widget stays hidden: ${refused.code}: ${refused.message}`);
+        return 'refused';
+      }
       warn('init failed: network error', e);
-      return false;
+      return 'retry';
     }
     const d = r.data;
     if (!r.ok || !d || !d.session || !d.session.token) {
+      /** @type {ApiErr | null} */
       const err = d && d.error;
-      warn(`init failed: HTTP ${r.status}${err ? ` ${err.code}: ${err.message}` : ''}`);
-      return false;
+      const why = `HTTP ${r.status}${err ? ` ${err.code}: ${err.message}` : ''}`;
+      if (r.status >= 500 || r.status === 408 || r.status === 429 || (err && err.retryable)) {
+        warn(`init failed: ${why}`);
+        return 'retry';
+      }
+      complain(`chat is unavailable on this page: ${why}`);
+      return 'unavailable';
     }
     token = String(d.session.token);
     expiresAt = Date.parse(d.session.expires_at) || 0;
     if (!user && typeof d.visitor_token === 'string' && d.visitor_token) lsSet(d.visitor_token);
+    // Carried over to the identified user: a later anonymous visit on this browser (after a
+    // logout) starts afresh instead of seeing that user's conversation.
+    else if (user && vt) lsSet('');
+    const from = String(d.carried_over_from || '');
+    if (from && !former.split(' ').includes(from)) {
+      former = `${former} ${from}`.trim();
+      lsSet(former, formerKey);
+    }
     if (d.user && d.user.id) userId = String(d.user.id);
     if (d.settings && typeof d.settings === 'object') projectSettings = d.settings;
+    const mb = d.limits && Number(d.limits.max_message_bytes);
+    maxBytes = mb > 0 ? mb : 0;
     if (typeof d.realtime_url === 'string' && d.realtime_url) realtimePath = d.realtime_url;
     const c = /** @type {Conversation | null} */ (d.conversation || null);
     if (fresh) {
       convId = c ? c.id : '';
-      convClosed = !!c && c.status === 'closed';
+      setClosed(!!c && c.status === 'closed');
     } else if (c && c.id !== convId) {
       adoptConversation(c);
     } else if (!c && convId) {
-      convClosed = true; // the next message starts a new conversation
+      setClosed(true);
+    } else if (c && c.id === convId) {
+      setClosed(c.status === 'closed');
     }
     scheduleRefresh();
-    return true;
+    return 'ok';
   }
 
   /** @type {Promise<boolean> | null} */
@@ -440,7 +560,7 @@
   /** Re-runs init (expired or invalid session); concurrent callers share one request. */
   function reinit() {
     if (!reinitP) {
-      reinitP = init(false).finally(() => {
+      reinitP = init(false).then((k) => k === 'ok').finally(() => {
         reinitP = null;
       });
     }
@@ -467,7 +587,7 @@
   /** @param {Conversation} c */
   function adoptConversation(c) {
     convId = c.id;
-    convClosed = c.status === 'closed';
+    setClosed(c.status === 'closed');
     subscribe();
   }
 
@@ -537,6 +657,7 @@ background:var(--lc-accent);color:var(--lc-on-accent);text-transform:uppercase;m
 .name{font-size:12px;font-weight:600;color:var(--lc-muted);margin:0 0 3px 4px}
 .cont .name{display:none}
 .bubble{padding:9px 13px;border-radius:18px;background:var(--lc-theirs);white-space:pre-wrap;overflow-wrap:anywhere;max-width:100%}
+.bubble a{color:inherit;text-decoration:underline;text-underline-offset:2px}
 .theirs .bubble{border-bottom-left-radius:6px}
 .mine .bubble{background:var(--lc-accent);color:var(--lc-on-accent);border-bottom-right-radius:6px}
 .system .bubble{background:none;color:var(--lc-muted);font-size:12.5px;text-align:center;padding:2px 8px}
@@ -557,7 +678,7 @@ background:var(--lc-accent);color:var(--lc-on-accent);text-transform:uppercase;m
 .field{flex:1;display:flex;align-items:flex-end;min-width:0;border:1px solid var(--lc-line);border-radius:22px;background:var(--lc-soft);
 padding:0 4px 0 14px;transition:border-color .15s,box-shadow .15s}
 .field:focus-within{border-color:var(--lc-accent);box-shadow:0 0 0 3px rgba(79,70,229,.18);box-shadow:0 0 0 3px color-mix(in srgb,var(--lc-accent) 22%,transparent)}
-textarea{flex:1;min-width:0;resize:none;border:0;background:transparent;color:inherit;font:inherit;line-height:20px;
+textarea{flex:1;min-width:0;resize:none;border:0;background:transparent;color:inherit;font:inherit;font-size:16px;line-height:20px;
 padding:10px 0;margin:0;height:40px;max-height:120px;outline:none}
 textarea:focus-visible{outline:none}
 textarea::placeholder{color:var(--lc-muted);opacity:1}
@@ -573,7 +694,11 @@ flex-shrink:0;transition:opacity .15s,transform .15s}
 background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-shadow:var(--lc-shadow)}
 .emojis button{height:36px;border-radius:8px;font-size:20px;line-height:1;font-family:"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji",sans-serif}
 .emojis button:hover{background:var(--lc-theirs)}
-.foot{text-align:center;font-size:10.5px;color:var(--lc-muted);padding:0 0 7px;background:var(--lc-bg);flex-shrink:0;opacity:.8}
+.foot{text-align:center;font-size:11px;color:var(--lc-muted);padding:0 0 7px;background:var(--lc-bg);flex-shrink:0}
+.hint{padding:6px 16px;font-size:12.5px;color:var(--lc-danger);background:var(--lc-bg);border-top:1px solid var(--lc-line);flex-shrink:0}
+.closed{display:flex;flex-direction:column;align-items:center;gap:8px;padding:12px 16px;border-top:1px solid var(--lc-line);
+background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
+.new{padding:9px 16px;border-radius:20px;background:var(--lc-accent);color:var(--lc-on-accent);font-weight:600}
 .sr{position:absolute!important;width:1px;height:1px;margin:-1px;padding:0;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;border:0}
 @media (max-width:479.98px){
 .root.open{inset:0;bottom:0;right:0;left:0}
@@ -585,7 +710,8 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
   /** @type {null | {host: HTMLElement, shadow: ShadowRoot, root: HTMLElement, launcher: HTMLElement, badge: HTMLElement,
    *   panel: HTMLElement, statusEl: HTMLElement, log: HTMLElement, older: HTMLElement, greeting: HTMLElement,
    *   typing: HTMLElement, typingText: HTMLElement, seen: HTMLElement, error: HTMLElement, input: HTMLTextAreaElement,
-   *   send: HTMLElement, emoji: HTMLElement, emojis: HTMLElement, io: IntersectionObserver | null}} */
+   *   send: HTMLElement, emoji: HTMLElement, emojis: HTMLElement, hint: HTMLElement, closed: HTMLElement,
+   *   composer: HTMLElement, io: IntersectionObserver | null}} */
   let ui = null;
 
   /** @param {string} hex */
@@ -710,6 +836,9 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       b.addEventListener('click', guard(() => insertEmoji(e)));
       emojis.append(b);
     }
+    const hint = h('div', { class: 'hint', 'data-lc': 'limit', id: 'lc-limit', 'aria-live': 'polite', hidden: '' });
+    const newBtn = h('button', { type: 'button', class: 'new', 'data-lc': 'new-conversation' }, [t.newConversation]);
+    const closed = h('div', { class: 'closed', 'data-lc': 'closed', role: 'status', hidden: '' }, [h('span', {}, [t.closed]), newBtn]);
     const composer = h('div', { class: 'composer' }, [
       emojis,
       h('div', { class: 'field' }, [h('label', { class: 'sr', for: 'lc-input' }, [t.inputLabel]), input, emoji]),
@@ -719,7 +848,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const panel = h(
       'div',
       { class: 'panel', id: 'lc-panel', 'data-lc': 'panel', role: 'dialog', 'aria-label': title, hidden: '' },
-      [head, log, typing, error, composer, h('div', { class: 'foot' }, [t.powered])]
+      [head, log, typing, error, closed, hint, composer, h('div', { class: 'foot', 'data-lc': 'footer' }, [t.powered])]
     );
     root.append(launcher, panel);
     shadow.append(root);
@@ -743,12 +872,16 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       send,
       emoji,
       emojis,
+      hint,
+      closed,
+      composer,
       io: null,
     };
 
     launcher.addEventListener('click', guard(() => setOpen(!isOpen, true)));
     closeBtn.addEventListener('click', guard(() => setOpen(false, true)));
     send.addEventListener('click', guard(() => submit()));
+    newBtn.addEventListener('click', guard(() => startNew()));
     emoji.addEventListener('click', guard(() => toggleEmoji()));
     input.addEventListener(
       'keydown',
@@ -764,6 +897,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     root.addEventListener(
       'keydown',
       guard((/** @type {KeyboardEvent} */ e) => {
+        if (e.key === 'Tab') return trapFocus(e);
         if (e.key !== 'Escape') return;
         if (ui && !ui.emojis.hidden) {
           toggleEmoji(false);
@@ -785,6 +919,27 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     }
 
     D.body.append(host);
+    setClosed(convClosed);
+  }
+
+  /** Full-screen (narrow viewports): the open panel is then a modal dialog. */
+  const fullScreen = () => !!W.matchMedia && W.matchMedia('(max-width: 479.98px)').matches;
+
+  /** In the full-screen dialog, Tab and Shift+Tab cycle through its controls. @param {KeyboardEvent} e */
+  function trapFocus(e) {
+    if (!ui || !isOpen || !fullScreen()) return;
+    const els = Array.from(ui.panel.querySelectorAll('button, textarea, a[href], [tabindex="0"]')).filter(
+      /** @returns {el is HTMLElement} */ (el) => el instanceof HTMLElement && el.getClientRects().length > 0
+    );
+    if (!els.length) return;
+    const a = ui.shadow.activeElement;
+    const first = els[0];
+    const last = els[els.length - 1];
+    const inside = els.some((el) => el === a);
+    if (!inside || (e.shiftKey ? a === first : a === last)) {
+      e.preventDefault();
+      (e.shiftKey ? last : first).focus();
+    }
   }
 
   function paintBadge() {
@@ -802,7 +957,56 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     status = s;
     if (!ui) return;
     ui.statusEl.dataset.status = s;
-    ui.statusEl.textContent = tr(s);
+    ui.statusEl.textContent = tr(s === 'unavailable' ? 'unavailableStatus' : s);
+  }
+
+  /** Focus on open: the composer, else what the panel offers (new conversation, close). */
+  function focusIn() {
+    if (!ui) return;
+    const to = !ui.composer.hidden ? ui.input : !ui.closed.hidden ? ui.closed.querySelector('button') : ui.panel.querySelector('[data-lc=close]');
+    if (to instanceof HTMLElement) to.focus();
+  }
+
+  /**
+   * The shown conversation was closed (by an agent) or reopened. Closed, the composer gives
+   * way to "Start a new conversation": a new one starts only on purpose.
+   * @param {boolean} v
+   */
+  function setClosed(v) {
+    const changed = convClosed !== v;
+    convClosed = v;
+    if (!ui || status === 'unavailable') return;
+    ui.closed.hidden = !v;
+    ui.composer.hidden = v;
+    if (v) {
+      ui.hint.hidden = true;
+      toggleEmoji(false);
+      stopTyping();
+    }
+    if (isOpen && changed) focusIn();
+  }
+
+  /** The visitor chose to start a new conversation: an empty one, started by its first message. */
+  function startNew() {
+    if (!ui || !convClosed) return;
+    const old = convId;
+    if (old) sendFrame({ type: 'unsubscribe', id: ++reqSeq, conversation_id: old });
+    clearMessages();
+    convId = '';
+    historyOk = true; // nothing to load: a reconnect must not bring the closed one back
+    cursorId = NIL_ID;
+    cursorSeq = 0;
+    setClosed(false);
+  }
+
+  /** Init was refused for a reason the visitor cannot fix (identity verification): say so. */
+  function setUnavailable() {
+    if (!ui) return;
+    setStatus('unavailable');
+    ui.composer.hidden = true;
+    ui.closed.hidden = true;
+    ui.greeting.hidden = true;
+    showError(t.unavailable, 0);
   }
 
   /** @type {number | undefined} */
@@ -839,6 +1043,8 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     }
     if (isOpen === v) return;
     isOpen = v;
+    if (v && fullScreen()) ui.panel.setAttribute('aria-modal', 'true');
+    else ui.panel.removeAttribute('aria-modal');
     ui.panel.hidden = !v;
     ui.root.classList.toggle('open', v);
     ui.launcher.setAttribute('aria-expanded', String(v));
@@ -847,7 +1053,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       unread = 0;
       paintBadge();
       scrollBottom();
-      ui.input.focus();
+      focusIn();
       maybeRead();
       reobserve();
       emit('open');
@@ -887,7 +1093,27 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const i = ui.input;
     i.style.height = '';
     if (i.scrollHeight > i.clientHeight) i.style.height = `${Math.min(i.scrollHeight, 120)}px`;
-    ui.send.classList.toggle('empty', !i.value.trim());
+    const over = overBy(i.value);
+    ui.send.classList.toggle('empty', !i.value.trim() || over > 0);
+    ui.hint.hidden = !over;
+    ui.hint.textContent = over ? tr('tooLong', { n: over }) : '';
+    if (over) {
+      i.setAttribute('aria-invalid', 'true');
+      i.setAttribute('aria-describedby', 'lc-limit');
+    } else {
+      i.removeAttribute('aria-invalid');
+      i.removeAttribute('aria-describedby');
+    }
+  }
+
+  /** How many characters (code points) `text` must lose to fit the server's byte limit (0: fits). @param {string} text */
+  function overBy(text) {
+    let extra = maxBytes ? utf8Len(text) - maxBytes : 0;
+    if (extra <= 0) return 0;
+    let n = 0;
+    const cps = Array.from(text);
+    for (let k = cps.length - 1; k >= 0 && extra > 0; k--, n++) extra -= utf8Len(cps[k]);
+    return n;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -913,7 +1139,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       if (o.sender.type !== 'end_user' || o.sender.name) body.append(h('div', { class: 'name' }, [name]));
     }
     const meta = h('div', { class: 'meta' });
-    body.append(h('div', { class: 'bubble' }, [o.text]), meta);
+    body.append(h('div', { class: 'bubble' }, linkify(o.text)), meta);
     el.append(body);
     /** @type {Rec} */
     const rec = {
@@ -931,6 +1157,8 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       el,
       body,
       meta,
+      reason: '',
+      final: false,
     };
     paint(rec);
     return rec;
@@ -947,11 +1175,15 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const time = h('time', { datetime: new Date(rec.ts).toISOString() }, [fmtTime(rec.ts)]);
     if (rec.state === 'sending') meta.append(t.sending);
     else if (rec.state === 'failed') {
-      const b = h('button', { type: 'button', class: 'retry', 'data-lc': 'retry', 'aria-label': t.retryLabel }, [
-        t.retry,
-      ]);
-      b.addEventListener('click', guard(() => retry(rec)));
-      meta.append(t.failed, ' · ', b);
+      meta.append(t.failed);
+      if (rec.reason) meta.append(' · ', h('span', { 'data-lc': 'reason' }, [rec.reason]));
+      if (!rec.final) {
+        const b = h('button', { type: 'button', class: 'retry', 'data-lc': 'retry', 'aria-label': t.retryLabel }, [
+          t.retry,
+        ]);
+        b.addEventListener('click', guard(() => retry(rec)));
+        meta.append(' · ', b);
+      }
     } else meta.append(time);
   }
 
@@ -1082,8 +1314,12 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     if (i >= 0) outbox.splice(i, 1);
   }
 
-  /** @param {Rec} rec */
-  function fail(rec) {
+  /**
+   * @param {Rec} rec
+   * @param {ApiErr | null} [err] the server's refusal: its message is shown; a refusal that is
+   *   not retryable (too long, forbidden…) offers no Retry, which could only fail again
+   */
+  function fail(rec, err) {
     if (rec.id) return;
     clearTimeout(rec.timer);
     rec.timer = undefined;
@@ -1091,12 +1327,14 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     rec.req = null;
     dropFromOutbox(rec);
     rec.state = 'failed';
+    rec.reason = (err && typeof err.message === 'string' && err.message) || '';
+    rec.final = !!err && err.retryable === false;
     paint(rec);
   }
 
   /** @param {Rec} rec resend with the same client_msg_id */
   function retry(rec) {
-    if (rec.state !== 'failed' || rec.id) return;
+    if (rec.state !== 'failed' || rec.id || rec.final) return;
     rec.state = 'sending';
     paint(rec);
     outbox.push(rec);
@@ -1140,9 +1378,13 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
   // ---------------------------------------------------------------------------------------------
 
   function submit() {
-    if (!ui) return;
+    if (!ui || convClosed) return;
     const text = ui.input.value;
     if (!text.trim()) return;
+    if (overBy(text)) {
+      autosize(); // shows why it is not sent; the text stays to be shortened
+      return;
+    }
     ui.input.value = '';
     autosize();
     toggleEmoji(false);
@@ -1202,13 +1444,13 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       const cid = c ? c.id : r.data.message.conversation_id;
       const changed = cid !== convId;
       convId = cid;
-      convClosed = false;
+      setClosed(false);
       stored(rec, r.data.message);
       if (changed) subscribe();
     } else if (netErr && (!authed || navigator.onLine === false)) {
       // Went offline meanwhile: it stays `sending` and goes out again after reconnecting.
     } else {
-      fail(rec);
+      fail(rec, r && r.data && r.data.error);
     }
     flush();
   }
@@ -1350,7 +1592,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
     const c = /** @type {Conversation | null} */ (r.data.conversation || null);
     if (c && !convId) {
       convId = c.id;
-      convClosed = c.status === 'closed';
+      setClosed(c.status === 'closed');
     }
     historyOk = true;
     showError('');
@@ -1655,9 +1897,9 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       }
       case 'error': {
         const rec = typeof f.id === 'number' ? reqs.get(f.id) : undefined;
-        if (rec) fail(rec);
+        if (rec) fail(rec, f);
         else if (f.id === subReq && f.code === 'not_found') {
-          convClosed = true; // gone: the next message starts a new conversation
+          setClosed(true); // gone: the visitor starts a new conversation
         }
         break;
       }
@@ -1671,7 +1913,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
         if (forUs) onTyping(f.actor, f.state);
         break;
       case 'conversation':
-        if (f.conversation && f.conversation.id === convId) convClosed = f.conversation.status === 'closed';
+        if (f.conversation && f.conversation.id === convId) setClosed(f.conversation.status === 'closed');
         break;
       default:
       // pong and unknown frames: nothing to do (liveness was noted above)
@@ -1702,7 +1944,23 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
       warn(!apiKey ? 'window.LaraChatConfig.apiKey is missing' : 'cannot find the Lara Chat base URL');
       return;
     }
-    if (!(await init(true))) return; // renders nothing
+    // The server may be restarting: retry with jittered exponential back-off (1 s base, ×2,
+    // 30 s cap). A refused origin or key renders nothing; a refused identity renders a
+    // launcher whose panel says chat is unavailable (the page's own buttons still open it).
+    for (let n = 0; ; n++) {
+      const r = await init(true);
+      if (r === 'ok') break;
+      if (r === 'refused') return;
+      if (r === 'unavailable') {
+        await domReady();
+        render();
+        setUnavailable();
+        if (wantOpen) setOpen(true);
+        return;
+      }
+      const cap = Math.min(30000, 1000 * 2 ** Math.min(n, 5));
+      await new Promise((res) => W.setTimeout(res, cap / 2 + (Math.random() * cap) / 2));
+    }
     await domReady();
     render();
     await loadHistory();
@@ -1736,7 +1994,16 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
   async function identify(u) {
     user = { ...u };
     if (!ui) return boot();
-    if (!(await init(true))) return undefined; // keep the current session
+    if (status === 'unavailable') {
+      // The first identity was refused: try this one from the start.
+      ui.host.remove();
+      ui = null;
+      wantOpen = isOpen;
+      isOpen = false;
+      status = 'connecting';
+      return boot();
+    }
+    if ((await init(true)) !== 'ok') return undefined; // keep the current session
     gen++;
     drop(false);
     clearTimeout(reconnectTimer);
@@ -1762,6 +2029,7 @@ background:var(--lc-bg);border:1px solid var(--lc-line);border-radius:14px;box-s
         warn('identify() needs an object with an identifier');
         return;
       }
+      if (!ui) user = { ...u }; // a first init still retrying uses it
       serial(() => identify(u));
     }),
     on: guard((/** @type {string} */ ev, /** @type {Function} */ fn) => {

@@ -78,11 +78,11 @@ async function newProject(widget = {}) {
 }
 
 /** Registers an embed page for the project on `site` and returns its path. */
-function embed(site, project, { settings = { position: 'bottom-right', theme: 'light', locale: 'en' }, user, base } = {}) {
+function embed(site, project, { settings = { position: 'bottom-right', theme: 'light', locale: 'en' }, user, base, body = '' } = {}) {
   const path = `/p-${uid()}.html`;
   const config = { apiKey: project.publishableKey, settings };
   if (user) config.user = user;
-  site.page(path, embedPage({ larachatBase: base || server.base, config, title: 'Acme shop', body: shopBody() }));
+  site.page(path, embedPage({ larachatBase: base || server.base, config, title: 'Acme shop', body: body + shopBody() }));
   return path;
 }
 
@@ -489,8 +489,10 @@ describe('widget in a real browser', { timeout: 10 * 60_000 }, () => {
     const fromForeign = await serverInitFromOrigin(project, foreign.origin);
     assert.equal(fromForeign.status, 403, `server init from the foreign origin: ${JSON.stringify(fromForeign)}`);
     assert.equal(fromForeign.body?.error?.code, 'forbidden');
-    assert.equal(fromForeign.allowOrigin, null, 'no CORS header on a refusal');
-    assert.equal(fromForeign.preflightAllowOrigin, null, 'no CORS header on a refused preflight');
+    assert.equal(fromForeign.preflightAllowOrigin, null, 'no CORS header on a refused preflight: the JSON request is never sent');
+    // The refusal itself is readable (it holds only its reason), so the widget can tell the tenant.
+    assert.match(fromForeign.body?.error?.message, /not in the allowed origins/);
+    assert.ok(!JSON.stringify(fromForeign.body).includes(host.origin), 'the refusal does not list the allowed origins');
 
     // Look-alike: http://localhost:<allowed port> when only http://127.0.0.1:<port> is allowed.
     await withPage('origin-lookalike', DESKTOP, async (page, rec) => {
@@ -501,23 +503,46 @@ describe('widget in a real browser', { timeout: 10 * 60_000 }, () => {
     });
     const fromLookalike = await serverInitFromOrigin(project, `http://localhost:${host.port}`);
     assert.equal(fromLookalike.status, 403, `server init from the look-alike: ${JSON.stringify(fromLookalike)}`);
-    assert.equal(fromLookalike.allowOrigin, null);
+    assert.equal(fromLookalike.preflightAllowOrigin, null);
   });
 
-  test('identity verification enforced: wrong or missing user_hash refused, correct one works', { timeout: TEST_TIMEOUT }, async () => {
+  test('identity verification enforced: wrong or missing user_hash refused with a clear state, correct one works', { timeout: TEST_TIMEOUT }, async () => {
     const project = await newProject({ identity_verification: 'enforce' });
     const secret = project.widget.identity_secret;
     assert.ok(secret, 'the Admin API shows the identity secret');
     const identifier = `user-${uid()}`;
     const person = { identifier, name: 'Jane Roe', email: 'jane@example.com' };
 
-    await withPage('identity-wrong', DESKTOP, async (page, rec) => {
-      const user = { ...person, user_hash: userHash('not-the-identity-secret', identifier) };
-      await assertRefused(page, rec, host.url(embed(host, project, { user })), { expectStatus403Visible: true });
-    });
-    await withPage('identity-missing', DESKTOP, async (page, rec) => {
-      await assertRefused(page, rec, host.url(embed(host, project, { user: person })), { expectStatus403Visible: true });
-    });
+    const cases = [
+      ['identity-wrong', { ...person, user_hash: userHash('not-the-identity-secret', identifier) }, /user_hash is not/],
+      ['identity-missing', person, /user_hash \(or user\.user_jwt\) is missing/],
+    ];
+    for (const [name, user, cause] of cases) {
+      await withPage(name, DESKTOP, async (page, rec) => {
+        // The page's own "Chat with us" button calls LaraChat.open().
+        const chatButton = '<p><a id="chat-with-us" href="#" onclick="LaraChat.open(); return false">Chat with us</a></p>';
+        await page.goto(host.url(embed(host, project, { user, body: chatButton })));
+        await launcher(page).waitFor({ state: 'visible', timeout: 10_000 });
+        const initStatuses = rec.responses.filter((r) => isInitUrl(r.url) && r.method === 'POST').map((r) => r.status);
+        assert.deepEqual(initStatuses, [403], 'init is refused once (not retried: retrying cannot help)');
+        await page.locator('#chat-with-us').click();
+        await panel(page).waitFor({ state: 'visible', timeout: 10_000 });
+        const notice = page.locator('[data-lc=error]');
+        await notice.waitFor({ state: 'visible', timeout: 10_000 });
+        assert.match(await notice.textContent(), /unavailable/i);
+        assert.equal(await page.locator('[data-lc=input]').isVisible(), false, 'no composer: nothing could be sent');
+        assert.equal(await page.locator('[data-lc=status]').textContent(), 'Unavailable');
+        assert.deepEqual(rec.websockets, [], 'no socket without a session');
+        const errors = rec.console.filter((l) => l.startsWith('error:') && l.includes('[LaraChat]'));
+        assert.ok(
+          errors.some((l) => /identity verification failed/.test(l) && cause.test(l)),
+          `the console names the cause for the tenant: ${JSON.stringify(rec.console)}`,
+        );
+        await page.screenshot({ path: join(artifactsDir, `${name}.png`) });
+        await page.keyboard.press('Escape');
+        await panel(page).waitFor({ state: 'hidden', timeout: 10_000 });
+      });
+    }
 
     await withPage('identity-correct', DESKTOP, async (page) => {
       const user = { ...person, user_hash: userHash(secret, identifier) };
@@ -768,6 +793,359 @@ describe('widget in a real browser', { timeout: 10 * 60_000 }, () => {
         `clickable ${median('launcherClickable')} ms, connected ${median('connected')} ms after navigation start; ` +
         `click → open panel ${median('clickToPanel')} ms; DOMContentLoaded ${median('domContentLoaded')} ms, load ${median('load')} ms`,
     );
+  });
+});
+
+describe('issue 13: widget defects', { timeout: 10 * 60_000 }, () => {
+  test('1. the first init fails (server unreachable): retried with back-off, then open() works', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject();
+    const proxy = await tcpProxy(server.port);
+    try {
+      await proxy.cut(); // the server is "restarting": connections refused
+      // widget.js comes from the server directly; its API base is the proxy (the stub's base).
+      const path = `/d-${uid()}.html`;
+      const config = { apiKey: project.publishableKey, settings: { theme: 'light', locale: 'en' } };
+      host.page(
+        path,
+        `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Acme</title>
+<script>window.LaraChatConfig = ${JSON.stringify(config)}; window.LaraChat = { q: [], base: ${JSON.stringify(proxy.base)} };</script>
+<script src="${server.base}/widget/widget.js" async></script></head>
+<body><button id="chat-with-us" onclick="LaraChat.open()">Chat with us</button></body></html>`,
+      );
+      await withPage('init-retry', DESKTOP, async (page, rec) => {
+        await page.goto(host.url(path));
+        const initFailures = () => rec.failures.filter((r) => isInitUrl(r.url) && r.method === 'POST');
+        await waitFor(() => initFailures().length >= 3, { timeout: 20_000, what: 'several failed init attempts' });
+        const w = await noWidget(page);
+        assert.ok(w.absent, `no widget while the server is away: ${JSON.stringify(w)}`);
+        await page.locator('#chat-with-us').click(); // before the widget could start
+        await proxy.restore();
+        await panel(page).waitFor({ state: 'visible', timeout: BACKOFF_CAP });
+        const initOk = rec.responses.filter((r) => isInitUrl(r.url) && r.method === 'POST' && r.status === 200);
+        assert.equal(initOk.length, 1, 'one successful init');
+        await sendText(page, 'Back online');
+        await waitMessage(page, 'Back online', { state: 'sent' });
+        console.log(`# init retry: ${initFailures().length} failed init requests (with their probes) before the server came back`);
+      });
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test('2. byte limit: 9,000 "é" / 7,000 emoji are stopped in the composer; a refused send shows the reason, no Retry', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject();
+    const ag = project.agent;
+    await withPage('byte-limit', DESKTOP, async (page) => {
+      await page.goto(host.url(embed(host, project)));
+      await openWidget(page);
+      const input = page.locator('[data-lc=input]');
+      const hint = page.locator('[data-lc=limit]');
+      for (const text of ['é'.repeat(9000), '😀'.repeat(7000)]) {
+        await input.fill(text);
+        await hint.waitFor({ state: 'visible', timeout: 5_000 });
+        assert.match(await hint.textContent(), /too long: remove about \d+ characters/);
+        assert.equal(await input.getAttribute('aria-invalid'), 'true');
+        await page.locator('[data-lc=send]').click();
+        await input.press('Enter');
+        assert.equal(await page.locator('[data-lc=message]').count(), 0, 'nothing is sent');
+        assert.equal(await input.inputValue(), text, 'the text stays, to be shortened');
+        console.log(`# ${text.length} UTF-16 units of ${text[0]}: hint "${await hint.textContent()}"`);
+      }
+      assert.deepEqual(await ag.conversations(), [], 'nothing reached the server');
+      // Exactly at the limit (16 KiB of UTF-8) is fine.
+      const atLimit = 'é'.repeat(8192);
+      await input.fill(atLimit);
+      await hint.waitFor({ state: 'hidden', timeout: 5_000 });
+      await page.locator('[data-lc=send]').click();
+      await waitFor(async () => (await page.locator('[data-lc=message][data-state=sent]').count()) === 1, { what: 'the message at the limit to be sent' });
+      const conv = await ag.waitConversation();
+      assert.equal((await ag.messages(conv.id))[0].text, atLimit);
+    });
+
+    // A server that does not announce its limit (an older gateway): the server's refusal is
+    // shown with its reason, over HTTP (first message) and over the socket, without Retry.
+    await withPage('byte-limit-server-reason', DESKTOP, async (page) => {
+      await page.route((url) => url.pathname === '/widget/v1/init', async (route) => {
+        if (route.request().method() !== 'POST') return route.continue();
+        const response = await route.fetch();
+        const json = await response.json();
+        delete json.limits;
+        return route.fulfill({ response, json });
+      });
+      await page.goto(host.url(embed(host, project)));
+      await openWidget(page);
+      const failedWithReason = async (text) => {
+        await sendText(page, text);
+        const m = await waitFor(
+          async () => {
+            const el = page.locator('[data-lc=message][data-state=failed]').last();
+            return (await el.count()) && (await el.locator('[data-lc=reason]').count()) ? el : null;
+          },
+          { what: 'a failed message with its reason' },
+        );
+        const reason = await m.locator('[data-lc=reason]').textContent();
+        assert.match(reason, /at most 16384 bytes/);
+        assert.equal(await m.locator('[data-lc=retry]').count(), 0, 'no Retry for a refusal that cannot succeed');
+        return reason;
+      };
+      const httpReason = await failedWithReason('😀'.repeat(7000));
+      await sendText(page, 'a short one');
+      await waitMessage(page, 'a short one', { state: 'sent' });
+      await waitConnected(page);
+      const wsReason = await failedWithReason('é'.repeat(9000));
+      console.log(`# refused sends: HTTP "${httpReason}", socket "${wsReason}"`);
+    });
+  });
+
+  test('3. allowed origins are normalised (case, default port, trailing slash, IDN); a refused origin says why in the console', { timeout: TEST_TIMEOUT }, async () => {
+    const typed = `HTTP://LocalHost:${host.port}/`;
+    const idn = `http://BÜCHER.test:${host.port}`;
+    const project = await newProject({ allowed_origins: [typed, idn, 'https://acme.com:443'] });
+    assert.deepEqual(
+      project.widget.allowed_origins,
+      [`http://localhost:${host.port}`, `http://xn--bcher-kva.test:${host.port}`, 'https://acme.com'],
+      'stored as browsers send them',
+    );
+    await withPage('origin-normalised', DESKTOP, async (page) => {
+      await page.goto(host.url(embed(host, project), 'localhost'));
+      await openWidget(page);
+      await sendText(page, 'from localhost');
+      await waitMessage(page, 'from localhost', { state: 'sent' });
+    });
+    // An IDN host: Chromium sends its punycode origin.
+    const idnBrowser = await launchBrowser(['--host-resolver-rules=MAP xn--bcher-kva.test 127.0.0.1']);
+    try {
+      const context = await idnBrowser.newContext(DESKTOP);
+      const page = await context.newPage();
+      await page.goto(`http://bücher.test:${host.port}${embed(host, project)}`);
+      assert.equal(await page.evaluate(() => location.origin), `http://xn--bcher-kva.test:${host.port}`);
+      await openWidget(page);
+      await sendText(page, 'from an IDN host');
+      await waitMessage(page, 'from an IDN host', { state: 'sent' });
+      await context.close();
+    } finally {
+      await idnBrowser.close();
+    }
+    // 127.0.0.1 is not in this list: nothing shown, and the console says why.
+    await withPage('origin-refused-reason', DESKTOP, async (page, rec) => {
+      await assertRefused(page, rec, host.url(embed(host, project)));
+      await waitFor(() => rec.console.some((l) => l.startsWith('error:') && l.includes('[LaraChat]')), { what: 'a console error' });
+      const line = rec.console.find((l) => l.startsWith('error:') && l.includes('[LaraChat]'));
+      assert.match(line, new RegExp(`origin http://127\\.0\\.0\\.1:${host.port} is not in the allowed origins`));
+      console.log(`# refused origin, console: ${line}`);
+    });
+  });
+
+  test('5. theme "auto" is accepted by the Admin API and follows prefers-color-scheme', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject({ theme: 'auto' });
+    assert.equal(project.widget.theme, 'auto');
+    for (const colorScheme of ['dark', 'light']) {
+      await withPage(`theme-auto-${colorScheme}`, { ...DESKTOP, colorScheme }, async (page) => {
+        await page.goto(host.url(embed(host, project, { settings: { locale: 'en' } })));
+        await openWidget(page);
+        const cls = await page.locator('[data-lc=panel]').evaluate((el) => el.parentElement.className);
+        assert.ok(cls.split(' ').includes(colorScheme), `${colorScheme} scheme: root classes "${cls}"`);
+      });
+    }
+  });
+
+  test('6. safe links; a conversation closed by the agent is shown closed, a new one starts on purpose', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject();
+    const ag = project.agent;
+    await withPage('links-closed', DESKTOP, async (page) => {
+      await page.goto(host.url(embed(host, project)));
+      await openWidget(page);
+      await sendText(page, 'Where are the docs?');
+      await waitMessage(page, 'Where are the docs?', { state: 'sent' });
+      const conv = await ag.waitConversation();
+      const text =
+        'See https://example.com/docs?a=1&b=2. Or (https://example.com/wiki/Foo_(bar)), mail mailto:help@acme.test, ' +
+        'not javascript:alert(1) nor <a href="javascript:alert(2)">x</a> <img src=x onerror=alert(3)> data:text/html,hi';
+      await ag.send(conv.id, text);
+      const msg = await waitMessage(page, 'See https://example.com/docs', { mine: false });
+      const el = page.locator(`[data-lc=message][data-id="${msg.id}"]`);
+      const links = await el.locator('a').evaluateAll((as) =>
+        as.map((a) => ({ href: a.getAttribute('href'), text: a.textContent, rel: a.getAttribute('rel'), target: a.getAttribute('target') })),
+      );
+      const rel = 'noopener noreferrer nofollow';
+      assert.deepEqual(links, [
+        { href: 'https://example.com/docs?a=1&b=2', text: 'https://example.com/docs?a=1&b=2', rel, target: '_blank' },
+        { href: 'https://example.com/wiki/Foo_(bar)', text: 'https://example.com/wiki/Foo_(bar)', rel, target: '_blank' },
+        { href: 'mailto:help@acme.test', text: 'mailto:help@acme.test', rel, target: '_blank' },
+      ]);
+      assert.equal(await el.locator('img').count(), 0, 'no HTML from message text');
+      assert.equal((await el.locator('.bubble').textContent()), text, 'the text is shown as sent');
+
+      // The agent closes the conversation.
+      await ag.close(conv.id);
+      const closed = page.locator('[data-lc=closed]');
+      await closed.waitFor({ state: 'visible', timeout: 10_000 });
+      assert.match(await closed.textContent(), /closed/);
+      assert.equal(await page.locator('[data-lc=input]').isVisible(), false, 'no composer in a closed conversation');
+      // After a reload: the same closed conversation, its history, the same state.
+      await page.reload();
+      await launcher(page).waitFor({ state: 'visible', timeout: 10_000 });
+      await launcher(page).click();
+      await panel(page).waitFor({ state: 'visible', timeout: 10_000 });
+      await closed.waitFor({ state: 'visible', timeout: 10_000 });
+      await waitMessage(page, 'Where are the docs?', { state: 'sent' });
+      assert.equal(await page.locator('[data-lc=input]').isVisible(), false);
+      await page.screenshot({ path: join(artifactsDir, 'desktop-closed-conversation.png') });
+      // Starting a new one is explicit.
+      await page.locator('[data-lc=new-conversation]').click();
+      await page.locator('[data-lc=input]').waitFor({ state: 'visible', timeout: 10_000 });
+      assert.equal(await page.locator('[data-lc=message]').count(), 0, 'a new conversation starts empty');
+      await sendText(page, 'A new question');
+      await waitMessage(page, 'A new question', { state: 'sent' });
+      const convs = await ag.conversations();
+      assert.equal(convs.length, 2, 'a second conversation');
+      const fresh = convs.find((c) => c.id !== conv.id);
+      assert.equal(fresh.status, 'open');
+      assert.deepEqual((await ag.messages(fresh.id)).map((m) => m.text), ['A new question']);
+      assert.ok(!(await ag.messages(conv.id)).some((m) => m.text === 'A new question'), 'nothing added to the closed one');
+    });
+  });
+
+  test('8. identify() after chatting anonymously keeps the conversation (carried over to the identified user)', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject({ identity_verification: 'enforce' });
+    const ag = project.agent;
+    const identifier = `user-${uid()}`;
+    const jane = { identifier, name: 'Jane Roe', user_hash: userHash(project.widget.identity_secret, identifier) };
+    await withPage('identify-carry-over', DESKTOP, async (page) => {
+      await page.goto(host.url(embed(host, project)));
+      await openWidget(page);
+      await sendText(page, 'Question before logging in');
+      await waitMessage(page, 'Question before logging in', { state: 'sent' });
+      const conv = await ag.waitConversation();
+      await ag.send(conv.id, 'Answer before logging in');
+      await waitMessage(page, 'Answer before logging in', { mine: false });
+      const before = await domMessages(page);
+      const visitorId = (await widgetState(page)).userId;
+
+      await page.evaluate((u) => window.LaraChat.identify(u), jane);
+      await waitFor(async () => (await widgetState(page))?.userId !== visitorId, { what: 'the identified session' });
+      const after = await waitFor(
+        async () => {
+          const shown = await domMessages(page);
+          return shown.length >= 2 && shown;
+        },
+        { what: 'the history after identify()' },
+      );
+      assert.deepEqual(
+        after.map((m) => [m.id, m.mine]),
+        before.map((m) => [m.id, m.mine]),
+        "the same messages, the visitor's still shown as the user's own",
+      );
+      await waitConnected(page);
+      await sendText(page, 'Now logged in');
+      await waitMessage(page, 'Now logged in', { state: 'sent', mine: true });
+      assert.equal((await ag.conversations()).length, 1, 'still one conversation');
+      const last = (await ag.messages(conv.id)).at(-1);
+      assert.equal(last.text, 'Now logged in');
+      assert.equal((await ag.user(last.sender.id)).user_identifier, identifier);
+      assert.equal(
+        await page.evaluate((k) => localStorage.getItem(k), `larachat:${project.publishableKey}:visitor`),
+        '',
+        'the visitor token is forgotten: a later anonymous visit here starts afresh',
+      );
+
+      // A reload as Jane (the page now sets the user): the same history, the same sides.
+      const path = embed(host, project, { user: jane });
+      await page.goto(host.url(path));
+      await openWidget(page);
+      await waitMessage(page, 'Now logged in', { state: 'sent', mine: true });
+      const reloaded = await domMessages(page);
+      assert.deepEqual(
+        reloaded.map((m) => [m.text.includes('Question before logging in'), m.mine]).filter(([q]) => q),
+        [[true, 'true']],
+      );
+    });
+  });
+
+  test('7. mobile: modal dialog with a focus trap, Esc back to the launcher, 16 px input, contrast ≥ 4.5:1', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject();
+    const MOBILE = { viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
+    for (const theme of ['light', 'dark']) {
+      await withPage(`mobile-a11y-${theme}`, MOBILE, async (page) => {
+        await page.goto(host.url(embed(host, project, { settings: { theme, locale: 'en' } })));
+        await openWidget(page, { tap: true });
+        await sendText(page, 'contrast check');
+        await waitMessage(page, 'contrast check', { state: 'sent' });
+        assert.equal(await panel(page).getAttribute('role'), 'dialog');
+        assert.equal(await panel(page).getAttribute('aria-modal'), 'true');
+        const fontSize = await page.locator('[data-lc=input]').evaluate((el) => parseFloat(getComputedStyle(el).fontSize));
+        assert.ok(fontSize >= 16, `input font-size ${fontSize}px (iOS zooms below 16 px)`);
+
+        const inPanel = () =>
+          page.evaluate(() => {
+            const root = document.getElementById('larachat-widget')?.shadowRoot;
+            const a = root?.activeElement;
+            return !!a && !!root.querySelector('[data-lc=panel]').contains(a) && document.activeElement?.id === 'larachat-widget';
+          });
+        for (const key of ['Tab', 'Shift+Tab']) {
+          for (let i = 0; i < 12; i++) {
+            await page.keyboard.press(key);
+            assert.ok(await inPanel(), `${key} ×${i + 1}: focus stays in the dialog`);
+          }
+        }
+        await page.keyboard.press('Escape');
+        await panel(page).waitFor({ state: 'hidden', timeout: 10_000 });
+        await waitFor(() => launcher(page).evaluate((el) => el.getRootNode().activeElement === el), { what: 'focus back on the launcher' });
+        await launcher(page).click();
+        await panel(page).waitFor({ state: 'visible', timeout: 10_000 });
+
+        const ratios = await page.evaluate(() => {
+          const root = document.getElementById('larachat-widget').shadowRoot;
+          const rgba = (c) => {
+            const m = (c.match(/[\d.]+/g) || []).map(Number);
+            return { r: m[0], g: m[1], b: m[2], a: m.length > 3 ? m[3] : 1 };
+          };
+          const over = (fg, bg) => ({
+            r: fg.r * fg.a + bg.r * (1 - fg.a),
+            g: fg.g * fg.a + bg.g * (1 - fg.a),
+            b: fg.b * fg.a + bg.b * (1 - fg.a),
+            a: 1,
+          });
+          const up = (n) => n.parentElement || (n.getRootNode() instanceof ShadowRoot ? n.getRootNode().host : null);
+          const lum = (c) => {
+            const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+            return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+          };
+          const contrast = (el) => {
+            // The backdrop: backgrounds from the first opaque one down; opacity of the text's ancestors.
+            const layers = [];
+            let opacity = 1;
+            let n = el;
+            for (; n; n = up(n)) {
+              const cs = getComputedStyle(n);
+              layers.push(rgba(cs.backgroundColor));
+              if (layers.at(-1).a >= 1) break;
+            }
+            // Opacity up to and including the element painting the backdrop fades the text into it.
+            for (let o = el; o; o = up(o)) {
+              opacity *= Number(getComputedStyle(o).opacity);
+              if (o === n) break;
+            }
+            let bg = { r: 255, g: 255, b: 255, a: 1 };
+            for (const l of layers.reverse()) bg = over(l, bg);
+            const fg0 = rgba(getComputedStyle(el).color);
+            const fg = over({ ...fg0, a: fg0.a * opacity }, bg);
+            const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+            return Math.round(((hi + 0.05) / (lo + 0.05)) * 100) / 100;
+          };
+          const pick = {
+            footer: root.querySelector('[data-lc=footer]'),
+            status: root.querySelector('[data-lc=status]'),
+            time: root.querySelector('[data-lc=message] time'),
+            greeting: root.querySelector('[data-lc=greeting] .name'),
+          };
+          return Object.fromEntries(Object.entries(pick).filter(([, el]) => el).map(([k, el]) => [k, contrast(el)]));
+        });
+        console.log(`# contrast (${theme}): ${JSON.stringify(ratios)}`);
+        assert.ok(ratios.footer && ratios.time && ratios.status, `measured: ${JSON.stringify(ratios)}`);
+        for (const [k, v] of Object.entries(ratios)) assert.ok(v >= 4.5, `${theme}: ${k} contrast ${v}:1 < 4.5:1`);
+      });
+    }
   });
 });
 

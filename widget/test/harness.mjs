@@ -246,6 +246,10 @@ export function agent(base, secretKey) {
     async user(id) {
       return api('GET', `/users/${id}`);
     },
+    /** Closes the conversation (Client API `DELETE /conversations/{id}`). */
+    async close(conversationId) {
+      return api('DELETE', `/conversations/${conversationId}`);
+    },
   };
 }
 
@@ -313,8 +317,8 @@ ${body}
 </html>`;
 }
 
-/** Launches Debian's Chromium through playwright-core. */
-export async function launchBrowser() {
+/** Launches Debian's Chromium through playwright-core (`extraArgs`: more command-line switches). */
+export async function launchBrowser(extraArgs = []) {
   let chromium;
   try {
     ({ chromium } = await import('playwright-core'));
@@ -324,7 +328,7 @@ export async function launchBrowser() {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (scripts/browser-test.sh does it)`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+  return chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs], headless: true });
 }
 
 /**
