@@ -593,12 +593,7 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
             if m["sender"]["kind"] == "end_user" {
                 users.insert(m["sender"]["id"].as_str().unwrap().to_owned());
             }
-            let metadata = if m["metadata"].is_null() {
-                json!({})
-            } else {
-                m["metadata"].clone()
-            };
-            bytes += (m["text"].as_str().unwrap().len() + metadata.to_string().len()) as u64;
+            bytes += common::metered_bytes(&m);
             stored_ids.insert(m["id"].as_str().unwrap().to_owned());
         }
     }

@@ -687,12 +687,7 @@ async fn usage_equals_the_store_after_sigkill() {
                 if m["sender"]["kind"] == "end_user" {
                     users.insert(m["sender"]["id"].as_str().unwrap().to_owned());
                 }
-                let metadata = if m["metadata"].is_null() {
-                    json!({})
-                } else {
-                    m["metadata"].clone()
-                };
-                bytes += (m["text"].as_str().unwrap().len() + metadata.to_string().len()) as u64;
+                bytes += common::metered_bytes(m);
                 stored.insert(m["id"].as_str().unwrap().to_owned());
             }
             match items.last() {

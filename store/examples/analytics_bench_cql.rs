@@ -7,8 +7,9 @@
 //!
 //! Migrates a fresh keyspace, then writes the analytics rows of `messages` (default 200,000)
 //! messages of one project over the last 30 days directly (the rows the write path writes in
-//! each message's batch: `analytics_messages`, `analytics_active`, and one
-//! `analytics_conversations` row per conversation of 50 messages; 256 writes in flight), so
+//! each message's batch: `analytics_messages`, `analytics_active`, `analytics_active_days`,
+//! and one `analytics_conversations` row per conversation of 50 messages; 256 writes in
+//! flight), so
 //! that loading takes seconds instead of one lightweight transaction per message. Then it
 //! times `analytics` + `ProjectAnalytics::compute`: the first 30-day query by the hour (which
 //! counts and seals every hour), then `runs` more of each case (sealed), printing p50 / p90.
@@ -38,6 +39,7 @@ const DAY_MS: i64 = 86_400_000;
 enum Row {
     Message(Uuid, i64, &'static str, Uuid),
     Active(Uuid, i64, Uuid),
+    ActiveDay(Uuid, i64, Uuid),
     Conversation(Uuid, i64, Uuid, i64, Option<i64>, Option<i64>, Option<i64>),
     Day(Uuid, i64),
 }
@@ -66,6 +68,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let insert_active = session
         .prepare(
             "INSERT INTO analytics_active (project_id, hour, conversation_id) VALUES (?, ?, ?)",
+        )
+        .await?;
+    let insert_active_day = session
+        .prepare(
+            "INSERT INTO analytics_active_days (project_id, day, conversation_id) \
+             VALUES (?, ?, ?)",
         )
         .await?;
     let insert_conversation = session
@@ -111,9 +119,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             rows.push(Row::Message(p, hour, kind, v7_at(at)));
             hours.insert(hour);
         }
+        let mut active_days = std::collections::BTreeSet::new();
         for h in hours {
             rows.push(Row::Active(p, h, cid));
-            days.insert(h.div_euclid(DAY_MS) * DAY_MS);
+            active_days.insert(h.div_euclid(DAY_MS) * DAY_MS);
+        }
+        for d in active_days {
+            rows.push(Row::ActiveDay(p, d, cid));
+            days.insert(d);
         }
         let closed = (rng.next() % 10 < 6).then_some(at + 600_000);
         let day = start.div_euclid(DAY_MS) * DAY_MS;
@@ -132,9 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stream::iter(rows)
         .map(|row| {
             let session = &session;
-            let (m, a, c, d) = (
+            let (m, a, ad, c, d) = (
                 &insert_message,
                 &insert_active,
+                &insert_active_day,
                 &insert_conversation,
                 &insert_day,
             );
@@ -145,6 +159,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     Row::Active(p, h, c2) => {
                         session.execute_unpaged(a, (p, h, c2)).await.map(|_| ())
+                    }
+                    Row::ActiveDay(p, day, c2) => {
+                        session.execute_unpaged(ad, (p, day, c2)).await.map(|_| ())
                     }
                     Row::Conversation(p, day, id, created, asked, answered, closed) => session
                         .execute_unpaged(

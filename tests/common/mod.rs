@@ -474,3 +474,14 @@ impl Server {
         assert!(b["revoked_at"].is_string(), "{b}");
     }
 }
+
+/// The storage a message meters (docs/usage.md), from the message as the API returns it: the
+/// UTF-8 bytes of its text plus its serialized metadata (`{}` when it has none).
+pub fn metered_bytes(m: &Value) -> u64 {
+    let metadata = if m["metadata"].is_null() {
+        json!({})
+    } else {
+        m["metadata"].clone()
+    };
+    (m["text"].as_str().unwrap_or_default().len() + metadata.to_string().len()) as u64
+}
