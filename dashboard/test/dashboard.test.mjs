@@ -489,3 +489,62 @@ test('inbox with the member agent-token route (team)', { timeout: TIMEOUT }, asy
     await context.close();
   }
 });
+
+test('an invited agent joins with its own password and answers live from the inbox, keyboard only; no keys or settings for it', { timeout: TIMEOUT }, async () => {
+  const token = (await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } })).body.token;
+  const { project, path } = await inboxProject(token);
+
+  // The owner invites an agent from the Team tab; the link is shown once.
+  let link;
+  {
+    const { page, context, problems } = await newPage(DESKTOP);
+    try {
+      await login(page);
+      await page.goto(`${server.base}/dashboard/#/projects/${project.id}/team`);
+      await page.getByLabel('Email').fill(`agent-${uid()}@example.com`);
+      await page.getByLabel('Role', { exact: true }).selectOption('agent');
+      await page.getByRole('button', { name: 'Create invitation link' }).click();
+      link = (await page.locator('[data-test=secret]').textContent()).trim();
+      await axe(page, 'team');
+      assert.deepEqual(problems, []);
+    } catch (e) {
+      await page.screenshot({ path: join(artifactsDir, 'failure-invite.png') }).catch(() => {});
+      throw e;
+    } finally {
+      await context.close();
+    }
+  }
+  assert.match(link, /\/dashboard\/#\/invite\//);
+
+  // The agent, in a browser of its own, with the keyboard alone.
+  const { page, context, problems } = await newPage(DESKTOP);
+  try {
+    await page.goto(link);
+    await heading(page, 'Join a project');
+    await axe(page, 'invite');
+    await page.getByLabel('Your name').focus();
+    await page.keyboard.type('Ann Agent');
+    await page.keyboard.press('Tab');
+    await page.keyboard.type('agent-password-1');
+    await page.keyboard.press('Enter');
+    // Accepting logs the agent in and opens the project's inbox.
+    await page.locator('[data-test=inbox-status]').getByText('Live').waitFor({ timeout: 15_000 });
+    const nav = page.getByRole('navigation', { name: 'Project' });
+    assert.deepEqual(await nav.getByRole('link').allTextContents(), ['Analytics', 'Inbox', 'Team']);
+    const session = JSON.parse(await page.evaluate(() => sessionStorage.getItem('larachat.dashboard.session')));
+    const keys = await http('GET', `${server.base}/api/admin/projects/${project.id}/api-keys`, { token: session.token });
+    assert.equal(keys.status, 403, 'an agent may not list keys');
+    const other = await http('GET', `${server.base}/api/admin/projects/${(await inboxProject(token)).project.id}`, { token: session.token });
+    assert.equal(other.status, 404, "another project is not the agent's");
+
+    await inboxFlow(page, context, project.id, path, 'inbox-agent');
+    const stored = await page.evaluate(() => JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }));
+    assert.doesNotMatch(stored, /sk_live_/, 'no secret key in browser storage');
+    assert.deepEqual(problems, []);
+  } catch (e) {
+    await page.screenshot({ path: join(artifactsDir, 'failure-inbox-agent.png') }).catch(() => {});
+    throw e;
+  } finally {
+    await context.close();
+  }
+});
