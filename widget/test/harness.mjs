@@ -68,10 +68,11 @@ export function larachatBin() {
 
 /**
  * Starts `larachat serve` on an ephemeral port with a fresh data dir and the first admin;
- * with `{demo: true}`, with the demo project and pages (test/demo.test.mjs).
- * Resolves to {base, port, proc, stop()} once it printed its listening address.
+ * with `{demo: true}`, with the demo project and pages (test/demo.test.mjs); `env`: more
+ * LARACHAT_* settings. Resolves to {base, port, proc, stop()} once it printed its listening
+ * address.
  */
-export async function startServer({ demo = false } = {}) {
+export async function startServer({ demo = false, env: extra = {} } = {}) {
   const bin = larachatBin();
   const dataDir = mkdtempSync(join(tmpdir(), 'larachat-browser-'));
   // The server reads every LARACHAT_* variable as configuration and refuses unknown ones
@@ -85,6 +86,7 @@ export async function startServer({ demo = false } = {}) {
     // The tests create many projects with one admin: more than the default plan (Free,
     // one project per owner) allows.
     LARACHAT_DEFAULT_PROJECT_PLAN: 'enterprise',
+    ...extra,
   };
   // The demo project, where the server has one, must not be created here. Unknown config keys
   // are errors, so only set the key when this binary knows it.
