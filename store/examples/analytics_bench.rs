@@ -27,7 +27,7 @@ use serde_json::json;
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Rng, ms, v7_at};
+use support::{Rng, ms, percentile, v7_at};
 
 const PER_CONVERSATION: usize = 50;
 
@@ -143,20 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let now = model::now();
-    let cases = [
-        (
-            "30 days by the hour",
-            TimeDelta::days(30),
-            Granularity::Hour,
-        ),
-        ("30 days by the day", TimeDelta::days(30), Granularity::Day),
-        (
-            "24 hours by the hour",
-            TimeDelta::hours(24),
-            Granularity::Hour,
-        ),
-    ];
-    for (name, span, granularity) in cases {
+    for (name, span, granularity) in support::cases() {
         let range = AnalyticsRange::new(now - span, now, granularity)?;
         let mut times = Vec::with_capacity(runs);
         let mut answer = None;
@@ -168,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             answer = Some(a);
         }
         times.sort();
-        let pct = |p: usize| times[(times.len() * p).div_ceil(100).max(1) - 1];
+        let pct = |p: usize| percentile(&times, p);
         let a = answer.expect("at least one run");
         let messages: u64 = a.messages.iter().map(|b| b.count).sum();
         println!(

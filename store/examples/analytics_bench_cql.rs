@@ -29,7 +29,7 @@ use larachat_store::{ScyllaConfig, ScyllaStore, Store};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Rng, ms, v7_at};
+use support::{Rng, ms, percentile, v7_at};
 
 const PER_CONVERSATION: usize = 50;
 const HOUR_MS: i64 = 3_600_000;
@@ -207,20 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         messages as usize, written,
         "the rollups count every message"
     );
-    let cases = [
-        (
-            "30 days by the hour",
-            TimeDelta::days(30),
-            Granularity::Hour,
-        ),
-        ("30 days by the day", TimeDelta::days(30), Granularity::Day),
-        (
-            "24 hours by the hour",
-            TimeDelta::hours(24),
-            Granularity::Hour,
-        ),
-    ];
-    for (name, span, granularity) in cases {
+    for (name, span, granularity) in support::cases() {
         let range = AnalyticsRange::new(now - span, now, granularity)?;
         let mut times = Vec::with_capacity(runs);
         let mut active = 0;
@@ -231,7 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             active = a.active_conversations;
         }
         times.sort();
-        let pct = |p: usize| times[(times.len() * p).div_ceil(100).max(1) - 1];
+        let pct = |p: usize| percentile(&times, p);
         println!(
             "{name}: p50 {:.1} ms, p90 {:.1} ms ({active} active conversations)",
             ms(pct(50)),

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chrono::TimeDelta;
+use larachat_core::analytics::Granularity;
 use uuid::Uuid;
 
 /// A small deterministic generator (xorshift), so runs are comparable.
@@ -29,4 +31,26 @@ pub fn v7_at(ms: i64) -> Uuid {
 /// Milliseconds, for printing.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The queries both benchmarks time: (name, span ending now, granularity).
+pub fn cases() -> [(&'static str, TimeDelta, Granularity); 3] {
+    [
+        (
+            "30 days by the hour",
+            TimeDelta::days(30),
+            Granularity::Hour,
+        ),
+        ("30 days by the day", TimeDelta::days(30), Granularity::Day),
+        (
+            "24 hours by the hour",
+            TimeDelta::hours(24),
+            Granularity::Hour,
+        ),
+    ]
+}
+
+/// The `p`-th percentile (nearest rank) of `sorted`, which is not empty.
+pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p).div_ceil(100).max(1) - 1]
 }
