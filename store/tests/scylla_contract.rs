@@ -421,21 +421,7 @@ async fn holes_left_by_crashed_writers_are_repaired() {
 /// schema-1 process writes after the migration is numbered by its first append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schema_1_keyspace_is_numbered_by_migrate() {
-    let mut cfg = config();
-    cfg.keyspace = format!("lc_upgrade_{}", uuid::Uuid::new_v4().simple());
-    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
-    {
-        let _one_at_a_time = MIGRATE.lock().await;
-        store.migrate_to(1).await.expect("schema 1");
-    }
-    let raw = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(contact_point())
-        .build()
-        .await
-        .expect("raw session");
-    raw.use_keyspace(cfg.keyspace.clone(), false)
-        .await
-        .expect("keyspace");
+    let (cfg, store, raw) = old_keyspace("lc_upgrade", 1).await;
     let listing = |id: &uuid::Uuid| bucket(id, cfg.listing_bucket);
     let messages = |id: &uuid::Uuid| bucket(id, cfg.message_bucket);
 
@@ -650,21 +636,7 @@ async fn schema_9_active_conversations_are_listed_by_day() {
     use chrono::{DurationRound, TimeDelta, Utc};
     use larachat_core::analytics::{AnalyticsRange, Granularity};
 
-    let mut cfg = config();
-    cfg.keyspace = format!("lc_upgrade_{}", uuid::Uuid::new_v4().simple());
-    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
-    {
-        let _one_at_a_time = MIGRATE.lock().await;
-        store.migrate_to(9).await.expect("schema 9");
-    }
-    let raw = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(contact_point())
-        .build()
-        .await
-        .expect("raw session");
-    raw.use_keyspace(cfg.keyspace.clone(), false)
-        .await
-        .expect("keyspace");
+    let (_, store, raw) = old_keyspace("lc_upgrade", 9).await;
     let project = uuid::Uuid::now_v7();
     let day0 = (Utc::now() - TimeDelta::days(3))
         .duration_trunc(TimeDelta::days(1))
@@ -758,14 +730,39 @@ fn warnings(
     out
 }
 
-async fn raw_session() -> scylla::client::session::Session {
+/// A session of its own in `keyspace`, to write rows as other (older, killed) code left them.
+async fn raw_session_in(keyspace: &str) -> scylla::client::session::Session {
     let raw = scylla::client::session_builder::SessionBuilder::new()
         .known_node(contact_point())
         .build()
         .await
         .expect("raw session");
-    raw.use_keyspace(keyspace(), false).await.expect("keyspace");
+    raw.use_keyspace(keyspace, false).await.expect("keyspace");
     raw
+}
+
+async fn raw_session() -> scylla::client::session::Session {
+    raw_session_in(keyspace()).await
+}
+
+/// A fresh keyspace `<prefix>_<random>` migrated only up to `version` (an older schema): its
+/// configuration, a store on it and a raw session in it.
+async fn old_keyspace(
+    prefix: &str,
+    version: i32,
+) -> (ScyllaConfig, ScyllaStore, scylla::client::session::Session) {
+    let mut cfg = config();
+    cfg.keyspace = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
+    {
+        let _one_at_a_time = MIGRATE.lock().await;
+        store
+            .migrate_to(version)
+            .await
+            .unwrap_or_else(|e| panic!("schema {version}: {e}"));
+    }
+    let raw = raw_session_in(&cfg.keyspace).await;
+    (cfg, store, raw)
 }
 
 /// `emitted` of a warning's `usage_alerts` row (`None`: no row, `Some(None)`: claimed only).
@@ -915,21 +912,7 @@ async fn a_warning_claimed_by_a_dead_process_is_taken_over_after_30_s() {
 /// its `owner` member, listed in the owner's projects; running it again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_members_migration_backfills_owners() {
-    let mut cfg = config();
-    cfg.keyspace = format!("lc_members_{}", uuid::Uuid::new_v4().simple());
-    let store = ScyllaStore::connect(cfg.clone()).await.expect("connect");
-    {
-        let _one_at_a_time = MIGRATE.lock().await;
-        store.migrate_to(8).await.expect("schema 8");
-    }
-    let raw = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(contact_point())
-        .build()
-        .await
-        .expect("raw session");
-    raw.use_keyspace(cfg.keyspace.clone(), false)
-        .await
-        .expect("keyspace");
+    let (cfg, store, raw) = old_keyspace("lc_members", 8).await;
     let (project, admin) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let t = scylla::value::CqlTimestamp(model::now().timestamp_millis());
     let bucket = bucket(&project, cfg.listing_bucket);
