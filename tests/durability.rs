@@ -91,16 +91,23 @@ async fn json_post(http: &reqwest::Client, url: String, token: &str, body: Value
     r.json().await.unwrap()
 }
 
-/// Logs in as the platform admin, creates a project and returns a secret key of it.
-async fn secret_key(http: &reqwest::Client, base: &str, project: &str) -> String {
-    let login = json_post(
+/// The platform admin's token.
+async fn admin_token(http: &reqwest::Client, base: &str) -> String {
+    json_post(
         http,
         format!("{base}/api/admin/login"),
         "",
         json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
     )
-    .await;
-    let admin = login["token"].as_str().unwrap().to_owned();
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Logs in as the platform admin, creates a project and returns a secret key of it.
+async fn secret_key(http: &reqwest::Client, base: &str, project: &str) -> String {
+    let admin = admin_token(http, base).await;
     let project = json_post(
         http,
         format!("{base}/api/admin/projects"),
@@ -555,16 +562,7 @@ async fn usage_equals_the_store_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
     let http = reqwest::Client::new();
-    let admin = json_post(
-        &http,
-        format!("{base}/api/admin/login"),
-        "",
-        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin = admin_token(&http, &base).await;
     let project = json_post(
         &http,
         format!("{base}/api/admin/projects"),
@@ -706,16 +704,6 @@ async fn usage_equals_the_store_after_sigkill() {
         "monthly_active_users": users.len(),
         "storage_bytes": bytes,
     });
-    let admin = json_post(
-        &http,
-        format!("{base}/api/admin/login"),
-        "",
-        json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let u = get_json(
         &http,
         format!("{base}/api/admin/projects/{project}/usage"),
