@@ -107,9 +107,8 @@ impl Meter {
         let this_hour = EdgeUsage::hour_of(self.now(now));
         self.hours
             .retain(|(_, hour), slot| *hour >= this_hour || slot.dirty);
-        let open: Vec<(ProjectId, u64)> = self.open.iter().map(|(p, n)| (*p, *n)).collect();
-        for (project, n) in open {
-            let slot = self.hours.entry((project, this_hour)).or_default();
+        for (project, &n) in &self.open {
+            let slot = self.hours.entry((*project, this_hour)).or_default();
             if slot.peak < n {
                 slot.peak = n;
                 slot.dirty = true;

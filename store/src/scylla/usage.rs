@@ -88,6 +88,9 @@ pub(crate) struct QuotaCache {
     alerted: moka::sync::Cache<(ProjectId, Period, String), ()>,
     /// The last `USING TIMESTAMP` of an edge usage write (µs; see `write_edge_usage`).
     edge_clock: std::sync::atomic::AtomicI64,
+    /// (project, period)s this process has listed in `usage_periods` for edge usage: a
+    /// gateway flushes every few seconds, the period row is needed once.
+    edge_periods: moka::sync::Cache<(ProjectId, Period), ()>,
 }
 
 impl Default for QuotaCache {
@@ -106,6 +109,10 @@ impl Default for QuotaCache {
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             edge_clock: std::sync::atomic::AtomicI64::new(0),
+            edge_periods: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
         }
     }
 }
@@ -380,14 +387,13 @@ impl ScyllaStore {
         let ts = self.edge_write_timestamp();
         for chunk in rows.chunks(64) {
             try_join_all(chunk.iter().map(|r| async move {
-                let p = *r.project.as_uuid();
-                let period = Period::of(r.hour).to_string();
+                let period = Period::of(r.hour);
                 self.exec(
                     "INSERT INTO usage_edge (project_id, period, hour, process_id, requests, \
                      peak_connections) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                     (
-                        p,
-                        period.as_str(),
+                        *r.project.as_uuid(),
+                        period.to_string(),
                         r.hour.timestamp_millis(),
                         process,
                         i64::try_from(r.requests).unwrap_or(i64::MAX),
@@ -395,14 +401,27 @@ impl ScyllaStore {
                         ts,
                     ),
                 )
-                .await?;
-                self.exec(
-                    "INSERT INTO usage_periods (project_id, period) VALUES (?, ?)",
-                    (p, period.as_str()),
-                )
                 .await
             }))
             .await?;
+        }
+        // The months, listed once per process (after their rows: a listed month has rows).
+        let mut periods: Vec<(ProjectId, Period)> = rows
+            .iter()
+            .map(|r| (r.project, Period::of(r.hour)))
+            .collect();
+        periods.sort_unstable();
+        periods.dedup();
+        for key in periods {
+            if self.quota.edge_periods.contains_key(&key) {
+                continue;
+            }
+            self.exec(
+                "INSERT INTO usage_periods (project_id, period) VALUES (?, ?)",
+                (*key.0.as_uuid(), key.1.to_string()),
+            )
+            .await?;
+            self.quota.edge_periods.insert(key, ());
         }
         Ok(())
     }
