@@ -312,12 +312,18 @@ impl DomainEvent {
     }
 
     /// `conversation.created`, from the stored conversation.
+    ///
+    /// Its id is derived from the conversation's ([`EventId::of_conversation_created`]): a
+    /// creation repeated with its idempotency key, or repaired, writes the same event.
     pub fn conversation_created(c: &Conversation) -> Self {
-        Self::new(
-            c.project_id,
-            c.created_at,
-            EventData::ConversationCreated(ConversationData::of(c)),
-        )
+        Self {
+            id: EventId::of_conversation_created(c.id),
+            ..Self::new(
+                c.project_id,
+                c.created_at,
+                EventData::ConversationCreated(ConversationData::of(c)),
+            )
+        }
     }
 
     /// `conversation.closed` when the change closed an open conversation, otherwise
@@ -334,12 +340,18 @@ impl DomainEvent {
     }
 
     /// `user.created`, from the stored end user.
+    ///
+    /// Its id is derived from the user's ([`EventId::of_user_created`]): an identification
+    /// repaired by a retry (CQL: the claim written, the user not yet) writes the same event.
     pub fn user_created(u: &EndUser) -> Self {
-        Self::new(
-            u.project_id,
-            u.created_at,
-            EventData::UserCreated(UserData::of(u)),
-        )
+        Self {
+            id: EventId::of_user_created(u.id),
+            ..Self::new(
+                u.project_id,
+                u.created_at,
+                EventData::UserCreated(UserData::of(u)),
+            )
+        }
     }
 
     /// `user.updated`, from the end user after a profile change.

@@ -137,11 +137,45 @@ impl EventId {
     /// for every writer of the message, different from the message id itself.
     pub fn of_message(m: MessageId) -> Self {
         // "message.sent" in the spare bits; bytes 6 and 8 keep their version / variant bits.
-        const MASK: [u8; 16] = [
-            0, 0, 0, 0, 0, 0, 0x0e, 0x5a, 0x3f, 0x73, 0x65, 0x6e, 0x74, 0x2e, 0x6d, 0x73,
-        ];
-        let mut bytes = *m.as_uuid().as_bytes();
-        for (b, k) in bytes.iter_mut().zip(MASK) {
+        Self::derived(
+            m.as_uuid(),
+            [
+                0, 0, 0, 0, 0, 0, 0x0e, 0x5a, 0x3f, 0x73, 0x65, 0x6e, 0x74, 0x2e, 0x6d, 0x73,
+            ],
+        )
+    }
+
+    /// The id of the `user.created` event of end user `u`, derived like
+    /// [`EventId::of_message`] (another mask): every writer of a claimed identification — its
+    /// own writer, a retry repairing it — builds the same event.
+    pub fn of_user_created(u: EndUserId) -> Self {
+        // "user.created" in the spare bits.
+        Self::derived(
+            u.as_uuid(),
+            [
+                0, 0, 0, 0, 0, 0, 0x05, 0x73, 0x25, 0x72, 0x2e, 0x63, 0x72, 0x65, 0x61, 0x74,
+            ],
+        )
+    }
+
+    /// The id of the `conversation.created` event of conversation `c`, derived like
+    /// [`EventId::of_message`] (another mask): every writer of an idempotent creation builds
+    /// the same event.
+    pub fn of_conversation_created(c: ConversationId) -> Self {
+        // "conv.created" in the spare bits.
+        Self::derived(
+            c.as_uuid(),
+            [
+                0, 0, 0, 0, 0, 0, 0x0c, 0x6f, 0x2e, 0x76, 0x2e, 0x63, 0x72, 0x65, 0x61, 0x74,
+            ],
+        )
+    }
+
+    /// `id` XOR-ed with `mask`; the mask leaves the timestamp (bytes 0-5), the version (high
+    /// nibble of byte 6) and the variant (top two bits of byte 8) alone.
+    fn derived(id: &Uuid, mask: [u8; 16]) -> Self {
+        let mut bytes = *id.as_bytes();
+        for (b, k) in bytes.iter_mut().zip(mask) {
             *b ^= k;
         }
         Self(Uuid::from_bytes(bytes))

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use larachat_core::event::{DomainEvent, EventData};
-use larachat_core::id::{AdminUserId, ConversationId, ProjectId};
+use larachat_core::id::{AdminUserId, ConversationId, EndUserId, EventId, ProjectId};
 use larachat_core::model::{
     self, Actor, AdminUser, Conversation, ConversationPatch, ConversationStatus, NewMessage,
     PlanId, Project, ProjectStatus,
@@ -19,7 +19,8 @@ use larachat_core::model::{
 use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, ThresholdCrossing};
 use larachat_store::contract::{self, TestStore};
 use larachat_store::{
-    AssigneeFilter, ConversationQuery, MessageRange, ScyllaConfig, ScyllaStore, Store, StoreError,
+    AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, ScyllaConfig, ScyllaStore, Store,
+    StoreError,
 };
 use serde_json::json;
 
@@ -968,4 +969,68 @@ async fn the_members_migration_backfills_owners() {
     let mine = store.member_projects(admin, None, 10).await.expect("list");
     assert_eq!(mine.items.len(), 1);
     assert_eq!(mine.items[0].0.id, project);
+}
+
+// --- identification killed after its claim -------------------------------------------------
+
+/// The state an identification killed between its identifier claim and its user batch leaves
+/// (the claim row only, planted here) is repaired by the next identification of the
+/// identifier, in another process: the user is written with the claimed id, once, counted
+/// once in the month's active users, with one `user.created` event whose id is derived from
+/// the user's; later identifications (both processes) find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_identification_killed_after_its_claim_is_repaired_by_the_next() {
+    let a = connect_with(config()).await;
+    let b = connect_with(config()).await;
+    let raw = raw_session().await;
+    let (p, _) = fixture(&a).await;
+    let claimed = EndUserId::new_v7();
+    raw.query_unpaged(
+        "INSERT INTO end_users_by_identifier (project_id, user_identifier, id) VALUES (?, ?, ?)",
+        (*p.as_uuid(), "killed-after-claim", *claimed.as_uuid()),
+    )
+    .await
+    .expect("plant the claim");
+    let period = Period::of(model::now());
+    assert_eq!(a.usage(p, period).await.expect("usage").active_users, 0);
+    assert!(a.end_user(p, claimed).await.expect("read").is_none());
+
+    let mut queue = b.outbox_queue(1000);
+    let who = NewEndUser {
+        user_identifier: Some("killed-after-claim".into()),
+        name: Some("Repaired".into()),
+        email: None,
+        avatar: None,
+        metadata: json!({}),
+    };
+    let (user, created) = b.upsert_end_user(p, &who).await.expect("repair");
+    assert_eq!(user.id, claimed, "the claimed id, not a fresh one");
+    assert!(created, "the user did not exist before");
+    assert_eq!(user.name.as_deref(), Some("Repaired"));
+    for (store, name) in [(&a, "a"), (&b, "b")] {
+        let (again, created) = store.upsert_end_user(p, &who).await.expect("again");
+        assert_eq!((again.id, created), (claimed, false), "process {name}");
+    }
+    assert_eq!(
+        a.end_user(p, claimed).await.expect("read").map(|u| u.id),
+        Some(claimed)
+    );
+    assert_eq!(
+        a.usage(p, period).await.expect("usage").active_users,
+        1,
+        "counted once"
+    );
+    let mut created_events = Vec::new();
+    while let Ok(e) = queue.try_recv() {
+        if let EventData::UserCreated(u) = &e.event.data {
+            if e.event.project_id == p {
+                created_events.push((e.event.id, u.user_id));
+            }
+        }
+    }
+    assert_eq!(
+        created_events,
+        vec![(EventId::of_user_created(claimed), claimed)],
+        "one user.created, with the derived id"
+    );
 }

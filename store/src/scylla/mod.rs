@@ -1619,6 +1619,12 @@ impl Store for ScyllaStore {
             .of(("ident", project, &identifier))
             .lock()
             .await;
+        // The claim first, then the user: an identification killed between the two leaves a
+        // claim that points at no user yet, counted nowhere, which the next identification
+        // repairs by writing the user with the claimed id. Never a user that no identifier
+        // reaches. (The user's rows, its usage rows and its `user.created` event, whose id is
+        // derived from the user's, are the same whoever writes them, so a repair racing the
+        // claimant's own write counts the user once and publishes one event id.)
         for _ in 0..5 {
             let claimed: Option<(Option<Uuid>,)> = self
                 .row(
@@ -1640,19 +1646,20 @@ impl Store for ScyllaStore {
                     }
                     return Ok((user, false));
                 }
-                // A claim whose user is gone (deleted between the two deletes): release it.
-                self.lwt(
-                    "DELETE FROM end_users_by_identifier WHERE project_id = ? \
-                     AND user_identifier = ? IF id = ?",
-                    (project.as_uuid(), &identifier, id),
-                )
-                .await?;
-                continue;
+                // Claimed, never written: its identification was killed (or is still
+                // writing, in another process). Write the user with the claimed id.
+                let user = EndUser {
+                    id: EndUserId::from_uuid(id),
+                    ..fresh(Some(identifier.clone()))
+                };
+                let ticket = self.check_quota(project, 0, &[user.id]).await?;
+                let entry = self.insert_end_user(&user).await?;
+                self.enqueue(vec![entry]);
+                self.settle(ticket, 0).await;
+                return Ok((user, true));
             }
             let user = fresh(Some(identifier.clone()));
             let ticket = self.check_quota(project, 0, &[user.id]).await?;
-            // The row first, then the claim: a claim never points at nothing.
-            let entry = self.insert_end_user(&user).await?;
             let won = self
                 .lwt(
                     "INSERT INTO end_users_by_identifier (project_id, user_identifier, id) \
@@ -1660,22 +1667,14 @@ impl Store for ScyllaStore {
                     (project.as_uuid(), &identifier, user.id.as_uuid()),
                 )
                 .await?;
-            if won {
-                self.enqueue(vec![entry]);
-                self.settle(ticket, 0).await;
-                return Ok((user, true));
+            if !won {
+                // Another process claimed it first: nothing was written; read its claim.
+                continue;
             }
-            // Lost the race: the user was not created, nor is its event. (A process killed
-            // right here leaves both, an orphan row and its event, consistently.)
-            self.exec(
-                "DELETE FROM event_outbox WHERE bucket = ? AND shard = ? AND id = ?",
-                (entry.bucket, entry.shard, *entry.event.id.as_uuid()),
-            )
-            .await?;
-            self.remove_end_user_rows(project, *user.id.as_uuid())
-                .await?;
-            self.delete_usage_user(project, Period::of(user.created_at), user.id)
-                .await?;
+            let entry = self.insert_end_user(&user).await?;
+            self.enqueue(vec![entry]);
+            self.settle(ticket, 0).await;
+            return Ok((user, true));
         }
         Err(StoreError::Unavailable(
             "end-user identification kept racing".into(),
@@ -1736,7 +1735,9 @@ impl Store for ScyllaStore {
             (p, u),
         )
         .await?;
-        self.remove_end_user_rows(project, u).await?;
+        // The claim before the rows: a claim without its user is an identification to
+        // repair (see `upsert_end_user`), so a delete killed between the two must leave the
+        // user (still listed, deleted by the retry), not the claim.
         if let Some(ident) = &user.user_identifier {
             self.lwt(
                 "DELETE FROM end_users_by_identifier WHERE project_id = ? \
@@ -1745,6 +1746,7 @@ impl Store for ScyllaStore {
             )
             .await?;
         }
+        self.remove_end_user_rows(project, u).await?;
         Ok(true)
     }
 

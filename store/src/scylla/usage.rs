@@ -480,23 +480,6 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// Removes one user's active row (an identification that lost its race created no user).
-    pub(super) async fn delete_usage_user(
-        &self,
-        project: ProjectId,
-        period: Period,
-        user: EndUserId,
-    ) -> StoreResult<()> {
-        let u = *user.as_uuid();
-        self.exec(
-            "DELETE FROM usage_active_users WHERE project_id = ? AND period = ? AND shard = ? \
-             AND end_user_id = ?",
-            (*project.as_uuid(), period.to_string(), shard(&u), u),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// The project's plan and limits, cached for [`CACHE_TTL`].
     async fn limits_of(&self, project: ProjectId) -> StoreResult<(PlanId, PlanLimits)> {
         if let Some(l) = self.quota.limits.get(&project) {
