@@ -1272,6 +1272,92 @@ async fn client_msg_id_makes_rest_sends_idempotent_even_when_concurrent() {
     assert_eq!(hist.len(), 2);
 }
 
+/// `idempotency_key` on `POST /api/v1/conversations`: the same key from the same caller
+/// answers 200 with the first conversation (also under 10 concurrent requests); another key of
+/// the project, an end user, or another project with the same key gets its own; a bad key is
+/// refused; the project lists (and counts) one conversation per key and caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_makes_conversation_creation_idempotent() {
+    let srv = Server::start().await;
+    let t = srv.tenant("conv-idempotency").await;
+    let other = srv.tenant("conv-idempotency-other").await;
+    let second_key = srv.key(&t.project_id, &["read", "write"], None).await;
+    let (user, user_token) = srv.user(&t.key, "conv-idem-user").await;
+    let create = |subject: &str, key: &str| json!({"subject": subject, "members": [user], "idempotency_key": key});
+
+    let (s1, first) = srv
+        .post("/api/v1/conversations", &t.key, create("first", "c-1"))
+        .await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    let (s2, again) = srv
+        .post("/api/v1/conversations", &t.key, create("retried", "c-1"))
+        .await;
+    assert_eq!(s2, StatusCode::OK, "{again}");
+    assert_eq!(again, first, "the retry answers the original conversation");
+
+    // 10 at once with one key: one created.
+    let races = (0..10).map(|i| {
+        srv.post(
+            "/api/v1/conversations",
+            &t.key,
+            create(&format!("race {i}"), "race-1"),
+        )
+    });
+    let results = futures::future::join_all(races).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let repeats = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!((created, repeats), (1, 9), "{results:?}");
+    let race_ids: HashSet<&Value> = results.iter().map(|(_, b)| &b["id"]).collect();
+    assert_eq!(race_ids.len(), 1, "{results:?}");
+
+    // The same key from other callers: their own conversations.
+    let mut own = HashSet::new();
+    for (token, body) in [
+        (&second_key, create("second key", "c-1")),
+        (
+            &user_token,
+            json!({"subject": "end user", "idempotency_key": "c-1"}),
+        ),
+    ] {
+        let (s, c) = srv.post("/api/v1/conversations", token, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{c}");
+        assert_ne!(c["id"], first["id"]);
+        own.insert(c["id"].clone());
+    }
+    assert_eq!(own.len(), 2);
+    let (s, elsewhere) = srv
+        .post(
+            "/api/v1/conversations",
+            &other.key,
+            json!({"subject": "other project", "idempotency_key": "c-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{elsewhere}");
+
+    for bad in ["", "a b", "a.b", &"x".repeat(65)] {
+        let got = srv
+            .post("/api/v1/conversations", &t.key, create("bad", bad))
+            .await;
+        expect_error(
+            &got,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            &format!("idempotency_key {bad:?}"),
+        );
+    }
+
+    let (s, page) = srv.get("/api/v1/conversations?limit=200", &t.key).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["data"].as_array().map(Vec::len),
+        Some(4),
+        "c-1, race-1, and c-1 of the second key and of the end user: {page}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. End-user permissions
 // ---------------------------------------------------------------------------------------------

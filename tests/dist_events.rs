@@ -401,7 +401,7 @@ async fn try_call(
 
 /// A client of the two gateways that moves to gateway 1 for good when gateway 0 stops
 /// answering, and retries the request it had in flight there *as it was* (same
-/// `client_msg_id`, same `user_identifier`).
+/// `client_msg_id`, same `user_identifier`, same `idempotency_key`).
 struct Failover {
     cluster: Arc<Cluster>,
     gw: usize,
@@ -519,7 +519,8 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
                             Method::POST,
                             "/api/v1/conversations",
                             &key,
-                            json!({"subject": "kill", "members": [user]}),
+                            json!({"subject": "kill", "members": [user],
+                                   "idempotency_key": format!("c-{g}-{s}-{r}")}),
                         )
                         .await["id"]
                         .as_str()
@@ -592,6 +593,11 @@ async fn usage_equals_the_store_after_a_gateway_sigkill_and_republishing() {
             stored_ids.insert(m["id"].as_str().unwrap().to_owned());
         }
     }
+    assert_eq!(
+        conversations.len(),
+        2 * SENDERS * ROUNDS,
+        "one conversation per creation: a retried creation (same idempotency_key) made none"
+    );
     let lost = acked_ids.difference(&stored_ids).count();
     assert_eq!(lost, 0, "every acknowledged message is stored");
     let truth = json!({

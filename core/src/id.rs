@@ -11,6 +11,16 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+/// A fresh UUIDv7 with the timestamp `at` (milliseconds; before 1970, the epoch).
+pub fn v7_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        (ms % 1000) as u32 * 1_000_000,
+    ))
+}
+
 /// Why a string is not an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid id: expected a hyphenated UUID")]
@@ -42,6 +52,11 @@ macro_rules! define_id {
             /// A fresh, time-ordered (UUIDv7) id.
             pub fn new_v7() -> Self {
                 Self(Uuid::now_v7())
+            }
+            /// A fresh UUIDv7 id whose timestamp is `at` (an injected clock's now), random
+            /// bits as in [`Self::new_v7`].
+            pub fn new_v7_at(at: chrono::DateTime<chrono::Utc>) -> Self {
+                Self(v7_at(at))
             }
         }
 
@@ -213,7 +228,12 @@ impl MessageId {
     /// Hand-written rather than `Uuid::now_v7()` alone because the rule it implements (above
     /// the predecessor, not only above this process's last id) is the product's ordering rule.
     pub fn following(prev: Option<MessageId>) -> MessageId {
-        let candidate = Uuid::now_v7().as_u128();
+        Self::following_at(prev, crate::model::now())
+    }
+
+    /// [`MessageId::following`] with "now" given (an injected clock's).
+    pub fn following_at(prev: Option<MessageId>, now: chrono::DateTime<chrono::Utc>) -> MessageId {
+        let candidate = v7_at(now).as_u128();
         let Some(prev) = prev else {
             return MessageId(Uuid::from_u128(candidate));
         };

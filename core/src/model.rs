@@ -75,6 +75,11 @@ impl ProjectPatch {
     /// Applies the patch and bumps `updated_at` (never backwards). Every store uses this, so
     /// they agree on what a patch means.
     pub fn apply(&self, p: &mut Project) {
+        self.apply_at(p, now());
+    }
+
+    /// [`Self::apply`] at `now` (an injected clock's).
+    pub fn apply_at(&self, p: &mut Project, now: DateTime<Utc>) {
         if let Some(name) = &self.name {
             p.name = name.clone();
         }
@@ -87,7 +92,7 @@ impl ProjectPatch {
         if let Some(settings) = &self.settings {
             p.settings = settings.clone();
         }
-        p.updated_at = now().max(p.updated_at);
+        p.updated_at = now.max(p.updated_at);
     }
 }
 
@@ -316,6 +321,11 @@ impl EndUserPatch {
     /// Applies the patch. `updated_at` tracks profile changes, not presence: a patch with only
     /// `last_seen_at` (a heartbeat) leaves it alone.
     pub fn apply(&self, u: &mut EndUser) {
+        self.apply_at(u, now());
+    }
+
+    /// [`Self::apply`] at `now` (an injected clock's).
+    pub fn apply_at(&self, u: &mut EndUser, now: DateTime<Utc>) {
         let mut profile_changed = false;
         for (field, value) in [
             (&mut u.name, &self.name),
@@ -335,7 +345,7 @@ impl EndUserPatch {
             u.last_seen_at = Some(seen);
         }
         if profile_changed {
-            u.updated_at = now().max(u.updated_at);
+            u.updated_at = now.max(u.updated_at);
         }
     }
 }
@@ -400,6 +410,11 @@ impl ConversationPatch {
     /// Applies subject, status, metadata and assignee and bumps `updated_at` (never backwards).
     /// `add_members` is left to the store, which must check the members exist.
     pub fn apply_fields(&self, c: &mut Conversation) {
+        self.apply_fields_at(c, now());
+    }
+
+    /// [`Self::apply_fields`] at `now` (an injected clock's).
+    pub fn apply_fields_at(&self, c: &mut Conversation, now: DateTime<Utc>) {
         if let Some(subject) = &self.subject {
             c.subject = subject.clone();
         }
@@ -412,7 +427,7 @@ impl ConversationPatch {
         if let Some(assignee) = &self.assignee {
             c.assignee = assignee.clone();
         }
-        c.updated_at = now().max(c.updated_at);
+        c.updated_at = now.max(c.updated_at);
     }
 }
 

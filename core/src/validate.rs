@@ -40,6 +40,14 @@ pub fn client_msg_id(id: &str) -> Result<(), ApiError> {
     })
 }
 
+/// A conversation creation's idempotency key (`idempotency_key`): the rules of
+/// [`client_msg_id`], 1–64 chars of `[A-Za-z0-9_:-]`.
+pub fn idempotency_key(key: &str) -> Result<(), ApiError> {
+    token(key, "idempotency_key", MAX_CLIENT_MSG_ID_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')
+    })
+}
+
 /// A tenant identifier (their own user id, an agent id): 1–128 printable chars of
 /// `[A-Za-z0-9_.@:+-]`. Never used in subjects; stored and compared as is.
 pub fn identifier(value: &str, field: &'static str) -> Result<(), ApiError> {

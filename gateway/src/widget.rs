@@ -744,8 +744,11 @@ pub async fn send_message(
                 metadata: Metadata::parse(
                     serde_json::json!({"source": "widget", "origin": ctx.origin}),
                 )?,
+                // The first message's own key: a first send retried (its answer lost)
+                // starts one conversation, not one per attempt.
+                idempotency_key: Some(format!("widget-first:{}", body.client_msg_id)),
             };
-            gw.service().create_conversation(&who, input).await?
+            gw.service().create_conversation(&who, input).await?.0
         }
     };
     let sender = gw.resolve_actor(&who, None).await?;

@@ -5,7 +5,7 @@ use larachat_core::id::{ConversationId, EndUserId, ProjectId};
 use larachat_core::model::{self, Conversation, ConversationPatch, ConversationStatus};
 use larachat_core::protocol::ServerFrame;
 use larachat_core::subject::Subject;
-use larachat_store::ConversationQuery;
+use larachat_store::{ConversationQuery, CreationKey};
 
 use crate::input::{AgentId, Change, MemberList, Metadata, Name};
 use crate::{Principal, Service};
@@ -17,6 +17,9 @@ pub struct NewConversation {
     /// End users taking part; an end user's own conversation has exactly them.
     pub members: MemberList,
     pub metadata: Metadata,
+    /// The caller's idempotency key (validated: `validate::idempotency_key`): the same key
+    /// from the same caller returns the conversation it created instead of a new one.
+    pub idempotency_key: Option<String>,
 }
 
 /// A change to a conversation, parsed.
@@ -32,12 +35,14 @@ pub struct ConversationChange {
 
 impl Service {
     /// Starts a conversation (`conversation.created`). With an end-user principal, the caller
-    /// is its only member.
+    /// is its only member. With an idempotency key already used by this caller in the
+    /// project, returns the conversation it created, and `false` (nothing created, counted or
+    /// announced); otherwise `true`.
     pub async fn create_conversation(
         &self,
         who: &Principal,
         input: NewConversation,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<(Conversation, bool), ApiError> {
         who.require_write()?;
         let members = match who.end_user() {
             Some(me) => {
@@ -63,15 +68,29 @@ impl Service {
             last_message_id: None,
             assignee: None,
         };
-        self.store().create_conversation(&conv).await?;
-        self.publish_to(
-            &feed_subjects(&conv),
-            &ServerFrame::ConversationCreated {
-                conversation: conv.clone(),
-            },
-        )
-        .await;
-        Ok(conv)
+        let (conv, created) = match input.idempotency_key {
+            Some(key) => {
+                let key = CreationKey {
+                    caller: who.caller_name(),
+                    key,
+                };
+                self.store().create_conversation_keyed(&conv, &key).await?
+            }
+            None => {
+                self.store().create_conversation(&conv).await?;
+                (conv, true)
+            }
+        };
+        if created {
+            self.publish_to(
+                &feed_subjects(&conv),
+                &ServerFrame::ConversationCreated {
+                    conversation: conv.clone(),
+                },
+            )
+            .await;
+        }
+        Ok((conv, created))
     }
 
     /// Changes a conversation (tenant side only: a secret key or an agent token, never an end

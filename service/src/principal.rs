@@ -41,6 +41,17 @@ pub enum PrincipalKind {
 }
 
 impl Principal {
+    /// A stable name of who is calling within the project, scoping their idempotency keys:
+    /// `key:<api key id>`, `agent:<agent id>` (an agent token speaks as one agent, whoever
+    /// issued it), `user:<end user id>`.
+    pub fn caller_name(&self) -> String {
+        match &self.kind {
+            PrincipalKind::Key { key_id, .. } => format!("key:{key_id}"),
+            PrincipalKind::Agent { actor, .. } => format!("agent:{}", actor.id),
+            PrincipalKind::EndUser { user_id } => format!("user:{user_id}"),
+        }
+    }
+
     /// Requires `read` (implied by `write` and `admin`). End users may read their own data.
     pub fn require_read(&self) -> Result<(), ApiError> {
         match &self.kind {

@@ -42,7 +42,10 @@ use larachat_core::plan::{
     EdgeUsage, Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes,
 };
 
-use crate::{AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Store, StoreError};
+use crate::clock::{Clock, ManualClock};
+use crate::{
+    AssigneeFilter, ConversationQuery, CreationKey, MessageRange, NewEndUser, Store, StoreError,
+};
 
 /// The store under test.
 pub type TestStore = Arc<dyn Store>;
@@ -72,6 +75,7 @@ macro_rules! for_each_store_check {
             conversations,
             conversations_listing,
             conversations_assignee,
+            conversations_idempotency_key,
             messages_append,
             messages_idempotency,
             messages_concurrent_idempotency,
@@ -97,6 +101,16 @@ macro_rules! for_each_store_check {
     };
 }
 
+/// Like [`for_each_store_check!`], for the checks that take a store AND the [`ManualClock`] it
+/// was configured with (`SqliteConfig::clock` / `ScyllaConfig::clock`): they move the clock
+/// to write a history over past days. Each backend's test file opens such a store per check.
+#[macro_export]
+macro_rules! for_each_clocked_store_check {
+    ($m:ident) => {
+        $m!(analytics_match_the_store_over_days,);
+    };
+}
+
 /// Like [`for_each_store_check!`], for the checks that take TWO stores on the same data (two
 /// processes: two SQLite handles on one file, two CQL sessions on one keyspace). Each backend's
 /// test file opens both and calls every check.
@@ -105,6 +119,7 @@ macro_rules! for_each_two_store_check {
     ($m:ident) => {
         $m!(
             two_processes_race_one_client_msg_id,
+            two_processes_race_one_conversation_key,
             two_processes_append_concurrently,
         );
     };
@@ -1214,6 +1229,104 @@ pub async fn conversations_assignee(store: &TestStore) {
     }
 }
 
+fn creation_key(caller: &str, key: &str) -> CreationKey {
+    CreationKey {
+        caller: caller.to_owned(),
+        key: key.to_owned(),
+    }
+}
+
+/// Conversations created with an idempotency key: the same key from the same caller in the
+/// same project returns the first conversation (`false`), however often and whatever the
+/// request asks for, and counts once; another caller, or another project, with the same key
+/// creates its own; a refused creation (unknown member) leaves the key unused.
+pub async fn conversations_idempotency_key(store: &TestStore) {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
+    let u1 = new_end_user(store, project.id).await;
+    let stranger = new_end_user(store, other.id).await;
+
+    let key = creation_key("key:A", "create-1");
+    let first = conversation_value(project.id, &[u1.id]);
+    let (stored, created) = store
+        .create_conversation_keyed(&first, &key)
+        .await
+        .expect("create");
+    assert!(created);
+    assert_eq!(stored, first);
+    assert_eq!(
+        store.conversation(project.id, first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    for _ in 0..2 {
+        let again = Conversation {
+            subject: Some("a different request".into()),
+            ..conversation_value(project.id, &[])
+        };
+        let (got, created) = store
+            .create_conversation_keyed(&again, &key)
+            .await
+            .expect("again");
+        assert_eq!((got, created), (first.clone(), false), "the original");
+        assert_eq!(
+            store.conversation(project.id, again.id).await.expect("get"),
+            None,
+            "the repeat created nothing"
+        );
+    }
+    // Another caller with the same key: its own conversation.
+    let theirs = conversation_value(project.id, &[]);
+    let (got, created) = store
+        .create_conversation_keyed(&theirs, &creation_key("user:B", "create-1"))
+        .await
+        .expect("other caller");
+    assert!(created);
+    assert_eq!(got.id, theirs.id);
+    // Another project with the same caller name and key: its own conversation.
+    let elsewhere = conversation_value(other.id, &[stranger.id]);
+    let (got, created) = store
+        .create_conversation_keyed(&elsewhere, &key)
+        .await
+        .expect("other project");
+    assert!(created);
+    assert_eq!(got.id, elsewhere.id);
+    // Refused (a member of another project): nothing created, the key stays free.
+    let refused_key = creation_key("key:A", "create-2");
+    let bad = conversation_value(project.id, &[stranger.id]);
+    let err = store.create_conversation_keyed(&bad, &refused_key).await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound("end user"))),
+        "{err:?}"
+    );
+    let good = conversation_value(project.id, &[u1.id]);
+    let (got, created) = store
+        .create_conversation_keyed(&good, &refused_key)
+        .await
+        .expect("after the refusal");
+    assert!(created);
+    assert_eq!(got.id, good.id);
+
+    let listed = store
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                limit: 100,
+                ..ConversationQuery::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&listed.items, |c| c.id),
+        vec![good.id, theirs.id, first.id],
+        "three conversations, newest first"
+    );
+    let used = store.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.conversations, 3, "each counted once");
+    let used = store.usage(other.id, this_month()).await.expect("usage");
+    assert_eq!(used.conversations, 1);
+}
+
 pub async fn conversations_listing(store: &TestStore) {
     let project = new_project(store).await;
     let alice = new_end_user(store, project.id).await;
@@ -1748,6 +1861,49 @@ pub async fn messages_seq(store: &TestStore) {
 
 /// Two processes append the same `client_msg_id` at the same moment, round after round: each
 /// is stored once, both answers name it, and the conversation's numbering has no gap.
+/// Two processes creating conversations with one idempotency key at once (4 calls per key,
+/// alternating processes): each key creates exactly one conversation, every answer is it, and
+/// the month counts one per key.
+pub async fn two_processes_race_one_conversation_key(a: &TestStore, b: &TestStore) {
+    const ROUNDS: usize = 20;
+    let project = new_project(a).await;
+    for round in 0..ROUNDS {
+        let key = creation_key("key:racer", &format!("race-{round}"));
+        let mut tasks = JoinSet::new();
+        for store in [a, b, a, b] {
+            let (store, key) = (store.clone(), key.clone());
+            let c = conversation_value(project.id, &[]);
+            tasks.spawn(async move { store.create_conversation_keyed(&c, &key).await });
+        }
+        let mut answers = HashSet::new();
+        let mut creations = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (c, created) = joined.expect("task").expect("create");
+            creations += usize::from(created);
+            answers.insert(c.id);
+        }
+        assert_eq!(creations, 1, "round {round}: created once");
+        assert_eq!(
+            answers.len(),
+            1,
+            "round {round}: every answer is the original"
+        );
+    }
+    let listed = a
+        .list_conversations(
+            project.id,
+            &ConversationQuery {
+                limit: 1000,
+                ..ConversationQuery::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), ROUNDS, "one conversation per key");
+    let used = b.usage(project.id, this_month()).await.expect("usage");
+    assert_eq!(used.conversations, ROUNDS as u64, "counted once per key");
+}
+
 pub async fn two_processes_race_one_client_msg_id(a: &TestStore, b: &TestStore) {
     const ROUNDS: usize = 40;
     let project = new_project(a).await;
@@ -2894,6 +3050,148 @@ pub async fn analytics_match_the_store(store: &TestStore) {
         AnalyticsData::default(),
         "a deleted project has no analytics"
     );
+}
+
+/// Analytics equal a brute-force computation over the store for a project whose history the
+/// store itself wrote over a week (its clock moved; ids, `created_at`, closing times, usage and
+/// analytics rows all come from it): 16 conversations started minutes to hours apart from
+/// 21:40 UTC six days ago, so hours and days are crossed, each with up to 6 messages of random
+/// senders minutes apart, some closed (one closed and reopened). Compared by the hour and by
+/// the day, over the whole week and over ranges starting and ending mid-day; each range read
+/// twice, the second time from what the first sealed. The generator is seeded (printed).
+pub async fn analytics_match_the_store_over_days(store: &TestStore, clock: &ManualClock) {
+    use chrono::TimeDelta;
+    let wall = model::now();
+    let start = (wall - TimeDelta::days(6))
+        .date_naive()
+        .and_hms_opt(21, 40, 0)
+        .expect("a time")
+        .and_utc();
+    clock.set(start);
+    let project = new_project(store).await;
+    let users = [
+        new_end_user(store, project.id).await,
+        new_end_user(store, project.id).await,
+        new_end_user(store, project.id).await,
+    ];
+    let seed = wall.timestamp_millis() as u64 | 1;
+    println!("analytics over days: seed {seed}, history from {start}");
+    let mut state = seed;
+    let mut next = move |n: u64| {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let minutes = |m: u64| TimeDelta::minutes(m as i64);
+    let mut closed_at = std::collections::HashMap::new();
+    let mut reopened = false;
+    for i in 0..16usize {
+        clock.advance(minutes(1 + next(240)) + TimeDelta::seconds(next(60) as i64));
+        let c = conversation_at(project.id, &[users[i % 3].id], clock.now());
+        store.create_conversation(&c).await.expect("create");
+        for j in 0..next(7) {
+            clock.advance(minutes(next(45)) + TimeDelta::milliseconds(1 + next(60_000) as i64));
+            let sender = match next(6) {
+                0..=2 => Actor {
+                    kind: ActorKind::EndUser,
+                    id: users[i % 3].id.to_string(),
+                    name: None,
+                },
+                3 | 4 => agent("agent-7"),
+                _ => Actor {
+                    kind: if next(2) == 0 {
+                        ActorKind::Bot
+                    } else {
+                        ActorKind::System
+                    },
+                    id: "helper".into(),
+                    name: None,
+                },
+            };
+            let mut m = new_message(&c, &format!("c{i} m{j}"), Some(&format!("c{i}-{j}")));
+            m.sender = sender;
+            let sent = store.append_message(&m).await.expect("send");
+            assert!(sent.created);
+            assert_eq!(sent.message.created_at, clock.now(), "the store's clock");
+        }
+        let close = |status| ConversationPatch {
+            status: Some(status),
+            ..ConversationPatch::default()
+        };
+        if next(3) > 0 {
+            clock.advance(minutes(1 + next(180)));
+            let closed = store
+                .update_conversation(project.id, c.id, &close(ConversationStatus::Closed))
+                .await
+                .expect("close")
+                .expect("exists");
+            assert_eq!(closed.updated_at, clock.now());
+            closed_at.insert(c.id, closed.updated_at);
+            if !reopened && next(2) == 0 {
+                reopened = true;
+                clock.advance(minutes(1 + next(30)));
+                store
+                    .update_conversation(project.id, c.id, &close(ConversationStatus::Open))
+                    .await
+                    .expect("reopen")
+                    .expect("exists");
+                closed_at.remove(&c.id);
+            }
+        }
+    }
+    let end = clock.now();
+    let hour = TimeDelta::hours(1);
+    let day = TimeDelta::days(1);
+    let range = |from, to, g| AnalyticsRange::new(from, to, g).expect("range");
+    let ranges = [
+        range(start - hour, end + hour, Granularity::Hour),
+        range(start - hour, end + hour, Granularity::Day),
+        // Starting and ending mid-day.
+        range(
+            start + hour * 5 + minutes(17),
+            start + day * 2 + hour * 13 + minutes(29),
+            Granularity::Hour,
+        ),
+        range(
+            start + hour * 5 + minutes(17),
+            start + day * 2 + hour * 13 + minutes(29),
+            Granularity::Day,
+        ),
+        // Within one day.
+        range(
+            start + day + hour * 3,
+            start + day + hour * 20,
+            Granularity::Hour,
+        ),
+        range(start + hour * 30, end - hour * 7, Granularity::Day),
+    ];
+    // Read "an hour after" the last write: every hour of the history is over.
+    clock.advance(hour * 2);
+    for round in ["first read", "second read (sealed hours)"] {
+        for range in ranges {
+            let expected = brute_force_analytics(store, project.id, range, &closed_at).await;
+            let data = store
+                .analytics(project.id, &range)
+                .await
+                .expect("analytics");
+            let got = ProjectAnalytics::compute(range, data);
+            assert_eq!(got, expected, "{round}: analytics over {range:?}");
+        }
+    }
+    let all = brute_force_analytics(store, project.id, ranges[1], &closed_at).await;
+    let sent: u64 = all.messages.iter().map(|b| b.count).sum();
+    let days_with_messages = all.messages.iter().filter(|b| b.count > 0).count();
+    println!(
+        "{sent} messages over {days_with_messages} days, {} answered, {} resolved, open {} \
+         closed {}",
+        all.first_response.count, all.resolution.count, all.open, all.closed
+    );
+    // Not trivially empty: the history spans days, has answers and resolutions.
+    assert!(days_with_messages >= 2, "{all:?}");
+    assert!(all.resolution.count > 0, "{all:?}");
+    assert!(all.open + all.closed == 16, "{all:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

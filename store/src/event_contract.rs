@@ -23,7 +23,7 @@ use larachat_core::model::{
     EndUserPatch, NewMessage, PlanId, Project, ProjectStatus,
 };
 
-use crate::{NewEndUser, Store, StoreError};
+use crate::{CreationKey, NewEndUser, Store, StoreError};
 
 /// The store under test.
 pub type TestStore = Arc<dyn Store>;
@@ -40,6 +40,7 @@ macro_rules! for_each_event_check {
             workers_of_one_consumer_share_the_events,
             consumers_are_independent,
             usage_warnings_are_logged_once_at_80_and_100_percent,
+            a_conversation_key_logs_one_creation,
         );
     };
 }
@@ -606,4 +607,69 @@ pub async fn usage_warnings_are_logged_once_at_80_and_100_percent(
         &|d| matches!(d, EventData::UsageThresholdReached(w) if w.metric == QuotaMetric::MessagesPerMonth),
     );
     assert!(fourth < warned, "{got:?}");
+}
+
+/// A conversation created three times with one idempotency key (the answer lost, the request
+/// sent again) logs one `conversation.created`, with the id derived from the conversation's;
+/// the same key from another caller is another conversation with its own event.
+pub async fn a_conversation_key_logs_one_creation(store: &TestStore, log: &TestLog) {
+    let project = new_project(store).await;
+    let mut consumer = log
+        .consumer(&fresh_consumer(), ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    let key = |caller: &str| CreationKey {
+        caller: caller.into(),
+        key: "retry-1".into(),
+    };
+    let fresh = || {
+        let t = model::now();
+        Conversation {
+            id: ConversationId::new_v7(),
+            project_id: project,
+            subject: Some("once".into()),
+            status: ConversationStatus::Open,
+            members: vec![],
+            metadata: json!({}),
+            created_at: t,
+            updated_at: t,
+            last_message_id: None,
+            assignee: None,
+        }
+    };
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let (c, created) = store
+            .create_conversation_keyed(&fresh(), &key("key:a"))
+            .await
+            .expect("create");
+        answers.push((c.id, created));
+    }
+    let first = answers[0].0;
+    assert_eq!(answers, [(first, true), (first, false), (first, false)]);
+    let (other, created) = store
+        .create_conversation_keyed(&fresh(), &key("key:b"))
+        .await
+        .expect("other caller");
+    assert!(
+        created && other.id != first,
+        "another caller's key is its own"
+    );
+    let mark = marker(store, project).await;
+    let got = acked_until_marker(consumer.as_mut(), project, mark).await;
+    let created: Vec<(EventId, ConversationId)> = got
+        .iter()
+        .filter_map(|g| match &g.event.data {
+            EventData::ConversationCreated(c) => Some((g.event.id, c.conversation_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        created,
+        [
+            (EventId::of_conversation_created(first), first),
+            (EventId::of_conversation_created(other.id), other.id)
+        ],
+        "one conversation.created per key and caller"
+    );
 }

@@ -24,7 +24,9 @@
 //!   SQLite outbox, with the restart checks only SQLite has.
 //!
 //! Conventions every backend follows: timestamps are kept to the millisecond (build them with
-//! `model::now()`); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
+//! `model::now()`); every time a store writes itself (ids, `created_at`, `updated_at`, usage
+//! periods, analytics buckets, warnings) comes from its configured [`clock`] (the system clock
+//! unless a test injects a [`ManualClock`]); listing limits are clamped to `1..=1000`; ids order listings (UUIDv7, so id
 //! order is creation order); a conversation's messages carry `seq` 1, 2, 3, … in id order,
 //! and no listing ever skips one (a backend that can see a claimed-but-unwritten message
 //! repairs it before answering).
@@ -35,6 +37,7 @@
 //!
 //! Must not depend on the broker, gateway or control plane.
 
+pub mod clock;
 pub mod contract;
 pub mod event_contract;
 #[cfg(feature = "scylla")]
@@ -56,6 +59,7 @@ use larachat_core::model::{
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, QuotaExceeded, UsageCounts};
 use larachat_core::team::{Invite, Member, ProjectRole};
 
+pub use clock::{Clock, ManualClock, StoreClock, SystemClock};
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore};
@@ -156,6 +160,20 @@ pub struct NewEndUser {
     pub avatar: Option<String>,
     pub metadata: serde_json::Value,
 }
+
+/// The idempotency key of a conversation creation: the caller's own key (`key`), scoped to
+/// who asks (`caller`: a stable name of the principal, such as `key:<api key id>` or
+/// `user:<end user id>`) within the conversation's project. The same key from another caller,
+/// or in another project, is another key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CreationKey {
+    pub caller: String,
+    pub key: String,
+}
+
+/// How long a backend remembers a [`CreationKey`] at least: 7 days (CQL rows expire then;
+/// SQLite keeps them with the project).
+pub const CREATION_KEY_TTL_SECS: i32 = 7 * 24 * 3600;
 
 /// Result of an idempotent append.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +322,16 @@ pub trait Store: Send + Sync + 'static {
     /// (`NotFound("end user")` otherwise, and nothing is created). `Conflict` if the id
     /// exists. Duplicate members are stored once; `members` read back in id order.
     async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()>;
+    /// [`Store::create_conversation`], once per `key`: the first call with a key creates
+    /// `conversation` and returns it as stored with `true`; every later call with the same
+    /// key in the same project returns that conversation (whatever it asks for) with `false`,
+    /// creating, counting and announcing nothing. A failed creation (unknown member, quota)
+    /// leaves the key unused.
+    async fn create_conversation_keyed(
+        &self,
+        conversation: &Conversation,
+        key: &CreationKey,
+    ) -> StoreResult<(Conversation, bool)>;
     async fn conversation(
         &self,
         project: ProjectId,

@@ -103,6 +103,24 @@ macro_rules! two_store_tests {
 
 larachat_store::for_each_two_store_check!(two_store_tests);
 
+macro_rules! clocked_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            /// A store (its own session) on a clock of the check's own.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let clock = larachat_store::ManualClock::starting_at(model::now());
+                let mut config = config();
+                config.clock = larachat_store::StoreClock::new(clock.clone());
+                let store: TestStore = Arc::new(connect_with(config).await);
+                contract::$check(&store, &clock).await;
+            }
+        )*
+    };
+}
+
+larachat_store::for_each_clocked_store_check!(clocked_tests);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_twice_is_idempotent() {
     let store = connect_with(config()).await;
@@ -1005,7 +1023,7 @@ async fn an_identification_killed_after_its_claim_is_repaired_by_the_next() {
     };
     let (user, created) = b.upsert_end_user(p, &who).await.expect("repair");
     assert_eq!(user.id, claimed, "the claimed id, not a fresh one");
-    assert!(created, "the user did not exist before");
+    assert!(!created, "created for the identification that claimed it");
     assert_eq!(user.name.as_deref(), Some("Repaired"));
     for (store, name) in [(&a, "a"), (&b, "b")] {
         let (again, created) = store.upsert_end_user(p, &who).await.expect("again");
@@ -1033,4 +1051,132 @@ async fn an_identification_killed_after_its_claim_is_repaired_by_the_next() {
         vec![(EventId::of_user_created(claimed), claimed)],
         "one user.created, with the derived id"
     );
+}
+
+/// The state a conversation creation killed between its key claim and its conversation batch
+/// leaves (the claim row only, with the conversation to write, planted here) is finished by
+/// the next creation with the key, in another process: the claimed conversation is written
+/// (not the new request), counted once, announced once; later calls return it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_creation_killed_after_its_claim_is_finished_by_the_next() {
+    let a = connect_with(config()).await;
+    let b = connect_with(config()).await;
+    let raw = raw_session().await;
+    let (p, _) = fixture(&a).await;
+    let period = Period::of(model::now());
+    let before = a.usage(p, period).await.expect("usage").conversations;
+    let conversation = |subject: &str| {
+        let t = model::now();
+        Conversation {
+            id: ConversationId::new_v7(),
+            project_id: p,
+            subject: Some(subject.into()),
+            status: ConversationStatus::Open,
+            members: vec![],
+            metadata: json!({"n": 1}),
+            created_at: t,
+            updated_at: t,
+            last_message_id: None,
+            assignee: None,
+        }
+    };
+    let claimed = conversation("claimed by the killed creator");
+    raw.query_unpaged(
+        "INSERT INTO conversation_keys (project_id, caller, key, conversation_id, conversation) \
+         VALUES (?, ?, ?, ?, ?)",
+        (
+            *p.as_uuid(),
+            "key:k",
+            "killed",
+            *claimed.id.as_uuid(),
+            serde_json::to_string(&claimed).unwrap(),
+        ),
+    )
+    .await
+    .expect("plant the claim");
+    assert!(a.conversation(p, claimed.id).await.expect("read").is_none());
+
+    let key = larachat_store::CreationKey {
+        caller: "key:k".into(),
+        key: "killed".into(),
+    };
+    let mut queue = b.outbox_queue(1000);
+    let retry = conversation("the retry");
+    let (got, created) = b
+        .create_conversation_keyed(&retry, &key)
+        .await
+        .expect("finish");
+    assert_eq!(got, claimed, "the claimed conversation, not the retry's");
+    assert!(!created, "created for the call that claimed the key");
+    for (store, name) in [(&a, "a"), (&b, "b")] {
+        let (again, created) = store
+            .create_conversation_keyed(&conversation("later"), &key)
+            .await
+            .expect("again");
+        assert_eq!((again.id, created), (claimed.id, false), "process {name}");
+    }
+    assert_eq!(
+        a.conversation(p, claimed.id).await.expect("read"),
+        Some(claimed.clone())
+    );
+    assert!(a.conversation(p, retry.id).await.expect("read").is_none());
+    assert_eq!(
+        a.usage(p, period).await.expect("usage").conversations,
+        before + 1,
+        "counted once"
+    );
+    let mut events = Vec::new();
+    while let Ok(e) = queue.try_recv() {
+        if let EventData::ConversationCreated(c) = &e.event.data {
+            if e.event.project_id == p {
+                events.push((e.event.id, c.conversation_id));
+            }
+        }
+    }
+    assert_eq!(
+        events,
+        vec![(EventId::of_conversation_created(claimed.id), claimed.id)],
+        "one conversation.created, with the derived id"
+    );
+}
+
+/// Schema 12 (`conversation_keys`) on a keyspace at schema 11: `migrate` adds it, and keyed
+/// creations work on the upgraded keyspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_11_keyspace_gets_conversation_keys() {
+    let (cfg, old, _raw) = old_keyspace("lc_upgrade", 11).await;
+    drop(old);
+    let store = connect_with(cfg).await;
+    let (p, _) = fixture(&store).await;
+    let key = larachat_store::CreationKey {
+        caller: "key:upgrade".into(),
+        key: "k".into(),
+    };
+    let t = model::now();
+    let c = Conversation {
+        id: ConversationId::new_v7(),
+        project_id: p,
+        subject: None,
+        status: ConversationStatus::Open,
+        members: vec![],
+        metadata: json!({}),
+        created_at: t,
+        updated_at: t,
+        last_message_id: None,
+        assignee: None,
+    };
+    let (first, created) = store
+        .create_conversation_keyed(&c, &key)
+        .await
+        .expect("create");
+    assert!(created);
+    let again = Conversation {
+        id: ConversationId::new_v7(),
+        ..c.clone()
+    };
+    let (second, created) = store
+        .create_conversation_keyed(&again, &key)
+        .await
+        .expect("again");
+    assert_eq!((second.id, created), (first.id, false));
 }

@@ -10,7 +10,9 @@ use larachat_core::model::{
 };
 use larachat_store::contract::{self, TestStore};
 use larachat_store::sqlite::SCHEMA_VERSION;
-use larachat_store::{MessageRange, NewEndUser, SqliteConfig, SqliteStore, Store, StoreError};
+use larachat_store::{
+    ManualClock, MessageRange, NewEndUser, SqliteConfig, SqliteStore, Store, StoreClock, StoreError,
+};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -57,6 +59,27 @@ macro_rules! two_store_tests {
 }
 
 larachat_store::for_each_two_store_check!(two_store_tests);
+
+macro_rules! clocked_tests {
+    ($($check:ident),* $(,)?) => {
+        $(
+            /// A store on a clock of the check's own.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let clock = ManualClock::starting_at(model::now());
+                let config = SqliteConfig {
+                    clock: StoreClock::new(clock.clone()),
+                    ..config(&dir)
+                };
+                let store: TestStore = Arc::new(SqliteStore::open(config).expect("open"));
+                contract::$check(&store, &clock).await;
+            }
+        )*
+    };
+}
+
+larachat_store::for_each_clocked_store_check!(clocked_tests);
 
 /// All checks on one shared store, as a shared Cassandra keyspace would run them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,7 +547,8 @@ async fn corrupt_rows_are_errors_not_panics() {
 }
 
 /// The migration to the members schema makes every existing project's owner its `owner`
-/// member (the last migration undone on a database that has a project, then re-applied).
+/// member (the migration and those after it undone on a database that has a project, then
+/// re-applied).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_members_migration_backfills_owners() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -534,9 +558,13 @@ async fn the_members_migration_backfills_owners() {
     };
     {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
-        conn.execute_batch("DROP TABLE project_members; DROP TABLE project_invites;")
-            .expect("undo the members migration");
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+        // Undo the members migration (10) and the ones after it (11, conversation keys).
+        conn.execute_batch(
+            "DROP TABLE project_members; DROP TABLE project_invites; \
+             DROP TABLE conversation_keys;",
+        )
+        .expect("undo the members migration");
+        conn.pragma_update(None, "user_version", 9)
             .expect("version");
     }
     let store = SqliteStore::open(config(&dir)).expect("reopen migrates");

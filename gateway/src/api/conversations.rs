@@ -29,6 +29,12 @@ pub struct CreateConversation {
     #[serde(default)]
     pub members: Vec<EndUserId>,
     pub metadata: Option<serde_json::Value>,
+    /// The caller's idempotency key, 1–64 chars of `[A-Za-z0-9_:-]`: a creation sent again
+    /// with the same key (by the same key, agent or end user, in the same project, within
+    /// 7 days at least) returns the conversation the first one created, with status 200,
+    /// instead of creating another. Send one whenever a lost answer may be retried.
+    #[schema(example = "checkout-4711")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Change a conversation (secret keys and agent tokens only). An absent field is left as it
@@ -71,7 +77,9 @@ pub struct ListParams {
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations", tag = "client", request_body = CreateConversation,
-    responses((status = 201, body = Conversation), (status = 404, body = larachat_core::error::ErrorBody)),
+    responses((status = 201, body = Conversation),
+              (status = 200, body = Conversation, description = "`idempotency_key` used before by this caller: the conversation it created"),
+              (status = 404, body = larachat_core::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_conversation(
     State(gw): State<Gateway>,
@@ -83,9 +91,21 @@ pub async fn create_conversation(
         subject: parse_opt(body.subject, |s| Name::parse(s, "subject"))?,
         members: MemberList::parse(body.members)?,
         metadata: Metadata::parse_opt(body.metadata)?,
+        idempotency_key: match body.idempotency_key {
+            Some(k) => {
+                validate::idempotency_key(&k)?;
+                Some(k)
+            }
+            None => None,
+        },
     };
-    let conv = gw.service().create_conversation(&who, input).await?;
-    Ok((StatusCode::CREATED, ApiJson(conv)))
+    let (conv, created) = gw.service().create_conversation(&who, input).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, ApiJson(conv)))
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "client", params(ListParams),

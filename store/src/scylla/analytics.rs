@@ -94,7 +94,11 @@ fn first_wins(seq: u64) -> i64 {
 
 /// The rows a message adds, in its logged batch. `answers`: whether it answers the
 /// conversation's first end-user message (see the module docs).
-pub(crate) fn message_rows(m: &Message, answers: bool) -> Vec<(&'static str, Values)> {
+pub(crate) fn message_rows(
+    m: &Message,
+    answers: bool,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, Values)> {
     let p = *m.project_id.as_uuid();
     let c = *m.conversation_id.as_uuid();
     let hour = hour_of(m.created_at);
@@ -151,7 +155,7 @@ pub(crate) fn message_rows(m: &Message, answers: bool) -> Vec<(&'static str, Val
             ],
         ));
     }
-    let late = model::now()
+    let late = now
         .signed_duration_since(m.created_at)
         .to_std()
         .is_ok_and(|d| d > LATE_AFTER);
@@ -294,7 +298,7 @@ impl ScyllaStore {
         range: &AnalyticsRange,
     ) -> StoreResult<AnalyticsData> {
         let p = *project.as_uuid();
-        let now = model::now();
+        let now = self.now();
         let (from, to) = (
             range.from().timestamp_millis(),
             range.to().timestamp_millis(),

@@ -28,6 +28,7 @@
 //! | `conversations_by_member` | `((project_id, member_id), conversation_id DESC)` + `status`, `assignee` | member filter (status and assignee filtered in the partition) |
 //! | `conversations_by_assignee` | `((project_id, assignee, status, bucket), id DESC)` | assignee filter (`!none` = unassigned); rows under `any` and under the status; an assignment or status change moves them |
 //! | `conversation_buckets` | `((project_id), bucket DESC)` | the buckets listings walk |
+//! | `conversation_keys` | `((project_id, caller, key))` | a conversation creation's idempotency key, claimed with an LWT before the conversation is written; 7-day TTL |
 //! | `end_users` / `end_users_by_identifier` | `((project_id, id))` / `((project_id, user_identifier))` | identify is an LWT on the latter |
 //! | `end_users_by_project` + `end_user_buckets` | `((project_id, bucket), id)` | enumeration for `delete_project` |
 //! | `read_states` | `((project_id, conversation_id), member_key)` | one marker per reader |
@@ -54,8 +55,8 @@
 //!
 //! Every statement runs at the configured consistency (`LOCAL_QUORUM` by default), so a write
 //! acknowledged to a caller is read back by the next reader. Lightweight transactions are used
-//! only where uniqueness demands them: admin emails, end-user identifiers, and the commit point
-//! of a message. No counters are used.
+//! only where uniqueness demands them: admin emails, end-user identifiers, conversation creation
+//! keys, and the commit point of a message. No counters are used.
 //!
 //! `append_message` claims the message's `seq` and id with ONE conditional batch on the
 //! conversation's sequencer partition (head `N → N+1`, the `client_msg_id` row `IF NOT EXISTS`,
@@ -118,9 +119,10 @@ use larachat_core::model::{
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
 use larachat_core::team::{Invite, Member, ProjectRole};
 
+use crate::clock::StoreClock;
 use crate::{
-    Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError,
-    StoreResult,
+    Appended, AssigneeFilter, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page,
+    Store, StoreError, StoreResult,
 };
 use codec::{
     Values, corrupt, enum_str, exec_error, from_opt_ts, from_ts, internal, json_text, parse_enum,
@@ -130,6 +132,10 @@ use codec::{
 /// How to reach the cluster and how to store data in it.
 #[derive(Debug, Clone)]
 pub struct ScyllaConfig {
+    /// Where every time the store writes comes from (ids, `created_at`, usage periods,
+    /// analytics hours, warnings, outbox write times; see [`crate::clock`]). CQL write
+    /// timestamps (`USING TIMESTAMP`, last-write-wins) stay on the system clock.
+    pub clock: StoreClock,
     /// `host:port` of one or more nodes; the driver discovers the rest.
     pub contact_points: Vec<String>,
     /// Keyspace name: `[a-z_][a-z0-9_]*`, at most 48 characters.
@@ -159,6 +165,7 @@ impl ScyllaConfig {
             request_timeout: Duration::from_secs(10),
             message_bucket: Duration::from_secs(7 * 24 * 3600),
             listing_bucket: Duration::from_secs(30 * 24 * 3600),
+            clock: StoreClock::system(),
         }
     }
 }
@@ -615,6 +622,11 @@ impl ScyllaStore {
     }
 
     /// The configuration in use.
+    /// Now, by the configured clock.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.config.clock.now()
+    }
+
     pub fn config(&self) -> &ScyllaConfig {
         &self.config
     }
@@ -937,7 +949,7 @@ impl ScyllaStore {
             self.exec(cql, values).await?;
             return Ok(());
         }
-        let (insert, entry) = outbox::insert(&DomainEvent::user_updated(u), model::now());
+        let (insert, entry) = outbox::insert(&DomainEvent::user_updated(u), self.now());
         items.push(insert);
         self.batch(items).await?;
         self.enqueue(vec![entry]);
@@ -950,7 +962,7 @@ impl ScyllaStore {
         let p = *u.project_id.as_uuid();
         let id = *u.id.as_uuid();
         let bucket = self.listing_bucket(&id);
-        let (insert, entry) = outbox::insert(&DomainEvent::user_created(u), model::now());
+        let (insert, entry) = outbox::insert(&DomainEvent::user_created(u), self.now());
         self.batch(
             vec![
                 (
@@ -1263,7 +1275,7 @@ impl Store for ScyllaStore {
         let Some(mut p) = self.load_project(id).await? else {
             return Ok(None);
         };
-        patch.apply(&mut p);
+        patch.apply_at(&mut p, self.now());
         self.exec(
             "UPDATE projects SET name = ?, plan = ?, status = ?, settings = ?, updated_at = ? \
              WHERE id = ?",
@@ -1586,9 +1598,9 @@ impl Store for ScyllaStore {
         project: ProjectId,
         u: &NewEndUser,
     ) -> StoreResult<(EndUser, bool)> {
-        let now = model::now();
+        let now = self.now();
         let fresh = |identifier: Option<String>| EndUser {
-            id: EndUserId::new_v7(),
+            id: EndUserId::new_v7_at(now),
             project_id: project,
             is_anonymous: identifier.is_none(),
             user_identifier: identifier,
@@ -1641,7 +1653,7 @@ impl Store for ScyllaStore {
                         .await?;
                     self.settle(ticket, 0).await;
                     if apply_identify(&mut user, u) {
-                        user.updated_at = model::now().max(user.updated_at);
+                        user.updated_at = now.max(user.updated_at);
                         self.write_end_user_profile(&user, true).await?;
                     }
                     return Ok((user, false));
@@ -1656,7 +1668,9 @@ impl Store for ScyllaStore {
                 let entry = self.insert_end_user(&user).await?;
                 self.enqueue(vec![entry]);
                 self.settle(ticket, 0).await;
-                return Ok((user, true));
+                // Created for the identification that claimed it, not by this call (which
+                // may race a live claimant: only the claimant answers `true`).
+                return Ok((user, false));
             }
             let user = fresh(Some(identifier.clone()));
             let ticket = self.check_quota(project, 0, &[user.id]).await?;
@@ -1694,7 +1708,7 @@ impl Store for ScyllaStore {
         let Some(mut user) = self.load_end_user(project, *id.as_uuid()).await? else {
             return Ok(None);
         };
-        patch.apply(&mut user);
+        patch.apply_at(&mut user, self.now());
         // A heartbeat (`last_seen_at` only) is not a profile change: no event.
         self.write_end_user_profile(&user, patch.has_profile_fields())
             .await?;
@@ -1833,11 +1847,11 @@ impl Store for ScyllaStore {
             ..c.clone()
         };
         let (insert, entry) =
-            outbox::insert(&DomainEvent::conversation_created(&stored), model::now());
+            outbox::insert(&DomainEvent::conversation_created(&stored), self.now());
         items.push(insert);
         items.extend(usage::rows(
             c.project_id,
-            Period::of(model::now()),
+            Period::of(self.now()),
             &[(usage::KIND_CONVERSATION, id, None)],
             &members,
         ));
@@ -1849,6 +1863,91 @@ impl Store for ScyllaStore {
         self.set_initial_head(p, id, sequencer::Head { seq: 0, id: None })
             .await?;
         Ok(())
+    }
+
+    async fn create_conversation_keyed(
+        &self,
+        c: &Conversation,
+        key: &CreationKey,
+    ) -> StoreResult<(Conversation, bool)> {
+        let mut members = c.members.clone();
+        members.sort();
+        members.dedup();
+        let c = Conversation {
+            members,
+            ..c.clone()
+        };
+        let p = *c.project_id.as_uuid();
+        // Concurrent creations with one key queue here; across processes the lightweight
+        // transaction below decides. The claim first, with the conversation to write, then
+        // the conversation (as for end-user identifiers): a creator killed between the two
+        // leaves a claim without its conversation, counted nowhere, that the next call with
+        // the key finishes by writing the claimed conversation (the same rows and the same
+        // derived event id, whoever writes them, so a finisher racing a live creator counts
+        // and announces it once).
+        let _guard = self
+            .key_locks
+            .of(("conversation key", c.project_id, &key.caller, &key.key))
+            .lock()
+            .await;
+        for _ in 0..5 {
+            let claimed: Option<(Option<Uuid>, Option<String>)> = self
+                .row(
+                    "SELECT conversation_id, conversation FROM conversation_keys \
+                     WHERE project_id = ? AND caller = ? AND key = ?",
+                    (p, &key.caller, &key.key),
+                )
+                .await?;
+            if let Some((Some(id), body)) = claimed {
+                let id = ConversationId::from_uuid(id);
+                if let Some(existing) = self.load_conversation(c.project_id, id).await? {
+                    return Ok((existing, false));
+                }
+                let claimed: Conversation = body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str(b).ok())
+                    .filter(|k: &Conversation| k.id == id && k.project_id == c.project_id)
+                    .ok_or_else(|| corrupt("conversation_keys.conversation"))?;
+                match self.create_conversation(&claimed).await {
+                    // Finished for the caller that claimed the key: not created by this call.
+                    Ok(()) => return Ok((claimed, false)),
+                    // Written meanwhile by its creator: read it.
+                    Err(StoreError::Conflict(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            // Refuse what would be refused before claiming: unknown members.
+            self.check_end_users(c.project_id, &c.members).await?;
+            let body = serde_json::to_string(&c)
+                .map_err(|e| StoreError::Internal(format!("encoding a conversation: {e}")))?;
+            let won = self
+                .lwt(
+                    "INSERT INTO conversation_keys (project_id, caller, key, conversation_id, \
+                     conversation) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+                    (p, &key.caller, &key.key, c.id.as_uuid(), &body),
+                )
+                .await?;
+            if !won {
+                continue;
+            }
+            match self.create_conversation(&c).await {
+                Ok(()) => return Ok((c, true)),
+                // Refused before anything was written: the key stays unused.
+                Err(e @ (StoreError::NotFound(_) | StoreError::QuotaExceeded(_))) => {
+                    self.lwt(
+                        "DELETE FROM conversation_keys WHERE project_id = ? AND caller = ? \
+                         AND key = ? IF conversation_id = ?",
+                        (p, &key.caller, &key.key, c.id.as_uuid()),
+                    )
+                    .await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "conversation creation key kept racing".into(),
+        ))
     }
 
     async fn conversation(
@@ -2004,7 +2103,7 @@ impl Store for ScyllaStore {
         self.check_end_users(project, &added).await?;
         let old_status = c.status;
         let old_assignee = c.assignee.clone();
-        patch.apply_fields(&mut c);
+        patch.apply_fields_at(&mut c, self.now());
         c.members.extend(added.iter().copied());
         c.members.sort();
 
@@ -2091,7 +2190,7 @@ impl Store for ScyllaStore {
         }
         let (insert, entry) = outbox::insert(
             &DomainEvent::conversation_changed(old_status, &c),
-            model::now(),
+            self.now(),
         );
         items.push(insert);
         items.extend(analytics::status_rows(&c, old_status));
@@ -2285,7 +2384,7 @@ impl Store for ScyllaStore {
             updated_at: at,
         };
         let (insert, entry) =
-            outbox::insert(&DomainEvent::message_read(project, &state), model::now());
+            outbox::insert(&DomainEvent::message_read(project, &state), self.now());
         self.batch(vec![
             (
                 "INSERT INTO read_states (project_id, conversation_id, member_key, \

@@ -32,7 +32,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -339,5 +339,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         add_columns: &[],
         data: Some(DataStep::BackfillOwners),
+    },
+    Migration {
+        version: 12,
+        name: "conversation creation keys",
+        statements: &[
+            // A conversation creation's idempotency key (`caller` names the principal):
+            // claimed with a lightweight transaction before the conversation is written,
+            // with the conversation to write (`conversation`, JSON), so the same key creates
+            // one conversation across processes, and a claim whose conversation is missing
+            // (its creator died, or is still writing) is finished by the next call with the
+            // key, writing the same rows. Rows expire after 7 days (`CREATION_KEY_TTL_SECS`),
+            // also after their project is deleted (they cannot be enumerated by project).
+            "CREATE TABLE IF NOT EXISTS conversation_keys (\
+                project_id uuid, caller text, key text, conversation_id uuid, conversation text, \
+                PRIMARY KEY ((project_id, caller, key))) \
+                WITH default_time_to_live = 604800",
+        ],
+        add_columns: &[],
+        data: None,
     },
 ];

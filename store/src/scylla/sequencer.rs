@@ -192,8 +192,9 @@ impl ScyllaStore {
         let mut claims = 0u32;
         loop {
             claims += 1;
+            let now = self.now();
             let message = Message {
-                id: MessageId::following(head.id.map(MessageId::from_uuid)),
+                id: MessageId::following_at(head.id.map(MessageId::from_uuid), now),
                 seq: head.seq + 1,
                 project_id: m.project_id,
                 conversation_id: m.conversation_id,
@@ -205,7 +206,7 @@ impl ScyllaStore {
                     m.metadata.clone()
                 },
                 client_msg_id: m.client_msg_id.clone(),
-                created_at: model::now(),
+                created_at: now,
             };
             let outcome = match self.claim(head, &message).await {
                 Ok(outcome) => outcome,
@@ -434,7 +435,7 @@ impl ScyllaStore {
         // Its event's id comes from the message id: the writer, a repairer and a retry all
         // write the same event (at most in two outbox buckets; JetStream's de-duplication
         // window and the consumers' de-duplication by id absorb the second publish).
-        let (event, entry) = outbox::insert(&DomainEvent::message_sent_derived(m), model::now());
+        let (event, entry) = outbox::insert(&DomainEvent::message_sent_derived(m), self.now());
         let answers = self.answers(m).await?;
         self.batch_of(BatchType::Logged, vec![
             (
@@ -477,7 +478,7 @@ impl ScyllaStore {
         ]
         .into_iter()
         .chain(super::usage::message_rows(m))
-        .chain(super::analytics::message_rows(m, answers))
+        .chain(super::analytics::message_rows(m, answers, self.now()))
         .collect())
         .await?;
         self.enqueue(vec![entry]);

@@ -555,7 +555,7 @@ impl ScyllaStore {
         messages: u64,
         users: &[EndUserId],
     ) -> StoreResult<Ticket> {
-        let period = Period::of(model::now());
+        let period = Period::of(self.now());
         let (plan, limits) = self.limits_of(project).await?;
         let mut ticket = Ticket {
             estimate: None,
@@ -694,7 +694,7 @@ impl ScyllaStore {
         c: &ThresholdCrossing,
     ) -> StoreResult<bool> {
         let (p, key, alert) = (*project.as_uuid(), period.to_string(), c.key());
-        let now = model::now();
+        let now = self.now();
         let mine = DomainEvent::usage_threshold_reached(project, now, c, plan.clone(), period);
         let claimed = self
             .lwt(

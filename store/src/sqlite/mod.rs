@@ -56,8 +56,10 @@ use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
 use larachat_core::team::{Invite, Member, ProjectRole};
 use uuid::Uuid;
 
+use crate::clock::StoreClock;
 use crate::{
-    Appended, ConversationQuery, MessageRange, NewEndUser, Page, Store, StoreError, StoreResult,
+    Appended, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page, Store, StoreError,
+    StoreResult,
 };
 use codec::sql_error;
 use writer::{Call, Job, WriterCounters};
@@ -77,6 +79,8 @@ pub struct SqliteConfig {
     pub synchronous_full: bool,
     /// How long a connection waits for a lock before failing with `Unavailable`.
     pub busy_timeout: Duration,
+    /// Where every time the store writes comes from (see [`crate::clock`]).
+    pub clock: StoreClock,
 }
 
 impl SqliteConfig {
@@ -96,6 +100,7 @@ impl Default for SqliteConfig {
             readers: 4,
             synchronous_full: true,
             busy_timeout: Duration::from_secs(5),
+            clock: StoreClock::system(),
         }
     }
 }
@@ -128,6 +133,8 @@ struct Inner {
     read_permits: Arc<Semaphore>,
     /// Consumer groups of the event log, and the signal that wakes their fetches.
     groups: events::Groups,
+    /// Where the times the store writes come from.
+    clock: StoreClock,
 }
 
 /// Idle read-only connections. Connections are opened lazily again if one was lost.
@@ -204,6 +211,7 @@ impl SqliteStore {
                 readers: pool,
                 read_permits: Arc::new(Semaphore::new(readers)),
                 groups: events::Groups::default(),
+                clock: config.clock.clone(),
             }),
         })
     }
@@ -266,7 +274,7 @@ impl SqliteStore {
     pub async fn trim_events(&self, retention: Duration) -> StoreResult<usize> {
         let Some(cutoff) = chrono::TimeDelta::from_std(retention)
             .ok()
-            .and_then(|r| larachat_core::model::now().checked_sub_signed(r))
+            .and_then(|r| self.inner.clock.now().checked_sub_signed(r))
         else {
             return Ok(0);
         };
@@ -413,7 +421,8 @@ impl Store for SqliteStore {
         patch: &ProjectPatch,
     ) -> StoreResult<Option<Project>> {
         let patch = patch.clone();
-        self.write(move |c| queries::update_project(c, id, &patch))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::update_project(c, id, &patch, clock.now()))
             .await
     }
 
@@ -521,7 +530,8 @@ impl Store for SqliteStore {
         user: &NewEndUser,
     ) -> StoreResult<(EndUser, bool)> {
         let user = user.clone();
-        self.write(move |c| queries::upsert_end_user(c, project, &user))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::upsert_end_user(c, project, &user, clock.now()))
             .await
     }
 
@@ -536,7 +546,8 @@ impl Store for SqliteStore {
         patch: &EndUserPatch,
     ) -> StoreResult<Option<EndUser>> {
         let patch = patch.clone();
-        self.write(move |c| queries::update_end_user(c, project, id, &patch))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::update_end_user(c, project, id, &patch, clock.now()))
             .await
     }
 
@@ -547,7 +558,19 @@ impl Store for SqliteStore {
 
     async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()> {
         let conversation = conversation.clone();
-        self.write(move |c| queries::create_conversation(c, &conversation))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::create_conversation(c, &conversation, clock.now()))
+            .await
+    }
+
+    async fn create_conversation_keyed(
+        &self,
+        conversation: &Conversation,
+        key: &CreationKey,
+    ) -> StoreResult<(Conversation, bool)> {
+        let (conversation, key) = (conversation.clone(), key.clone());
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::create_conversation_keyed(c, &conversation, &key, clock.now()))
             .await
     }
 
@@ -577,13 +600,15 @@ impl Store for SqliteStore {
         patch: &ConversationPatch,
     ) -> StoreResult<Option<Conversation>> {
         let patch = patch.clone();
-        self.write(move |c| queries::update_conversation(c, project, id, &patch))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::update_conversation(c, project, id, &patch, clock.now()))
             .await
     }
 
     async fn append_message(&self, message: &NewMessage) -> StoreResult<Appended> {
         let message = message.clone();
-        self.write(move |c| queries::append_message(c, &message))
+        let clock = self.inner.clock.clone();
+        self.write(move |c| queries::append_message(c, &message, clock.now()))
             .await
     }
 

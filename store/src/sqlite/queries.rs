@@ -21,8 +21,8 @@ use super::codec::{self, json_text, ms, opt_ms, sql_error};
 use super::outbox;
 use super::usage::{self, Count};
 use crate::{
-    Appended, AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, Page, StoreError,
-    StoreResult,
+    Appended, AssigneeFilter, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page,
+    StoreError, StoreResult,
 };
 
 /// Largest page any listing returns; smaller requests are honoured, 0 means 1.
@@ -163,11 +163,12 @@ pub(crate) fn update_project(
     conn: &Connection,
     id: ProjectId,
     patch: &ProjectPatch,
+    now: DateTime<Utc>,
 ) -> StoreResult<Option<Project>> {
     let Some(mut p) = project(conn, id)? else {
         return Ok(None);
     };
-    patch.apply(&mut p);
+    patch.apply_at(&mut p, now);
     conn.prepare_cached(
         "UPDATE projects SET name = ?2, plan = ?3, status = ?4, settings = ?5, updated_at = ?6 \
          WHERE id = ?1",
@@ -203,6 +204,7 @@ pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bo
         "analytics_hours",
         "analytics_active",
         "analytics_conversations",
+        "conversation_keys",
     ] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE project_id = ?1"))
             .and_then(|mut s| s.execute([pid]))
@@ -295,6 +297,7 @@ pub(crate) fn upsert_end_user(
     conn: &Connection,
     project: ProjectId,
     u: &NewEndUser,
+    now: DateTime<Utc>,
 ) -> StoreResult<(EndUser, bool)> {
     if let Some(identifier) = &u.user_identifier {
         let sql = format!(
@@ -326,14 +329,14 @@ pub(crate) fn upsert_end_user(
                 changed = true;
             }
             if changed {
-                user.updated_at = model::now().max(user.updated_at);
+                user.updated_at = now.max(user.updated_at);
                 write_end_user(conn, &user)?;
                 outbox::insert(conn, &DomainEvent::user_updated(&user))?;
             }
             usage::count(
                 conn,
                 project,
-                model::now(),
+                now,
                 Count {
                     active: &[user.id],
                     ..Count::default()
@@ -342,9 +345,8 @@ pub(crate) fn upsert_end_user(
             return Ok((user, false));
         }
     }
-    let now = model::now();
     let user = EndUser {
-        id: EndUserId::new_v7(),
+        id: EndUserId::new_v7_at(now),
         project_id: project,
         user_identifier: u.user_identifier.clone(),
         name: u.name.clone(),
@@ -446,11 +448,12 @@ pub(crate) fn update_end_user(
     project: ProjectId,
     id: EndUserId,
     patch: &EndUserPatch,
+    now: DateTime<Utc>,
 ) -> StoreResult<Option<EndUser>> {
     let Some(mut u) = end_user(conn, project, id)? else {
         return Ok(None);
     };
-    patch.apply(&mut u);
+    patch.apply_at(&mut u, now);
     write_end_user(conn, &u)?;
     // A heartbeat (`last_seen_at` only) is not a profile change: no event.
     if patch.has_profile_fields() {
@@ -517,7 +520,11 @@ fn add_members(
     Ok(())
 }
 
-pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreResult<()> {
+pub(crate) fn create_conversation(
+    conn: &Connection,
+    c: &Conversation,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO conversations (project_id, id, subject, status, metadata, created_at, \
          updated_at, last_message_id, assignee) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -544,13 +551,57 @@ pub(crate) fn create_conversation(conn: &Connection, c: &Conversation) -> StoreR
     usage::count(
         conn,
         c.project_id,
-        model::now(),
+        now,
         Count {
             conversations: 1,
             active: &stored.members,
             ..Count::default()
         },
     )
+}
+
+/// [`create_conversation`] once per `key` (see `Store::create_conversation_keyed`): in the
+/// writer's transaction, so the key row and the conversation commit together.
+pub(crate) fn create_conversation_keyed(
+    conn: &Connection,
+    c: &Conversation,
+    key: &CreationKey,
+    now: DateTime<Utc>,
+) -> StoreResult<(Conversation, bool)> {
+    let pid = b(c.project_id.as_uuid());
+    let seen: Option<Uuid> = conn
+        .prepare_cached(
+            "SELECT conversation_id FROM conversation_keys \
+             WHERE project_id = ?1 AND caller = ?2 AND key = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![pid, key.caller, key.key], |r| codec::get_uuid(r, 0))
+                .optional()
+        })
+        .map_err(sql_error)?;
+    if let Some(id) = seen {
+        if let Some(existing) = conversation(conn, c.project_id, ConversationId::from_uuid(id))? {
+            return Ok((existing, false));
+        }
+    }
+    create_conversation(conn, c, now)?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO conversation_keys (project_id, caller, key, conversation_id, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            pid,
+            key.caller,
+            key.key,
+            b(c.id.as_uuid()),
+            ms(c.created_at)
+        ])
+    })
+    .map_err(sql_error)?;
+    let stored = conversation(conn, c.project_id, c.id)?
+        .ok_or(StoreError::Internal("conversation vanished".into()))?;
+    Ok((stored, true))
 }
 
 fn members(
@@ -652,12 +703,13 @@ pub(crate) fn update_conversation(
     project: ProjectId,
     id: ConversationId,
     patch: &ConversationPatch,
+    now: DateTime<Utc>,
 ) -> StoreResult<Option<Conversation>> {
     let Some(mut c) = conversation(conn, project, id)? else {
         return Ok(None);
     };
     let before = c.status;
-    patch.apply_fields(&mut c);
+    patch.apply_fields_at(&mut c, now);
     conn.prepare_cached(
         "UPDATE conversations SET subject = ?3, status = ?4, metadata = ?5, updated_at = ?6, \
          assignee = ?7 WHERE project_id = ?1 AND id = ?2",
@@ -707,7 +759,11 @@ fn conversation_head(
     .map_err(sql_error)
 }
 
-pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<Appended> {
+pub(crate) fn append_message(
+    conn: &Connection,
+    m: &NewMessage,
+    now: DateTime<Utc>,
+) -> StoreResult<Appended> {
     let project = m.project_id;
     let Some((head, last_seq)) = conversation_head(conn, project, m.conversation_id)? else {
         return Err(StoreError::NotFound("conversation"));
@@ -741,7 +797,7 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
     }
     // The single writer reads the head and writes the message in one transaction: the id
     // follows the newest one (even if that came from a faster clock) and seq has no gap.
-    let id = MessageId::following(head);
+    let id = MessageId::following_at(head, now);
     let seq = last_seq + 1;
     let message = Message {
         id,
@@ -756,7 +812,7 @@ pub(crate) fn append_message(conn: &Connection, m: &NewMessage) -> StoreResult<A
             m.metadata.clone()
         },
         client_msg_id: m.client_msg_id.clone(),
-        created_at: model::now(),
+        created_at: now,
     };
     conn.prepare_cached(
         "INSERT INTO messages (project_id, conversation_id, id, sender_kind, sender_id, \
