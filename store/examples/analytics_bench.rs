@@ -67,8 +67,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut conn = rusqlite::Connection::open(&path)?;
     conn.execute_batch(
+        // The tables of migration 8 (analytics) and of every later one, so that reopening
+        // applies them all again.
         "DROP TABLE analytics_hours; DROP TABLE analytics_active; \
-         DROP TABLE analytics_conversations; PRAGMA user_version = 7; \
+         DROP TABLE analytics_conversations; DROP TABLE usage_edge; \
+         DROP TABLE project_members; DROP TABLE project_invites; \
+         DROP TABLE conversation_keys; PRAGMA user_version = 7; \
          PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF;",
     )?;
     let pid = *project.id.as_uuid().as_bytes();

@@ -8,17 +8,23 @@
 //! Migrates a fresh keyspace, then writes the analytics rows of `messages` (default 200,000)
 //! messages of one project over the last 30 days directly (the rows the write path writes in
 //! each message's batch: `analytics_messages`, `analytics_active`, `analytics_active_days`,
-//! and one `analytics_conversations` row per conversation of 50 messages; 256 writes in
-//! flight), so
-//! that loading takes seconds instead of one lightweight transaction per message. Then it
+//! and one `analytics_conversations` row per conversation of 50 messages), grouped by
+//! partition into unlogged single-partition batches (one mutation each on the node, 48 in
+//! flight), so that loading takes minutes instead of one lightweight transaction per message. Then it
 //! times `analytics` + `ProjectAnalytics::compute`: the first 30-day query by the hour (which
 //! counts and seals every hour), then `runs` more of each case (sealed), printing p50 / p90.
+//! The keyspace is dropped at the end unless `LARACHAT_BENCH_KEEP` is set.
 
 use std::time::Instant;
+
+use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
 use larachat_core::analytics::{AnalyticsRange, Granularity, ProjectAnalytics};
@@ -35,13 +41,53 @@ const PER_CONVERSATION: usize = 50;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// One row to write.
-enum Row {
-    Message(Uuid, i64, &'static str, Uuid),
-    Active(Uuid, i64, Uuid),
-    ActiveDay(Uuid, i64, Uuid),
-    Conversation(Uuid, i64, Uuid, i64, Option<i64>, Option<i64>, Option<i64>),
-    Day(Uuid, i64),
+/// Rows of one partition, written as one unlogged batch (one mutation on the node).
+enum Chunk {
+    Messages(Vec<(Uuid, i64, &'static str, Uuid)>),
+    Active(Vec<(Uuid, i64, Uuid)>),
+    ActiveDays(Vec<(Uuid, i64, Uuid)>),
+    Conversations(Vec<ConversationRow>),
+    Days(Vec<(Uuid, i64)>),
+}
+
+/// `created_at, first_user_message_at, first_response_at, closed_at, project_id, day, id`.
+type ConversationRow = (
+    CqlTimestamp,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Option<CqlTimestamp>,
+    Uuid,
+    i64,
+    Uuid,
+);
+
+/// Rows per batch: all of one partition, under Cassandra's default 50 kB batch limit.
+const BATCH_ROWS: usize = 64;
+/// Batches in flight.
+const IN_FLIGHT: usize = 48;
+
+/// Splits `rows` grouped by partition key into chunks of at most [`BATCH_ROWS`].
+fn chunks<K: Ord, T>(
+    groups: BTreeMap<K, Vec<T>>,
+    wrap: impl Fn(Vec<T>) -> Chunk,
+) -> impl Iterator<Item = Chunk> {
+    groups.into_values().flat_map(move |rows| {
+        let mut out = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            out.push(wrap(rows.by_ref().take(BATCH_ROWS).collect()));
+        }
+        out
+    })
+}
+
+/// An unlogged batch of `n` times `stmt`.
+fn batch_of(stmt: &PreparedStatement, n: usize) -> Batch {
+    let mut b = Batch::new(BatchType::Unlogged);
+    for _ in 0..n {
+        b.append_statement(stmt.clone());
+    }
+    b
 }
 
 #[tokio::main]
@@ -92,9 +138,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let now_ms = model::now().timestamp_millis();
     let span_ms = TimeDelta::days(30).num_milliseconds();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut rows = Vec::new();
+    // Grouped by partition: (project, hour) / (project, day).
+    let mut messages: BTreeMap<i64, Vec<_>> = BTreeMap::new();
+    let mut active: BTreeMap<i64, Vec<_>> = BTreeMap::new();
+    let mut active_days: BTreeMap<i64, Vec<_>> = BTreeMap::new();
+    let mut conversations: BTreeMap<i64, Vec<ConversationRow>> = BTreeMap::new();
     let mut written = 0;
     let mut days = std::collections::BTreeSet::new();
+    let ts = CqlTimestamp;
     while written < total {
         let start = now_ms - span_ms + (rng.next() % (span_ms as u64 - 7_200_000)) as i64;
         let cid = v7_at(start);
@@ -116,35 +167,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 answered = Some(at);
             }
             let hour = at.div_euclid(HOUR_MS) * HOUR_MS;
-            rows.push(Row::Message(p, hour, kind, v7_at(at)));
+            messages
+                .entry(hour)
+                .or_default()
+                .push((p, hour, kind, v7_at(at)));
             hours.insert(hour);
         }
-        let mut active_days = std::collections::BTreeSet::new();
+        let mut conversation_days = std::collections::BTreeSet::new();
         for h in hours {
-            rows.push(Row::Active(p, h, cid));
-            active_days.insert(h.div_euclid(DAY_MS) * DAY_MS);
+            active.entry(h).or_default().push((p, h, cid));
+            conversation_days.insert(h.div_euclid(DAY_MS) * DAY_MS);
         }
-        for d in active_days {
-            rows.push(Row::ActiveDay(p, d, cid));
+        for d in conversation_days {
+            active_days.entry(d).or_default().push((p, d, cid));
             days.insert(d);
         }
         let closed = (rng.next() % 10 < 6).then_some(at + 600_000);
         let day = start.div_euclid(DAY_MS) * DAY_MS;
         days.insert(day);
-        rows.push(Row::Conversation(
-            p, day, cid, start, asked, answered, closed,
+        conversations.entry(day).or_default().push((
+            ts(start),
+            asked.map(ts),
+            answered.map(ts),
+            closed.map(ts),
+            p,
+            day,
+            cid,
         ));
         written += n;
     }
-    for d in days {
-        rows.push(Row::Day(p, d));
-    }
+    let day_rows: BTreeMap<i64, Vec<_>> = [(0, days.into_iter().map(|d| (p, d)).collect())].into();
+    let work: Vec<Chunk> = chunks(messages, Chunk::Messages)
+        .chain(chunks(active, Chunk::Active))
+        .chain(chunks(active_days, Chunk::ActiveDays))
+        .chain(chunks(conversations, Chunk::Conversations))
+        .chain(chunks(day_rows, Chunk::Days))
+        .collect();
     let started = Instant::now();
-    let count = rows.len();
-    let ts = |ms: i64| scylla::value::CqlTimestamp(ms);
-    stream::iter(rows)
-        .map(|row| {
+    let count = work.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    stream::iter(work)
+        .map(|chunk| {
             let session = &session;
+            let done = &done;
             let (m, a, ad, c, d) = (
                 &insert_message,
                 &insert_active,
@@ -153,40 +218,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &insert_day,
             );
             async move {
-                match row {
-                    Row::Message(p, h, k, id) => {
-                        session.execute_unpaged(m, (p, h, k, id)).await.map(|_| ())
-                    }
-                    Row::Active(p, h, c2) => {
-                        session.execute_unpaged(a, (p, h, c2)).await.map(|_| ())
-                    }
-                    Row::ActiveDay(p, day, c2) => {
-                        session.execute_unpaged(ad, (p, day, c2)).await.map(|_| ())
-                    }
-                    Row::Conversation(p, day, id, created, asked, answered, closed) => session
-                        .execute_unpaged(
-                            c,
-                            (
-                                ts(created),
-                                asked.map(ts),
-                                answered.map(ts),
-                                closed.map(ts),
-                                p,
-                                day,
-                                id,
-                            ),
-                        )
-                        .await
-                        .map(|_| ()),
-                    Row::Day(p, day) => session.execute_unpaged(d, (p, day)).await.map(|_| ()),
+                let r = match chunk {
+                    Chunk::Messages(v) => session.batch(&batch_of(m, v.len()), v).await,
+                    Chunk::Active(v) => session.batch(&batch_of(a, v.len()), v).await,
+                    Chunk::ActiveDays(v) => session.batch(&batch_of(ad, v.len()), v).await,
+                    Chunk::Conversations(v) => session.batch(&batch_of(c, v.len()), v).await,
+                    Chunk::Days(v) => session.batch(&batch_of(d, v.len()), v).await,
+                };
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % 5000 == 0 {
+                    eprintln!(
+                        "{n} of {count} batches in {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
+                r.map(|_| ())
             }
         })
-        .buffer_unordered(256)
+        .buffer_unordered(IN_FLIGHT)
         .try_collect::<Vec<()>>()
         .await?;
     println!(
-        "wrote the analytics rows of {written} messages ({count} rows) in {:.1} s",
+        "wrote the analytics rows of {written} messages ({count} single-partition batches of up \
+         to {BATCH_ROWS} rows, {IN_FLIGHT} in flight) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -224,6 +278,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms(pct(50)),
             ms(pct(90)),
         );
+    }
+    // The keyspace is the benchmark's own: dropped unless asked to keep it.
+    if std::env::var_os("LARACHAT_BENCH_KEEP").is_none() {
+        session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+            .await?;
+        println!("dropped keyspace {keyspace} (LARACHAT_BENCH_KEEP=1 keeps it)");
     }
     Ok(())
 }
