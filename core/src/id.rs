@@ -268,6 +268,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_at_a_given_time_carry_it() {
+        let at = chrono::DateTime::from_timestamp_millis(1_700_000_123_456).unwrap();
+        let id = EndUserId::new_v7_at(at);
+        assert_eq!(id.as_uuid().get_version_num(), 7);
+        assert_eq!(
+            MessageId::from_uuid(*id.as_uuid()).timestamp_ms(),
+            1_700_000_123_456
+        );
+        assert_ne!(EndUserId::new_v7_at(at), id, "random bits differ");
+        let m = MessageId::following_at(None, at);
+        assert_eq!(m.timestamp_ms(), 1_700_000_123_456);
+        // Behind the predecessor: still above it.
+        let later = MessageId::following_at(None, at + chrono::TimeDelta::seconds(5));
+        assert!(MessageId::following_at(Some(later), at) > later);
+    }
+
+    #[test]
+    fn derived_event_ids_are_stable_v7_and_distinct() {
+        let u = Uuid::now_v7();
+        let user = EventId::of_user_created(EndUserId::from_uuid(u));
+        let conv = EventId::of_conversation_created(ConversationId::from_uuid(u));
+        let msg = EventId::of_message(MessageId::from_uuid(u));
+        assert_eq!(user, EventId::of_user_created(EndUserId::from_uuid(u)));
+        for e in [user, conv, msg] {
+            assert_eq!(e.as_uuid().get_version_num(), 7);
+            assert_eq!(e.as_uuid().get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(
+                e.as_uuid().as_bytes()[..6],
+                u.as_bytes()[..6],
+                "same timestamp"
+            );
+            assert_ne!(*e.as_uuid(), u);
+        }
+        assert!(user != conv && conv != msg && user != msg);
+    }
+
+    #[test]
     fn ids_parse_only_canonical_form() {
         let id = ProjectId::new_v7();
         let s = id.to_string();
