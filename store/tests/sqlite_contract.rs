@@ -524,7 +524,8 @@ async fn corrupt_rows_are_errors_not_panics() {
 }
 
 /// The migration to the members schema makes every existing project's owner its `owner`
-/// member (the last migration undone on a database that has a project, then re-applied).
+/// member (the migrations from it on undone on a database that has a project, then
+/// re-applied).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_members_migration_backfills_owners() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -534,9 +535,12 @@ async fn the_members_migration_backfills_owners() {
     };
     {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
-        conn.execute_batch("DROP TABLE project_members; DROP TABLE project_invites;")
-            .expect("undo the members migration");
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+        // Version 10 is the members migration; 11 (search) comes after it.
+        conn.execute_batch(
+            "DROP TABLE project_members; DROP TABLE project_invites; DROP TABLE search_terms;",
+        )
+        .expect("undo the members migration and those after it");
+        conn.pragma_update(None, "user_version", 9)
             .expect("version");
     }
     let store = SqliteStore::open(config(&dir)).expect("reopen migrates");

@@ -32,7 +32,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -339,5 +339,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         add_columns: &[],
         data: Some(DataStep::BackfillOwners),
+    },
+    Migration {
+        version: 12,
+        name: "conversation search",
+        statements: &[
+            // One row per conversation and search key (`w:<word>`, `p:<prefix>`; see
+            // `larachat_core::search`), in the batch of the change it comes from. Partition:
+            // the conversations of one listing bucket (30 days by default) with that word.
+            // Conversations stored before this version are not indexed.
+            "CREATE TABLE IF NOT EXISTS search_terms (\
+                project_id uuid, bucket bigint, term text, conversation_id uuid, \
+                PRIMARY KEY ((project_id, bucket, term), conversation_id)) \
+                WITH CLUSTERING ORDER BY (conversation_id DESC)",
+            // A conversation's keys, to delete its rows above with it.
+            "CREATE TABLE IF NOT EXISTS search_conversation_terms (\
+                project_id uuid, conversation_id uuid, term text, \
+                PRIMARY KEY ((project_id, conversation_id), term))",
+        ],
+        add_columns: &[],
+        data: None,
     },
 ];
