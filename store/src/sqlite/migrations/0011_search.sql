@@ -1,4 +1,4 @@
--- Version 11: conversation search (see `larachat_core::search` and docs/api.md, "Search").
+-- Version 11: conversation search (see `larachat_core::search` and the README, "Search").
 --
 -- One row per conversation and index key (`w:<word>` or `p:<prefix>`), written in the same
 -- transaction as the message, conversation or member change it comes from. A query reads the
