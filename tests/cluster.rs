@@ -757,3 +757,95 @@ async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {
     println!("bob offline {took:?} after his gateway was killed (ttl 1.5 s, beats 0.2 s)");
     assert!(took < Duration::from_secs(10), "offline after {took:?}");
 }
+
+/// A member removed, or whose role is lowered, on the control plane loses its agent token's
+/// sockets on every gateway at once (the control notice over NATS), not at the gateways'
+/// next credential re-check (an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_or_demoted_member_loses_its_sockets_on_every_gateway_at_once() {
+    let slow_heartbeat = vars(&[("LARACHAT_REALTIME__HEARTBEAT_SECS", "3600")]);
+    let c = Cluster::start_with(
+        &Backends::shared(),
+        vec![slow_heartbeat.clone(), slow_heartbeat],
+    )
+    .await;
+    let t = c.tenant("member-sockets").await;
+    let members = format!("/api/admin/projects/{}/members", t.project_id);
+    let email = format!("ana-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (s, inv) = c
+        .admin(
+            Method::POST,
+            &format!("/api/admin/projects/{}/invites", t.project_id),
+            Some(json!({"email": email, "role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{inv}");
+    let url = |p: &str| format!("{}{p}", c.control.base());
+    let (s, accepted) = common::call(
+        &c.http,
+        Method::POST,
+        &url("/api/admin/invites/accept"),
+        None,
+        Some(json!({"token": inv["token"], "name": "Ana", "password": "ana's own password"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{accepted}");
+    let ana_id = accepted["user"]["id"].as_str().unwrap().to_owned();
+    let ana = accepted["token"].as_str().unwrap().to_owned();
+    let (s, tok) = common::call(
+        &c.http,
+        Method::POST,
+        &url(&format!("/api/admin/projects/{}/agent-token", t.project_id)),
+        Some(&ana),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let open_everywhere = || async {
+        let mut sockets = Vec::new();
+        for gw in &c.gateways {
+            sockets.push(connect(&gw.ws_url(), &token, None).await.expect("connect"));
+        }
+        sockets
+    };
+    let closed_everywhere = |mut sockets: Vec<Socket>, what: &'static str| async move {
+        let started = Instant::now();
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            match next_frame(ws, common::WAIT).await {
+                Frame::Closed(Some(4001)) => {}
+                other => panic!("{what}: the socket on gateway {i}: {other:?}"),
+            }
+        }
+        println!(
+            "{what}: sockets on both gateways closed (4001) {:.1} ms after the admin's answer",
+            ms(started.elapsed())
+        );
+    };
+
+    // Lowered from admin to agent: both sockets close; the member may connect again.
+    let sockets = open_everywhere().await;
+    let (s, b) = c
+        .admin(
+            Method::PATCH,
+            &format!("{members}/{ana_id}"),
+            Some(json!({"role": "agent"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    closed_everywhere(sockets, "role lowered").await;
+
+    // Removed: both sockets close, and the token is refused.
+    let sockets = open_everywhere().await;
+    let (s, b) = c
+        .admin(Method::DELETE, &format!("{members}/{ana_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    closed_everywhere(sockets, "member removed").await;
+    for gw in 0..c.gateways.len() {
+        let (s, b) = c
+            .client(gw, Method::GET, "/api/v1/conversations", &token, None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "gateway {gw}: {b}");
+    }
+}
