@@ -849,3 +849,128 @@ async fn a_removed_or_demoted_member_loses_its_sockets_on_every_gateway_at_once(
         assert_eq!(s, StatusCode::UNAUTHORIZED, "gateway {gw}: {b}");
     }
 }
+
+/// Distributed mode, dashboard on the control plane and the Client API on a gateway (another
+/// origin): the control plane tells the dashboard the gateway's origin and allows exactly it
+/// (http and ws) in its CSP; the gateway answers CORS for the configured dashboard origin only,
+/// without credentials mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reaches_the_gateways_across_origins_with_cors_for_its_origin_only() {
+    let mut c = Cluster::start(1).await;
+    let dash = c.control.base();
+    let gw = c.gw(0);
+    let gw_ws = gw.replacen("http://", "ws://", 1);
+    // Each side learns the other's origin (ports are kept across restarts).
+    c.control.kill();
+    c.control
+        .env
+        .push(("LARACHAT_DASHBOARD__GATEWAY_URL".into(), gw.clone()));
+    c.control.restart();
+    c.gateways[0].kill();
+    c.gateways[0].env.push((
+        "LARACHAT_DASHBOARD__ALLOWED_ORIGINS".into(),
+        format!("{dash},https://other-dashboard.example"),
+    ));
+    c.gateways[0].restart();
+
+    // The page is told, and its policy lets it connect there and nowhere else.
+    let r = c
+        .http
+        .get(format!("{dash}/dashboard/config.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cfg: Value = r.json().await.unwrap();
+    assert_eq!(cfg, json!({ "gateway_url": gw }));
+    let r = c
+        .http
+        .get(format!("{dash}/dashboard/"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("connect-src 'self' {gw} {gw_ws};")),
+        "{csp}"
+    );
+
+    let t = c.tenant("dashboard-cors").await;
+    let list = format!("{gw}/api/v1/conversations?limit=1");
+    let preflight = |origin: &'static str| {
+        let (http, list) = (c.http.clone(), list.clone());
+        async move {
+            http.request(Method::OPTIONS, &list)
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let get = |origin: &'static str| {
+        let (http, list, key) = (c.http.clone(), list.clone(), t.key.clone());
+        async move {
+            http.get(&list)
+                .header("origin", origin)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let dash_origin: &'static str = Box::leak(dash.clone().into_boxed_str());
+
+    // Allowed origin: the preflight names it, the methods and the bearer header; no
+    // credentials mode. The request itself carries the origin too.
+    let r = preflight(dash_origin).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], dash_origin);
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for m in ["GET", "POST", "PATCH", "DELETE"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    assert!(h.get("access-control-allow-credentials").is_none());
+    let r = get(dash_origin).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["access-control-allow-origin"], dash_origin);
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let vary = r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(vary.contains("origin"), "{vary}");
+
+    // Refused origin: no CORS header on either, so a browser keeps the answer from the page.
+    for origin in ["https://evil.example", "null"] {
+        let r = preflight(origin).await;
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{origin}: {:?}",
+            r.headers()
+        );
+        let r = get(origin).await;
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{origin}: {:?}",
+            r.headers()
+        );
+    }
+}

@@ -99,7 +99,7 @@ pub struct ReadList {
 /// Routes of the Client API.
 pub fn router(gw: Gateway) -> Router {
     let limit = gw.config().max_body_bytes;
-    Router::new()
+    let router: Router<Gateway> = Router::new()
         .route("/api/v1/users", post(users::create_user))
         .route(
             "/api/v1/users/{id}",
@@ -168,8 +168,43 @@ pub fn router(gw: Gateway) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             gw.limits().clone(),
             larachat_limits::http::ip_limit,
-        ))
-        .with_state(gw)
+        ));
+    // Outermost: a preflight is answered before routing, limits and authentication.
+    let router = match dashboard_cors(&gw.config().dashboard_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(gw)
+}
+
+/// CORS for the configured dashboard origins (docs/dashboard.md, "Distributed mode"): only
+/// those origins, the Client API's methods, the bearer token and JSON; no credentials mode
+/// (no cookies are used). `None` when no origin is configured: same-origin only.
+fn dashboard_cors(
+    origins: &[larachat_core::origin::Origin],
+) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.as_str()).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Authenticates every Client API request once, refuses widget sessions (they belong to
