@@ -29,3 +29,10 @@ cargo build --bin larachat
 bin="$(pwd)/target/debug/larachat"
 echo "== dashboard tests (real browser, axe-core)"
 (cd dashboard && LARACHAT_BIN="$bin" npm test)
+# The inbox against a control plane and a gateway on two origins (NATS + Cassandra needed).
+if [ -n "${LARACHAT_TEST_NATS_URL:-}" ] && [ -n "${LARACHAT_TEST_CASSANDRA:-}" ]; then
+  echo "== dashboard in distributed mode (control plane + gateway, real browser)"
+  (cd dashboard && LARACHAT_BIN="$bin" node --test test/distributed.mjs)
+else
+  echo "== NOT RUN: dashboard/test/distributed.mjs needs LARACHAT_TEST_NATS_URL and LARACHAT_TEST_CASSANDRA (deploy/nats.sh start, deploy/cassandra.sh start)"
+fi

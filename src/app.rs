@@ -177,6 +177,7 @@ impl App {
                         max_body_bytes: config.server.max_body_bytes,
                         realtime: config.realtime_config(),
                         webhooks: Some(webhooks.clone()),
+                        dashboard_origins: config.dashboard.origins(),
                     },
                 )
                 .await
@@ -267,7 +268,7 @@ impl App {
         }
         if let Some(cp) = control_plane {
             router = router.merge(larachat_control_plane::router(cp));
-            router = router.merge(crate::dashboard::router());
+            router = router.merge(crate::dashboard::router(config.dashboard.gateway_origin()));
         }
         let edge = crate::edge::Edge {
             request_timeout: Duration::from_secs(config.server.request_timeout_secs),

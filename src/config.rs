@@ -35,6 +35,40 @@ pub struct Config {
     pub demo: DemoConfig,
     pub limits: larachat_limits::LimitsConfig,
     pub webhooks: larachat_webhooks::WebhooksConfig,
+    pub dashboard: DashboardConfig,
+}
+
+/// The dashboard across origins (docs/dashboard.md, "Distributed mode"): where its inbox
+/// reaches the Client API, and which dashboard origins the gateways let in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Read by the process serving the dashboard (`serve`, `control-plane`): the public origin
+    /// of the gateways (`https://api.chat.example.com`), told to the dashboard
+    /// (`/dashboard/config.json`) and allowed in its CSP `connect-src` (http and ws). Empty:
+    /// the dashboard's own origin (`serve`, or a proxy in front of both).
+    pub gateway_url: String,
+    /// Read by gateways: the dashboard origins allowed to call the Client API from a browser
+    /// (CORS, without credentials: the inbox sends a bearer token). Empty: none.
+    pub allowed_origins: Vec<String>,
+}
+
+impl DashboardConfig {
+    /// `gateway_url`, normalised; `None` when empty.
+    pub fn gateway_origin(&self) -> Option<larachat_core::origin::Origin> {
+        let url = self.gateway_url.trim().trim_end_matches('/');
+        (!url.is_empty())
+            .then(|| larachat_core::origin::Origin::parse(url).ok())
+            .flatten()
+    }
+
+    /// `allowed_origins`, normalised (invalid ones are refused by `validate`).
+    pub fn origins(&self) -> Vec<larachat_core::origin::Origin> {
+        self.allowed_origins
+            .iter()
+            .filter_map(|o| larachat_core::origin::Origin::parse(o).ok())
+            .collect()
+    }
 }
 
 /// The demo pages (`/demo`, `/demo/agent`) and their "Demo" project.
@@ -447,6 +481,21 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes must be at least 1024".into());
         }
+        let dash = &self.dashboard;
+        let gateway_url = dash.gateway_url.trim().trim_end_matches('/');
+        if !gateway_url.is_empty() {
+            if let Err(e) = larachat_core::origin::Origin::parse(gateway_url) {
+                return bad(format!(
+                    "dashboard.gateway_url must be empty or an origin like https://api.example.com: {}",
+                    e.message
+                ));
+            }
+        }
+        for o in &dash.allowed_origins {
+            if let Err(e) = larachat_core::origin::Origin::parse(o) {
+                return bad(format!("dashboard.allowed_origins: {}", e.message));
+            }
+        }
         let srv = &self.server;
         if !srv.public_url.is_empty()
             && !srv.public_url.starts_with("https://")
@@ -792,7 +841,7 @@ mod tests {
         assert_eq!(c.bus.nats.events_replicas, 3);
         let scylla = ("LARACHAT_STORAGE__BACKEND", "scylla");
         let nats = ("LARACHAT_BUS__BACKEND", "nats");
-        let refused: [(&[(&str, &str)], &str); 6] = [
+        let refused: [(&[(&str, &str)], &str); 8] = [
             (
                 &[("LARACHAT_STORAGE__BACKEND", "postgres")],
                 "storage.backend",
@@ -813,6 +862,17 @@ mod tests {
             (
                 &[("LARACHAT_SERVER__PUBLIC_URL", "chat.example.com")],
                 "server.public_url",
+            ),
+            (
+                &[(
+                    "LARACHAT_DASHBOARD__GATEWAY_URL",
+                    "https://api.example.com/v1",
+                )],
+                "dashboard.gateway_url",
+            ),
+            (
+                &[("LARACHAT_DASHBOARD__ALLOWED_ORIGINS", "https://a.example,*")],
+                "dashboard.allowed_origins",
             ),
         ];
         for (vars, named) in refused {

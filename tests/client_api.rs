@@ -2144,3 +2144,96 @@ async fn wrong_method_answers_a_catalog_405() {
         "admin PUT /me",
     );
 }
+
+#[tokio::test]
+async fn search_finds_conversations_by_person_subject_and_words_in_the_caller_scope_only() {
+    let srv = Server::start().await;
+    let t = srv.tenant("search").await;
+    let other = srv.tenant("search-other").await;
+    let (zoe, zoe_token) = srv.user(&t.key, "zoe-lopez").await;
+    let (bob, bob_token) = srv.user(&t.key, "bob-stone").await;
+    let (twin, twin_token) = srv.user(&other.key, "zoe-lopez").await;
+    let c1 = srv.conversation(&t.key, &[&zoe]).await;
+    let c2 = srv.conversation(&t.key, &[&bob]).await;
+    let (s, c3) = srv
+        .post(
+            "/api/v1/conversations",
+            &t.key,
+            json!({"subject": "Shipping delay", "members": [&bob]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c3}");
+    let c3 = c3["id"].as_str().unwrap().to_owned();
+    let foreign = srv.conversation(&other.key, &[&twin]).await;
+    srv.send(&zoe_token, &c1, "My REFUND has not arrived").await;
+    srv.send(&bob_token, &c2, "Where is my parcel? A refund, please.")
+        .await;
+    srv.send(&twin_token, &foreign, "refund for zoe").await;
+
+    let search = |token: &str, q: &str| {
+        let (srv, token, q) = (&srv, token.to_owned(), q.to_owned());
+        async move {
+            let (s, page) = srv.get(&format!("/api/v1/conversations?{q}"), &token).await;
+            assert_eq!(s, StatusCode::OK, "{q}: {page}");
+            (ids(page["data"].as_array().unwrap()), page)
+        }
+    };
+    // By the end user's external id and name (its words; the last one also as a prefix), by
+    // subject, by message words; newest first.
+    assert_eq!(search(&t.key, "q=zoe-lopez").await.0, vec![c1.clone()]);
+    assert_eq!(search(&t.key, "q=lop").await.0, vec![c1.clone()]);
+    assert_eq!(search(&t.key, "q=SHIPPING").await.0, vec![c3.clone()]);
+    assert_eq!(
+        search(&t.key, "q=refund").await.0,
+        vec![c2.clone(), c1.clone()]
+    );
+    assert_eq!(
+        search(&t.key, "q=refund%20parcel").await.0,
+        vec![c2.clone()]
+    );
+    assert_eq!(
+        search(&t.key, "q=bob").await.0,
+        vec![c3.clone(), c2.clone()]
+    );
+    // With the filters and the cursor of the listing.
+    assert_eq!(
+        search(&t.key, "q=bob&status=closed").await.0,
+        Vec::<String>::new()
+    );
+    let (first, page) = search(&t.key, "q=refund&limit=1").await;
+    assert_eq!(first, vec![c2.clone()]);
+    assert_eq!(page["has_more"], true);
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let (rest, page) = search(&t.key, &format!("q=refund&limit=1&cursor={cursor}")).await;
+    assert_eq!(rest, vec![c1.clone()]);
+    assert_eq!(page["has_more"], false);
+    // An end user finds only its own conversations; another tenant only its own.
+    assert_eq!(search(&zoe_token, "q=refund").await.0, vec![c1.clone()]);
+    assert_eq!(search(&bob_token, "q=zoe").await.0, Vec::<String>::new());
+    assert_eq!(
+        search(&other.key, "q=refund").await.0,
+        vec![foreign.clone()]
+    );
+    assert_eq!(
+        search(&other.key, "q=shipping").await.0,
+        Vec::<String>::new()
+    );
+
+    // Bad queries: a clear 400, and the server keeps serving.
+    let long = "a".repeat(201);
+    for (q, ctx) in [
+        ("q=", "empty"),
+        ("q=%20%21%3F", "no word"),
+        (long.as_str(), "too long"),
+        ("q=a%20b%20c%20d%20e%20f%20g%20h%20i", "too many words"),
+    ] {
+        let q = if ctx == "too long" {
+            format!("q={q}")
+        } else {
+            q.to_owned()
+        };
+        let got = srv.get(&format!("/api/v1/conversations?{q}"), &t.key).await;
+        expect_error(&got, StatusCode::BAD_REQUEST, "invalid_payload", ctx);
+    }
+    assert_eq!(search(&t.key, "q=refund").await.0.len(), 2);
+}

@@ -757,3 +757,220 @@ async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {
     println!("bob offline {took:?} after his gateway was killed (ttl 1.5 s, beats 0.2 s)");
     assert!(took < Duration::from_secs(10), "offline after {took:?}");
 }
+
+/// A member removed, or whose role is lowered, on the control plane loses its agent token's
+/// sockets on every gateway at once (the control notice over NATS), not at the gateways'
+/// next credential re-check (an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_or_demoted_member_loses_its_sockets_on_every_gateway_at_once() {
+    let slow_heartbeat = vars(&[("LARACHAT_REALTIME__HEARTBEAT_SECS", "3600")]);
+    let c = Cluster::start_with(
+        &Backends::shared(),
+        vec![slow_heartbeat.clone(), slow_heartbeat],
+    )
+    .await;
+    let t = c.tenant("member-sockets").await;
+    let members = format!("/api/admin/projects/{}/members", t.project_id);
+    let email = format!("ana-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (s, inv) = c
+        .admin(
+            Method::POST,
+            &format!("/api/admin/projects/{}/invites", t.project_id),
+            Some(json!({"email": email, "role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{inv}");
+    let url = |p: &str| format!("{}{p}", c.control.base());
+    let (s, accepted) = common::call(
+        &c.http,
+        Method::POST,
+        &url("/api/admin/invites/accept"),
+        None,
+        Some(json!({"token": inv["token"], "name": "Ana", "password": "ana's own password"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{accepted}");
+    let ana_id = accepted["user"]["id"].as_str().unwrap().to_owned();
+    let ana = accepted["token"].as_str().unwrap().to_owned();
+    let (s, tok) = common::call(
+        &c.http,
+        Method::POST,
+        &url(&format!("/api/admin/projects/{}/agent-token", t.project_id)),
+        Some(&ana),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let open_everywhere = || async {
+        let mut sockets = Vec::new();
+        for gw in &c.gateways {
+            sockets.push(connect(&gw.ws_url(), &token, None).await.expect("connect"));
+        }
+        sockets
+    };
+    let closed_everywhere = |mut sockets: Vec<Socket>, what: &'static str| async move {
+        let started = Instant::now();
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            match next_frame(ws, common::WAIT).await {
+                Frame::Closed(Some(4001)) => {}
+                other => panic!("{what}: the socket on gateway {i}: {other:?}"),
+            }
+        }
+        println!(
+            "{what}: sockets on both gateways closed (4001) {:.1} ms after the admin's answer",
+            ms(started.elapsed())
+        );
+    };
+
+    // Lowered from admin to agent: both sockets close; the member may connect again.
+    let sockets = open_everywhere().await;
+    let (s, b) = c
+        .admin(
+            Method::PATCH,
+            &format!("{members}/{ana_id}"),
+            Some(json!({"role": "agent"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    closed_everywhere(sockets, "role lowered").await;
+
+    // Removed: both sockets close, and the token is refused.
+    let sockets = open_everywhere().await;
+    let (s, b) = c
+        .admin(Method::DELETE, &format!("{members}/{ana_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    closed_everywhere(sockets, "member removed").await;
+    for gw in 0..c.gateways.len() {
+        let (s, b) = c
+            .client(gw, Method::GET, "/api/v1/conversations", &token, None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "gateway {gw}: {b}");
+    }
+}
+
+/// Distributed mode, dashboard on the control plane and the Client API on a gateway (another
+/// origin): the control plane tells the dashboard the gateway's origin and allows exactly it
+/// (http and ws) in its CSP; the gateway answers CORS for the configured dashboard origin only,
+/// without credentials mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reaches_the_gateways_across_origins_with_cors_for_its_origin_only() {
+    let mut c = Cluster::start(1).await;
+    let dash = c.control.base();
+    let gw = c.gw(0);
+    let gw_ws = gw.replacen("http://", "ws://", 1);
+    // Each side learns the other's origin (ports are kept across restarts).
+    c.control.kill();
+    c.control
+        .env
+        .push(("LARACHAT_DASHBOARD__GATEWAY_URL".into(), gw.clone()));
+    c.control.restart();
+    c.gateways[0].kill();
+    c.gateways[0].env.push((
+        "LARACHAT_DASHBOARD__ALLOWED_ORIGINS".into(),
+        format!("{dash},https://other-dashboard.example"),
+    ));
+    c.gateways[0].restart();
+
+    // The page is told, and its policy lets it connect there and nowhere else.
+    let r = c
+        .http
+        .get(format!("{dash}/dashboard/config.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cfg: Value = r.json().await.unwrap();
+    assert_eq!(cfg, json!({ "gateway_url": gw }));
+    let r = c
+        .http
+        .get(format!("{dash}/dashboard/"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("connect-src 'self' {gw} {gw_ws};")),
+        "{csp}"
+    );
+
+    let t = c.tenant("dashboard-cors").await;
+    let list = format!("{gw}/api/v1/conversations?limit=1");
+    let preflight = |origin: &'static str| {
+        let (http, list) = (c.http.clone(), list.clone());
+        async move {
+            http.request(Method::OPTIONS, &list)
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let get = |origin: &'static str| {
+        let (http, list, key) = (c.http.clone(), list.clone(), t.key.clone());
+        async move {
+            http.get(&list)
+                .header("origin", origin)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let dash_origin: &'static str = Box::leak(dash.clone().into_boxed_str());
+
+    // Allowed origin: the preflight names it, the methods and the bearer header; no
+    // credentials mode. The request itself carries the origin too.
+    let r = preflight(dash_origin).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], dash_origin);
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for m in ["GET", "POST", "PATCH", "DELETE"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    assert!(h.get("access-control-allow-credentials").is_none());
+    let r = get(dash_origin).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["access-control-allow-origin"], dash_origin);
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let vary = r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(vary.contains("origin"), "{vary}");
+
+    // Refused origin: no CORS header on either, so a browser keeps the answer from the page.
+    for origin in ["https://evil.example", "null"] {
+        let r = preflight(origin).await;
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{origin}: {:?}",
+            r.headers()
+        );
+        let r = get(origin).await;
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{origin}: {:?}",
+            r.headers()
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Team members through the whole server (`larachat::run_server`, single node): an invited
 //! agent logs in with its own password, gets an agent token from the Admin API, answers a
 //! visitor's conversation on the Client API and the socket — and is refused as soon as its
-//! membership is removed.
+//! membership is removed; its sockets close at the role change or removal, not at a heartbeat.
 
 mod common;
 
@@ -12,7 +12,9 @@ use common::{Server, assert_error};
 
 #[tokio::test]
 async fn an_invited_agent_answers_until_removed() {
-    let server = Server::start_with(|c| c.realtime.heartbeat_secs = 1).await;
+    // A heartbeat (credential re-check) far beyond the waits below: only the control notice
+    // can close the sockets in time.
+    let server = Server::start_with(|c| c.realtime.heartbeat_secs = 3600).await;
     let t = server.tenant("team").await;
     let (uid, _user_token) = server.user(&t.key, "visitor").await;
     let conv = server.conversation(&t.key, &[&uid]).await;
@@ -94,7 +96,35 @@ async fn an_invited_agent_answers_until_removed() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
-    // Removed: the token is refused at once on HTTP; the socket closes at its next re-check.
+    // Its role lowered (admin, then agent again): its socket closes at once; a fresh
+    // connection works, the member is still in the project.
+    let role = |r: &'static str| {
+        let (server, path) = (
+            &server,
+            format!("/api/admin/projects/{}/members/{ana_id}", t.project_id),
+        );
+        async move {
+            let (s, b) = server
+                .call(
+                    Method::PATCH,
+                    &path,
+                    &server.admin_token,
+                    Some(json!({ "role": r })),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+    };
+    role("admin").await;
+    let mut ws = server.ws_auth(&token).await;
+    role("agent").await;
+    match ws.closed(common::WAIT).await {
+        common::Closed::Code(4001, reason) => assert_eq!(reason, "credentials revoked"),
+        other => panic!("closed without 4001: {other:?}"),
+    }
+    let mut ws = server.ws_auth(&token).await;
+
+    // Removed: the token is refused at once on HTTP, and the socket closes at once.
     let (s, b) = server
         .call(
             Method::DELETE,

@@ -637,6 +637,53 @@ async fn identifying_carries_the_visitors_conversation_over() {
         .await;
     assert_eq!(c2["members"], c["members"]);
 
+    // Jane's other conversations: listed for the widget's switcher (newest first), and each
+    // one's history readable by id; not someone else's.
+    let jane_id = me["user"]["id"].as_str().unwrap().to_owned();
+    let (s, other_conv) = server
+        .post(
+            "/api/v1/conversations",
+            &w.tenant.key,
+            json!({"subject": "Order 1234", "members": [jane_id]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{other_conv}");
+    let other_id = other_conv["id"].as_str().unwrap().to_owned();
+    server.send(&w.tenant.key, &other_id, "Shipped").await;
+    let wget = |path: String, token: String| {
+        let (server, pk) = (&server, w.pk.clone());
+        async move {
+            let r = wcall(
+                server,
+                reqwest::Method::GET,
+                &path,
+                &pk,
+                Some(SITE),
+                Some(&token),
+                None,
+            )
+            .await;
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, list) = wget("/widget/v1/conversations".into(), jane_token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [other_id.as_str(), conv.as_str()]);
+    let (s, hist) = wget(
+        format!("/widget/v1/messages?conversation_id={other_id}"),
+        jane_token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{hist}");
+    assert_eq!(hist["conversation"]["id"], json!(other_id));
+    assert_eq!(hist["data"][0]["text"], "Shipped");
+
     // Report mode lets an unproven identity in, but it takes nothing over.
     let (_, v2) = init(&server, &w.pk, SITE, json!({})).await;
     let v2_token = v2["session"]["token"].as_str().unwrap().to_owned();
@@ -665,6 +712,17 @@ async fn identifying_carries_the_visitors_conversation_over() {
         .get(&format!("/api/v1/conversations/{conv2}"), &w.tenant.key)
         .await;
     assert_eq!(c3["members"], json!([v2["user"]["id"]]));
+    // Another visitor neither lists nor reads Jane's conversations.
+    let (s, list) = wget("/widget/v1/conversations".into(), v2_token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["id"], json!(conv2));
+    let (s, b) = wget(
+        format!("/widget/v1/messages?conversation_id={other_id}"),
+        v2_token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     server.stop().await;
 }
 

@@ -13,6 +13,7 @@
 //! - [`origin`]: web origins, parsed and normalised as browsers serialise them.
 //! - [`team`]: project members, their roles ([`team::ProjectRole`]) and the one permission
 //!   matrix ([`team::ProjectRole::allows`]); invitations.
+//! - [`search`]: conversation search: words, index keys, parsed queries (both backends).
 //! - [`validate`]: input rules shared by every transport (lengths, identifier alphabets).
 //! - [`error`]: the client-facing error catalog — stable code → HTTP status → WebSocket close
 //!   code → retry or not.
@@ -40,6 +41,7 @@ pub mod model;
 pub mod origin;
 pub mod plan;
 pub mod protocol;
+pub mod search;
 pub mod subject;
 pub mod team;
 pub mod throttle;

@@ -472,6 +472,61 @@ test('inbox UI against the real gateway (agent token from the Client API standin
   }
 });
 
+test('inbox search asks the server: it finds a conversation that is not in the loaded page, and pages', { timeout: TIMEOUT }, async () => {
+  const token = (await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } })).body.token;
+  const { project } = await inboxProject(token);
+  const sk = (await http('POST', `${server.base}/api/admin/projects/${project.id}/api-keys`, { token, body: { name: 'seed', scopes: ['read', 'write'] } })).body.key;
+  const v1 = async (method, path, body) => {
+    const r = await http(method, `${server.base}/api/v1${path}`, { token: sk, body });
+    assert.ok(r.status < 300, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body;
+  };
+  // The oldest conversation: Quentin's, then 55 newer ones, so the inbox's first page (50)
+  // does not hold it.
+  const quentin = (await v1('POST', '/users', { user_identifier: `q-${uid()}`, name: 'Quentin Farraday', email: 'quentin@farraday.example' })).user;
+  const target = await v1('POST', '/conversations', { members: [quentin.id] });
+  await v1('POST', `/conversations/${target.id}/messages`, { text: 'My toaster is broken again' });
+  for (let i = 0; i < 55; i++) await v1('POST', '/conversations', { subject: `Filler ${i}` });
+
+  const { page, context, problems } = await newPage(DESKTOP);
+  const rows = page.locator('[data-test=conversation]');
+  const targetRow = page.locator(`[data-test=conversation][data-id="${target.id}"]`);
+  try {
+    await login(page);
+    await page.goto(`${server.base}/dashboard/#/projects/${project.id}/inbox`);
+    await page.locator('[data-test=inbox-status]').getByText('Live').waitFor({ timeout: 15_000 });
+    await waitFor(async () => (await rows.count()) === 50, { what: 'the first page of 50 conversations' });
+    assert.equal(await targetRow.count(), 0, 'the target is not in the first page');
+
+    const box = page.locator('[data-test=inbox-search]');
+    // By the start of the end user's name (a word prefix), then by a word of a message.
+    await box.fill('farra');
+    await targetRow.waitFor({ timeout: 10_000 });
+    assert.equal(await rows.count(), 1);
+    await box.fill('toaster');
+    await targetRow.waitFor({ timeout: 10_000 });
+    await waitFor(async () => (await rows.count()) === 1, { what: 'only the message match' });
+    await box.fill('nothing-like-this');
+    await page.getByText('No conversation matches.').waitFor({ timeout: 10_000 });
+    await axe(page, 'inbox-search');
+    // A search with more results than a page: "Load more" pages through them.
+    await box.fill('filler');
+    await waitFor(async () => (await rows.count()) === 50, { what: 'the first page of the search' });
+    await page.getByRole('button', { name: 'Load more' }).click();
+    await waitFor(async () => (await rows.count()) === 55, { what: 'the second page of the search' });
+    assert.equal(await page.getByRole('button', { name: 'Load more' }).count(), 0);
+    // Clearing the search lists the newest conversations again.
+    await box.fill('');
+    await waitFor(async () => (await rows.count()) === 50 && (await targetRow.count()) === 0, { what: 'the plain list back' });
+    assert.deepEqual(problems, []);
+  } catch (e) {
+    await page.screenshot({ path: join(artifactsDir, 'failure-inbox-search.png') }).catch(() => {});
+    throw e;
+  } finally {
+    await context.close();
+  }
+});
+
 test('inbox with the member agent-token route (team)', { timeout: TIMEOUT }, async (t) => {
   const token = (await http('POST', `${server.base}/api/admin/login`, { body: { email: ADMIN_EMAIL, password: ADMIN_PASSWORD } })).body.token;
   const { project, path } = await inboxProject(token);

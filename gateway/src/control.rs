@@ -1,5 +1,6 @@
 //! Obeys control-plane notices: a revoked key stops working and its connections close; a
-//! changed project is reloaded and, if no longer active, its connections close.
+//! changed project is reloaded and, if no longer active, its connections close; a member
+//! removed or whose role changed loses the connections of its agent tokens.
 //!
 //! The bus is at-most-once, so the key and project caches also expire on their own
 //! (`cache_ttl`) as a backstop.
@@ -123,8 +124,16 @@ impl Gateway {
                 project_id,
                 admin_id,
             } => {
-                // Sockets of its agent tokens close at their next heartbeat re-check.
+                // Removed, or its role changed: its agent tokens' sockets close now, on every
+                // gateway (a member still in the project reconnects with a fresh token, which
+                // carries what its role allows now).
                 self.auth().invalidate_member(project_id, admin_id);
+                let closed =
+                    self.connections()
+                        .kick_member(project_id, admin_id, ErrorCode::Unauthorized);
+                if closed > 0 {
+                    tracing::info!(%project_id, %admin_id, closed, "membership changed: connections closed");
+                }
             }
             ControlEvent::PlanChanged { .. } => {
                 // The store applies plan limits; a backend that caches them re-reads now.

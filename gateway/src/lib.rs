@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// Webhooks (`/api/v1/webhooks`): their store and the dispatcher that queues test events
     /// and redeliveries. `None`: those routes answer `unavailable`.
     pub webhooks: Option<larachat_webhooks::Dispatcher>,
+    /// Dashboard origins allowed to call the Client API from a browser (CORS without
+    /// credentials); empty: no CORS on the Client API (the widget's API has its own).
+    pub dashboard_origins: Vec<larachat_core::origin::Origin>,
 }
 
 /// Limits of the realtime endpoint.
@@ -109,6 +112,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 64 * 1024,
             realtime: RealtimeConfig::default(),
             webhooks: None,
+            dashboard_origins: Vec::new(),
         }
     }
 }

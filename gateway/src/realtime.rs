@@ -46,7 +46,7 @@ use tokio::time::Sleep;
 
 use larachat_broker::{Interest, LocalSink, Outbox, Overflowed};
 use larachat_core::http::ApiQuery;
-use larachat_core::id::{ApiKeyId, ConversationId, MessageId, ProjectId};
+use larachat_core::id::{AdminUserId, ApiKeyId, ConversationId, MessageId, ProjectId};
 use larachat_core::model::{Actor, ActorKind};
 use larachat_core::protocol::{
     ClientFrame, Encoding, Feed, Limits, PROTOCOL_VERSION, ServerFrame, SessionInfo, SharedFrame,
@@ -172,6 +172,8 @@ pub(crate) struct Registry {
 struct Entry {
     project: ProjectId,
     key: Option<ApiKeyId>,
+    /// The member a member's agent token was issued to.
+    member: Option<AdminUserId>,
     kick: Arc<Kick>,
 }
 
@@ -191,9 +193,15 @@ impl Kick {
 }
 
 impl Registry {
-    fn insert(&self, project: ProjectId, key: Option<ApiKeyId>, kick: Arc<Kick>) -> u64 {
+    fn insert(&self, who: &Principal, kick: Arc<Kick>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().insert(id, Entry { project, key, kick });
+        let entry = Entry {
+            project: who.project,
+            key: who.key_id(),
+            member: who.member_id(),
+            kick,
+        };
+        self.conns.lock().insert(id, entry);
         id
     }
 
@@ -208,6 +216,17 @@ impl Registry {
     /// Closes every connection authenticated with `key`.
     pub(crate) fn kick_key(&self, key: ApiKeyId, code: ErrorCode) -> usize {
         self.kick_where(|e| e.key == Some(key), code)
+    }
+
+    /// Closes every connection authenticated with an agent token issued to `member` of
+    /// `project`.
+    pub(crate) fn kick_member(
+        &self,
+        project: ProjectId,
+        member: AdminUserId,
+        code: ErrorCode,
+    ) -> usize {
+        self.kick_where(|e| e.project == project && e.member == Some(member), code)
     }
 
     /// Closes every connection of `project`.
@@ -576,10 +595,7 @@ impl Connection {
 
     /// Serves an authenticated connection until something ends it.
     async fn serve(&mut self, mut s: Session) -> End {
-        let conn_id = self
-            .gw
-            .connections()
-            .insert(s.who.project, s.who.key_id(), s.kick.clone());
+        let conn_id = self.gw.connections().insert(&s.who, s.kick.clone());
         let _registration = scopeguard(self.gw.clone(), conn_id, s.who.project);
         // `Gateway::shutdown` cancels the token, then kicks every registered connection: a
         // connection registered after that sees the token.

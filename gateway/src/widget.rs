@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use larachat_core::http::{ApiJson, ApiQuery};
-use larachat_core::id::MessageId;
+use larachat_core::id::{ConversationId, MessageId};
 use larachat_core::keys;
 use larachat_core::model::{
     Conversation, ConversationStatus, EndUser, IdentityVerification, Message, Project,
@@ -109,6 +109,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/widget/v1/init", post(init))
         .route("/widget/v1/messages", get(list_messages).post(send_message))
         .route("/widget/v1/events", post(event))
+        .route("/widget/v1/conversations", get(list_conversations))
         .method_not_allowed_fallback(|| async { larachat_core::http::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -655,6 +656,27 @@ pub struct HistoryParams {
     pub after: Option<MessageId>,
     /// 1–200, default 50.
     pub limit: Option<u32>,
+    /// Another of the visitor's conversations (from `GET /widget/v1/conversations`) instead of
+    /// the current one; `404` unless the visitor is a member.
+    pub conversation_id: Option<ConversationId>,
+}
+
+/// Paging of the visitor's conversations.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationsParams {
+    /// The publishable key.
+    pub key: String,
+    /// 1–50, default 20.
+    pub limit: Option<u32>,
+}
+
+/// The visitor's conversations, newest first (those carried over by `identify` included).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WidgetConversations {
+    pub data: Vec<Conversation>,
+    pub has_more: bool,
 }
 
 /// Messages of the visitor's current conversation.
@@ -663,6 +685,40 @@ pub struct WidgetMessages {
     pub conversation: Option<Conversation>,
     pub data: Vec<Message>,
     pub has_more: bool,
+}
+
+#[utoipa::path(get, path = "/widget/v1/conversations", tag = "widget", operation_id = "widget_list_conversations", params(ConversationsParams),
+    responses((status = 200, body = WidgetConversations), (status = 401, body = larachat_core::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_conversations(
+    State(gw): State<Gateway>,
+    Extension(ctx): Extension<WidgetRequest>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ConversationsParams>,
+) -> Result<ApiJson<WidgetConversations>, ApiError> {
+    let who = session(&gw, &ctx, &headers).await?;
+    let limit = match params.limit {
+        None => 20,
+        Some(l @ 1..=50) => l,
+        Some(_) => return Err(ApiError::validation("limit must be between 1 and 50")),
+    };
+    let page = gw
+        .store()
+        .list_conversations(
+            who.project,
+            &ConversationQuery {
+                status: None,
+                member: who.end_user(),
+                assignee: None,
+                cursor: None,
+                limit,
+            },
+        )
+        .await?;
+    Ok(ApiJson(WidgetConversations {
+        data: page.items,
+        has_more: page.has_more,
+    }))
 }
 
 #[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", operation_id = "widget_list_messages", params(HistoryParams),
@@ -677,7 +733,11 @@ pub async fn list_messages(
     let who = session(&gw, &ctx, &headers).await?;
     let limit = validate::page_limit(params.limit)?;
     let range = history_range(params.before, params.after)?;
-    let Some(conversation) = shown_conversation(&gw, &who).await? else {
+    let chosen = match params.conversation_id {
+        Some(id) => Some(gw.conversation_for(&who, id).await?),
+        None => shown_conversation(&gw, &who).await?,
+    };
+    let Some(conversation) = chosen else {
         return Ok(ApiJson(WidgetMessages {
             conversation: None,
             data: Vec::new(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use larachat_core::ApiError;
-use larachat_core::id::{ApiKeyId, EndUserId, ProjectId};
+use larachat_core::id::{AdminUserId, ApiKeyId, EndUserId, ProjectId};
 use larachat_core::model::{Actor, ActorKind, Scope};
 
 pub use crate::tokens::AgentIssuer;
@@ -125,6 +125,18 @@ impl Principal {
                 ..
             } => Some(key_id),
             PrincipalKind::Agent { .. } | PrincipalKind::EndUser { .. } => None,
+        }
+    }
+
+    /// The project member a member's agent token was issued to; `None` for every other
+    /// credential.
+    pub fn member_id(&self) -> Option<AdminUserId> {
+        match self.kind {
+            PrincipalKind::Agent {
+                issuer: AgentIssuer::Member(admin),
+                ..
+            } => Some(admin),
+            _ => None,
         }
     }
 

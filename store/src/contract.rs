@@ -42,6 +42,8 @@ use larachat_core::plan::{
     EdgeUsage, Period, Plan, PlanLimits, QuotaMetric, UsageCounts, content_bytes,
 };
 
+use larachat_core::search::SearchQuery;
+
 use crate::clock::{Clock, ManualClock};
 use crate::{
     AssigneeFilter, ConversationQuery, CreationKey, MessageRange, NewEndUser, Store, StoreError,
@@ -76,6 +78,7 @@ macro_rules! for_each_store_check {
             conversations_listing,
             conversations_assignee,
             conversations_idempotency_key,
+            conversations_search,
             messages_append,
             messages_idempotency,
             messages_concurrent_idempotency,
@@ -1325,6 +1328,256 @@ pub async fn conversations_idempotency_key(store: &TestStore) {
     assert_eq!(used.conversations, 3, "each counted once");
     let used = store.usage(other.id, this_month()).await.expect("usage");
     assert_eq!(used.conversations, 1);
+
+/// Every conversation of `project` matching `q` with `filter`, walking pages of 2 (and checking
+/// that `has_more` is exact and no page repeats a conversation).
+async fn search_all(
+    store: &TestStore,
+    project: ProjectId,
+    q: &str,
+    filter: ConversationQuery,
+) -> Vec<ConversationId> {
+    let search = SearchQuery::parse(q).expect("valid query");
+    let mut query = ConversationQuery { limit: 2, ..filter };
+    let mut out: Vec<ConversationId> = Vec::new();
+    loop {
+        let page = store
+            .search_conversations(project, &search, &query)
+            .await
+            .expect("search");
+        assert!(page.items.len() <= 2, "{q}: page size");
+        for c in &page.items {
+            assert_eq!(
+                c.project_id, project,
+                "{q}: only the project's conversations"
+            );
+            assert!(!out.contains(&c.id), "{q}: no conversation twice");
+            out.push(c.id);
+        }
+        if !page.has_more {
+            return out;
+        }
+        assert_eq!(page.items.len(), 2, "{q}: has_more on a full page only");
+        query.cursor = page.items.last().map(|c| c.id);
+        assert!(out.len() < 100, "{q}: paging ends");
+    }
+}
+
+pub async fn conversations_search(store: &TestStore) {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
+    let user = |name: &str, email: &str, id: &str| NewEndUser {
+        user_identifier: Some(id.to_owned()),
+        name: Some(name.to_owned()),
+        email: Some(email.to_owned()),
+        avatar: None,
+        metadata: model::empty_object(),
+    };
+    let (zoe, _) = store
+        .upsert_end_user(
+            project.id,
+            &user("Zoë Lopez", "Zoe.Lopez@ACME.com", "cust-4821"),
+        )
+        .await
+        .expect("zoe");
+    let (bob, _) = store
+        .upsert_end_user(project.id, &user("Bob Stone", "bob@example.org", "cust-9"))
+        .await
+        .expect("bob");
+    let (twin, _) = store
+        .upsert_end_user(
+            other.id,
+            &user("Zoë Lopez", "zoe@other.example", "cust-4821"),
+        )
+        .await
+        .expect("other tenant's user");
+    let with_subject = |members: &[EndUserId], subject: Option<&str>, p: ProjectId| Conversation {
+        subject: subject.map(str::to_owned),
+        ..conversation_value(p, members)
+    };
+    let create = |c: Conversation| {
+        let store = store.clone();
+        async move {
+            store.create_conversation(&c).await.expect("create");
+            c
+        }
+    };
+    let say = |c: &Conversation, text: &str| {
+        let store = store.clone();
+        let m = new_message(c, text, Some(&unique("c")));
+        async move {
+            store.append_message(&m).await.expect("append");
+        }
+    };
+    let c1 = create(with_subject(
+        &[zoe.id],
+        Some("Invoice question"),
+        project.id,
+    ))
+    .await;
+    say(&c1, "My refund has not arrived").await;
+    let c2 = create(with_subject(&[bob.id], None, project.id)).await;
+    say(&c2, "Where is my PARCEL? Straße 5").await;
+    let c3 = create(with_subject(&[], Some("Shipping delay"), project.id)).await;
+    say(&c3, "refund requested for order 77").await;
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let c = create(with_subject(&[], None, project.id)).await;
+        say(&c, "Refund, please!").await;
+        fillers.push(c.id);
+    }
+    let theirs = create(with_subject(&[twin.id], Some("Invoice question"), other.id)).await;
+    say(&theirs, "my refund has not arrived").await;
+
+    let all = |q: &'static str| search_all(store, project.id, q, ConversationQuery::default());
+    // By the end user's name, email and external id (words, any case, Unicode).
+    assert_eq!(all("zoë").await, [c1.id]);
+    assert_eq!(all("LOPEZ").await, [c1.id]);
+    assert_eq!(all("zoe.lopez@acme.com").await, [c1.id]);
+    assert_eq!(all("4821").await, [c1.id]);
+    assert_eq!(all("cust").await, [c2.id, c1.id], "newest first");
+    // By subject, and the last word as a prefix of subject and profile words.
+    assert_eq!(all("invoice").await, [c1.id]);
+    assert_eq!(all("invo").await, [c1.id]);
+    assert_eq!(all("refund lop").await, [c1.id]);
+    assert_eq!(all("ship").await, [c3.id]);
+    // By words of messages, and every word must be found.
+    assert_eq!(all("parcel").await, [c2.id]);
+    assert_eq!(
+        all("STRASSE").await,
+        Vec::<ConversationId>::new(),
+        "no folding beyond case"
+    );
+    assert_eq!(all("straße").await, [c2.id]);
+    let mut refunds: Vec<ConversationId> = fillers.clone();
+    refunds.extend([c3.id, c1.id]);
+    refunds.sort_by(|a, b| b.cmp(a));
+    assert_eq!(all("refund").await, refunds, "paged, newest first");
+    assert_eq!(all("refund order").await, [c3.id]);
+    assert_eq!(all("refund parcel").await, Vec::<ConversationId>::new());
+    assert_eq!(all("nothingmatches").await, Vec::<ConversationId>::new());
+
+    // With the listing's filters.
+    store
+        .update_conversation(
+            project.id,
+            c3.id,
+            &ConversationPatch {
+                status: Some(ConversationStatus::Closed),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("close")
+        .expect("exists");
+    store
+        .update_conversation(
+            project.id,
+            c1.id,
+            &ConversationPatch {
+                assignee: Some(Some("ana".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("assign")
+        .expect("exists");
+    let filtered = |q: &'static str, f: ConversationQuery| search_all(store, project.id, q, f);
+    assert_eq!(
+        filtered(
+            "refund",
+            ConversationQuery {
+                status: Some(ConversationStatus::Closed),
+                ..Default::default()
+            }
+        )
+        .await,
+        [c3.id]
+    );
+    assert_eq!(
+        filtered(
+            "refund",
+            ConversationQuery {
+                assignee: Some(AssigneeFilter::Agent("ana".into())),
+                ..Default::default()
+            }
+        )
+        .await,
+        [c1.id]
+    );
+    assert_eq!(
+        filtered(
+            "cust",
+            ConversationQuery {
+                member: Some(bob.id),
+                ..Default::default()
+            }
+        )
+        .await,
+        [c2.id]
+    );
+    // A cursor continues below it.
+    let below = search_all(
+        store,
+        project.id,
+        "refund",
+        ConversationQuery {
+            cursor: Some(refunds[1]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(below, refunds[2..]);
+
+    // A new subject and an added member are searchable; earlier words stay.
+    store
+        .update_conversation(
+            project.id,
+            c2.id,
+            &ConversationPatch {
+                subject: Some(Some("Lost package".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rename")
+        .expect("exists");
+    assert_eq!(all("package").await, [c2.id]);
+    assert_eq!(all("parcel").await, [c2.id]);
+    store
+        .update_conversation(
+            project.id,
+            c3.id,
+            &ConversationPatch {
+                add_members: vec![zoe.id],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add member")
+        .expect("exists");
+    assert_eq!(all("zoë lopez").await, [c3.id, c1.id]);
+
+    // Another tenant's data never appears, and its own search sees only its own.
+    assert_eq!(
+        search_all(store, other.id, "refund", ConversationQuery::default()).await,
+        [theirs.id]
+    );
+    assert_eq!(
+        search_all(store, other.id, "shipping", ConversationQuery::default()).await,
+        Vec::<ConversationId>::new()
+    );
+    // Deleting a project deletes its index with it.
+    assert!(store.delete_project(other.id).await.expect("delete"));
+    assert_eq!(
+        search_all(store, other.id, "refund", ConversationQuery::default()).await,
+        Vec::<ConversationId>::new()
+    );
+    assert_eq!(
+        all("refund").await.len(),
+        refunds.len(),
+        "the survivor keeps its own"
+    );
 }
 
 pub async fn conversations_listing(store: &TestStore) {

@@ -57,6 +57,7 @@ use larachat_core::model::{
     EndUserPatch, Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, QuotaExceeded, UsageCounts};
+use larachat_core::search::SearchQuery;
 use larachat_core::team::{Invite, Member, ProjectRole};
 
 pub use clock::{Clock, ManualClock, StoreClock, SystemClock};
@@ -343,6 +344,19 @@ pub trait Store: Send + Sync + 'static {
     async fn list_conversations(
         &self,
         project: ProjectId,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>>;
+    /// Conversations of the project matching `search` (see [`larachat_core::search`]: every
+    /// query word is found in the subject, a member's name, email or external id, or a
+    /// message; the last word also as a word prefix of the subject and profile fields), with
+    /// the filters and paging of [`Store::list_conversations`], newest first; `has_more` is
+    /// exact. Served by an index of the terms each change writes with itself: no scan of
+    /// the project's conversations or messages. Words stay findable after the text they came
+    /// from changed (a renamed subject is found by old and new words).
+    async fn search_conversations(
+        &self,
+        project: ProjectId,
+        search: &SearchQuery,
         query: &ConversationQuery,
     ) -> StoreResult<Page<Conversation>>;
     /// Applies the patch and bumps `updated_at`. `None` if unknown in the project;

@@ -558,12 +558,13 @@ async fn the_members_migration_backfills_owners() {
     };
     {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
-        // Undo the members migration (10) and the ones after it (11, conversation keys).
+        // Undo the members migration (10) and the ones after it (11, conversation keys;
+        // 12, search).
         conn.execute_batch(
             "DROP TABLE project_members; DROP TABLE project_invites; \
-             DROP TABLE conversation_keys;",
+             DROP TABLE conversation_keys; DROP TABLE search_terms;",
         )
-        .expect("undo the members migration");
+        .expect("undo the members migration and those after it");
         conn.pragma_update(None, "user_version", 9)
             .expect("version");
     }

@@ -218,6 +218,7 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
              DROP TABLE project_members;
              DROP TABLE project_invites;
              DROP TABLE conversation_keys;
+             DROP TABLE search_terms;
              DROP INDEX conversations_by_assignee;
              ALTER TABLE conversations DROP COLUMN assignee;
              PRAGMA user_version = 3;

@@ -9,7 +9,7 @@
    *   text: string, metadata?: Record<string, unknown>, client_msg_id?: string | null,
    *   created_at: string}} Message
    */
-  /** @typedef {{id: string, status?: string, last_message_id?: string | null}} Conversation */
+  /** @typedef {{id: string, status?: string, subject?: string | null, created_at?: string, last_message_id?: string | null}} Conversation */
   /**
    * One rendered message. `id` is null until the server has stored it (own messages being sent).
    * @typedef {{
@@ -102,6 +102,9 @@
       tooLong: 'This message is too long: remove about {n} characters.',
       closed: 'This conversation has been closed.',
       newConversation: 'Start a new conversation',
+      conversations: 'Your conversations',
+      conversation: 'Conversation of {d}',
+      closedTag: '(closed)',
       powered: 'Powered by Lara Chat',
     },
     fr: {
@@ -137,6 +140,9 @@
       tooLong: 'Ce message est trop long : retirez environ {n} caractères.',
       closed: 'Cette conversation est terminée.',
       newConversation: 'Démarrer une nouvelle conversation',
+      conversations: 'Vos conversations',
+      conversation: 'Conversation du {d}',
+      closedTag: '(terminée)',
       powered: 'Propulsé par Lara Chat',
     },
   };
@@ -178,6 +184,12 @@
   let former = lsGet(formerKey);
   let convId = '';
   let convClosed = false;
+  /** A conversation the visitor picked in the switcher (not the server's current one). */
+  let chosen = '';
+  /** The visitor's conversations (newest first), for the switcher. @type {Conversation[]} */
+  let convList = [];
+  /** The switcher (shown with two conversations or more). @type {HTMLSelectElement | null} */
+  let switcher = null;
   /** Longest message text in UTF-8 bytes, from init (0: unknown, the server decides). */
   let maxBytes = 0;
   let realtimePath = '/realtime/v1';
@@ -544,6 +556,8 @@
     if (fresh) {
       convId = c ? c.id : '';
       setClosed(!!c && c.status === 'closed');
+    } else if (chosen) {
+      // The visitor picked a conversation: a session refresh keeps it.
     } else if (c && c.id !== convId) {
       adoptConversation(c);
     } else if (!c && convId) {
@@ -636,6 +650,7 @@ transform-origin:bottom right;animation:lc-in .24s cubic-bezier(.2,.8,.3,1)}
 .status[data-status=connected]::before{background:#34d399}
 .status[data-status=offline]::before{background:#f87171}
 .x{width:36px;height:36px;border-radius:10px;display:grid;place-items:center;flex-shrink:0}
+.sw{max-width:130px;min-width:0;font:inherit;font-size:13px;color:#111827;background:#fff;border:0;border-radius:8px;padding:6px 4px}
 .x:hover{background:rgba(255,255,255,.16)}
 .x svg{width:20px;height:20px;fill:none;stroke:currentColor;stroke-width:2.2;stroke-linecap:round}
 .log{flex:1;overflow-y:auto;overflow-anchor:none;overscroll-behavior:contain;padding:12px 14px 10px;background:var(--lc-soft);
@@ -774,9 +789,13 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
       tr(status),
     ]);
     const closeBtn = h('button', { type: 'button', class: 'x', 'data-lc': 'close', 'aria-label': t.close }, [icon(I_X)]);
+    switcher = /** @type {HTMLSelectElement} */ (
+      h('select', { class: 'sw', 'data-lc': 'switcher', 'aria-label': t.conversations, hidden: '' })
+    );
     const head = h('div', { class: 'head' }, [
       h('div', { class: 'logo', 'aria-hidden': 'true' }, [icon(I_CHAT)]),
       h('div', { class: 'ht' }, [h('h2', { class: 'title' }, [title]), statusEl]),
+      switcher,
       closeBtn,
     ]);
 
@@ -882,6 +901,7 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     closeBtn.addEventListener('click', guard(() => setOpen(false, true)));
     send.addEventListener('click', guard(() => submit()));
     newBtn.addEventListener('click', guard(() => startNew()));
+    switcher.addEventListener('change', guard(() => switchTo(/** @type {HTMLSelectElement} */ (switcher).value)));
     emoji.addEventListener('click', guard(() => toggleEmoji()));
     input.addEventListener(
       'keydown',
@@ -993,10 +1013,51 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     if (old) sendFrame({ type: 'unsubscribe', id: ++reqSeq, conversation_id: old });
     clearMessages();
     convId = '';
+    chosen = '';
     historyOk = true; // nothing to load: a reconnect must not bring the closed one back
     cursorId = NIL_ID;
     cursorSeq = 0;
     setClosed(false);
+  }
+
+  /** Loads the visitor's conversations; the switcher shows when there are two or more. */
+  async function loadConversations() {
+    const g = gen;
+    /** @type {ApiResult | null} */
+    let r = null;
+    try {
+      r = await api('GET', 'conversations', { limit: 20 });
+    } catch (_) {
+      return;
+    }
+    if (g !== gen || !r || !r.ok || !r.data || !switcher) return;
+    convList = r.data.data || [];
+    const sw = switcher;
+    sw.replaceChildren(
+      ...convList.map((c) => {
+        const d = c.created_at ? new Date(c.created_at).toLocaleDateString(locale) : '';
+        const name = c.subject || tr('conversation', { d });
+        const o = /** @type {HTMLOptionElement} */ (h('option', { value: c.id }, [c.status === 'closed' ? `${name} ${t.closedTag}` : name]));
+        o.selected = c.id === convId;
+        return o;
+      })
+    );
+    sw.hidden = convList.length < 2;
+  }
+
+  /** Shows another of the visitor's conversations: its history, live, and replies go there. @param {string} id */
+  async function switchTo(id) {
+    if (!id || id === convId) return;
+    const c = convList.find((x) => x.id === id);
+    if (!c) return;
+    if (convId) sendFrame({ type: 'unsubscribe', id: ++reqSeq, conversation_id: convId });
+    gen++;
+    clearMessages();
+    chosen = id;
+    convId = id;
+    setClosed(c.status === 'closed');
+    await loadHistory();
+    subscribe();
   }
 
   /** Init was refused for a reason the visitor cannot fix (identity verification): say so. */
@@ -1580,7 +1641,7 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     /** @type {ApiResult | null} */
     let r = null;
     try {
-      r = await api('GET', 'messages', { limit: 30 });
+      r = await api('GET', 'messages', chosen ? { limit: 30, conversation_id: chosen } : { limit: 30 });
     } catch (_) {
       /* network */
     }
@@ -1626,7 +1687,7 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     /** @type {ApiResult | null} */
     let r = null;
     try {
-      r = await api('GET', 'messages', { before: first.id, limit: 30 });
+      r = await api('GET', 'messages', chosen ? { before: first.id, limit: 30, conversation_id: chosen } : { before: first.id, limit: 30 });
     } catch (_) {
       /* network: try again on the next scroll */
     }
@@ -1964,6 +2025,7 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     await domReady();
     render();
     await loadHistory();
+    loadConversations().catch(warn);
     W.addEventListener(
       'offline',
       guard(() => {
@@ -2012,7 +2074,9 @@ background:var(--lc-bg);color:var(--lc-muted);font-size:13px;flex-shrink:0}
     posting = false;
     showError('');
     clearMessages();
+    chosen = '';
     await loadHistory();
+    loadConversations().catch(warn);
     if (!offline) connect();
     return undefined;
   }

@@ -1062,6 +1062,60 @@ describe('issue 13: widget defects', { timeout: 10 * 60_000 }, () => {
     });
   });
 
+  test('8b. after identify() the visitor switches between the identified user\'s conversations', { timeout: TEST_TIMEOUT }, async () => {
+    const project = await newProject({ identity_verification: 'enforce' });
+    const ag = project.agent;
+    const identifier = `user-${uid()}`;
+    const jane = { identifier, name: 'Jane Roe', user_hash: userHash(project.widget.identity_secret, identifier) };
+    // Jane already has an open conversation (from another device), answered.
+    const api = async (method, path, body) => {
+      const res = await fetch(`${server.base}/api/v1${path}`, {
+        method,
+        headers: { authorization: `Bearer ${project.secretKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+      return res.json();
+    };
+    const known = (await api('POST', '/users', { user_identifier: identifier, name: 'Jane Roe' })).user;
+    const earlier = await api('POST', '/conversations', { subject: 'Order 1234', members: [known.id] });
+    await ag.send(earlier.id, 'Your order 1234 has shipped');
+
+    await withPage('identify-switcher', DESKTOP, async (page) => {
+      await page.goto(host.url(embed(host, project)));
+      await openWidget(page);
+      await sendText(page, 'Question before logging in');
+      await waitMessage(page, 'Question before logging in', { state: 'sent' });
+      const switcher = page.locator('[data-lc=switcher]');
+      assert.equal(await switcher.isVisible(), false, 'one conversation: no switcher');
+
+      await page.evaluate((u) => window.LaraChat.identify(u), jane);
+      // The carried-over conversation stays shown; the switcher lists both.
+      await switcher.waitFor({ state: 'visible', timeout: 10_000 });
+      const options = await switcher.locator('option').allTextContents();
+      assert.equal(options.length, 2, options.join(' | '));
+      assert.ok(options.includes('Order 1234'), options.join(' | '));
+      assert.equal(await switcher.getAttribute('aria-label'), 'Your conversations');
+      await waitMessage(page, 'Question before logging in', { mine: true });
+
+      // The other conversation: its history, replies and live messages go there.
+      await switcher.selectOption({ label: 'Order 1234' });
+      await waitMessage(page, 'Your order 1234 has shipped', { mine: false });
+      assert.ok(!(await domMessages(page)).some((m) => m.text.includes('Question before logging in')), 'only the chosen conversation');
+      await waitConnected(page);
+      await sendText(page, 'When will it arrive?');
+      await waitMessage(page, 'When will it arrive?', { state: 'sent', mine: true });
+      assert.equal((await ag.messages(earlier.id)).at(-1).text, 'When will it arrive?');
+      await ag.send(earlier.id, 'Tomorrow');
+      await waitMessage(page, 'Tomorrow', { mine: false });
+      // And back.
+      const carried = (await ag.conversations()).find((c) => c.id !== earlier.id);
+      await switcher.selectOption(carried.id);
+      await waitMessage(page, 'Question before logging in', { mine: true });
+      assert.ok(!(await domMessages(page)).some((m) => m.text.includes('Tomorrow')), 'only the carried-over conversation');
+    });
+  });
+
   test('7. mobile: modal dialog with a focus trap, Esc back to the launcher, 16 px input, contrast ≥ 4.5:1', { timeout: TEST_TIMEOUT }, async () => {
     const project = await newProject();
     const MOBILE = { viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use larachat_core::http::{ApiJson, ApiPath, ApiQuery};
 use larachat_core::id::{ConversationId, EndUserId};
 use larachat_core::model::{Conversation, ConversationStatus};
+use larachat_core::search::SearchQuery;
 use larachat_core::{ApiError, validate};
 use larachat_service::conversations::{ConversationChange, NewConversation};
 use larachat_service::input::{
@@ -74,6 +75,13 @@ pub struct ListParams {
     pub cursor: Option<ConversationId>,
     /// 1–200, default 50.
     pub limit: Option<u32>,
+    /// Search: only conversations where every word is found in the subject, a member's name,
+    /// email or external id, or a message (words are split at punctuation and compared
+    /// lower-cased; the last word also matches the start of subject and profile words, so
+    /// `zo` finds "Zoë"). 1–8 words, at most 200 characters; combines with the other filters
+    /// and paging. Conversations stored before search existed are not indexed.
+    #[param(example = "refund zoë")]
+    pub q: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations", tag = "client", request_body = CreateConversation,
@@ -125,19 +133,22 @@ pub async fn list_conversations(
     };
     let limit = validate::page_limit(params.limit)?;
     let assignee = parse_opt(params.assignee, parse_assignee_filter)?;
-    let page = gw
-        .store()
-        .list_conversations(
-            who.project,
-            &ConversationQuery {
-                status: params.status,
-                member,
-                assignee,
-                cursor: params.cursor,
-                limit,
-            },
-        )
-        .await?;
+    let search = params.q.as_deref().map(SearchQuery::parse).transpose()?;
+    let query = ConversationQuery {
+        status: params.status,
+        member,
+        assignee,
+        cursor: params.cursor,
+        limit,
+    };
+    let page = match &search {
+        Some(search) => {
+            gw.store()
+                .search_conversations(who.project, search, &query)
+                .await?
+        }
+        None => gw.store().list_conversations(who.project, &query).await?,
+    };
     let next_cursor = if page.has_more {
         page.items.last().map(|c| c.id.to_string())
     } else {

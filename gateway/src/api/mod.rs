@@ -41,7 +41,7 @@ use crate::auth::{AuthRejection, Principal};
         messages::list_reads, messages::typing, presence::get_presence,
         crate::realtime::upgrade,
         crate::widget::init, crate::widget::list_messages, crate::widget::send_message,
-        crate::widget::event,
+        crate::widget::event, crate::widget::list_conversations,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
         webhooks::send_test, webhooks::list_deliveries, webhooks::get_delivery,
@@ -57,6 +57,7 @@ use crate::auth::{AuthRejection, Principal};
         crate::widget::InitRequest, crate::widget::InitUser, crate::widget::InitResponse,
         crate::widget::Session, crate::widget::PublicSettings, crate::widget::WidgetMessages,
         crate::widget::WidgetSend, crate::widget::WidgetSent, crate::widget::WidgetEvent,
+        crate::widget::WidgetConversations,
         webhooks::CreateWebhook, webhooks::UpdateWebhook, webhooks::WebhookView,
         webhooks::CreatedWebhook, webhooks::WebhookList, webhooks::RotateSecret,
         webhooks::RotatedSecret, webhooks::Queued, webhooks::DeliveryView, webhooks::DeliveryList,
@@ -99,7 +100,7 @@ pub struct ReadList {
 /// Routes of the Client API.
 pub fn router(gw: Gateway) -> Router {
     let limit = gw.config().max_body_bytes;
-    Router::new()
+    let router: Router<Gateway> = Router::new()
         .route("/api/v1/users", post(users::create_user))
         .route(
             "/api/v1/users/{id}",
@@ -168,8 +169,43 @@ pub fn router(gw: Gateway) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             gw.limits().clone(),
             larachat_limits::http::ip_limit,
-        ))
-        .with_state(gw)
+        ));
+    // Outermost: a preflight is answered before routing, limits and authentication.
+    let router = match dashboard_cors(&gw.config().dashboard_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(gw)
+}
+
+/// CORS for the configured dashboard origins (docs/dashboard.md, "Distributed mode"): only
+/// those origins, the Client API's methods, the bearer token and JSON; no credentials mode
+/// (no cookies are used). `None` when no origin is configured: same-origin only.
+fn dashboard_cors(
+    origins: &[larachat_core::origin::Origin],
+) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.as_str()).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Authenticates every Client API request once, refuses widget sessions (they belong to

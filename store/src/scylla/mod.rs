@@ -47,6 +47,8 @@
 //! | `project_members` | `((project_id), admin_id)` | a project's team, LWT only (see `team`) |
 //! | `member_projects` | `((admin_id), project_id DESC)` | an admin's projects (admin-plane lookup) |
 //! | `project_invites` | `((project_id), id DESC)` | invitations, LWT only; single use |
+//! | `search_terms` | `((project_id, bucket, term), conversation_id DESC)` | search: one row per conversation (of a listing bucket) and word or prefix, in the change's batch (see `search`) |
+//! | `search_conversation_terms` | `((project_id, conversation_id), term)` | a conversation's search keys (deletion) |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.
@@ -79,6 +81,7 @@ mod analytics;
 mod codec;
 pub mod outbox;
 mod schema;
+mod search;
 mod sequencer;
 mod team;
 mod usage;
@@ -117,6 +120,7 @@ use larachat_core::model::{
     ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
+use larachat_core::search::SearchQuery;
 use larachat_core::team::{Invite, Member, ProjectRole};
 
 use crate::clock::StoreClock;
@@ -1080,6 +1084,7 @@ impl ScyllaStore {
                 self.exec(cql, values).await?;
             }
         }
+        self.purge_search(project, conversation).await?;
         for b in self.message_buckets(project, conversation).await? {
             self.exec(
                 "DELETE FROM messages WHERE project_id = ? AND conversation_id = ? AND bucket = ?",
@@ -1856,6 +1861,10 @@ impl Store for ScyllaStore {
             &members,
         ));
         items.extend(analytics::conversation_rows(&stored));
+        let keys = self
+            .conversation_keys(c.project_id, c.subject.as_deref(), &members)
+            .await?;
+        items.extend(self.search_rows(p, id, &keys));
         self.batch(items).await?;
         self.enqueue(vec![entry]);
         self.settle(ticket, 1).await;
@@ -2083,6 +2092,15 @@ impl Store for ScyllaStore {
         Ok(Page { items, has_more })
     }
 
+    async fn search_conversations(
+        &self,
+        project: ProjectId,
+        search: &SearchQuery,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>> {
+        self.search(project, search, query).await
+    }
+
     async fn update_conversation(
         &self,
         project: ProjectId,
@@ -2194,6 +2212,12 @@ impl Store for ScyllaStore {
         );
         items.push(insert);
         items.extend(analytics::status_rows(&c, old_status));
+        // A new subject and added members become searchable (earlier words stay findable).
+        let subject = patch.subject.as_ref().and_then(|s| s.as_deref());
+        if subject.is_some() || !added.is_empty() {
+            let keys = self.conversation_keys(project, subject, &added).await?;
+            items.extend(self.search_rows(p, cid, &keys));
+        }
         self.batch(items).await?;
         self.enqueue(vec![entry]);
         Ok(Some(c))

@@ -32,7 +32,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -355,6 +355,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 project_id uuid, caller text, key text, conversation_id uuid, conversation text, \
                 PRIMARY KEY ((project_id, caller, key))) \
                 WITH default_time_to_live = 604800",
+        ],
+        add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 13,
+        name: "conversation search",
+        statements: &[
+            // One row per conversation and search key (`w:<word>`, `p:<prefix>`; see
+            // `larachat_core::search`), in the batch of the change it comes from. Partition:
+            // the conversations of one listing bucket (30 days by default) with that word.
+            // Conversations stored before this version are not indexed.
+            "CREATE TABLE IF NOT EXISTS search_terms (\
+                project_id uuid, bucket bigint, term text, conversation_id uuid, \
+                PRIMARY KEY ((project_id, bucket, term), conversation_id)) \
+                WITH CLUSTERING ORDER BY (conversation_id DESC)",
+            // A conversation's keys, to delete its rows above with it.
+            "CREATE TABLE IF NOT EXISTS search_conversation_terms (\
+                project_id uuid, conversation_id uuid, term text, \
+                PRIMARY KEY ((project_id, conversation_id), term))",
         ],
         add_columns: &[],
         data: None,

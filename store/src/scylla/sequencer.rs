@@ -479,6 +479,7 @@ impl ScyllaStore {
         .into_iter()
         .chain(super::usage::message_rows(m))
         .chain(super::analytics::message_rows(m, answers, self.now()))
+        .chain(self.search_rows(p, c, &larachat_core::search::message_keys(&m.text)))
         .collect())
         .await?;
         self.enqueue(vec![entry]);

@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_edge_usage.sql"),
     include_str!("migrations/0010_members.sql"),
     include_str!("migrations/0011_conversation_keys.sql"),
+    include_str!("migrations/0012_search.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -14,6 +14,8 @@
 //! - **analytics rollups** (`analytics`): messages per hour, active conversations per hour and
 //!   per-conversation response times, kept by each change in its own transaction, so an
 //!   analytics query reads rollups, never messages;
+//! - **search** (`search`): the `search_terms` index rows, written by each change in its own
+//!   transaction, and the query intersecting them;
 //! - the **event outbox**: every change with a domain event inserts it in its own savepoint
 //!   (`outbox`, called from `queries`), and `events` implements the durable
 //!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
@@ -28,6 +30,7 @@ mod events;
 mod migrations;
 mod outbox;
 mod queries;
+mod search;
 mod team;
 mod usage;
 mod writer;
@@ -53,6 +56,7 @@ use larachat_core::model::{
     Message, NewMessage, Project, ProjectPatch, ReadState,
 };
 use larachat_core::plan::{EdgeUsage, Period, Plan, PlanId, UsageCounts};
+use larachat_core::search::SearchQuery;
 use larachat_core::team::{Invite, Member, ProjectRole};
 use uuid::Uuid;
 
@@ -590,6 +594,17 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<Conversation>> {
         let query = query.clone();
         self.read(move |c| queries::list_conversations(c, project, &query))
+            .await
+    }
+
+    async fn search_conversations(
+        &self,
+        project: ProjectId,
+        search: &SearchQuery,
+        query: &ConversationQuery,
+    ) -> StoreResult<Page<Conversation>> {
+        let (search, query) = (search.clone(), query.clone());
+        self.read(move |c| search::search_conversations(c, project, &search, &query))
             .await
     }
 

@@ -19,6 +19,7 @@ use larachat_core::event::DomainEvent;
 use super::analytics;
 use super::codec::{self, json_text, ms, opt_ms, sql_error};
 use super::outbox;
+use super::search;
 use super::usage::{self, Count};
 use crate::{
     Appended, AssigneeFilter, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page,
@@ -37,7 +38,7 @@ fn b(u: &Uuid) -> &[u8; 16] {
 }
 
 /// Splits `limit + 1` fetched rows into a page with an exact `has_more`.
-fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
+pub(super) fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
     let has_more = items.len() > limit;
     items.truncate(limit);
     Page { items, has_more }
@@ -193,6 +194,7 @@ pub(crate) fn delete_project(conn: &Connection, id: ProjectId) -> StoreResult<bo
     // Children before parents (foreign keys), tenant tables first.
     for table in [
         "read_states",
+        "search_terms",
         "messages",
         "conversation_members",
         "conversations",
@@ -546,6 +548,9 @@ pub(crate) fn create_conversation(
     add_members(conn, c.project_id, c.id, &c.members)?;
     let stored = conversation(conn, c.project_id, c.id)?
         .ok_or(StoreError::Internal("conversation vanished".into()))?;
+    let keys =
+        search::conversation_keys(conn, c.project_id, c.subject.as_deref(), &stored.members)?;
+    search::index(conn, c.project_id, c.id, &keys)?;
     outbox::insert(conn, &DomainEvent::conversation_created(&stored))?;
     analytics::conversation_created(conn, &stored)?;
     usage::count(
@@ -604,7 +609,7 @@ pub(crate) fn create_conversation_keyed(
     Ok((stored, true))
 }
 
-fn members(
+pub(super) fn members(
     conn: &Connection,
     project: ProjectId,
     id: ConversationId,
@@ -730,6 +735,12 @@ pub(crate) fn update_conversation(
         add_members(conn, project, id, &patch.add_members)?;
         c.members = members(conn, project, id).map_err(sql_error)?;
     }
+    // A new subject and added members become searchable (earlier words stay findable).
+    let subject = patch.subject.as_ref().and_then(|s| s.as_deref());
+    if subject.is_some() || !patch.add_members.is_empty() {
+        let keys = search::conversation_keys(conn, project, subject, &patch.add_members)?;
+        search::index(conn, project, id, &keys)?;
+    }
     outbox::insert(conn, &DomainEvent::conversation_changed(before, &c))?;
     analytics::status_changed(conn, project, id, before, c.status, c.updated_at)?;
     Ok(Some(c))
@@ -849,6 +860,12 @@ pub(crate) fn append_message(
         ])
     })
     .map_err(sql_error)?;
+    search::index(
+        conn,
+        project,
+        message.conversation_id,
+        &larachat_core::search::message_keys(&message.text),
+    )?;
     outbox::insert(conn, &DomainEvent::message_sent(&message))?;
     analytics::message_appended(conn, &message)?;
     let sender: Vec<EndUserId> = match message.sender.kind {
