@@ -1328,6 +1328,7 @@ pub async fn conversations_idempotency_key(store: &TestStore) {
     assert_eq!(used.conversations, 3, "each counted once");
     let used = store.usage(other.id, this_month()).await.expect("usage");
     assert_eq!(used.conversations, 1);
+}
 
 /// Every conversation of `project` matching `q` with `filter`, walking pages of 2 (and checking
 /// that `has_more` is exact and no page repeats a conversation).
