@@ -397,6 +397,8 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Opened> {
             .context("opening the embedded database")?;
             // Events every consumer has handled are kept a week (docs/events.md).
             store.spawn_event_trimmer(EVENT_RETENTION, Duration::from_secs(3600));
+            // Index rows for what was stored before the search index (once, in batches).
+            store.spawn_search_backfill();
             Ok(Opened {
                 store: Arc::new(store.clone()),
                 events: Some(Arc::new(store)),
