@@ -11,6 +11,11 @@
 //!
 //! `search_conversation_terms ((project_id, conversation_id), term)`: the keys of one
 //! conversation, so deleting it (with its project) deletes its `search_terms` rows.
+//!
+//! The search backfill ([`ScyllaStore::backfill_search`]) writes the same rows, once, for what
+//! was stored before schema 13, walking `conversations` and then `messages` by partition token
+//! in pages, its cursor in `backfills`. A conversation deleted while the backfill indexes it
+//! may keep index rows; searches load the hits, so it is never returned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

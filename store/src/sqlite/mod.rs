@@ -15,7 +15,8 @@
 //!   per-conversation response times, kept by each change in its own transaction, so an
 //!   analytics query reads rollups, never messages;
 //! - **search** (`search`): the `search_terms` index rows, written by each change in its own
-//!   transaction, and the query intersecting them;
+//!   transaction, and the query intersecting them; `backfill` indexes, once and in the
+//!   background, what was stored before the index (resumable, see `backfills`);
 //! - the **event outbox**: every change with a domain event inserts it in its own savepoint
 //!   (`outbox`, called from `queries`), and `events` implements the durable
 //!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
