@@ -620,9 +620,10 @@ async fn the_search_backfill_indexes_what_was_stored_before_the_index() {
     let store: TestStore = Arc::new(sqlite.clone());
     assert!(contract::search_backfill_missing(&store, &data).await);
 
+    let started = std::time::Instant::now();
     let report = sqlite.backfill_search().await.expect("backfill");
     let messages = 2 + contract::SEARCH_BACKFILL_MESSAGES as u64 + 1;
-    println!("backfill: {report:?}");
+    println!("backfill: {report:?} in {:?}", started.elapsed());
     assert_eq!(
         report,
         BackfillReport {

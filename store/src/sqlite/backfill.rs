@@ -182,7 +182,10 @@ fn split2(after: Option<&[u8]>) -> (Option<&[u8]>, Option<&[u8]>) {
     }
 }
 
-fn split3(after: Option<&[u8]>) -> (Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) {
+/// A cursor key cut into its three 16-byte parts (or three NULLs).
+type Key3<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn split3(after: Option<&[u8]>) -> Key3<'_> {
     match after {
         Some(a) if a.len() == 48 => (Some(&a[..16]), Some(&a[16..32]), Some(&a[32..])),
         _ => (None, None, None),
