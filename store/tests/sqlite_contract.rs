@@ -687,16 +687,51 @@ async fn the_search_backfill_indexes_what_was_stored_before_the_index() {
     assert_eq!(search_rows(&dir), live_rows);
     contract::search_backfill_check(&store, &data).await;
 
-    // In the background after open (what `serve` does): finishes, and a reopen sees it done.
+    // In the background after open (what `serve` does), beside live writes: both are found.
     {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
-        conn.execute_batch("DELETE FROM search_terms; UPDATE backfills SET phase = 0, after = NULL, done_at = NULL;")
-            .expect("reset");
+        conn.execute_batch(
+            "DELETE FROM search_terms; \
+             UPDATE backfills SET phase = 0, after = NULL, done_at = NULL;",
+        )
+        .expect("reset");
     }
-    sqlite
-        .spawn_search_backfill()
-        .await
-        .expect("background backfill");
-    assert_eq!(search_rows(&dir), live_rows);
+    let background = sqlite.spawn_search_backfill();
+    let writer = {
+        let store = store.clone();
+        let (project, conversation) = (data.project, data.first);
+        tokio::spawn(async move {
+            for i in 0..50 {
+                let m = NewMessage {
+                    project_id: project,
+                    conversation_id: conversation,
+                    sender: Actor {
+                        kind: ActorKind::Agent,
+                        id: "agent-1".into(),
+                        name: None,
+                    },
+                    text: format!("live{i} meanwhile"),
+                    metadata: json!({}),
+                    client_msg_id: None,
+                };
+                store.append_message(&m).await.expect("live append");
+            }
+        })
+    };
+    background.await.expect("background backfill");
+    writer.await.expect("live writes");
     contract::search_backfill_check(&store, &data).await;
+    for q in ["live0 meanwhile", "live49"] {
+        let page = store
+            .search_conversations(
+                data.project,
+                &larachat_core::search::SearchQuery::parse(q).expect("query"),
+                &larachat_store::ConversationQuery::default(),
+            )
+            .await
+            .expect("search");
+        let ids: Vec<ConversationId> = page.items.iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![data.first], "{q}");
+    }
+    assert!(search_rows(&dir) > live_rows);
 }
