@@ -119,6 +119,11 @@ impl App {
         // `serve` migrates its own store; split processes expect `larachat migrate` to have
         // run once, so that several of them never race on schema changes.
         let opened = open_store(&config, role == Role::All).await?;
+        if let (Some(scylla), Role::All | Role::ControlPlane) = (&opened.scylla, role) {
+            // Index rows for what was stored before the search index: once, in pages, in
+            // the background (the SQLite store starts its own in `open_store`).
+            scylla.spawn_search_backfill();
+        }
         let (store, mut events) = (opened.store, opened.events);
         let (bus, nats) = open_bus(&config, role).await?;
         let background = tokio_util::sync::CancellationToken::new();
@@ -397,6 +402,8 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Opened> {
             .context("opening the embedded database")?;
             // Events every consumer has handled are kept a week (docs/events.md).
             store.spawn_event_trimmer(EVENT_RETENTION, Duration::from_secs(3600));
+            // Index rows for what was stored before the search index (once, in batches).
+            store.spawn_search_backfill();
             Ok(Opened {
                 store: Arc::new(store.clone()),
                 events: Some(Arc::new(store)),

@@ -72,7 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "DROP TABLE analytics_hours; DROP TABLE analytics_active; \
          DROP TABLE analytics_conversations; DROP TABLE usage_edge; \
          DROP TABLE project_members; DROP TABLE project_invites; \
-         DROP TABLE conversation_keys; DROP TABLE search_terms; PRAGMA user_version = 7; \
+         DROP TABLE conversation_keys; DROP TABLE search_terms; DROP TABLE backfills; \
+         PRAGMA user_version = 7; \
          PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF;",
     )?;
     let pid = *project.id.as_uuid().as_bytes();

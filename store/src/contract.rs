@@ -1330,6 +1330,131 @@ pub async fn conversations_idempotency_key(store: &TestStore) {
     assert_eq!(used.conversations, 1);
 }
 
+/// Data for the search backfill tests of both backends: what [`search_backfill_data`]
+/// stored, to find again with [`search_backfill_check`] once the backfill has run.
+pub struct SearchBackfillData {
+    pub project: ProjectId,
+    pub other: ProjectId,
+    /// Subject "Invoice question", a member "Zoë Ann" (`Z.Ann@Example.com`, `crm-4711`), two
+    /// messages ("Where is my parcel?", "tracking number 55").
+    pub first: ConversationId,
+    /// No subject, a member "Bob Stone", [`SEARCH_BACKFILL_MESSAGES`] messages "note <i>"
+    /// (more than one backfill batch of messages).
+    pub second: ConversationId,
+    /// Conversations of `other` (a tenant that must never show up in `project`'s results).
+    pub theirs: ConversationId,
+}
+
+/// Messages of [`SearchBackfillData::second`].
+pub const SEARCH_BACKFILL_MESSAGES: usize = 320;
+
+/// Stores the backfill tests' data (see [`SearchBackfillData`]). The caller then removes its
+/// index rows, as a store from before the search index would have none.
+pub async fn search_backfill_data(store: &TestStore) -> SearchBackfillData {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
+    let user = |name: &str, email: &str, id: &str| NewEndUser {
+        user_identifier: Some(id.to_owned()),
+        name: Some(name.to_owned()),
+        email: Some(email.to_owned()),
+        avatar: None,
+        metadata: model::empty_object(),
+    };
+    let (zoe, _) = store
+        .upsert_end_user(
+            project.id,
+            &user("Zoë Ann", "Z.Ann@Example.com", "crm-4711"),
+        )
+        .await
+        .expect("zoe");
+    let (bob, _) = store
+        .upsert_end_user(project.id, &user("Bob Stone", "bob@example.org", "crm-9"))
+        .await
+        .expect("bob");
+    let (twin, _) = store
+        .upsert_end_user(other.id, &user("Zoë Ann", "zoe@other.example", "crm-4711"))
+        .await
+        .expect("twin");
+    let first = Conversation {
+        subject: Some("Invoice question".into()),
+        ..conversation_value(project.id, &[zoe.id])
+    };
+    store.create_conversation(&first).await.expect("first");
+    for text in ["Where is my parcel?", "tracking number 55"] {
+        store
+            .append_message(&new_message(&first, text, None))
+            .await
+            .expect("append");
+    }
+    let second = conversation_value(project.id, &[bob.id]);
+    store.create_conversation(&second).await.expect("second");
+    for i in 0..SEARCH_BACKFILL_MESSAGES {
+        store
+            .append_message(&new_message(&second, &format!("note {i}"), None))
+            .await
+            .expect("append");
+    }
+    let theirs = Conversation {
+        subject: Some("Invoice question".into()),
+        ..conversation_value(other.id, &[twin.id])
+    };
+    store.create_conversation(&theirs).await.expect("theirs");
+    store
+        .append_message(&new_message(&theirs, "Where is my parcel?", None))
+        .await
+        .expect("append");
+    SearchBackfillData {
+        project: project.id,
+        other: other.id,
+        first: first.id,
+        second: second.id,
+        theirs: theirs.id,
+    }
+}
+
+/// `true` when `q` finds nothing in the data's project (what the tests check before the
+/// backfill, to know the index rows are really gone).
+pub async fn search_backfill_missing(store: &TestStore, data: &SearchBackfillData) -> bool {
+    let mut none = true;
+    for q in ["parcel", "invoice", "zoë", "stone", "note 7"] {
+        none &= search_all(store, data.project, q, ConversationQuery::default())
+            .await
+            .is_empty();
+    }
+    none
+}
+
+/// After the backfill: the old conversations are found by their messages' words (the first
+/// and the last message of a long conversation), subject, and members' name, email and
+/// external id (whole words and prefixes), each tenant only in its own project.
+pub async fn search_backfill_check(store: &TestStore, data: &SearchBackfillData) {
+    let all = |q: &'static str, p: ProjectId| search_all(store, p, q, ConversationQuery::default());
+    let last = format!("note {}", SEARCH_BACKFILL_MESSAGES - 1);
+    let cases: Vec<(String, Vec<ConversationId>)> = vec![
+        ("parcel".into(), vec![data.first]),
+        ("tracking 55".into(), vec![data.first]),
+        ("invoice quest".into(), vec![data.first]),
+        ("Zoë".into(), vec![data.first]),
+        ("z.ann@example.com".into(), vec![data.first]),
+        // Accents folded (the name is the only field with the word).
+        ("zoe".into(), vec![data.first]),
+        ("ZOË ann".into(), vec![data.first]),
+        ("crm 4711".into(), vec![data.first]),
+        ("crm 471".into(), vec![data.first]),
+        ("stone".into(), vec![data.second]),
+        ("bo".into(), vec![data.second]),
+        ("note 0".into(), vec![data.second]),
+        (last, vec![data.second]),
+        ("crm".into(), vec![data.second, data.first]),
+    ];
+    for (q, want) in cases {
+        let got = search_all(store, data.project, &q, ConversationQuery::default()).await;
+        assert_eq!(got, want, "{q:?}");
+    }
+    assert_eq!(all("parcel", data.other).await, vec![data.theirs]);
+    assert_eq!(all("stone", data.other).await, Vec::<ConversationId>::new());
+}
+
 /// Every conversation of `project` matching `q` with `filter`, walking pages of 2 (and checking
 /// that `has_more` is exact and no page repeats a conversation).
 async fn search_all(
@@ -1450,6 +1575,11 @@ pub async fn conversations_search(store: &TestStore) {
         "no folding beyond case"
     );
     assert_eq!(all("straße").await, [c2.id]);
+    // Accents folded the same way in texts and queries.
+    say(&c2, "Gracias, José Núñez").await;
+    assert_eq!(all("jose nunez").await, [c2.id]);
+    assert_eq!(all("JOSÉ Núñez").await, [c2.id]);
+    assert_eq!(all("zoe").await, [c1.id]);
     let mut refunds: Vec<ConversationId> = fillers.clone();
     refunds.extend([c3.id, c1.id]);
     refunds.sort_by(|a, b| b.cmp(a));

@@ -109,6 +109,21 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+/// What a run of the search index backfill did (see the README, "Search": conversations and
+/// messages stored before the search index existed get their index rows once, in the
+/// background, after an upgrade).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// Conversations whose subject and members' profiles were (re)indexed by this run.
+    pub conversations: u64,
+    /// Messages (re)indexed by this run.
+    pub messages: u64,
+    /// Batches written by this run.
+    pub batches: u64,
+    /// The backfill had already finished before this run (it wrote nothing).
+    pub already_done: bool,
+}
+
 /// Which slice of a conversation's messages to read. Results are always in ascending id order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageRange {

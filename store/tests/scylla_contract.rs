@@ -19,8 +19,8 @@ use larachat_core::model::{
 use larachat_core::plan::{Period, Plan, PlanLimits, QuotaMetric, ThresholdCrossing};
 use larachat_store::contract::{self, TestStore};
 use larachat_store::{
-    AssigneeFilter, ConversationQuery, MessageRange, NewEndUser, ScyllaConfig, ScyllaStore, Store,
-    StoreError,
+    AssigneeFilter, BackfillReport, ConversationQuery, MessageRange, NewEndUser, ScyllaConfig,
+    ScyllaStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -1179,4 +1179,94 @@ async fn schema_11_keyspace_gets_conversation_keys() {
         .await
         .expect("again");
     assert_eq!((second.id, created), (first.id, false));
+}
+
+/// Rows of a (small, test-keyspace) table.
+async fn count_rows(raw: &scylla::client::session::Session, table: &str) -> i64 {
+    raw.query_unpaged(format!("SELECT count(*) FROM {table}"), ())
+        .await
+        .expect("count")
+        .into_rows_result()
+        .expect("rows")
+        .first_row::<(i64,)>()
+        .expect("row")
+        .0
+}
+
+async fn drop_search_index(raw: &scylla::client::session::Session) {
+    for table in ["search_terms", "search_conversation_terms"] {
+        raw.query_unpaged(format!("TRUNCATE {table}"), ())
+            .await
+            .expect("truncate");
+    }
+}
+
+/// Schema 14 on a keyspace at schema 13 whose conversations and messages have no index rows
+/// (written, then the index tables emptied, as data stored before schema 13): `migrate` adds
+/// `backfills`, and the backfill writes exactly the rows the live writes had written, so the
+/// old conversations are found; it is done once, and rerunning it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_13_data_without_index_rows_is_backfilled() {
+    let (cfg, old, raw) = old_keyspace("lc_backfill", 13).await;
+    let old: TestStore = Arc::new(old);
+    let data = contract::search_backfill_data(&old).await;
+    drop(old);
+    let live = (
+        count_rows(&raw, "search_terms").await,
+        count_rows(&raw, "search_conversation_terms").await,
+    );
+    assert!(live.0 > 0);
+    drop_search_index(&raw).await;
+    let store = Arc::new(connect_with(cfg.clone()).await);
+    let test_store: TestStore = store.clone();
+    assert!(contract::search_backfill_missing(&test_store, &data).await);
+
+    let started = std::time::Instant::now();
+    let report = store.backfill_search().await.expect("backfill");
+    println!("backfill: {report:?} in {:?}", started.elapsed());
+    assert_eq!(
+        (report.conversations, report.messages, report.already_done),
+        (3, 2 + contract::SEARCH_BACKFILL_MESSAGES as u64 + 1, false)
+    );
+    contract::search_backfill_check(&test_store, &data).await;
+    let rows = (
+        count_rows(&raw, "search_terms").await,
+        count_rows(&raw, "search_conversation_terms").await,
+    );
+    assert_eq!(rows, live, "the rows the live writes had written");
+
+    // Done once: another run (or start) writes nothing.
+    let again = store.backfill_search().await.expect("again");
+    assert_eq!(
+        again,
+        BackfillReport {
+            already_done: true,
+            ..BackfillReport::default()
+        }
+    );
+    // Rerun from the start: the same rows (upserts), nothing more.
+    raw.query_unpaged("DELETE FROM backfills WHERE name = 'search'", ())
+        .await
+        .expect("reset");
+    let rerun = store.backfill_search().await.expect("rerun");
+    assert_eq!(rerun.messages, report.messages);
+    assert_eq!(
+        (
+            count_rows(&raw, "search_terms").await,
+            count_rows(&raw, "search_conversation_terms").await,
+        ),
+        live
+    );
+
+    // In the background (what `serve` does after opening the store).
+    drop_search_index(&raw).await;
+    raw.query_unpaged("DELETE FROM backfills WHERE name = 'search'", ())
+        .await
+        .expect("reset");
+    store
+        .spawn_search_backfill()
+        .await
+        .expect("background backfill");
+    contract::search_backfill_check(&test_store, &data).await;
+    assert_eq!(count_rows(&raw, "search_terms").await, live.0);
 }

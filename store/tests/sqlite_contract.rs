@@ -11,7 +11,8 @@ use larachat_core::model::{
 use larachat_store::contract::{self, TestStore};
 use larachat_store::sqlite::SCHEMA_VERSION;
 use larachat_store::{
-    ManualClock, MessageRange, NewEndUser, SqliteConfig, SqliteStore, Store, StoreClock, StoreError,
+    BackfillReport, ManualClock, MessageRange, NewEndUser, SqliteConfig, SqliteStore, Store,
+    StoreClock, StoreError,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -559,10 +560,10 @@ async fn the_members_migration_backfills_owners() {
     {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
         // Undo the members migration (10) and the ones after it (11, conversation keys;
-        // 12, search).
+        // 12, search; 13, backfills).
         conn.execute_batch(
             "DROP TABLE project_members; DROP TABLE project_invites; \
-             DROP TABLE conversation_keys; DROP TABLE search_terms;",
+             DROP TABLE conversation_keys; DROP TABLE search_terms; DROP TABLE backfills;",
         )
         .expect("undo the members migration and those after it");
         conn.pragma_update(None, "user_version", 9)
@@ -583,4 +584,154 @@ async fn the_members_migration_backfills_owners() {
         .expect("list");
     assert_eq!(mine.items.len(), 1);
     assert_eq!(mine.items[0].0.id, seeded.project.id);
+}
+
+fn search_rows(dir: &TempDir) -> i64 {
+    let conn = rusqlite::Connection::open(config(dir).path).expect("open raw");
+    conn.query_row("SELECT count(*) FROM search_terms", [], |r| r.get(0))
+        .expect("count")
+}
+
+/// An upgrade from before the search index (migrations 12 and 13 undone on a database with
+/// conversations and messages, then re-applied): the backfill writes exactly the index rows
+/// the live writes had written, so the old conversations are found; it is done once, resumes
+/// from its cursor, and rerunning it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_backfill_indexes_what_was_stored_before_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = {
+        let store = SqliteStore::open(config(&dir)).expect("open");
+        // A new database: nothing to backfill.
+        let report = store.backfill_search().await.expect("backfill");
+        assert_eq!((report.conversations, report.messages), (0, 0));
+        let store: TestStore = Arc::new(store);
+        contract::search_backfill_data(&store).await
+    };
+    let live_rows = search_rows(&dir);
+    assert!(live_rows > 0);
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        conn.execute_batch("DROP TABLE search_terms; DROP TABLE backfills;")
+            .expect("undo migrations 12 and 13");
+        conn.pragma_update(None, "user_version", 11)
+            .expect("version");
+    }
+    let sqlite = SqliteStore::open(config(&dir)).expect("reopen migrates");
+    let store: TestStore = Arc::new(sqlite.clone());
+    assert!(contract::search_backfill_missing(&store, &data).await);
+
+    let started = std::time::Instant::now();
+    let report = sqlite.backfill_search().await.expect("backfill");
+    let messages = 2 + contract::SEARCH_BACKFILL_MESSAGES as u64 + 1;
+    println!("backfill: {report:?} in {:?}", started.elapsed());
+    assert_eq!(
+        report,
+        BackfillReport {
+            conversations: 3,
+            messages,
+            // One batch of conversations, then messages in batches of 300.
+            batches: 1 + messages.div_ceil(300),
+            already_done: false,
+        }
+    );
+    contract::search_backfill_check(&store, &data).await;
+    assert_eq!(
+        search_rows(&dir),
+        live_rows,
+        "the rows the live writes had written"
+    );
+
+    // Done once: another run (or start) writes nothing.
+    let again = sqlite.backfill_search().await.expect("again");
+    assert_eq!(
+        again,
+        BackfillReport {
+            already_done: true,
+            ..BackfillReport::default()
+        }
+    );
+
+    // Resumes from its cursor: as if killed after the 300th message, only the rest is done.
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        let key: Vec<u8> = conn
+            .query_row(
+                "SELECT project_id, conversation_id, id FROM messages \
+                 ORDER BY project_id, conversation_id, id LIMIT 1 OFFSET 299",
+                [],
+                |r| {
+                    let parts: [Vec<u8>; 3] = [r.get(0)?, r.get(1)?, r.get(2)?];
+                    Ok(parts.concat())
+                },
+            )
+            .expect("the 300th message");
+        conn.execute(
+            "UPDATE backfills SET phase = 1, done_at = NULL, after = ?1 WHERE name = 'search'",
+            [key],
+        )
+        .expect("move the cursor");
+    }
+    let rest = sqlite.backfill_search().await.expect("resume");
+    assert_eq!((rest.conversations, rest.messages), (0, messages - 300));
+    // Rerun from the start: the same rows (set-like), nothing more.
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        conn.execute(
+            "UPDATE backfills SET phase = 0, after = NULL, done_at = NULL",
+            [],
+        )
+        .expect("reset");
+    }
+    let rerun = sqlite.backfill_search().await.expect("rerun");
+    assert_eq!(rerun.messages, messages);
+    assert_eq!(search_rows(&dir), live_rows);
+    contract::search_backfill_check(&store, &data).await;
+
+    // In the background after open (what `serve` does), beside live writes: both are found.
+    {
+        let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
+        conn.execute_batch(
+            "DELETE FROM search_terms; \
+             UPDATE backfills SET phase = 0, after = NULL, done_at = NULL;",
+        )
+        .expect("reset");
+    }
+    let background = sqlite.spawn_search_backfill();
+    let writer = {
+        let store = store.clone();
+        let (project, conversation) = (data.project, data.first);
+        tokio::spawn(async move {
+            for i in 0..50 {
+                let m = NewMessage {
+                    project_id: project,
+                    conversation_id: conversation,
+                    sender: Actor {
+                        kind: ActorKind::Agent,
+                        id: "agent-1".into(),
+                        name: None,
+                    },
+                    text: format!("live{i} meanwhile"),
+                    metadata: json!({}),
+                    client_msg_id: None,
+                };
+                store.append_message(&m).await.expect("live append");
+            }
+        })
+    };
+    background.await.expect("background backfill");
+    writer.await.expect("live writes");
+    contract::search_backfill_check(&store, &data).await;
+    for q in ["live0 meanwhile", "live49"] {
+        let page = store
+            .search_conversations(
+                data.project,
+                &larachat_core::search::SearchQuery::parse(q).expect("query"),
+                &larachat_store::ConversationQuery::default(),
+            )
+            .await
+            .expect("search");
+        let ids: Vec<ConversationId> = page.items.iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![data.first], "{q}");
+    }
+    assert!(search_rows(&dir) > live_rows);
 }

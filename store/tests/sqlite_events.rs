@@ -192,7 +192,7 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
         (project, handled)
     };
     // Back to the version-3 shape: the UNIQUE id index, no tables or columns of migrations 5
-    // to 11 (applied again after 4), and the newest event trimmed (its position stays used in
+    // to 13 (applied again after 4), and the newest event trimmed (its position stays used in
     // `sqlite_sequence`).
     let (max_before, seq_before) = {
         let conn = rusqlite::Connection::open(config(&dir).path).expect("open raw");
@@ -219,6 +219,7 @@ async fn migration_4_keeps_positions_and_drops_the_id_index() {
              DROP TABLE project_invites;
              DROP TABLE conversation_keys;
              DROP TABLE search_terms;
+             DROP TABLE backfills;
              DROP INDEX conversations_by_assignee;
              ALTER TABLE conversations DROP COLUMN assignee;
              PRAGMA user_version = 3;

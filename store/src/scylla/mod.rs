@@ -49,6 +49,7 @@
 //! | `project_invites` | `((project_id), id DESC)` | invitations, LWT only; single use |
 //! | `search_terms` | `((project_id, bucket, term), conversation_id DESC)` | search: one row per conversation (of a listing bucket) and word or prefix, in the change's batch (see `search`) |
 //! | `search_conversation_terms` | `((project_id, conversation_id), term)` | a conversation's search keys (deletion) |
+//! | `backfills` | `((name))` | a one-off background backfill's cursor and finish time (the search index backfill, see `search`) |
 //!
 //! Listing buckets are `listing_bucket` wide (id time, 30 days by default); both bucket widths
 //! are part of the data layout and must not change for an existing keyspace.

@@ -32,7 +32,7 @@ pub(crate) enum DataStep {
 }
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 13;
+pub const SCHEMA_VERSION: i32 = 14;
 
 pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version int PRIMARY KEY, name text, applied_at timestamp)";
@@ -375,6 +375,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE TABLE IF NOT EXISTS search_conversation_terms (\
                 project_id uuid, conversation_id uuid, term text, \
                 PRIMARY KEY ((project_id, conversation_id), term))",
+        ],
+        add_columns: &[],
+        data: None,
+    },
+    Migration {
+        version: 14,
+        name: "backfills",
+        statements: &[
+            // One row per one-off backfill run in the background after an upgrade: where it
+            // has got to and when it finished (see `search`, the search index backfill of the
+            // data stored before schema 13; `walked`: the partition token walked up to).
+            // No row: not started.
+            "CREATE TABLE IF NOT EXISTS backfills (\
+                name text PRIMARY KEY, phase int, walked bigint, project_id uuid, \
+                conversation_id uuid, bucket bigint, after uuid, done_at timestamp)",
         ],
         add_columns: &[],
         data: None,

@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_members.sql"),
     include_str!("migrations/0011_conversation_keys.sql"),
     include_str!("migrations/0012_search.sql"),
+    include_str!("migrations/0013_backfills.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -15,7 +15,8 @@
 //!   per-conversation response times, kept by each change in its own transaction, so an
 //!   analytics query reads rollups, never messages;
 //! - **search** (`search`): the `search_terms` index rows, written by each change in its own
-//!   transaction, and the query intersecting them;
+//!   transaction, and the query intersecting them; `backfill` indexes, once and in the
+//!   background, what was stored before the index (resumable, see `backfills`);
 //! - the **event outbox**: every change with a domain event inserts it in its own savepoint
 //!   (`outbox`, called from `queries`), and `events` implements the durable
 //!   [`EventLog`](larachat_core::event::EventLog) over it (checkpointed consumer groups).
@@ -25,6 +26,7 @@
 //! waits for it, so the file is fully closed afterwards.
 
 mod analytics;
+mod backfill;
 mod codec;
 mod events;
 mod migrations;
@@ -62,8 +64,8 @@ use uuid::Uuid;
 
 use crate::clock::StoreClock;
 use crate::{
-    Appended, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page, Store, StoreError,
-    StoreResult,
+    Appended, BackfillReport, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page,
+    Store, StoreError, StoreResult,
 };
 use codec::sql_error;
 use writer::{Call, Job, WriterCounters};
@@ -269,6 +271,70 @@ impl SqliteStore {
                     Ok(n) => tracing::info!(deleted = n, "trimmed the event outbox"),
                     Err(e) => tracing::warn!(error = %e, "trimming the event outbox failed"),
                 }
+            }
+        })
+    }
+
+    /// Runs the search index backfill (see `backfill`) to its end: bounded batches through the
+    /// writer, each committed with its cursor, so it resumes where a killed process stopped.
+    /// Returns what this run did; once finished, a run writes nothing.
+    pub async fn backfill_search(&self) -> StoreResult<BackfillReport> {
+        let mut report = BackfillReport::default();
+        while !self.backfill_search_step(&mut report).await? {
+            tokio::task::yield_now().await;
+        }
+        Ok(report)
+    }
+
+    /// One batch of the search backfill, added to `report`; `true` once it is finished.
+    async fn backfill_search_step(&self, report: &mut BackfillReport) -> StoreResult<bool> {
+        let now = self.inner.clock.now().timestamp_millis();
+        let step = self.write(move |c| backfill::search_step(c, now)).await?;
+        if step.was_done {
+            report.already_done = report.batches == 0;
+            return Ok(true);
+        }
+        report.batches += 1;
+        report.conversations += step.conversations;
+        report.messages += step.messages;
+        if step.done {
+            tracing::info!(
+                conversations = report.conversations,
+                messages = report.messages,
+                batches = report.batches,
+                "search backfill finished"
+            );
+        } else if report.batches % 100 == 0 {
+            tracing::info!(
+                conversations = report.conversations,
+                messages = report.messages,
+                batches = report.batches,
+                "search backfill in progress"
+            );
+        }
+        Ok(step.done)
+    }
+
+    /// Runs [`SqliteStore::backfill_search`] in the background (a no-op once it has finished);
+    /// the task does not keep the store open, and a failure is logged (the next start resumes
+    /// from the last committed batch).
+    pub fn spawn_search_backfill(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut report = BackfillReport::default();
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let store = SqliteStore { inner };
+                match store.backfill_search_step(&mut report).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "search backfill stopped; it resumes at the next start");
+                        return;
+                    }
+                }
+                drop(store);
+                tokio::task::yield_now().await;
             }
         })
     }
