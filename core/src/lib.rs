@@ -32,6 +32,7 @@
 //! Depends on nothing of ours; `store`, `broker`, `gateway` and `control-plane` depend on it.
 
 pub mod analytics;
+pub mod clock;
 pub mod control;
 pub mod error;
 pub mod event;

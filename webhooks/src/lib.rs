@@ -11,7 +11,7 @@
 //!   (connects only to checked addresses, no proxy, no redirects, one timeout, capped body);
 //! - [`retry`]: the schedule (exponential with full jitter over at least 3 days, anchored to
 //!   the first attempt), `Retry-After`, and what a status means ([`Verdict`]);
-//! - [`clock`]: the injected clock ([`Clock`], [`ManualClock`] for tests);
+//! - the injected clock ([`Clock`], [`ManualClock`] for tests), re-exported from `larachat_core::clock`;
 //! - [`model`]: endpoints, deliveries (one per event and endpoint), attempts;
 //! - [`store`]: [`WebhookStore`] and its backends (SQLite file of its own; `webhook_*` CQL
 //!   tables with feature `scylla`) and the contract suite both pass;
@@ -24,7 +24,6 @@
 //! control plane, which call into it.
 
 pub mod client;
-pub mod clock;
 pub mod config;
 pub mod model;
 pub mod retry;
@@ -34,8 +33,8 @@ pub mod store;
 pub mod worker;
 
 pub use client::{AttemptOutcome, ClientSettings, DeliveryClient, Lookup, Outgoing, SystemLookup};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::WebhooksConfig;
+pub use larachat_core::clock::{Clock, ManualClock, SystemClock};
 pub use retry::{RetryPolicy, Verdict};
 pub use signing::{Secret, SigningError};
 pub use ssrf::{TargetError, TargetPolicy, TargetUrl};

@@ -27,11 +27,11 @@ use larachat_core::event::{ConsumerName, ConsumerOptions, DomainEvent, EventLog}
 use larachat_core::id::{EventId, ProjectId};
 
 use crate::client::{DeliveryClient, Outgoing};
-use crate::clock::Clock;
 use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, EndpointId, TEST_EVENT};
 use crate::retry::{RetryPolicy, Verdict};
 use crate::ssrf::TargetUrl;
 use crate::store::{WebhookStore, WebhookStoreError, WebhookStoreResult};
+use larachat_core::clock::Clock;
 
 /// The name of the event-log consumer that feeds webhooks.
 pub const CONSUMER: &str = "webhooks";

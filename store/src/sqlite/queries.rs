@@ -38,7 +38,7 @@ fn b(u: &Uuid) -> &[u8; 16] {
 }
 
 /// Splits `limit + 1` fetched rows into a page with an exact `has_more`.
-pub(super) fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
+fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
     let has_more = items.len() > limit;
     items.truncate(limit);
     Page { items, has_more }
@@ -653,13 +653,8 @@ pub(crate) fn list_conversations(
     q: &ConversationQuery,
 ) -> StoreResult<Page<Conversation>> {
     let limit = clamp_limit(q.limit);
-    let cols = codec::CONVERSATION_COLS
-        .split(", ")
-        .map(|c| format!("c.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> =
-        vec![Box::new(project.as_uuid().as_bytes().to_vec())];
+    let cols = joined_conversation_cols();
+    let mut args: SqlArgs = vec![Box::new(project.as_uuid().as_bytes().to_vec())];
     let mut sql = if let Some(member) = q.member {
         args.push(Box::new(member.as_uuid().as_bytes().to_vec()));
         // Driven by the member index: a member's conversations, newest first.
@@ -671,11 +666,39 @@ pub(crate) fn list_conversations(
     } else {
         format!("SELECT {cols} FROM conversations c WHERE c.project_id = ?1")
     };
+    // Served by `conversations_by_assignee` (project, assignee, id) when there is no member.
+    push_conversation_filters(&mut sql, &mut args, q);
+    if let Some(cursor) = q.cursor {
+        args.push(Box::new(cursor.as_uuid().as_bytes().to_vec()));
+        sql.push_str(&format!(" AND c.id < ?{}", args.len()));
+    }
+    sql.push_str(&format!(" ORDER BY c.id DESC LIMIT {}", limit + 1));
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    conversation_page(conn, project, &mut statement, &args, limit)
+}
+
+/// Values bound to a query built at run time.
+pub(super) type SqlArgs = Vec<Box<dyn rusqlite::ToSql>>;
+
+/// The conversation columns qualified with `c.`, for listings that join.
+pub(super) fn joined_conversation_cols() -> String {
+    codec::CONVERSATION_COLS
+        .split(", ")
+        .map(|c| format!("c.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Appends the status and assignee filters of a listing (on `c`), binding their values.
+pub(super) fn push_conversation_filters(
+    sql: &mut String,
+    args: &mut SqlArgs,
+    q: &ConversationQuery,
+) {
     if let Some(status) = q.status {
         args.push(Box::new(status.as_str()));
         sql.push_str(&format!(" AND c.status = ?{}", args.len()));
     }
-    // Served by `conversations_by_assignee` (project, assignee, id) when there is no member.
     match &q.assignee {
         None => {}
         Some(AssigneeFilter::Unassigned) => sql.push_str(" AND c.assignee IS NULL"),
@@ -684,17 +707,20 @@ pub(crate) fn list_conversations(
             sql.push_str(&format!(" AND c.assignee = ?{}", args.len()));
         }
     }
-    if let Some(cursor) = q.cursor {
-        args.push(Box::new(cursor.as_uuid().as_bytes().to_vec()));
-        sql.push_str(&format!(" AND c.id < ?{}", args.len()));
-    }
-    sql.push_str(&format!(" ORDER BY c.id DESC LIMIT {}", limit + 1));
-    let items = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_map(params_from_iter(args.iter()), codec::conversation)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
+}
+
+/// Runs a listing that selects `limit + 1` conversations, newest first, and loads the
+/// members of the page's conversations.
+pub(super) fn conversation_page(
+    conn: &Connection,
+    project: ProjectId,
+    statement: &mut rusqlite::Statement<'_>,
+    args: &SqlArgs,
+    limit: usize,
+) -> StoreResult<Page<Conversation>> {
+    let items = statement
+        .query_map(params_from_iter(args.iter()), codec::conversation)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_error)?;
     let mut page = page(items, limit);
     for c in &mut page.items {

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, params};
 
 use larachat_core::id::{ConversationId, EndUserId, ProjectId};
 use larachat_core::model::{Conversation, EndUser};
 use larachat_core::search::{self, SearchQuery};
 
-use super::codec::{self, sql_error};
-use super::queries::{self, clamp_limit, page};
-use crate::{AssigneeFilter, ConversationQuery, Page, StoreResult};
+use super::codec::sql_error;
+use super::queries::{self, SqlArgs, clamp_limit};
+use crate::{ConversationQuery, Page, StoreResult};
 
 /// Adds `keys` to the conversation's index rows (existing ones stay).
 pub(crate) fn index(
@@ -77,13 +77,8 @@ pub(crate) fn search_conversations(
     q: &ConversationQuery,
 ) -> StoreResult<Page<Conversation>> {
     let limit = clamp_limit(q.limit);
-    let cols = codec::CONVERSATION_COLS
-        .split(", ")
-        .map(|c| format!("c.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> =
-        vec![Box::new(project.as_uuid().as_bytes().to_vec())];
+    let cols = queries::joined_conversation_cols();
+    let mut args: SqlArgs = vec![Box::new(project.as_uuid().as_bytes().to_vec())];
     let cursor = q.cursor.map(|c| {
         args.push(Box::new(c.as_uuid().as_bytes().to_vec()));
         args.len()
@@ -117,29 +112,9 @@ pub(crate) fn search_conversations(
             args.len()
         ));
     }
-    if let Some(status) = q.status {
-        args.push(Box::new(status.as_str()));
-        sql.push_str(&format!(" AND c.status = ?{}", args.len()));
-    }
-    match &q.assignee {
-        None => {}
-        Some(AssigneeFilter::Unassigned) => sql.push_str(" AND c.assignee IS NULL"),
-        Some(AssigneeFilter::Agent(agent)) => {
-            args.push(Box::new(agent.clone()));
-            sql.push_str(&format!(" AND c.assignee = ?{}", args.len()));
-        }
-    }
+    queries::push_conversation_filters(&mut sql, &mut args, q);
     sql.push_str(&format!(" ORDER BY c.id DESC LIMIT {}", limit + 1));
-    let items = conn
-        .prepare(&sql)
-        .and_then(|mut s| {
-            s.query_map(params_from_iter(args.iter()), codec::conversation)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(sql_error)?;
-    let mut page = page(items, limit);
-    for c in &mut page.items {
-        c.members = queries::members(conn, project, c.id).map_err(sql_error)?;
-    }
-    Ok(page)
+    // Not cached: the text depends on the number of words and keys.
+    let mut statement = conn.prepare(&sql).map_err(sql_error)?;
+    queries::conversation_page(conn, project, &mut statement, &args, limit)
 }
