@@ -1348,31 +1348,41 @@ pub struct SearchBackfillData {
 /// Messages of [`SearchBackfillData::second`].
 pub const SEARCH_BACKFILL_MESSAGES: usize = 320;
 
-/// Stores the backfill tests' data (see [`SearchBackfillData`]). The caller then removes its
-/// index rows, as a store from before the search index would have none.
-pub async fn search_backfill_data(store: &TestStore) -> SearchBackfillData {
-    let project = new_project(store).await;
-    let other = new_project(store).await;
-    let user = |name: &str, email: &str, id: &str| NewEndUser {
+/// An identified end user with a name and an email: what the search tests look people up by.
+fn profile(name: &str, email: &str, id: &str) -> NewEndUser {
+    NewEndUser {
         user_identifier: Some(id.to_owned()),
         name: Some(name.to_owned()),
         email: Some(email.to_owned()),
         avatar: None,
         metadata: model::empty_object(),
-    };
+    }
+}
+
+/// Stores the backfill tests' data (see [`SearchBackfillData`]). The caller then removes its
+/// index rows, as a store from before the search index would have none.
+pub async fn search_backfill_data(store: &TestStore) -> SearchBackfillData {
+    let project = new_project(store).await;
+    let other = new_project(store).await;
     let (zoe, _) = store
         .upsert_end_user(
             project.id,
-            &user("Zoë Ann", "Z.Ann@Example.com", "crm-4711"),
+            &profile("Zoë Ann", "Z.Ann@Example.com", "crm-4711"),
         )
         .await
         .expect("zoe");
     let (bob, _) = store
-        .upsert_end_user(project.id, &user("Bob Stone", "bob@example.org", "crm-9"))
+        .upsert_end_user(
+            project.id,
+            &profile("Bob Stone", "bob@example.org", "crm-9"),
+        )
         .await
         .expect("bob");
     let (twin, _) = store
-        .upsert_end_user(other.id, &user("Zoë Ann", "zoe@other.example", "crm-4711"))
+        .upsert_end_user(
+            other.id,
+            &profile("Zoë Ann", "zoe@other.example", "crm-4711"),
+        )
         .await
         .expect("twin");
     let first = Conversation {
@@ -1492,28 +1502,24 @@ async fn search_all(
 pub async fn conversations_search(store: &TestStore) {
     let project = new_project(store).await;
     let other = new_project(store).await;
-    let user = |name: &str, email: &str, id: &str| NewEndUser {
-        user_identifier: Some(id.to_owned()),
-        name: Some(name.to_owned()),
-        email: Some(email.to_owned()),
-        avatar: None,
-        metadata: model::empty_object(),
-    };
     let (zoe, _) = store
         .upsert_end_user(
             project.id,
-            &user("Zoë Lopez", "Zoe.Lopez@ACME.com", "cust-4821"),
+            &profile("Zoë Lopez", "Zoe.Lopez@ACME.com", "cust-4821"),
         )
         .await
         .expect("zoe");
     let (bob, _) = store
-        .upsert_end_user(project.id, &user("Bob Stone", "bob@example.org", "cust-9"))
+        .upsert_end_user(
+            project.id,
+            &profile("Bob Stone", "bob@example.org", "cust-9"),
+        )
         .await
         .expect("bob");
     let (twin, _) = store
         .upsert_end_user(
             other.id,
-            &user("Zoë Lopez", "zoe@other.example", "cust-4821"),
+            &profile("Zoë Lopez", "zoe@other.example", "cust-4821"),
         )
         .await
         .expect("other tenant's user");

@@ -124,6 +124,28 @@ pub struct BackfillReport {
     pub already_done: bool,
 }
 
+impl BackfillReport {
+    /// Logs the run after a batch: when it finished, and every 100 batches on the way (both
+    /// backends report the same way).
+    pub(crate) fn log_batch(&self, done: bool) {
+        if done {
+            tracing::info!(
+                conversations = self.conversations,
+                messages = self.messages,
+                batches = self.batches,
+                "search backfill finished"
+            );
+        } else if self.batches % 100 == 0 {
+            tracing::info!(
+                conversations = self.conversations,
+                messages = self.messages,
+                batches = self.batches,
+                "search backfill in progress"
+            );
+        }
+    }
+}
+
 /// Which slice of a conversation's messages to read. Results are always in ascending id order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageRange {

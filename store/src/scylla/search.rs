@@ -348,22 +348,7 @@ impl ScyllaStore {
             ),
         )
         .await?;
-        if done {
-            tracing::info!(
-                conversations = report.conversations,
-                messages = report.messages,
-                batches = report.batches,
-                "search backfill finished"
-            );
-        } else if report.batches % 100 == 0 {
-            tracing::info!(
-                conversations = report.conversations,
-                messages = report.messages,
-                batches = report.batches,
-                token = next.token,
-                "search backfill in progress"
-            );
-        }
+        report.log_batch(done);
         Ok(done)
     }
 

@@ -297,21 +297,7 @@ impl SqliteStore {
         report.batches += 1;
         report.conversations += step.conversations;
         report.messages += step.messages;
-        if step.done {
-            tracing::info!(
-                conversations = report.conversations,
-                messages = report.messages,
-                batches = report.batches,
-                "search backfill finished"
-            );
-        } else if report.batches % 100 == 0 {
-            tracing::info!(
-                conversations = report.conversations,
-                messages = report.messages,
-                batches = report.batches,
-                "search backfill in progress"
-            );
-        }
+        report.log_batch(step.done);
         Ok(step.done)
     }
 
