@@ -8,6 +8,7 @@ use larachat_core::model::{
     self, Actor, ActorKind, AdminUser, Conversation, ConversationStatus, NewMessage, PlanId,
     Project, ProjectStatus,
 };
+use larachat_core::plan::Period;
 use larachat_store::contract::{self, TestStore};
 use larachat_store::sqlite::SCHEMA_VERSION;
 use larachat_store::{
@@ -734,4 +735,77 @@ async fn the_search_backfill_indexes_what_was_stored_before_the_index() {
         assert_eq!(ids, vec![data.first], "{q}");
     }
     assert!(search_rows(&dir) > live_rows);
+}
+
+/// Checkpoints run beside the writer (`sqlite/checkpoint.rs`), not inside its commits: the
+/// WAL must still be copied into the database and restarted, so it stays bounded, and every
+/// write survives a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_and_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("data").join("larachat.db");
+    let wal = dir.path().join("data").join("larachat.db-wal");
+    let store = SqliteStore::open(config(&dir)).expect("open");
+    let seeded = seed(&store).await;
+    let sender = seeded.messages[0].sender.clone();
+    let db_before = std::fs::metadata(&db).expect("db file").len();
+    // About 13 WAL frames per message: without checkpoints the WAL would pass 100 MiB.
+    const MESSAGES: usize = 2_000;
+    let mut largest_wal = 0;
+    let mut last = None;
+    for i in 0..MESSAGES {
+        let appended = store
+            .append_message(&NewMessage {
+                project_id: seeded.project.id,
+                conversation_id: seeded.conversation.id,
+                sender: sender.clone(),
+                text: format!("message number {i} with a few words to index"),
+                metadata: json!({}),
+                client_msg_id: Some(format!("wal-{i}")),
+            })
+            .await
+            .expect("append");
+        largest_wal = largest_wal.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        last = Some(appended.message);
+    }
+    let db_after = std::fs::metadata(&db).expect("db file").len();
+    println!("WAL at most {largest_wal} B; database file {db_before} B -> {db_after} B");
+    assert!(
+        largest_wal < 16 << 20,
+        "the WAL reached {largest_wal} bytes: it is not being restarted"
+    );
+    assert!(
+        db_after > db_before,
+        "nothing was copied into the database file while the store was open"
+    );
+    drop(store);
+
+    let store = SqliteStore::open(config(&dir)).expect("reopen");
+    let page = store
+        .list_messages(
+            seeded.project.id,
+            seeded.conversation.id,
+            MessageRange::Latest,
+            1,
+        )
+        .await
+        .expect("messages");
+    assert_eq!(page.items.last(), last.as_ref(), "the last write survives");
+
+    // Every message was counted once (summing both months if the run crossed midnight of a
+    // month's last day).
+    let mut periods = vec![Period::of(seeded.messages[0].created_at)];
+    let last_period = Period::of(last.expect("appended").created_at);
+    if !periods.contains(&last_period) {
+        periods.push(last_period);
+    }
+    let mut counted = 0;
+    for period in periods {
+        counted += store
+            .usage(seeded.project.id, period)
+            .await
+            .expect("usage")
+            .messages;
+    }
+    assert_eq!(counted, (MESSAGES + seeded.messages.len()) as u64);
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpoints;
 use super::codec::sql_error;
 use crate::{StoreError, StoreResult};
 
@@ -140,11 +141,22 @@ pub(crate) struct WriterCounters {
 }
 
 /// The writer thread's loop: runs until every sender is gone and the queue is empty.
+/// `checkpoint_conn` is a second read-write connection for the WAL checkpointer thread
+/// (see `checkpoint`).
 pub(crate) fn run(
     conn: Connection,
+    checkpoint_conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     counters: Arc<WriterCounters>,
 ) {
+    let checkpoints = match Checkpoints::start(&conn, checkpoint_conn) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Without the thread, SQLite's own checkpoint (inside commits) stays on.
+            tracing::warn!(error = %e, "no WAL checkpointer thread; checkpoints run in commits");
+            None
+        }
+    };
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -162,7 +174,13 @@ pub(crate) fn run(
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         execute(&conn, &mut batch, &counters);
         debug_assert!(batch.is_empty());
+        if let Some(checkpoints) = &checkpoints {
+            checkpoints.after_commit(&conn, rx.is_empty());
+        }
     }
+    // The checkpointer closes its connection first, so the writer's is the last one: closing
+    // it checkpoints the whole WAL and removes it.
+    drop(checkpoints);
     tracing::debug!("store writer stopped");
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the write connection failed");
