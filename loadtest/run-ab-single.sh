@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Single-node throughput of two server builds, alternating: ROUNDS times (default 5) each build
-# gets a fresh `larachat serve` (sqlite_synchronous=full, temp data dir, loopback) and runs
-#   throughput --connections 1  --window 1 --duration-secs DUR   (default 8)
-#   throughput --connections 50 --window 1 --duration-secs DUR
-# then prints, per build and scenario, every run's msg/s and the medians of msg/s and p99.
-# Alternating rounds spread the load of a shared machine over both builds.
+# Single-node A/B of two server builds, alternating: ROUNDS times (default 5) each build gets a
+# fresh `larachat serve` (sqlite_synchronous=full, temp data dir, loopback) and runs SCENARIOS
+# (default "throughput"; "throughput latency" for both):
+#   throughput: --connections 1 and --connections 50, --window 1 --duration-secs DUR (default 8)
+#   latency:    --pairs 10 --rate 20 --duration-secs LAT_DUR (default 12), the 1:1 row
+# then prints, per build and scenario, every run's figures and their medians (throughput: msg/s
+# and p99 send→ack; latency: send→receive and send→ack percentiles, server CPU and KiB written
+# to storage per message). Alternating rounds spread the load of a shared machine over both.
 #
 #   loadtest/run-ab-single.sh /path/to/before/larachat target/release/larachat
+#   SCENARIOS=latency ROUNDS=10 loadtest/run-ab-single.sh BEFORE AFTER
 #
 # Uses target/release/larachat-loadtest (build it first). Rate limits are turned off on builds
 # that have them (`[limits]`); older builds have none.
@@ -16,6 +19,8 @@ cd "$(dirname "$0")/.."
 LOADTEST=${CARGO_TARGET_DIR:-target}/release/larachat-loadtest
 ROUNDS=${ROUNDS:-5}
 DUR=${DUR:-8}
+LAT_DUR=${LAT_DUR:-12}
+SCENARIOS=${SCENARIOS:-throughput}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/larachat-ab.XXXXXX")
 OUT=$WORK/results.jsonl
 : >"$OUT"
@@ -44,9 +49,19 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     [[ -n "$url" ]] || { echo "$bin did not start:" >&2; cat "$dir/log" >&2; exit 1; }
     echo "== round $round: $label ($bin) on $url" >&2
-    for c in 1 50; do
-      env -u LOADTEST_KEY "$LOADTEST" throughput --connections "$c" --window 1 \
-        --duration-secs "$DUR" --url "$url" --label "$label" --out "$WORK/out" --no-progress --json | tail -n1 >>"$OUT"
+    common=(--url "$url" --label "$label" --out "$WORK/out" --no-progress --json)
+    for scenario in $SCENARIOS; do
+      case $scenario in
+        throughput)
+          for c in 1 50; do
+            env -u LOADTEST_KEY "$LOADTEST" throughput --connections "$c" --window 1 \
+              --duration-secs "$DUR" "${common[@]}" | tail -n1 >>"$OUT"
+          done ;;
+        latency)
+          env -u LOADTEST_KEY "$LOADTEST" latency --pairs 10 --rate 20 --duration-secs "$LAT_DUR" \
+            --server-pid "$PID" "${common[@]}" | tail -n1 >>"$OUT" ;;
+        *) echo "unknown scenario $scenario (throughput, latency)" >&2; exit 2 ;;
+      esac
     done
     kill -TERM "$PID"
     wait "$PID" 2>/dev/null || true
@@ -56,15 +71,38 @@ done
 
 python3 - "$OUT" <<'PY'
 import json, statistics, sys
-rows = {}
+rows, lat = {}, {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    rows.setdefault((r["label"], r["connections"]), []).append(r)
-print("| build | connections | msg/s per round | median msg/s | median p99 send→ack ms |")
-print("|---|---:|---|---:|---:|")
+    if r["scenario"] == "latency":
+        lat.setdefault(r["label"], []).append(r)
+    else:
+        rows.setdefault((r["label"], r["connections"]), []).append(r)
+if rows:
+    print("| build | connections | msg/s per round | median msg/s | median p99 send→ack ms |")
+    print("|---|---:|---|---:|---:|")
 for (label, c), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "before")):
     rates = [r["msgs_per_sec"] for r in rs]
     p99 = statistics.median(r["ack_latency"]["p99_ms"] for r in rs)
     print(f"| {label} | {c} | {', '.join(f'{x:,.0f}' for x in rates)} | {statistics.median(rates):,.0f} | {p99:.2f} |")
+if lat:
+    cols = [("send→receive p50", "receive_latency", "p50_ms"), ("p90", "receive_latency", "p90_ms"),
+            ("p99", "receive_latency", "p99_ms"), ("send→ack p50", "ack_latency", "p50_ms"),
+            ("p99", "ack_latency", "p99_ms"), ("server CPU µs/msg", None, "server_cpu_us_per_delivery"),
+            ("KiB written/msg", None, "server_written_kib_per_delivery")]
+    print()
+    print("1:1 latency, 10 pairs × 20 msg/s: each round's figure, median in bold (ms unless named)")
+    print("| build | " + " | ".join(c[0] for c in cols) + " | missing, duplicates |")
+    print("|---|" + "---|" * (len(cols) + 1))
+    def get(r, group, key):
+        v = r[group][key] if group else r.get(key)
+        return v if isinstance(v, (int, float)) else None
+    for label, rs in sorted(lat.items(), key=lambda kv: kv[0] != "before"):
+        cells = []
+        for _, group, key in cols:
+            vs = [v for v in (get(r, group, key) for r in rs) if v is not None]
+            cells.append(" / ".join(f"{v:.2f}" for v in vs) + (f" **{statistics.median(vs):.2f}**" if vs else "–"))
+        lost = sum(r["missing"] for r in rs), sum(r["duplicate_deliveries"] for r in rs)
+        print(f"| {label} | " + " | ".join(cells) + f" | {lost[0]}, {lost[1]} |")
 PY
 echo "raw results and logs: $WORK" >&2

@@ -164,6 +164,12 @@ pub async fn run(ctx: &Ctx, o: &Opts, receiver: &Endpoint) -> Result<RunOutput> 
     );
     println!("  send->receive {recv}");
     println!("  send->ack     {ack}");
+    if let Some(c) = usage["server_cpu_us_per_delivery"].as_f64() {
+        println!("  server CPU {c} us per message");
+    }
+    if let Some(w) = usage["server_written_kib_per_delivery"].as_f64() {
+        println!("  server wrote {w} KiB to storage per message");
+    }
     for (k, v) in &t.problems {
         println!("  problem x{v}: {k}");
     }

@@ -75,13 +75,16 @@ impl CpuWatch {
 
     /// JSON fields for a stretch that did `units` deliveries: `server_cpu_s`,
     /// `server_cpu_us_per_delivery`, `server_rss_kib_before/after`, `loadgen_cpu_s`,
-    /// `loadgen_cpu_us_per_delivery`. Server fields are null when the pid is unknown.
+    /// `loadgen_cpu_us_per_delivery`, `server_written_kib_per_delivery` (bytes the server sent
+    /// to storage: the store's commits and checkpoints). Server fields are null when the pid
+    /// is unknown.
     pub fn finish(&self, units: u64) -> Value {
         let mut v = json!({
             "server_cpu_s": null,
             "server_cpu_us_per_delivery": null,
             "server_rss_kib_before": null,
             "server_rss_kib_after": null,
+            "server_written_kib_per_delivery": null,
         });
         if let Some((pid, before)) = self.server {
             if let Ok(after) = procstat::sample(pid) {
@@ -90,6 +93,8 @@ impl CpuWatch {
                     "server_cpu_us_per_delivery": procstat::cpu_us_per(before, after, units),
                     "server_rss_kib_before": before.rss_kib,
                     "server_rss_kib_after": after.rss_kib,
+                    "server_written_kib_per_delivery":
+                        procstat::written_kib_per(before, after, units),
                 });
             }
         }

@@ -1,5 +1,6 @@
 //! The server process seen from outside, through `/proc/<pid>`: resident memory
-//! (`status` VmRSS) and CPU time (`stat` utime + stime, over every thread, dead ones included).
+//! (`status` VmRSS), CPU time (`stat` utime + stime, over every thread, dead ones included)
+//! and bytes sent to storage (`io` write_bytes).
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -11,6 +12,9 @@ pub struct Sample {
     pub cpu_s: f64,
     /// Resident set size in KiB.
     pub rss_kib: u64,
+    /// Bytes this process caused to be written to storage (`/proc/<pid>/io` write_bytes);
+    /// `None` where the kernel does not say (no task I/O accounting, or another user's process).
+    pub written_bytes: Option<u64>,
 }
 
 /// Reads `pid` now.
@@ -27,7 +31,18 @@ pub fn sample(pid: u32) -> Result<Sample> {
     Ok(Sample {
         cpu_s: (stat.utime + stat.stime) as f64 / ticks,
         rss_kib: status.vmrss.unwrap_or(0),
+        written_bytes: p.io().ok().map(|io| io.write_bytes),
     })
+}
+
+/// KiB written to storage per unit of work between two samples, when both say.
+pub fn written_kib_per(before: Sample, after: Sample, units: u64) -> Option<f64> {
+    let (b, a) = (before.written_bytes?, after.written_bytes?);
+    if units == 0 {
+        return None;
+    }
+    let kib = a.saturating_sub(b) as f64 / 1024.0;
+    Some((kib / units as f64 * 100.0).round() / 100.0)
 }
 
 /// The soft limit on open files of `pid` (every connection is one).
@@ -60,6 +75,10 @@ mod tests {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0);
         assert!(s.cpu_s >= 0.0);
+        assert!(
+            s.written_bytes.is_some(),
+            "this process's own /proc/self/io is readable"
+        );
         assert!(open_files_limit(std::process::id()).is_some_and(|l| l > 0));
         assert!(sample(u32::MAX / 2).is_err());
     }
@@ -69,13 +88,23 @@ mod tests {
         let a = Sample {
             cpu_s: 1.0,
             rss_kib: 0,
+            written_bytes: Some(1024),
         };
         let b = Sample {
             cpu_s: 1.5,
             rss_kib: 0,
+            written_bytes: Some(1024 + 3 * 10 * 1024),
         };
         assert_eq!(cpu_us_per(a, b, 100_000), 5.0);
         assert_eq!(cpu_us_per(a, b, 0), 0.0);
         assert_eq!(cpu_us_per(b, a, 10), 0.0);
+        assert_eq!(written_kib_per(a, b, 10), Some(3.0));
+        assert_eq!(written_kib_per(b, a, 10), Some(0.0));
+        assert_eq!(written_kib_per(a, b, 0), None);
+        let unknown = Sample {
+            written_bytes: None,
+            ..b
+        };
+        assert_eq!(written_kib_per(a, unknown, 10), None);
     }
 }
