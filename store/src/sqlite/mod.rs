@@ -160,14 +160,10 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
-        let mut conn = Connection::open_with_flags(
-            &config.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_error)?;
-        configure(&conn, &config)?;
+        let mut conn = connect(
+            &config,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(sql_error)?;
@@ -204,12 +200,7 @@ impl SqliteStore {
             pool.idle.lock().push(c);
         }
 
-        let checkpoint_conn = Connection::open_with_flags(
-            &config.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_error)?;
-        configure(&checkpoint_conn, &config)?;
+        let checkpoint_conn = connect(&config, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
 
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(WriterCounters::default());
@@ -378,12 +369,7 @@ impl SqliteStore {
             drop(permit);
             return self.read(f).await;
         };
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let tx = conn.unchecked_transaction().map_err(sql_error)?;
-            let value = f(&tx)?;
-            tx.finish().map_err(sql_error)?;
-            Ok(value)
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| in_snapshot(&conn, f)));
         match result {
             Ok(result) => {
                 self.inner.readers.idle.lock().push(conn);
@@ -417,12 +403,7 @@ impl SqliteStore {
                 Some(c) => c,
                 None => pool.open()?,
             };
-            let result = (|| {
-                let tx = conn.unchecked_transaction().map_err(sql_error)?;
-                let value = f(&tx)?;
-                tx.finish().map_err(sql_error)?;
-                Ok(value)
-            })();
+            let result = in_snapshot(&conn, f);
             pool.idle.lock().push(conn);
             result
         })
@@ -436,14 +417,28 @@ impl SqliteStore {
 
 impl ReadPool {
     fn open(&self) -> StoreResult<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.config.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_error)?;
-        configure(&conn, &self.config)?;
-        Ok(conn)
+        connect(&self.config, OpenFlags::SQLITE_OPEN_READ_ONLY)
     }
+}
+
+/// Runs `f` in a read transaction on `conn` (one snapshot of the database).
+fn in_snapshot<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let tx = conn.unchecked_transaction().map_err(sql_error)?;
+    let value = f(&tx)?;
+    tx.finish().map_err(sql_error)?;
+    Ok(value)
+}
+
+/// Opens a connection to the database with `flags` (plus `NO_MUTEX`: each connection is used
+/// by one thread at a time) and the settings every connection shares.
+fn connect(config: &SqliteConfig, flags: OpenFlags) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(&config.path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(sql_error)?;
+    configure(&conn, config)?;
+    Ok(conn)
 }
 
 /// Prepared statements kept per connection.
