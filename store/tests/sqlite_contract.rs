@@ -769,7 +769,15 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
         last = Some(appended.message);
     }
     let db_after = std::fs::metadata(&db).expect("db file").len();
-    println!("WAL at most {largest_wal} B; database file {db_before} B -> {db_after} B");
+    let stats = store.stats();
+    println!("WAL at most {largest_wal} B; database file {db_before} B -> {db_after} B; {stats:?}");
+    // Each checkpoint costs two fsyncs: one per COPY_AFTER (256) frames added, not one per
+    // commit (which would be about MESSAGES of them).
+    assert!(
+        stats.checkpoints > 0 && stats.checkpoints < MESSAGES as u64 / 5,
+        "{} checkpoints for {MESSAGES} appends",
+        stats.checkpoints
+    );
     assert!(
         largest_wal < 16 << 20,
         "the WAL reached {largest_wal} bytes: it is not being restarted"

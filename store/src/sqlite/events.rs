@@ -4,11 +4,13 @@
 //! - `checkpoint`: every event at or below it is handled; loaded from `event_consumers` (a new
 //!   consumer registered at 0) when the group is first opened;
 //! - `saved`: the checkpoint as last written to `event_consumers` (≤ `checkpoint`). An ack only
-//!   moves `checkpoint` in memory; the next `fetch` of any worker writes it (through the
-//!   writer, so committed) before claiming more, and a trim writes every group's first. So
-//!   a consumer that fetches batch after batch costs one checkpoint write per batch, not one
-//!   per event, and a kill loses at most the acks since the last fetch: those events are
-//!   delivered again (at least once, as for any ack above the checkpoint);
+//!   moves `checkpoint` in memory; the next `fetch` of any worker writes it before claiming
+//!   more, and a trim writes every group's first. So a consumer that fetches batch after batch
+//!   costs one checkpoint write per batch, not one per event, and a kill loses at most the
+//!   acks since the last fetch: those events are delivered again (at least once, as for any
+//!   ack above the checkpoint). The fetch's write is lazy (committed, not necessarily
+//!   fsynced; see `writer`), so a power cut can also lose the checkpoints written since the
+//!   last durable commit, with the same effect;
 //! - `delivered`: the highest position handed out so far (≥ checkpoint);
 //! - `in_flight`: positions handed out and not acknowledged, with their redelivery deadline
 //!   and attempt count.
@@ -214,8 +216,10 @@ impl SqliteConsumer {
             group.checkpoint
         };
         let name = self.name.as_str().to_owned();
+        // Lazy: after a power cut the worst case is an older checkpoint, i.e. events
+        // delivered again, which at-least-once delivery allows.
         self.store
-            .write(move |c| outbox::save_checkpoint(c, &name, position))
+            .write_lazy(move |c| outbox::save_checkpoint(c, &name, position))
             .await
             .map_err(log_error)?;
         let mut group = self.group.lock();

@@ -71,7 +71,7 @@ use crate::{
     Store, StoreError, StoreResult,
 };
 use codec::sql_error;
-use writer::{Call, Job, WriterCounters};
+use writer::{Call, Commit, Job, WriterCounters};
 
 /// The schema version (number of migrations) this binary creates and understands.
 pub const SCHEMA_VERSION: u32 = migrations::SCHEMA_VERSION;
@@ -125,6 +125,8 @@ pub struct SqliteStats {
     pub largest_batch: u64,
     /// Batches (or parts of batches) that failed to begin or commit.
     pub failed_batches: u64,
+    /// WAL checkpoints run (each fsyncs the WAL and the database file).
+    pub checkpoints: u64,
 }
 
 /// The embedded store. Cheap to clone; see the module docs.
@@ -205,9 +207,12 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(WriterCounters::default());
         let thread_counters = counters.clone();
+        let synchronous_full = config.synchronous_full;
         let handle = std::thread::Builder::new()
             .name("larachat-sqlite-writer".into())
-            .spawn(move || writer::run(conn, checkpoint_conn, rx, thread_counters))
+            .spawn(move || {
+                writer::run(conn, checkpoint_conn, rx, thread_counters, synchronous_full)
+            })
             .map_err(|e| StoreError::Internal(format!("starting the writer thread: {e}")))?;
 
         Ok(SqliteStore {
@@ -231,6 +236,7 @@ impl SqliteStore {
             writes: c.jobs.load(Ordering::Relaxed),
             largest_batch: c.largest_batch.load(Ordering::Relaxed),
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -240,8 +246,26 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.submit(Commit::Durable, f).await
+    }
+
+    /// [`SqliteStore::write`] for state whose loss after a power cut only repeats work: when
+    /// nothing durable shares its batch, the commit skips the fsync (see `writer`).
+    async fn write_lazy<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(Commit::Lazy, f).await
+    }
+
+    async fn submit<T, F>(&self, commit: Commit, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
         let closed = || StoreError::Unavailable("store writer stopped".into());
-        let (job, reply) = Call::job(f);
+        let (job, reply) = Call::job(commit, f);
         let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
         jobs.send(job).await.map_err(|_| closed())?;
         let result = reply.await.map_err(|_| closed())?;
@@ -426,9 +450,20 @@ fn in_snapshot<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    let tx = conn.unchecked_transaction().map_err(sql_error)?;
-    let value = f(&tx)?;
-    tx.finish().map_err(sql_error)?;
+    // Cached statements rather than rusqlite's `Transaction`, which parses BEGIN and COMMIT
+    // again on every read. If `f` panics the transaction stays open, but both callers drop
+    // the connection then instead of returning it to the pool.
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(sql_error)
+    };
+    run("BEGIN")?;
+    let value = f(conn);
+    // A read transaction: COMMIT and ROLLBACK both just end it.
+    let end = run(if value.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let value = value?;
+    end?;
     Ok(value)
 }
 
@@ -821,5 +856,91 @@ impl Store for SqliteStore {
         }
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_error))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer connection's `synchronous` level as seen inside the batch a write runs in
+    /// (SQLite: 1 = NORMAL, 2 = FULL).
+    fn level(c: &Connection) -> StoreResult<i64> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(sql_error)
+    }
+
+    fn open(dir: &tempfile::TempDir, synchronous_full: bool) -> SqliteStore {
+        SqliteStore::open(SqliteConfig {
+            synchronous_full,
+            ..SqliteConfig::new(dir.path().join("t.db"))
+        })
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_lazy_write_alone_skips_the_fsync_and_the_next_durable_one_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir, true);
+        assert_eq!(store.write(level).await.unwrap(), 2);
+        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write(level).await.unwrap(), 2);
+        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write(level).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_write_batched_with_a_durable_one_is_synced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir, true);
+        // Hold the writer in a batch of its own so the next two writes queue behind it and
+        // are committed together.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let blocker = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = started_tx.send(());
+                        let _ = hold.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        started.await.expect("the writer took the blocking write");
+        let lazy = tokio::spawn({
+            let store = store.clone();
+            async move { store.write_lazy(level).await }
+        });
+        let durable = tokio::spawn({
+            let store = store.clone();
+            async move { store.write(level).await }
+        });
+        let queue = store.inner.jobs.clone().expect("writer running");
+        while queue.capacity() > writer::QUEUE_CAPACITY - 2 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("writer waiting");
+        blocker.await.unwrap().unwrap();
+        assert_eq!(
+            lazy.await.unwrap().unwrap(),
+            2,
+            "synced with the durable write"
+        );
+        assert_eq!(durable.await.unwrap().unwrap(), 2);
+        let stats = store.stats();
+        assert_eq!((stats.writes, stats.batches), (3, 2), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_store_at_normal_stays_at_normal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir, false);
+        assert_eq!(store.write(level).await.unwrap(), 1);
+        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write(level).await.unwrap(), 1);
     }
 }
