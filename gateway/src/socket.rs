@@ -12,7 +12,8 @@
 //! - **nothing buffered while idle**: the read buffer is allocated when bytes arrive and
 //!   released once every complete frame in it has been taken; the write buffer once everything
 //!   in it is written. An idle connection holds neither;
-//! - **no zeroing**: reads go into spare capacity (`poll_read_buf`);
+//! - **no zeroing**: reads go into uninitialised memory (a stack chunk, or spare capacity
+//!   for a large frame);
 //! - **one write for many frames**: the connection appends every frame it has (replies, all
 //!   queued events, pongs) and then writes them with one syscall ([`Socket::poll_flush`]);
 //! - **the read side is polled only when the socket said it is readable**: reads register a
@@ -27,6 +28,7 @@
 //! answered with pongs; a close frame is answered with a close frame echoing its code.
 
 use std::io::{self, Cursor};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,13 +39,13 @@ use axum::response::Response;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use hyper::upgrade::OnUpgrade;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use larachat_core::{ApiError, ErrorCode};
 
-/// Spare capacity reserved for one read (more when a frame's header announces a larger one).
+/// Bytes asked for by one read (more when a frame's header announces a larger frame).
 const READ_CHUNK: usize = 4096;
 /// Largest payload of a control frame (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
@@ -156,14 +158,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             if !self.readable.flag.swap(false, Ordering::AcqRel) {
                 return Poll::Pending;
             }
-            self.rbuf
-                .reserve(READ_CHUNK.max(self.need.saturating_sub(self.rbuf.len())));
             let mut read_cx = Context::from_waker(&self.read_waker);
-            match tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                &mut read_cx,
-                &mut self.rbuf,
-            ) {
+            let want = self.need.saturating_sub(self.rbuf.len());
+            let read = if want <= READ_CHUNK {
+                // Into a stack buffer, then appended: the read that finds nothing (the last of
+                // every burst, and the one an idle connection waits in) allocates nothing.
+                // Reserving in `rbuf` first kept 4 KiB per idle connection.
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut buf = ReadBuf::uninit(&mut chunk);
+                match Pin::new(&mut self.io).poll_read(&mut read_cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        self.rbuf.extend_from_slice(buf.filled());
+                        Poll::Ready(Ok(buf.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                }
+            } else {
+                // A frame announced more: read straight into its reserved space.
+                self.rbuf.reserve(want);
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut read_cx, &mut self.rbuf)
+            };
+            match read {
                 // The IO keeps `read_waker`, which sets the flag when data comes.
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(WsError::Eof)),
@@ -551,6 +567,25 @@ mod tests {
         b.write_all(bytes).await.unwrap();
         let got = next(&mut sock).await;
         (sock, b, got)
+    }
+
+    #[tokio::test]
+    async fn a_socket_waiting_for_data_holds_no_read_buffer() {
+        let (mut sock, mut client) = pair().await;
+        client.send(TMessage::text("hello")).await.unwrap();
+        assert_eq!(
+            next(&mut sock).await.unwrap(),
+            Message::Text(Bytes::from("hello"))
+        );
+        // The socket just returned data, so it reads again and finds nothing: the state an
+        // idle connection waits in.
+        let pending = poll_fn(|cx| Poll::Ready(sock.poll_message(cx).is_pending())).await;
+        assert!(pending, "nothing more was sent");
+        assert_eq!(
+            sock.rbuf.capacity(),
+            0,
+            "an idle socket keeps no read buffer"
+        );
     }
 
     #[tokio::test]
