@@ -185,7 +185,7 @@ pub(crate) fn run(
             None
         }
     };
-    let mut sync = Sync {
+    let mut sync = SyncLevel {
         configured_full: synchronous_full,
         lazy_now: false,
     };
@@ -224,14 +224,14 @@ pub(crate) fn run(
 }
 
 /// The writer connection's `synchronous` level, switched per batch (see the module docs).
-struct Sync {
+struct SyncLevel {
     /// The store runs `synchronous=FULL`; otherwise every commit is already lazy.
     configured_full: bool,
     /// The connection is at `NORMAL` for a lazy batch.
     lazy_now: bool,
 }
 
-impl Sync {
+impl SyncLevel {
     /// Puts the connection at the level the next batch needs. Going lazy may fail harmlessly
     /// (the batch is then synced); going back to `FULL` must succeed, or the batch is refused.
     fn set(&mut self, conn: &Connection, lazy: bool) -> StoreResult<()> {
