@@ -166,14 +166,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 // Reserving in `rbuf` first kept 4 KiB per idle connection.
                 let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
                 let mut buf = ReadBuf::uninit(&mut chunk);
-                match Pin::new(&mut self.io).poll_read(&mut read_cx, &mut buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(())) => {
+                Pin::new(&mut self.io)
+                    .poll_read(&mut read_cx, &mut buf)
+                    .map_ok(|()| {
                         self.rbuf.extend_from_slice(buf.filled());
-                        Poll::Ready(Ok(buf.filled().len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                }
+                        buf.filled().len()
+                    })
             } else {
                 // A frame announced more: read straight into its reserved space.
                 self.rbuf.reserve(want);

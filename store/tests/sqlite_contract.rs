@@ -771,8 +771,8 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
     let db_after = std::fs::metadata(&db).expect("db file").len();
     let stats = store.stats();
     println!("WAL at most {largest_wal} B; database file {db_before} B -> {db_after} B; {stats:?}");
-    // Each checkpoint costs two fsyncs: one per COPY_AFTER (256) frames added, not one per
-    // commit (which would be about MESSAGES of them).
+    // A checkpoint that copies pages fsyncs the WAL and the database: one per COPY_AFTER (256)
+    // frames added, not one per commit (which would be about MESSAGES of them).
     assert!(
         stats.checkpoints > 0 && stats.checkpoints < MESSAGES as u64 / 5,
         "{} checkpoints for {MESSAGES} appends",

@@ -11,9 +11,9 @@
 //! many frames the WAL holds after each commit) and the work is split in two:
 //! - a **checkpointer thread** with its own connection copies committed frames into the
 //!   database file (`PASSIVE`: it never blocks the writer or the readers) each time the writer
-//!   has added [`COPY_AFTER`] frames since it last asked. (Each copy fsyncs the WAL and the
+//!   has added [`COPY_AFTER`] frames since it last asked. (A copy fsyncs the WAL and the
 //!   database file; asking after every commit once the WAL held 256 frames, as the first
-//!   version did, cost two extra fsyncs per message on the 1:1 benchmark.)
+//!   version did, cost about 1.2 extra fsyncs per message on the 1:1 benchmark.)
 //! - the **writer** finishes the checkpoint itself once the WAL holds more than
 //!   [`RESTART_AFTER`] frames and its queue is empty (or past [`FORCE_AFTER`] frames in any
 //!   case). Only a checkpoint that runs while nothing writes can reach the end of the WAL, and

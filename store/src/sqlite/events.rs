@@ -39,6 +39,7 @@ use larachat_core::event::{
     EventLogError,
 };
 
+use super::writer::Commit;
 use super::{SqliteStore, outbox};
 use crate::StoreError;
 
@@ -219,7 +220,9 @@ impl SqliteConsumer {
         // Lazy: after a power cut the worst case is an older checkpoint, i.e. events
         // delivered again, which at-least-once delivery allows.
         self.store
-            .write_lazy(move |c| outbox::save_checkpoint(c, &name, position))
+            .write_as(Commit::Lazy, move |c| {
+                outbox::save_checkpoint(c, &name, position)
+            })
             .await
             .map_err(log_error)?;
         let mut group = self.group.lock();

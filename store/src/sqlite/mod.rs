@@ -70,7 +70,7 @@ use crate::{
     Appended, BackfillReport, ConversationQuery, CreationKey, MessageRange, NewEndUser, Page,
     Store, StoreError, StoreResult,
 };
-use codec::sql_error;
+use codec::{exec_cached, sql_error};
 use writer::{Call, Commit, Job, WriterCounters};
 
 /// The schema version (number of migrations) this binary creates and understands.
@@ -125,7 +125,7 @@ pub struct SqliteStats {
     pub largest_batch: u64,
     /// Batches (or parts of batches) that failed to begin or commit.
     pub failed_batches: u64,
-    /// WAL checkpoints run (each fsyncs the WAL and the database file).
+    /// Passive WAL checkpoints run (one that copies pages fsyncs the WAL and the database).
     pub checkpoints: u64,
 }
 
@@ -246,20 +246,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.submit(Commit::Durable, f).await
+        self.write_as(Commit::Durable, f).await
     }
 
-    /// [`SqliteStore::write`] for state whose loss after a power cut only repeats work: when
-    /// nothing durable shares its batch, the commit skips the fsync (see `writer`).
-    async fn write_lazy<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    {
-        self.submit(Commit::Lazy, f).await
-    }
-
-    async fn submit<T, F>(&self, commit: Commit, f: F) -> StoreResult<T>
+    /// [`SqliteStore::write`] with a choice of commit: `Commit::Lazy` for state whose loss
+    /// after a power cut only repeats work (see `writer`).
+    async fn write_as<T, F>(&self, commit: Commit, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -453,17 +445,12 @@ fn in_snapshot<T>(
     // Cached statements rather than rusqlite's `Transaction`, which parses BEGIN and COMMIT
     // again on every read. If `f` panics the transaction stays open, but both callers drop
     // the connection then instead of returning it to the pool.
-    let run = |sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map_err(sql_error)
-    };
-    run("BEGIN")?;
+    exec_cached(conn, "BEGIN").map_err(sql_error)?;
     let value = f(conn);
     // A read transaction: COMMIT and ROLLBACK both just end it.
-    let end = run(if value.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let end = exec_cached(conn, if value.is_ok() { "COMMIT" } else { "ROLLBACK" });
     let value = value?;
-    end?;
+    end.map_err(sql_error)?;
     Ok(value)
 }
 
@@ -883,10 +870,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir, true);
         assert_eq!(store.write(level).await.unwrap(), 2);
-        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
         assert_eq!(store.write(level).await.unwrap(), 2);
-        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
-        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
+        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
         assert_eq!(store.write(level).await.unwrap(), 2);
     }
 
@@ -913,7 +900,7 @@ mod tests {
         started.await.expect("the writer took the blocking write");
         let lazy = tokio::spawn({
             let store = store.clone();
-            async move { store.write_lazy(level).await }
+            async move { store.write_as(Commit::Lazy, level).await }
         });
         let durable = tokio::spawn({
             let store = store.clone();
@@ -940,7 +927,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir, false);
         assert_eq!(store.write(level).await.unwrap(), 1);
-        assert_eq!(store.write_lazy(level).await.unwrap(), 1);
+        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
         assert_eq!(store.write(level).await.unwrap(), 1);
     }
 }

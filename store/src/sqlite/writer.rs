@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpoints;
-use super::codec::sql_error;
+use super::codec::{exec_cached, sql_error};
 use crate::{StoreError, StoreResult};
 
 /// Largest number of jobs committed together.
@@ -117,9 +117,7 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.prepare_cached("SAVEPOINT job")
-        .and_then(|mut s| s.execute([]))
-        .map_err(sql_error)?;
+    exec_cached(conn, "SAVEPOINT job").map_err(sql_error)?;
     let result = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
         Ok(r) => r,
         Err(_) => {
@@ -133,12 +131,9 @@ fn in_savepoint<T>(
         return result;
     }
     let end = if result.is_ok() {
-        conn.prepare_cached("RELEASE job")
-            .and_then(|mut s| s.execute([]))
+        exec_cached(conn, "RELEASE job")
     } else {
-        conn.prepare_cached("ROLLBACK TO job")
-            .and_then(|mut s| s.execute([]))
-            .and_then(|_| conn.prepare_cached("RELEASE job")?.execute([]))
+        exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
     };
     match end {
         Ok(_) => result,
@@ -244,7 +239,7 @@ impl SyncLevel {
         } else {
             "PRAGMA synchronous = FULL"
         };
-        match conn.execute_batch(pragma) {
+        match exec_cached(conn, pragma) {
             Ok(()) => {
                 self.lazy_now = lazy;
                 Ok(())
@@ -287,11 +282,8 @@ fn execute(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, counters: &WriterCo
         let _ = conn.execute_batch("ROLLBACK");
         return;
     }
-    match conn
-        .prepare_cached("COMMIT")
-        .and_then(|mut s| s.execute([]))
-    {
-        Ok(_) => {
+    match exec_cached(conn, "COMMIT") {
+        Ok(()) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             for job in ran {
                 job.finish(Ok(()));
@@ -308,10 +300,7 @@ fn execute(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, counters: &WriterCo
 }
 
 fn begin(conn: &Connection) -> StoreResult<()> {
-    conn.prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(sql_error)
+    exec_cached(conn, "BEGIN IMMEDIATE").map_err(sql_error)
 }
 
 fn fail_all(
