@@ -341,10 +341,14 @@ async fn webhook_deliveries_survive_sigkill() {
 
     // Loopback http receiver; a 1 s attempt timeout keeps the lease of a delivery that was
     // in flight at the kill short (3 × timeout + 30 s), so the test waits ~35 s, not ~60 s.
+    // An attempt can still time out on a loaded machine; a 60 s retry horizon brings its
+    // retries within seconds instead of the default schedule's 16 s, 47 s, 110 s, 237 s
+    // (which once left 11 deliveries for after the test's 240 s wait).
     // Rate limits off: the load must outrun the deliveries.
     let env = [
         ("LARACHAT_WEBHOOKS__ALLOW_INSECURE_TARGETS", "true"),
         ("LARACHAT_WEBHOOKS__TIMEOUT_SECS", "1"),
+        ("LARACHAT_WEBHOOKS__RETRY_HORIZON_SECS", "60"),
         ("LARACHAT_LIMITS__ENABLED", "false"),
         ("LARACHAT_REALTIME__MAX_FRAMES_PER_SEC", "1000000"),
     ];
@@ -468,6 +472,14 @@ async fn webhook_deliveries_survive_sigkill() {
         }
     })
     .await;
+    // What the deliveries log says about the missing ones (read without holding the lock
+    // the receiver's reader needs).
+    let still_missing = missing(&received.lock().unwrap());
+    let why = if still_missing > 0 {
+        delivery_log(&http, &base, &key, &hook).await
+    } else {
+        String::new()
+    };
     let r = received.lock().unwrap();
     let unique = r.by_id.len();
     let duplicates = r.lines - r.bad.len() - unique;
@@ -491,7 +503,7 @@ async fn webhook_deliveries_survive_sigkill() {
     );
     assert!(
         waited.is_ok(),
-        "{missing_now} stored messages never delivered"
+        "{missing_now} stored messages never delivered; {why}"
     );
     assert_eq!(missing_now, 0);
     assert_eq!(unknown, 0, "a delivery for a message that was not stored");
@@ -500,6 +512,44 @@ async fn webhook_deliveries_survive_sigkill() {
     reader.abort();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// What the deliveries log says, for a failure message: rows by status and by attempts made,
+/// and the first rows not delivered with their attempts. Tells an event the consumer never
+/// turned into a delivery (fewer rows than stored messages) from one waiting for a retry.
+async fn delivery_log(http: &reqwest::Client, base: &str, key: &str, hook: &str) -> String {
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_attempts = std::collections::BTreeMap::<u64, usize>::new();
+    let mut undelivered = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = get_json(
+            http,
+            format!("{base}/api/v1/webhooks/{hook}/deliveries?limit=100{after}"),
+            key,
+        )
+        .await;
+        for d in page["data"].as_array().expect("data") {
+            *by_status.entry(d["status"].to_string()).or_default() += 1;
+            *by_attempts
+                .entry(d["attempts"].as_u64().unwrap())
+                .or_default() += 1;
+            if d["status"] != "succeeded" && undelivered.len() < 20 {
+                let id = d["event_id"].as_str().unwrap();
+                let url = format!("{base}/api/v1/webhooks/{hook}/deliveries/{id}");
+                let detail = get_json(http, url, key).await;
+                undelivered.push(json!({"delivery": d, "attempts": detail["attempts"]}));
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => after = format!("&after={c}"),
+            None => break,
+        }
+    }
+    format!(
+        "deliveries by status {by_status:?}, by attempts made {by_attempts:?}; \
+         not delivered: {undelivered:#?}"
+    )
 }
 
 /// A POST that may meet a dead server: `None` when it was not answered.

@@ -43,6 +43,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+class Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: the 32 attempts a worker runs at once
+    # overflowed it, the dropped SYNs were retransmitted after 1 s, and attempts with a 1 s
+    # timeout failed before this handler saw them.
+    request_queue_size = 256
+
+
+server = Server(("127.0.0.1", PORT), Handler)
 say("listening %d" % server.server_address[1])
 server.serve_forever()
