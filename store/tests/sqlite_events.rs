@@ -99,6 +99,44 @@ async fn a_consumer_resumes_at_its_checkpoint_after_a_restart() {
     );
 }
 
+/// A consumer that fetches batch after batch writes its checkpoint about once a second, not
+/// once per fetch: rounds of "one event, fetched and acknowledged" add one write each for the
+/// events and, for the checkpoint, at most one per second elapsed (plus one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_consumer_writes_its_checkpoint_about_once_a_second() {
+    const ROUNDS: u64 = 50;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = SqliteStore::open(config(&dir)).expect("open");
+    let store: TestStore = Arc::new(sqlite.clone());
+    let log: TestLog = Arc::new(sqlite.clone());
+    let project = new_project(&store).await;
+    let before = sqlite.stats().writes;
+    let m = marker(&store, project).await;
+    let per_event = sqlite.stats().writes - before;
+    let mut consumer = log
+        .consumer(&fresh_consumer(), ConsumerOptions::default())
+        .await
+        .unwrap();
+    acked_until_marker(consumer.as_mut(), project, m).await;
+
+    let before = sqlite.stats().writes;
+    let started = std::time::Instant::now();
+    for _ in 0..ROUNDS {
+        let m = marker(&store, project).await;
+        acked_until_marker(consumer.as_mut(), project, m).await;
+    }
+    let elapsed = started.elapsed();
+    let checkpoint_writes = sqlite.stats().writes - before - ROUNDS * per_event;
+    println!(
+        "{ROUNDS} fetched batches in {:.2} s: {checkpoint_writes} checkpoint writes",
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        checkpoint_writes <= elapsed.as_secs() + 1,
+        "{checkpoint_writes} checkpoint writes for {ROUNDS} batches in {elapsed:?}"
+    );
+}
+
 /// The checkpoint stays below an event that was not acknowledged even when later ones were:
 /// after a restart the hole and what follows are delivered again (at least once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,7 @@ use crate::{
     Store, StoreError, StoreResult,
 };
 use codec::{exec_cached, sql_error};
-use writer::{Call, Commit, Job, WriterCounters};
+use writer::{Call, Job, WriterCounters};
 
 /// The schema version (number of migrations) this binary creates and understands.
 pub const SCHEMA_VERSION: u32 = migrations::SCHEMA_VERSION;
@@ -207,12 +207,9 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let counters = Arc::new(WriterCounters::default());
         let thread_counters = counters.clone();
-        let synchronous_full = config.synchronous_full;
         let handle = std::thread::Builder::new()
             .name("larachat-sqlite-writer".into())
-            .spawn(move || {
-                writer::run(conn, checkpoint_conn, rx, thread_counters, synchronous_full)
-            })
+            .spawn(move || writer::run(conn, checkpoint_conn, rx, thread_counters))
             .map_err(|e| StoreError::Internal(format!("starting the writer thread: {e}")))?;
 
         Ok(SqliteStore {
@@ -246,18 +243,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.write_as(Commit::Durable, f).await
-    }
-
-    /// [`SqliteStore::write`] with a choice of commit: `Commit::Lazy` for state whose loss
-    /// after a power cut only repeats work (see `writer`).
-    async fn write_as<T, F>(&self, commit: Commit, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    {
         let closed = || StoreError::Unavailable("store writer stopped".into());
-        let (job, reply) = Call::job(commit, f);
+        let (job, reply) = Call::job(f);
         let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
         jobs.send(job).await.map_err(|_| closed())?;
         let result = reply.await.map_err(|_| closed())?;
@@ -477,6 +464,18 @@ fn configure(conn: &Connection, config: &SqliteConfig) -> StoreResult<()> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Consumers' checkpoints that acks moved since their last write: written last, so a
+        // clean close redelivers nothing. (If the queue is full they are not; a restart then
+        // delivers those events again, as after a crash.)
+        let unsaved = self.groups.unsaved();
+        if let (Some(jobs), false) = (&self.jobs, unsaved.is_empty()) {
+            let (job, _reply) = Call::job(move |c| {
+                unsaved
+                    .iter()
+                    .try_for_each(|(name, position)| outbox::save_checkpoint(c, name, *position))
+            });
+            let _ = jobs.try_send(job);
+        }
         // Closing the queue lets the writer finish what is queued and exit; waiting for it
         // means the database is closed when the last handle is gone (a reopen sees everything).
         drop(self.jobs.take());
@@ -843,91 +842,5 @@ impl Store for SqliteStore {
         }
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_error))
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The writer connection's `synchronous` level as seen inside the batch a write runs in
-    /// (SQLite: 1 = NORMAL, 2 = FULL).
-    fn level(c: &Connection) -> StoreResult<i64> {
-        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .map_err(sql_error)
-    }
-
-    fn open(dir: &tempfile::TempDir, synchronous_full: bool) -> SqliteStore {
-        SqliteStore::open(SqliteConfig {
-            synchronous_full,
-            ..SqliteConfig::new(dir.path().join("t.db"))
-        })
-        .expect("open")
-    }
-
-    #[tokio::test]
-    async fn a_lazy_write_alone_skips_the_fsync_and_the_next_durable_one_does_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir, true);
-        assert_eq!(store.write(level).await.unwrap(), 2);
-        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
-        assert_eq!(store.write(level).await.unwrap(), 2);
-        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
-        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
-        assert_eq!(store.write(level).await.unwrap(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_lazy_write_batched_with_a_durable_one_is_synced() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir, true);
-        // Hold the writer in a batch of its own so the next two writes queue behind it and
-        // are committed together.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-        let blocker = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .write(move |_| {
-                        let _ = started_tx.send(());
-                        let _ = hold.recv();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        started.await.expect("the writer took the blocking write");
-        let lazy = tokio::spawn({
-            let store = store.clone();
-            async move { store.write_as(Commit::Lazy, level).await }
-        });
-        let durable = tokio::spawn({
-            let store = store.clone();
-            async move { store.write(level).await }
-        });
-        let queue = store.inner.jobs.clone().expect("writer running");
-        while queue.capacity() > writer::QUEUE_CAPACITY - 2 {
-            tokio::task::yield_now().await;
-        }
-        release.send(()).expect("writer waiting");
-        blocker.await.unwrap().unwrap();
-        assert_eq!(
-            lazy.await.unwrap().unwrap(),
-            2,
-            "synced with the durable write"
-        );
-        assert_eq!(durable.await.unwrap().unwrap(), 2);
-        let stats = store.stats();
-        assert_eq!((stats.writes, stats.batches), (3, 2), "{stats:?}");
-    }
-
-    #[tokio::test]
-    async fn a_store_at_normal_stays_at_normal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir, false);
-        assert_eq!(store.write(level).await.unwrap(), 1);
-        assert_eq!(store.write_as(Commit::Lazy, level).await.unwrap(), 1);
-        assert_eq!(store.write(level).await.unwrap(), 1);
     }
 }

@@ -7,15 +7,6 @@
 //! failing job rolls back only itself — commits once, and only then replies to each caller.
 //! A batch of N writes costs one fsync instead of N, and a reply always means "durable".
 //!
-//! The one exception is a [`Commit::Lazy`] write: state whose loss only repeats work (an event
-//! consumer's checkpoint). A batch made only of such writes commits with `synchronous=NORMAL`:
-//! its WAL frames are written but not fsynced, so it survives a crash of this process (the
-//! pages are in the OS's cache) and may roll back after a power cut or an OS crash. Because
-//! the WAL is replayed in order and stops at the first frame that did not reach the disk, a
-//! lazy commit can never be lost while a later durable one survives: the next fsync covers it.
-//! Without this, every message sent caused a second fsync (the webhook consumer's checkpoint,
-//! written before its next fetch).
-//!
 //! Because every write runs on this one thread, read-check-write sequences (idempotent append,
 //! identify-or-create) are atomic without retries, and message ids assigned here are in commit
 //! order.
@@ -37,19 +28,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// Capacity of the queue in front of the writer; callers wait (asynchronously) when it is full.
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
 
-/// Whether a write's commit must reach the disk before it is answered (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Commit {
-    /// Answered after the fsync (when the store runs `synchronous=FULL`).
-    Durable,
-    /// May be committed without an fsync when nothing durable shares its batch.
-    Lazy,
-}
-
 /// One write, as seen by the writer thread.
 pub(crate) trait Job: Send {
-    /// How its commit must be synced.
-    fn commit(&self) -> Commit;
     /// Runs the write on `conn`, inside the batch transaction, and keeps its result.
     fn run(&mut self, conn: &Connection);
     /// Delivers the result once the batch's fate is known: `Ok` when the transaction committed,
@@ -59,7 +39,6 @@ pub(crate) trait Job: Send {
 
 /// A closure-backed [`Job`] whose result is sent back over a oneshot channel.
 pub(crate) struct Call<T, F> {
-    commit: Commit,
     f: Option<F>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -70,10 +49,9 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
 {
-    pub(crate) fn job(commit: Commit, f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
+    pub(crate) fn job(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
         let job = Call {
-            commit,
             f: Some(f),
             result: None,
             reply,
@@ -87,10 +65,6 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
 {
-    fn commit(&self) -> Commit {
-        self.commit
-    }
-
     fn run(&mut self, conn: &Connection) {
         if let Some(f) = self.f.take() {
             self.result = Some(in_savepoint(conn, f));
@@ -164,13 +138,12 @@ pub(crate) struct WriterCounters {
 
 /// The writer thread's loop: runs until every sender is gone and the queue is empty.
 /// `checkpoint_conn` is a second read-write connection for the WAL checkpointer thread
-/// (see `checkpoint`); `synchronous_full` is the level `conn` was opened with.
+/// (see `checkpoint`).
 pub(crate) fn run(
     conn: Connection,
     checkpoint_conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     counters: Arc<WriterCounters>,
-    synchronous_full: bool,
 ) {
     let checkpoints = match Checkpoints::start(&conn, checkpoint_conn, counters.clone()) {
         Ok(c) => Some(c),
@@ -179,10 +152,6 @@ pub(crate) fn run(
             tracing::warn!(error = %e, "no WAL checkpointer thread; checkpoints run in commits");
             None
         }
-    };
-    let mut sync = SyncLevel {
-        configured_full: synchronous_full,
-        lazy_now: false,
     };
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -199,11 +168,7 @@ pub(crate) fn run(
         counters
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        let lazy = batch.iter().all(|job| job.commit() == Commit::Lazy);
-        match sync.set(&conn, lazy) {
-            Ok(()) => execute(&conn, &mut batch, &counters),
-            Err(e) => fail_all(batch.drain(..), &e, &counters),
-        }
+        execute(&conn, &mut batch, &counters);
         debug_assert!(batch.is_empty());
         if let Some(checkpoints) = &checkpoints {
             checkpoints.after_commit(&conn, rx.is_empty());
@@ -215,41 +180,6 @@ pub(crate) fn run(
     tracing::debug!("store writer stopped");
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the write connection failed");
-    }
-}
-
-/// The writer connection's `synchronous` level, switched per batch (see the module docs).
-struct SyncLevel {
-    /// The store runs `synchronous=FULL`; otherwise every commit is already lazy.
-    configured_full: bool,
-    /// The connection is at `NORMAL` for a lazy batch.
-    lazy_now: bool,
-}
-
-impl SyncLevel {
-    /// Puts the connection at the level the next batch needs. Going lazy may fail harmlessly
-    /// (the batch is then synced); going back to `FULL` must succeed, or the batch is refused.
-    fn set(&mut self, conn: &Connection, lazy: bool) -> StoreResult<()> {
-        let lazy = lazy && self.configured_full;
-        if lazy == self.lazy_now {
-            return Ok(());
-        }
-        let pragma = if lazy {
-            "PRAGMA synchronous = NORMAL"
-        } else {
-            "PRAGMA synchronous = FULL"
-        };
-        match exec_cached(conn, pragma) {
-            Ok(()) => {
-                self.lazy_now = lazy;
-                Ok(())
-            }
-            Err(e) if lazy => {
-                tracing::warn!(error = %e, "could not relax synchronous; committing durably");
-                Ok(())
-            }
-            Err(e) => Err(sql_error(e)),
-        }
     }
 }
 
