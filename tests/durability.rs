@@ -472,10 +472,10 @@ async fn webhook_deliveries_survive_sigkill() {
         }
     })
     .await;
+    let missing_now = missing(&received.lock().unwrap());
     // What the deliveries log says about the missing ones (read without holding the lock
     // the receiver's reader needs).
-    let still_missing = missing(&received.lock().unwrap());
-    let why = if still_missing > 0 {
+    let why = if missing_now > 0 {
         delivery_log(&http, &base, &key, &hook).await
     } else {
         String::new()
@@ -483,7 +483,6 @@ async fn webhook_deliveries_survive_sigkill() {
     let r = received.lock().unwrap();
     let unique = r.by_id.len();
     let duplicates = r.lines - r.bad.len() - unique;
-    let missing_now = missing(&r);
     let messages: std::collections::HashSet<&String> = r.by_id.values().map(|(m, _)| m).collect();
     let unknown = messages.iter().filter(|m| !stored.contains(**m)).count();
     println!(

@@ -401,9 +401,9 @@ pub async fn run_consumer(
         };
         // Fan out the whole batch at once (each project's endpoints read once, every
         // delivery stored in one transaction), then acknowledge it: the acks move the
-        // consumer's checkpoint in memory, written once at the next fetch. If the fan-out
-        // fails nothing is acknowledged and the log delivers the batch again after its ack
-        // wait (deliveries already stored are not stored twice).
+        // consumer's position (the SQLite log keeps it in memory and writes it about once a
+        // second). If the fan-out fails nothing is acknowledged and the log delivers the
+        // batch again after its ack wait (deliveries already stored are not stored twice).
         let drained = batch.len() < BATCH;
         let events: Vec<&DomainEvent> = batch.iter().map(|d| &d.event).collect();
         if let Err(e) = dispatcher.fan_out_batch(&events).await {

@@ -25,15 +25,15 @@ fn corrupt(idx: usize, ty: Type, what: &'static str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(Corrupt(what)))
 }
 
-/// Maps a rusqlite error to the store's error. Uniqueness violations become `Conflict` with a
-/// message naming the field (never the SQL); busy/locked become `Unavailable`; the rest is
-/// logged and becomes `Internal`.
 /// Runs a statement without parameters (BEGIN, COMMIT, a PRAGMA…) from the connection's
 /// statement cache, so it is parsed once per connection rather than on every call.
 pub(crate) fn exec_cached(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Maps a rusqlite error to the store's error. Uniqueness violations become `Conflict` with a
+/// message naming the field (never the SQL); busy/locked become `Unavailable`; the rest is
+/// logged and becomes `Internal`.
 pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, msg) = &e {
         match f.code {

@@ -345,9 +345,7 @@ impl SqliteStore {
         let checkpoints = unsaved.clone();
         let deleted = self
             .write(move |c| {
-                for (name, position) in &checkpoints {
-                    outbox::save_checkpoint(c, name, *position)?;
-                }
+                outbox::save_checkpoints(c, &checkpoints)?;
                 outbox::trim(c, cutoff)
             })
             .await?;
@@ -469,11 +467,7 @@ impl Drop for Inner {
         // delivers those events again, as after a crash.)
         let unsaved = self.groups.unsaved();
         if let (Some(jobs), false) = (&self.jobs, unsaved.is_empty()) {
-            let (job, _reply) = Call::job(move |c| {
-                unsaved
-                    .iter()
-                    .try_for_each(|(name, position)| outbox::save_checkpoint(c, name, *position))
-            });
+            let (job, _reply) = Call::job(move |c| outbox::save_checkpoints(c, &unsaved));
             let _ = jobs.try_send(job);
         }
         // Closing the queue lets the writer finish what is queued and exit; waiting for it

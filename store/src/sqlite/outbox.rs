@@ -84,6 +84,16 @@ pub(crate) fn save_checkpoint(conn: &Connection, name: &str, position: i64) -> S
     Ok(())
 }
 
+/// [`save_checkpoint`] for each `(consumer, position)`.
+pub(crate) fn save_checkpoints(
+    conn: &Connection,
+    checkpoints: &[(String, i64)],
+) -> StoreResult<()> {
+    checkpoints
+        .iter()
+        .try_for_each(|(name, position)| save_checkpoint(conn, name, *position))
+}
+
 /// Deletes events that occurred before `before_ms` and that every known consumer has passed.
 /// Returns the number deleted.
 pub(crate) fn trim(conn: &Connection, before_ms: i64) -> StoreResult<usize> {
